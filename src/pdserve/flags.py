@@ -1,0 +1,50 @@
+"""Command-line flags that behave like Go's `flag` package.
+
+Manifests written for llm-d and the GIE EPP pass booleans as `--flag`,
+`--flag=true` or `--flag=false`; argparse alone only knows the first form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+_TRUE = {"1", "t", "true", "yes", "on"}
+_FALSE = {"0", "f", "false", "no", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def add_bool(parser: argparse.ArgumentParser, name: str, default: bool = False, help: str = "") -> None:
+    """Add `--name`, `--name=true|false`; only the `=` form takes a value."""
+    parser.add_argument(
+        name, nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL", help=help
+    )
+
+
+def env_default(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+class GoStyleParser(argparse.ArgumentParser):
+    """argparse that also accepts single-dash long flags (`-port=8000`), as Go does."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        if args is not None:
+            args = [_long(a, self) for a in args]
+        return super().parse_args(args, namespace)
+
+
+def _long(arg: str, parser: argparse.ArgumentParser) -> str:
+    if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+        candidate = "-" + arg.split("=", 1)[0]
+        if candidate in parser._option_string_actions:
+            return "-" + arg
+    return arg

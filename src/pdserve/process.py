@@ -1,0 +1,193 @@
+"""Child processes that are started in their own session and always stopped.
+
+Used by the runner (`pdserve up`), the benchmarks and the tests: a process is
+started with its output in a log file, readiness is an HTTP probe (never a
+sleep), and stopping kills the whole process group so engine workers and
+Envoy children cannot outlive their parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel considers free now (a race remains; callers bind soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+class ProcessDied(RuntimeError):
+    """A child exited while we waited for it; the message carries its log tail."""
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def start(self) -> ManagedProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                list(self.argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            code = self.popen.returncode if self.popen else None
+            raise ProcessDied(f"{self.name} exited with status {code}; last log lines:\n{self.tail()}")
+
+    def wait_http(self, url: str, timeout: float, on_wait: Callable[[float], None] | None = None) -> None:
+        """Poll `url` until it answers 200, failing fast if the process dies."""
+        wait_http(url, timeout, self.check_alive, on_wait, what=self.name)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process group, then SIGKILL whatever is left after `timeout`."""
+        if self.popen is None:
+            return None
+        stop_group(self.popen.pid, timeout, self.popen)
+        return self.popen.returncode
+
+
+def stop_group(pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | None = None) -> None:
+    """Stop the session led by `pid` (we start children with start_new_session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen is not None:
+            if popen.poll() is not None and not _group_alive(pid):
+                return
+        elif not _group_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=5)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader still "exists"; treat a group whose only member is a reaped zombie as gone.
+    return _has_live_member(pgid)
+
+
+def _has_live_member(pgid: int) -> bool:
+    proc = Path("/proc")
+    if not proc.exists():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the command name in parentheses: state ppid pgrp ...
+        rest = stat.rsplit(")", 1)[-1].split()
+        if len(rest) >= 3 and int(rest[2]) == pgid and rest[0] != "Z":
+            return True
+    return False
+
+
+def wait_http(
+    url: str,
+    timeout: float,
+    check: Callable[[], None] | None = None,
+    on_wait: Callable[[float], None] | None = None,
+    what: str | None = None,
+) -> None:
+    """Poll `url` with GET until it returns 200; `check` raises if the server died."""
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = 0.02
+    last_error = "no answer"
+    while True:
+        if check is not None:
+            check()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+                last_error = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as err:
+            last_error = f"HTTP {err.code}"
+        except (urllib.error.URLError, OSError) as err:
+            last_error = str(getattr(err, "reason", err))
+        now = time.monotonic()
+        if now >= deadline:
+            raise TimeoutError(f"{what or url} not ready after {timeout:.0f}s ({last_error})")
+        if on_wait is not None:
+            on_wait(now - start)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def wait_tcp(host: str, port: int, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until something accepts TCP connections on host:port (for gRPC servers)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if check is not None:
+            check()
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}:{port} not accepting connections after {timeout:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)

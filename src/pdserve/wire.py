@@ -1,0 +1,81 @@
+"""Names and shapes fixed by the wire contract (PROTOCOLS.md), shared by every component.
+
+Kept in one place so that the EPP, the sidecar, the engines and the runner
+cannot drift apart on a header name or a label value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# --- HTTP headers -----------------------------------------------------------
+PREFILLER_HEADER = "x-prefiller-host-port"  # set by the EPP, read by the decode sidecar
+PREFILLER_URL_HEADER = "x-prefiller-url"  # legacy form of the same
+DESTINATION_HEADER = "x-gateway-destination-endpoint"  # EPP -> Envoy ORIGINAL_DST
+REQUEST_ID_HEADER = "x-request-id"
+SESSION_HEADER = "x-session-token"
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+CRITICALITY_HEADER = "x-gateway-inference-criticality"
+ENVOY_LB_NAMESPACE = "envoy.lb"
+
+# --- Pod labels ------------------------------------------------------------
+ROLE_LABEL = "llm-d.ai/role"
+ROLE_PREFILL = "prefill"
+ROLE_DECODE = "decode"
+ROLE_BOTH = "both"
+
+# --- Ports -----------------------------------------------------------------
+SIDECAR_PORT = 8000
+DECODE_ENGINE_PORT = 8001
+PREFILL_ENGINE_PORT = 8000
+EPP_GRPC_PORT = 9002
+EPP_HEALTH_PORT = 9003
+EPP_METRICS_PORT = 9090
+KV_EVENTS_PORT = 5557
+
+# --- vLLM metric names -----------------------------------------------------
+METRIC_RUNNING = "vllm:num_requests_running"
+METRIC_WAITING = "vllm:num_requests_waiting"
+METRIC_KV_USAGE = "vllm:kv_cache_usage_perc"
+METRIC_KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"
+METRIC_LORA_INFO = "vllm:lora_requests_info"
+METRIC_CACHE_CONFIG = "vllm:cache_config_info"
+
+# --- KV transfer ------------------------------------------------------------
+NIXL_CONNECTOR = "NixlConnector"
+
+
+def prefill_kv_transfer_params() -> dict[str, Any]:
+    """What a P/D proxy asks of the prefill engine (NixlConnector, producer side)."""
+    return {
+        "do_remote_decode": True,
+        "do_remote_prefill": False,
+        "remote_engine_id": None,
+        "remote_block_ids": None,
+        "remote_host": None,
+        "remote_port": None,
+    }
+
+
+def error_body(message: str, status: int, type_: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """An error in the shape vLLM's OpenAI server returns."""
+    return {
+        "object": "error",
+        "message": message,
+        "type": type_ or _ERROR_TYPES.get(status, "BadRequestError"),
+        "param": param,
+        "code": status,
+    }
+
+
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}

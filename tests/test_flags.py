@@ -1,0 +1,31 @@
+import argparse
+
+import pytest
+
+from pdserve.flags import GoStyleParser, add_bool
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = GoStyleParser(prog="x")
+    add_bool(parser, "--secure-proxy", default=True)
+    parser.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], True), (["--secure-proxy"], True), (["--secure-proxy=false"], False),
+     (["--secure-proxy=true"], True), (["-secure-proxy=false"], False)],
+)
+def test_go_bool_forms(argv: list[str], expected: bool) -> None:
+    assert _parser().parse_args(argv).secure_proxy is expected
+
+
+def test_single_dash_long_flag() -> None:
+    assert _parser().parse_args(["-port=9000"]).port == 9000
+
+
+def test_bad_bool_is_usage_error() -> None:
+    with pytest.raises(SystemExit) as err:
+        _parser().parse_args(["--secure-proxy=maybe"])
+    assert err.value.code == 2
