@@ -12,8 +12,6 @@ import sys
 import time
 from typing import Any
 
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
@@ -27,9 +25,7 @@ class JsonFormatter(logging.Formatter):
             "component": self.component,
             "event": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                out[key] = value
+        out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, separators=(",", ":"))
@@ -49,7 +45,7 @@ def setup(component: str, level: str = "info") -> logging.Logger:
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, name, extra=fields)
+        logger.log(level, name, extra={"fields": fields})
 
 
 def now_ms(start: float) -> float:

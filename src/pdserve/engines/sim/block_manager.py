@@ -1,0 +1,154 @@
+"""Paged KV cache with prefix caching, as vLLM's block pool does it.
+
+A full block is identified by a hash chained over its parent's hash and its tokens, so equal
+hashes mean equal prefixes. Freed blocks keep their hash and stay reusable until evicted,
+least recently freed first. Every store and eviction is reported to `on_event`, which is
+how KV events (BlockStored / BlockRemoved) reach subscribers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import xxhash
+
+# ("stored", hashes, parent_hash, token_ids) | ("removed", hashes) | ("cleared",)
+CacheEvent = tuple
+NONE_HASH = 0
+
+
+def block_hashes(tokens: Sequence[int], block_size: int, seed: int = NONE_HASH) -> list[int]:
+    """Chained 64-bit hashes of the full blocks of `tokens`."""
+    out: list[int] = []
+    parent = seed
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        h = xxhash.xxh64(parent.to_bytes(8, "little"))
+        h.update(b"".join(t.to_bytes(4, "little") for t in tokens[start : start + block_size]))
+        parent = h.intdigest()
+        out.append(parent)
+    return out
+
+
+@dataclass
+class Allocation:
+    block_ids: list[int]
+    cached_tokens: int  # prompt tokens whose KV was already in the cache
+
+
+class BlockManager:
+    def __init__(
+        self, num_blocks: int, block_size: int, on_event: Callable[[CacheEvent], None] | None = None
+    ) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.on_event = on_event
+        self.ref = [0] * num_blocks
+        self.hash_of: list[int | None] = [None] * num_blocks
+        self.cached: dict[int, int] = {}  # block hash -> block id
+        self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.queries = 0  # prompt tokens looked up in the prefix cache
+        self.hits = 0  # of those, found
+
+    # --- capacity -------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        """Share of blocks held by live requests (vLLM's kv_cache_usage_perc, 0..1)."""
+        return 1.0 - len(self.free) / self.num_blocks
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # --- prefix cache ---------------------------------------------------------------------
+    def match(self, hashes: Sequence[int]) -> list[int]:
+        """Block ids of the longest cached prefix of `hashes`."""
+        hit: list[int] = []
+        for h in hashes:
+            block = self.cached.get(h)
+            if block is None:
+                break
+            hit.append(block)
+        return hit
+
+    def allocate(self, tokens: Sequence[int], hashes: Sequence[int]) -> Allocation | None:
+        """Blocks for `tokens`, reusing cached ones; None (and no change) if they don't fit."""
+        hit = self.match(hashes)
+        fresh = self.blocks_for(len(tokens)) - len(hit)
+        reusable_free = sum(1 for b in hit if self.ref[b] == 0)
+        if fresh > len(self.free) - reusable_free:
+            return None
+        for block in hit:
+            self._take(block)
+        ids = hit + [self._pop_free() for _ in range(fresh)]
+        self.queries += len(tokens)
+        self.hits += len(hit) * self.block_size
+        return Allocation(ids, len(hit) * self.block_size)
+
+    def grow(self, block_ids: list[int], num_tokens: int) -> bool:
+        """Make room for `num_tokens` in a request's block table (decode appends)."""
+        while len(block_ids) < self.blocks_for(num_tokens):
+            if not self.free:
+                return False
+            block_ids.append(self._pop_free())
+        return True
+
+    def commit(
+        self, block_ids: Sequence[int], tokens: Sequence[int], hashes: Sequence[int]
+    ) -> None:
+        """Register computed full blocks in the prefix cache (announces BlockStored)."""
+        stored: list[int] = []
+        first = None
+        for i, (block, h) in enumerate(zip(block_ids, hashes, strict=False)):
+            if self.hash_of[block] is not None or h in self.cached:
+                continue
+            if first is None:
+                first = i
+            self.hash_of[block] = h
+            self.cached[h] = block
+            stored.append(h)
+        if stored and self.on_event is not None:
+            assert first is not None
+            parent = hashes[first - 1] if first > 0 else None
+            toks = list(tokens[first * self.block_size : (first + len(stored)) * self.block_size])
+            self.on_event(("stored", stored, parent, toks))
+
+    def release(self, block_ids: Sequence[int]) -> None:
+        """Drop one reference; unreferenced blocks stay cached until evicted."""
+        for block in reversed(block_ids):  # tail blocks are evicted first, as in vLLM
+            self.ref[block] -= 1
+            if self.ref[block] == 0:
+                self.free[block] = None
+
+    def reset(self) -> None:
+        """Forget every cached prefix (vLLM's reset_prefix_cache)."""
+        for h, block in list(self.cached.items()):
+            if self.ref[block] == 0:
+                self.hash_of[block] = None
+                del self.cached[h]
+        if self.on_event is not None:
+            self.on_event(("cleared",))
+
+    def content(self) -> set[int]:
+        return set(self.cached)
+
+    # --- internals --------------------------------------------------------------------------
+    def _take(self, block: int) -> None:
+        if self.ref[block] == 0:
+            self.free.pop(block, None)
+        self.ref[block] += 1
+
+    def _pop_free(self) -> int:
+        block, _ = self.free.popitem(last=False)
+        h = self.hash_of[block]
+        if h is not None:
+            self.hash_of[block] = None
+            del self.cached[h]
+            if self.on_event is not None:
+                self.on_event(("removed", [h]))
+        self.ref[block] = 1
+        return block

@@ -1,0 +1,79 @@
+"""KV cache events over ZMQ, in vLLM's wire format.
+
+Multipart messages [topic, 8-byte big-endian sequence, msgpack payload]; the payload is
+[timestamp, [event, ...], data_parallel_rank] with events
+["BlockStored", hashes, parent_hash, token_ids, block_size, lora_id, medium],
+["BlockRemoved", hashes, medium] and ["AllBlocksCleared"]. Like vLLM, the publisher binds
+when the endpoint's host is a wildcard and connects otherwise (llm-d's EPP binds the SUB).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from pdserve.engines.sim.block_manager import CacheEvent
+from pdserve.errors import UserError
+
+
+def parse_config(text: str | None) -> dict[str, Any] | None:
+    """`--kv-events-config` JSON; None when absent or disabled."""
+    if not text:
+        return None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--kv-events-config: invalid JSON: {err}") from err
+    if not isinstance(cfg, dict):
+        raise UserError("--kv-events-config: expected a JSON object")
+    if not cfg.get("enable_kv_cache_events", False) or cfg.get("publisher", "zmq") == "null":
+        return None
+    if cfg.get("publisher", "zmq") != "zmq":
+        raise UserError(f"--kv-events-config: publisher {cfg['publisher']!r} not supported (zmq)")
+    return cfg
+
+
+def encode(event: CacheEvent, block_size: int) -> list[Any]:
+    kind = event[0]
+    if kind == "stored":
+        _, hashes, parent, tokens = event
+        return ["BlockStored", hashes, parent, tokens, block_size, None, "GPU"]
+    if kind == "removed":
+        return ["BlockRemoved", event[1], "GPU"]
+    return ["AllBlocksCleared"]
+
+
+class KVEventPublisher:
+    def __init__(self, cfg: dict[str, Any], block_size: int, dp_rank: int = 0) -> None:
+        self.block_size = block_size
+        self.dp_rank = dp_rank
+        self.topic = str(cfg.get("topic", "")).encode()
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        endpoint = str(cfg.get("endpoint", "tcp://*:5557"))
+        if "*" in endpoint or "::" in endpoint:
+            self.sock.bind(endpoint)
+        else:
+            self.sock.connect(endpoint)
+        self.seq = 0
+        self.pending: list[list[Any]] = []
+
+    def add(self, event: CacheEvent) -> None:
+        self.pending.append(encode(event, self.block_size))
+
+    def flush(self) -> None:
+        """One batch per engine step, as vLLM does."""
+        if not self.pending:
+            return
+        payload = msgpack.packb([time.time(), self.pending, self.dp_rank], use_bin_type=True)
+        self.pending = []
+        self.sock.send_multipart([self.topic, self.seq.to_bytes(8, "big"), payload], copy=False)
+        self.seq += 1
+
+    def close(self) -> None:
+        self.sock.close(0)

@@ -1,0 +1,302 @@
+"""Moving a request's KV blocks from a prefill engine to a decode engine.
+
+Each engine owns a `KVArena` (one buffer of num_blocks x block_bytes) and serves a side
+channel on VLLM_NIXL_SIDE_CHANNEL_HOST:PORT, as vLLM's NixlConnector does. The consumer asks
+the producer for a leased request's blocks; the bytes then move either over NIXL (a one-sided
+READ from the producer's registered memory) or inline over the side channel's TCP stream.
+Both paths end with an xxhash64 checksum check and a release message that frees the lease.
+
+Frames on the side channel: 4-byte big-endian length, then a JSON header; a header with
+`nbytes` is followed by one raw frame of that many bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import struct
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xxhash
+
+_LEN = struct.Struct(">I")
+
+
+class KVArena:
+    """The engine's KV memory. Block contents are derived from the block's prefix hash, so
+    any engine can tell what a correct block holds."""
+
+    def __init__(self, num_blocks: int, block_bytes: int) -> None:
+        self.block_bytes = block_bytes
+        self.buf = np.zeros(max(num_blocks * block_bytes, 8), dtype=np.uint8)
+
+    def fill(self, block: int, seed: int) -> None:
+        if not self.block_bytes:
+            return
+        pattern = np.frombuffer(seed.to_bytes(8, "little"), dtype=np.uint8)
+        view = self.buf[block * self.block_bytes : (block + 1) * self.block_bytes]
+        view[:] = np.resize(pattern, self.block_bytes)
+
+    def gather(self, blocks: Sequence[int]) -> bytes:
+        bb = self.block_bytes
+        return b"".join(self.buf[b * bb : (b + 1) * bb].tobytes() for b in blocks)
+
+    def scatter(self, blocks: Sequence[int], data: bytes) -> None:
+        bb = self.block_bytes
+        src = np.frombuffer(data, dtype=np.uint8)
+        for i, b in enumerate(blocks):
+            self.buf[b * bb : (b + 1) * bb] = src[i * bb : (i + 1) * bb]
+
+    def checksum(self, blocks: Sequence[int]) -> int:
+        h = xxhash.xxh64()
+        bb = self.block_bytes
+        for b in blocks:
+            h.update(memoryview(self.buf[b * bb : (b + 1) * bb]))
+        return h.intdigest()
+
+    def regions(self, blocks: Sequence[int]) -> list[tuple[int, int, int]]:
+        base = self.buf.ctypes.data
+        return [(base + b * self.block_bytes, self.block_bytes, 0) for b in blocks]
+
+
+class Nixl:
+    """A NIXL agent (UCX backend, no progress thread) with the arena registered."""
+
+    def __init__(self, name: str, arena: KVArena) -> None:
+        try:
+            from nixl_cu12._api import nixl_agent, nixl_agent_config
+        except ImportError:
+            from nixl._api import nixl_agent, nixl_agent_config
+        self.agent = nixl_agent(name, nixl_agent_config(enable_prog_thread=False, backends=["UCX"]))
+        self.arena = arena
+        base = arena.buf.ctypes.data
+        self.agent.register_memory([(base, arena.buf.nbytes, 0, "")], "DRAM")
+        self.peers: dict[bytes, str] = {}
+
+    def metadata(self) -> bytes:
+        return self.agent.get_agent_metadata()
+
+    def descs(self, blocks: Sequence[int]) -> bytes:
+        return self.agent.get_serialized_descs(
+            self.agent.get_xfer_descs(self.arena.regions(blocks), "DRAM")
+        )
+
+    def poll(self) -> None:
+        self.agent.get_new_notifs()
+
+    async def read(self, peer_meta: bytes, remote_descs: bytes, blocks: Sequence[int]) -> None:
+        peer = self.peers.get(peer_meta)
+        if peer is None:
+            peer = self.peers[peer_meta] = self.agent.add_remote_agent(peer_meta)
+        local = self.agent.get_xfer_descs(self.arena.regions(blocks), "DRAM")
+        remote = self.agent.deserialize_descs(remote_descs)
+        handle = self.agent.initialize_xfer("READ", local, remote, peer, b"pull")
+        try:
+            state = self.agent.transfer(handle)
+            while state == "PROC":
+                await asyncio.sleep(0)
+                state = self.agent.check_xfer_state(handle)
+            if state != "DONE":
+                raise TransferError("NIXL READ failed")
+        finally:
+            self.agent.release_xfer_handle(handle)
+
+
+def make_nixl(arena: KVArena) -> Nixl | None:
+    """NIXL when it is installed and loads; None means the TCP path."""
+    try:
+        return Nixl(f"pdserve-sim-{os.getpid()}-{uuid.uuid4().hex[:6]}", arena)
+    except Exception:  # ImportError, or UCX failing to initialise on this host
+        return None
+
+
+class TransferError(Exception):
+    pass
+
+
+async def _send(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:
+    if payload:
+        header = {**header, "nbytes": len(payload)}
+    raw = json.dumps(header).encode()
+    writer.write(_LEN.pack(len(raw)) + raw)
+    if payload:
+        writer.write(_LEN.pack(len(payload)))
+        writer.write(payload)
+    await writer.drain()
+
+
+async def _recv(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    (n,) = _LEN.unpack(await reader.readexactly(4))
+    header = json.loads(await reader.readexactly(n))
+    payload = b""
+    if header.get("nbytes"):
+        (m,) = _LEN.unpack(await reader.readexactly(4))
+        payload = await reader.readexactly(m)
+    return header, payload
+
+
+@dataclass
+class Leased:
+    blocks: list[int]
+    engine_id: str
+
+
+# The producer's view of its own state, given by the engine.
+LeaseLookup = Callable[[str], Leased | None]
+Release = Callable[[str], Awaitable[None] | None]
+
+
+class SideChannelServer:
+    """Producer side: answers pulls for leased requests, frees leases on release."""
+
+    def __init__(
+        self,
+        arena: KVArena,
+        lookup: LeaseLookup,
+        release: Callable[[str], None],
+        nixl: Nixl | None,
+        fault: str | None = None,
+    ) -> None:
+        self.arena, self.lookup, self.release, self.nixl = arena, lookup, release, nixl
+        self.fault = fault  # "corrupt" | "stall": fault injection for chaos tests
+        self.server: asyncio.AbstractServer | None = None
+        self.active = 0
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
+        poller = asyncio.create_task(self._poll()) if self.nixl else None
+        try:
+            while True:
+                try:
+                    msg, _ = await _recv(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                await self._answer(msg, writer)
+        finally:
+            self.active -= 1
+            if poller:
+                poller.cancel()
+            writer.close()
+
+    async def _answer(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        rid = str(msg.get("request_id"))
+        if msg.get("op") == "release":
+            self.release(rid)
+            await _send(writer, {"ok": True})
+            return
+        lease = self.lookup(rid)
+        if lease is None or msg.get("op") != "pull":
+            await _send(writer, {"ok": False, "error": f"no KV held for request {rid!r}"})
+            return
+        blocks = [b for b in msg.get("block_ids", lease.blocks) if b in lease.blocks]
+        checksum = self.arena.checksum(blocks)
+        if self.fault == "corrupt":
+            checksum ^= 1
+        if self.fault == "stall":
+            await asyncio.Event().wait()
+        header = {"ok": True, "checksum": checksum, "block_ids": blocks}
+        if msg.get("transport") == "nixl" and self.nixl is not None:
+            header["nixl_meta"] = base64.b64encode(self.nixl.metadata()).decode()
+            header["nixl_descs"] = base64.b64encode(self.nixl.descs(blocks)).decode()
+            await _send(writer, header)
+        else:
+            await _send(writer, header, self.arena.gather(blocks) or b"\0")
+
+    async def _poll(self) -> None:
+        assert self.nixl is not None
+        while True:
+            self.nixl.poll()
+            await asyncio.sleep(0.001)
+
+
+@dataclass
+class PullResult:
+    nbytes: int
+    transport: str
+    seconds: float
+
+
+async def pull(
+    host: str,
+    port: int,
+    request_id: str,
+    remote_blocks: Sequence[int],
+    local_blocks: Sequence[int],
+    arena: KVArena,
+    nixl: Nixl | None,
+    timeout: float,
+) -> PullResult:
+    """Consumer side: fetch the blocks into `local_blocks`, verify, release the lease."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        return await asyncio.wait_for(
+            _pull(host, port, request_id, remote_blocks, local_blocks, arena, nixl, start), timeout
+        )
+    except TimeoutError as err:
+        raise TransferError(f"KV pull from {host}:{port} timed out after {timeout:g}s") from err
+    except (OSError, asyncio.IncompleteReadError) as err:
+        raise TransferError(
+            f"KV pull from {host}:{port} failed: {err or type(err).__name__}"
+        ) from err
+
+
+async def _pull(
+    host: str,
+    port: int,
+    request_id: str,
+    remote_blocks: Sequence[int],
+    local_blocks: Sequence[int],
+    arena: KVArena,
+    nixl: Nixl | None,
+    start: float,
+) -> PullResult:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        transport = "nixl" if nixl is not None else "tcp"
+        await _send(
+            writer,
+            {
+                "op": "pull",
+                "request_id": request_id,
+                "block_ids": list(remote_blocks),
+                "transport": transport,
+            },
+        )
+        header, payload = await _recv(reader)
+        if not header.get("ok"):
+            raise TransferError(str(header.get("error", "producer refused the pull")))
+        count = min(len(header["block_ids"]), len(local_blocks))
+        blocks = list(local_blocks[:count])
+        if "nixl_meta" in header and nixl is not None:
+            await nixl.read(
+                base64.b64decode(header["nixl_meta"]),
+                base64.b64decode(header["nixl_descs"]),
+                blocks,
+            )
+        else:
+            transport = "tcp"
+            arena.scatter(blocks, payload)
+        if arena.checksum(blocks) != header["checksum"]:
+            raise TransferError(f"KV checksum mismatch for request {request_id!r}")
+        await _send(writer, {"op": "release", "request_id": request_id})
+        await _recv(reader)
+        return PullResult(
+            count * arena.block_bytes, transport, asyncio.get_running_loop().time() - start
+        )
+    finally:
+        writer.close()

@@ -1,0 +1,96 @@
+"""Prometheus metrics under vLLM's names, labels and types, so the EPP and dashboards
+written for vLLM read the sim engine unchanged."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+
+
+class EngineMetrics:
+    def __init__(self, model: str, cache_info: dict[str, str]) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name", "engine"]
+        r = self.registry
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def hist(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, labels, buckets=_LATENCY, registry=r)
+
+        self.running = gauge("vllm:num_requests_running", "Requests in model execution batches.")
+        self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be processed.")
+        self.kv_usage = gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."
+        )
+        self.gpu_usage = gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (deprecated name).")
+        self.prefix_queries = counter(
+            "vllm:prefix_cache_queries", "Prefix cache queries, in tokens."
+        )
+        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens.")
+        self.success = Counter(
+            "vllm:request_success", "Finished requests.", [*labels, "finished_reason"], registry=r
+        )
+        self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token in seconds.")
+        self.itl = hist("vllm:inter_token_latency_seconds", "Inter-token latency in seconds.")
+        self.tpot = hist(
+            "vllm:time_per_output_token_seconds", "Time per output token (deprecated)."
+        )
+        self.e2e = hist(
+            "vllm:e2e_request_latency_seconds", "End to end request latency in seconds."
+        )
+        self.kv_pulls = Counter(
+            "pdserve_sim:kv_pulls",
+            "P/D KV pulls by transport and outcome.",
+            [*labels, "transport", "outcome"],
+            registry=r,
+        )
+        self.kv_pull_bytes = counter(
+            "pdserve_sim:kv_pull_bytes", "Bytes of KV pulled from producers."
+        )
+        self.leases = gauge("pdserve_sim:kv_leases", "P/D producer requests holding blocks.")
+        info = Gauge(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig.",
+            list(cache_info),
+            registry=r,
+        )
+        info.labels(**cache_info).set(1)
+        self.values = {"model_name": model, "engine": "0"}
+        for metric in (self.running, self.waiting, self.kv_usage, self.gpu_usage, self.leases):
+            metric.labels(**self.values).set(0)
+
+    def observe_state(self, running: int, waiting: int, usage: float, leases: int) -> None:
+        v = self.values
+        self.running.labels(**v).set(running)
+        self.waiting.labels(**v).set(waiting)
+        self.kv_usage.labels(**v).set(usage)
+        self.gpu_usage.labels(**v).set(usage)
+        self.leases.labels(**v).set(leases)

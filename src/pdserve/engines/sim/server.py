@@ -1,0 +1,476 @@
+"""The HTTP shell around the scheduler: vLLM's OpenAI server on a real clock.
+
+One asyncio task runs engine steps: it asks the scheduler for a step, sleeps for the step's
+modelled duration, then hands each request its token. P/D pulls run as separate tasks so
+the engine keeps stepping while KV moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pdserve import wire
+from pdserve.engines.sim import kv_transfer
+from pdserve.engines.sim.block_manager import BlockManager
+from pdserve.engines.sim.kv_events import KVEventPublisher
+from pdserve.engines.sim.metrics import EngineMetrics
+from pdserve.engines.sim.openai_api import ApiError, Params, chunk, full_response, parse, usage
+from pdserve.engines.sim.openai_api import usage_chunk as make_usage_chunk
+from pdserve.engines.sim.profile import Profile
+from pdserve.engines.sim.scheduler import Request, Scheduler
+from pdserve.engines.sim.tokens import Generator, Tokenizer
+from pdserve.logs import event
+
+log = logging.getLogger("pdserve.sim")
+
+
+@dataclass
+class EngineConfig:
+    served_model_name: str
+    profile: Profile
+    tokenizer: Tokenizer
+    model_path: str | None = None
+    kv_transfer: dict[str, Any] | None = None  # parsed --kv-transfer-config
+    kv_events: dict[str, Any] | None = None  # parsed --kv-events-config
+    side_channel_host: str = "127.0.0.1"
+    side_channel_port: int = 0
+
+
+class SimEngine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        p = cfg.profile
+        self.engine_id = str(uuid.uuid4())
+        self.publisher = KVEventPublisher(cfg.kv_events, p.block_size) if cfg.kv_events else None
+        self.blocks = BlockManager(
+            p.num_blocks, p.block_size, self.publisher.add if self.publisher else None
+        )
+        self.gen = Generator(cfg.tokenizer)
+        extra = (cfg.kv_transfer or {}).get("kv_connector_extra_config") or {}
+        self.pull_timeout = float(extra.get("pull_timeout", 30))
+        policy = (cfg.kv_transfer or {}).get("kv_load_failure_policy", "recompute")
+        lease = float(os.environ.get("VLLM_NIXL_ABORT_REQUEST_TIMEOUT", "480"))
+        self.sched = Scheduler(p, self.gen, self.blocks, lease, policy == "fail")
+        self.arena = kv_transfer.KVArena(p.num_blocks, p.block_bytes)
+        self.nixl = None
+        if cfg.kv_transfer and extra.get("transport", "nixl") == "nixl" and p.block_bytes:
+            self.nixl = kv_transfer.make_nixl(self.arena)
+        self.side = kv_transfer.SideChannelServer(
+            self.arena, self._leased, self._release, self.nixl, extra.get("fault")
+        )
+        self.metrics = EngineMetrics(
+            cfg.served_model_name,
+            {
+                "block_size": str(p.block_size),
+                "num_gpu_blocks": str(p.num_blocks),
+                "enable_prefix_caching": "True",
+                "cache_dtype": "auto",
+            },
+        )
+        self.queues: dict[str, asyncio.Queue[int | None]] = {}
+        self.wake = asyncio.Event()
+        self.ids = itertools.count()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.cfg.kv_transfer:
+            self.cfg.side_channel_port = await self.side.start(
+                self.cfg.side_channel_host, self.cfg.side_channel_port
+            )
+        self._spawn(self._engine_loop())
+        self._spawn(self._lease_reaper())
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.side.close()
+        if self.publisher:
+            self.publisher.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # --- the engine loop ----------------------------------------------------------------
+    async def _engine_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.sched.has_work:
+                self._observe()
+                self.wake.clear()
+                await self.wake.wait()
+            out = self.sched.step(loop.time())
+            for req in out.kv_pulls:
+                self._spawn(self._pull(req))
+            await asyncio.sleep(out.duration)
+            for req, token in out.tokens:
+                self._deliver(req, token)
+            for req in out.finished:
+                self._finished(req)
+            if out.prefill_tokens:
+                self.metrics.prompt_tokens.labels(**self.metrics.values).inc(out.prefill_tokens)
+            if out.tokens:
+                self.metrics.generation_tokens.labels(**self.metrics.values).inc(len(out.tokens))
+            self._observe()
+
+    def _deliver(self, req: Request, token: int) -> None:
+        if len(req.output) == 1 and req.loaded_tokens == 0:
+            self._fill_blocks(req)
+        queue = self.queues.get(req.id)
+        if queue is not None:
+            queue.put_nowait(token)
+
+    def _finished(self, req: Request) -> None:
+        if not req.output and req.loaded_tokens == 0:
+            self._fill_blocks(req)
+        queue = self.queues.get(req.id)
+        if queue is not None:
+            queue.put_nowait(None)
+
+    def _fill_blocks(self, req: Request) -> None:
+        """Write the computed blocks' bytes (content derived from each block's prefix)."""
+        if not self.arena.block_bytes:
+            return
+        first = req.cached_tokens // self.cfg.profile.block_size
+        for i in range(first, len(req.blocks)):
+            self.arena.fill(req.blocks[i], self._block_seed(req, i))
+
+    def _block_seed(self, req: Request, i: int) -> int:
+        if i < len(req.hashes):
+            return req.hashes[i]
+        bs = self.cfg.profile.block_size
+        parent = req.hashes[-1] if req.hashes else 0
+        tail = req.prompt[i * bs : (i + 1) * bs]
+        return xxhash.xxh64_intdigest(b"".join(t.to_bytes(4, "little") for t in tail), seed=parent)
+
+    def _observe(self) -> None:
+        s = self.sched.stats()
+        self.metrics.observe_state(
+            int(s["running"]), int(s["waiting"]), s["kv_usage"], len(self.sched.leases)
+        )
+        if self.publisher:
+            self.publisher.flush()
+
+    async def _lease_reaper(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.5)
+            for rid in self.sched.expire_leases(loop.time()):
+                event(log, "kv_lease_expired", request_id=rid)
+                self._observe()
+
+    # --- P/D ------------------------------------------------------------------------------
+    def _leased(self, rid: str) -> kv_transfer.Leased | None:
+        lease = self.sched.leases.get(rid)
+        return kv_transfer.Leased(lease.blocks, self.engine_id) if lease else None
+
+    def _release(self, rid: str) -> None:
+        if self.sched.release_lease(rid):
+            event(log, "kv_lease_released", request_id=rid)
+            self._observe()
+
+    async def _pull(self, req: Request) -> None:
+        params = req.remote_prefill or {}
+        bs = self.cfg.profile.block_size
+        skip = req.cached_tokens // bs
+        remote = list(params.get("remote_block_ids") or [])[skip:]
+        local = req.blocks[skip : skip + len(remote)]
+        start = time.perf_counter()
+        ok, error, transport, nbytes = False, None, "none", 0
+        try:
+            host, port = params.get("remote_host"), params.get("remote_port")
+            if not host or not port or not params.get("remote_request_id"):
+                raise kv_transfer.TransferError("kv_transfer_params lack remote host/port/request")
+            result = await kv_transfer.pull(
+                str(host),
+                int(port),
+                str(params["remote_request_id"]),
+                remote,
+                local,
+                self.arena,
+                self.nixl,
+                self.pull_timeout,
+            )
+            ok, transport, nbytes = True, result.transport, result.nbytes
+        except (kv_transfer.TransferError, ValueError, TypeError) as err:
+            error = str(err)
+        self.metrics.kv_pulls.labels(
+            **self.metrics.values, transport=transport, outcome="ok" if ok else "failed"
+        ).inc()
+        self.metrics.kv_pull_bytes.labels(**self.metrics.values).inc(nbytes)
+        event(
+            log,
+            "kv_pull",
+            logging.INFO if ok else logging.WARNING,
+            request_id=req.id,
+            remote_engine_id=params.get("remote_engine_id"),
+            remote_request_id=params.get("remote_request_id"),
+            blocks=len(local),
+            bytes=nbytes,
+            transport=transport,
+            ok=ok,
+            error=error,
+            policy="fail" if self.sched.fail_on_kv_error else "recompute",
+            ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+        finished = self.sched.kv_loaded(req.id, ok, error)
+        if finished is not None and finished.done:
+            self._finished(finished)
+        self.wake.set()
+
+    # --- requests ---------------------------------------------------------------------------
+    def tokenize(self, p: Params) -> list[int]:
+        if isinstance(p.prompt, list):
+            return list(p.prompt)
+        text = self.cfg.tokenizer.chat_prompt(p.messages) if p.chat else p.prompt
+        return self.cfg.tokenizer.encode(text)
+
+    def new_request(self, p: Params, prompt: list[int], base_id: str) -> Request:
+        limit = self.cfg.profile.max_model_len
+        if len(prompt) >= limit or (p.max_tokens and len(prompt) + p.max_tokens > limit):
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, "
+                f"you requested {len(prompt) + (p.max_tokens or 0)} tokens "
+                f"({len(prompt)} in the messages, {p.max_tokens or 0} in the "
+                "completion). Please reduce the length of the messages or "
+                "completion.",
+                "messages" if p.chat else "prompt",
+            )
+        if not prompt:
+            raise ApiError(400, "The prompt is empty.", "prompt")
+        kv = p.kv_transfer_params if self.cfg.kv_transfer else None
+        prefix = "chatcmpl" if p.chat else "cmpl"
+        req = Request(
+            id=f"{prefix}-{base_id}-{next(self.ids)}",
+            prompt=prompt,
+            max_tokens=p.max_tokens or (limit - len(prompt)),
+            arrival=asyncio.get_running_loop().time(),
+            ignore_eos=p.ignore_eos,
+            remote_decode=bool(kv and kv.get("do_remote_decode")),
+            remote_prefill=kv if kv and kv.get("do_remote_prefill") else None,
+        )
+        if req.remote_decode:
+            req.max_tokens = 1
+        return req
+
+    def submit(self, req: Request) -> asyncio.Queue[int | None]:
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self.queues[req.id] = queue
+        self.sched.add(req)
+        self.wake.set()
+        return queue
+
+    def forget(self, req: Request) -> None:
+        self.queues.pop(req.id, None)
+        if not req.done:
+            self.sched.abort(req)
+
+    def producer_params(self, req: Request) -> dict[str, Any]:
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_block_ids": list(req.blocks),
+            "remote_engine_id": self.engine_id,
+            "remote_request_id": req.id,
+            "remote_host": self.cfg.side_channel_host,
+            "remote_port": self.cfg.side_channel_port,
+            "remote_num_tokens": len(req.prompt),
+            "tp_size": 1,
+        }
+
+    def record_finish(self, req: Request, now: float, token_times: list[float]) -> None:
+        m, v = self.metrics, self.metrics.values
+        if req.first_token_at is not None:
+            m.ttft.labels(**v).observe(max(token_times[0] - req.arrival, 0) if token_times else 0)
+        for a, b in itertools.pairwise(token_times):
+            m.itl.labels(**v).observe(b - a)
+            m.tpot.labels(**v).observe(b - a)
+        m.e2e.labels(**v).observe(now - req.arrival)
+        m.success.labels(**v, finished_reason=req.finish_reason or "abort").inc()
+        m.prefix_queries.labels(**v).inc(len(req.prompt))
+        m.prefix_hits.labels(**v).inc(req.cached_tokens)
+
+
+def _error(status: int, message: str, param: str | None = None) -> web.Response:
+    return web.json_response(wire.error_body(message, status, param=param), status=status)
+
+
+class Api:
+    """aiohttp handlers; every failure is a vLLM-shaped error and the server keeps going."""
+
+    def __init__(self, engine: SimEngine) -> None:
+        self.engine = engine
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ping", self.health)
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/reset_prefix_cache", self.reset_prefix_cache)
+        return app
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def version(self, _: web.Request) -> web.Response:
+        return web.json_response({"version": "0.32.0+pdserve.sim"})
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.engine.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def reset_prefix_cache(self, _: web.Request) -> web.Response:
+        self.engine.blocks.reset()
+        self.engine._observe()
+        return web.Response(status=200)
+
+    async def models(self, _: web.Request) -> web.Response:
+        cfg = self.engine.cfg
+        card = {
+            "id": cfg.served_model_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+            "root": cfg.model_path or cfg.served_model_name,
+            "parent": None,
+            "max_model_len": cfg.profile.max_model_len,
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        engine = self.engine
+        try:
+            try:
+                body = json.loads(await request.read())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ApiError(400, f"Invalid JSON in request body: {err}") from err
+            p = parse(body, chat)
+            name = engine.cfg.served_model_name
+            if p.model is not None and p.model != name:
+                raise ApiError(404, f"The model `{p.model}` does not exist.", "model")
+            prompt = engine.tokenize(p)
+            base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
+            req = engine.new_request(p, prompt, base)
+        except ApiError as err:
+            return _error(err.status, err.message, err.param)
+        queue = engine.submit(req)
+        try:
+            if p.stream:
+                return await self._stream(request, p, req, queue)
+            return await self._whole(p, req, queue)
+        finally:
+            engine.forget(req)
+
+    async def _tokens(
+        self, p: Params, req: Request, queue: asyncio.Queue[int | None], times: list[float]
+    ):
+        """Yield text deltas until the request ends or a stop string appears."""
+        loop = asyncio.get_running_loop()
+        tok = self.engine.cfg.tokenizer
+        text = ""
+        while (token := await queue.get()) is not None:
+            times.append(loop.time())
+            piece = tok.decode([token])
+            cut = _stop_index(text + piece, p.stop)
+            if cut is not None:
+                req.finish_reason = "stop"
+                yield (text + piece)[len(text) : cut]
+                return
+            text += piece
+            yield piece
+        if req.error:
+            raise ApiError(
+                500, f"KV transfer failed and kv_load_failure_policy is fail: {req.error}"
+            )
+
+    async def _whole(
+        self, p: Params, req: Request, queue: asyncio.Queue[int | None]
+    ) -> web.Response:
+        times: list[float] = []
+        try:
+            text = "".join([piece async for piece in self._tokens(p, req, queue, times)])
+        except ApiError as err:
+            return _error(err.status, err.message)
+        engine = self.engine
+        engine.record_finish(req, asyncio.get_running_loop().time(), times)
+        kv = engine.producer_params(req) if req.remote_decode else None
+        use = usage(len(req.prompt), len(times), req.cached_tokens)
+        self._log(req, len(times))
+        return web.json_response(
+            full_response(p, req.id, engine.cfg.served_model_name, text, req.finish_reason, use, kv)
+        )
+
+    async def _stream(
+        self, request: web.Request, p: Params, req: Request, queue: asyncio.Queue[int | None]
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        model, created, times = self.engine.cfg.served_model_name, int(time.time()), []
+
+        async def send(obj: dict[str, Any]) -> None:
+            await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+        try:
+            if p.chat:
+                await send(chunk(p, req.id, model, created, None, role=True))
+            async for piece in self._tokens(p, req, queue, times):
+                await send(chunk(p, req.id, model, created, piece))
+            await send(chunk(p, req.id, model, created, None, finish=req.finish_reason))
+            if p.include_usage:
+                use = usage(len(req.prompt), len(times), req.cached_tokens)
+                await send(make_usage_chunk(p, req.id, model, created, use))
+        except ApiError as err:
+            await send({"error": wire.error_body(err.message, err.status)})
+        await resp.write(b"data: [DONE]\n\n")
+        self.engine.record_finish(req, asyncio.get_running_loop().time(), times)
+        self._log(req, len(times))
+        await resp.write_eof()
+        return resp
+
+    def _log(self, req: Request, completion_tokens: int) -> None:
+        role = "producer" if req.remote_decode else "consumer" if req.remote_prefill else "local"
+        event(
+            log,
+            "request_done",
+            request_id=req.id,
+            pd_role=role,
+            prompt_tokens=len(req.prompt),
+            cached_tokens=req.cached_tokens,
+            loaded_tokens=req.loaded_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=req.finish_reason,
+            blocks=len(req.blocks),
+        )
+
+
+def _stop_index(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None

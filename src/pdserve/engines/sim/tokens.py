@@ -1,0 +1,144 @@
+"""Tokenizers and the deterministic "model".
+
+Generated tokens are a pure function of the prompt's token ids and the position, so one
+request gives the same text whether one engine serves it or a prefill engine and a decode
+engine split it. That makes P/D correctness testable token for token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import xxhash
+
+_PIECE = re.compile(r"\s*[A-Za-z]+|\s*\d|\s*[^\sA-Za-z\d]|\s+")
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "de", "po", "ar", "el", "in", "os"]
+
+
+def _builtin_words() -> list[str]:
+    words = [a + b for a in _SYLLABLES for b in _SYLLABLES]
+    return [" " + w for w in words] + [
+        " " + a + b + c for a in _SYLLABLES[:6] for b in _SYLLABLES for c in _SYLLABLES[:6]
+    ]
+
+
+class Tokenizer(Protocol):
+    eos_token_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str: ...
+    def output_ids(self) -> list[int]: ...
+
+
+class BuiltinTokenizer:
+    """Word-piece hashing tokenizer: no files needed, stable across processes."""
+
+    eos_token_id = 2
+    _offset = 1000
+    _vocab = 50000
+
+    def __init__(self) -> None:
+        self.words = _builtin_words()
+
+    def encode(self, text: str) -> list[int]:
+        return [
+            self._offset + xxhash.xxh32_intdigest(p.encode()) % self._vocab
+            for p in _PIECE.findall(text)
+        ]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        n = len(self.words)
+        return "".join(
+            self.words[(i - self._offset - self._vocab) % n]
+            for i in ids
+            if i >= self._offset + self._vocab
+        )
+
+    def output_ids(self) -> list[int]:
+        return [self._offset + self._vocab + k for k in range(len(self.words))]
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        return chatml(messages)
+
+
+class HFTokenizer:
+    """The model's own tokenizer and chat template (transformers, loaded from a folder)."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        self.eos_token_id = int(self.tok.eos_token_id if self.tok.eos_token_id is not None else 0)
+        self._outputs = self._plain_words()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        return chatml(messages)
+
+    def output_ids(self) -> list[int]:
+        return self._outputs
+
+    def _plain_words(self) -> list[int]:
+        """Ids that decode to ' word' on their own, so streamed deltas concatenate exactly."""
+        ids = []
+        for idx in sorted(self.tok.get_vocab().values()):
+            text = self.tok.decode([idx])
+            if text.startswith(" ") and text[1:].isalpha() and text[1:].islower() and len(text) > 2:
+                ids.append(idx)
+            if len(ids) >= 2048:
+                break
+        return ids or [idx for idx in range(10, 266)]
+
+
+def chatml(messages: list[dict[str, Any]]) -> str:
+    """ChatML rendering, the same text the EPP hashes for chat requests."""
+    parts = [
+        f"<|im_start|>{m.get('role', 'user')}\n{content_text(m.get('content'))}<|im_end|>\n"
+        for m in messages
+    ]
+    return "".join(parts) + "<|im_start|>assistant\n"
+
+
+def content_text(content: Any) -> str:
+    """OpenAI message content: a string or a list of {type: text, text} parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+class Generator:
+    """Picks output tokens from the prompt alone: same prompt, same continuation."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.choices = tokenizer.output_ids()
+        self.eos = tokenizer.eos_token_id
+
+    @staticmethod
+    def key(prompt_ids: Sequence[int]) -> int:
+        return xxhash.xxh64_intdigest(b"".join(t.to_bytes(4, "little") for t in prompt_ids))
+
+    def token(self, key: int, position: int) -> int:
+        h = xxhash.xxh64_intdigest(position.to_bytes(4, "little"), seed=key)
+        return self.choices[h % len(self.choices)]
+
+    @staticmethod
+    def natural_length(key: int) -> int:
+        """Where the 'model' would emit EOS if not told to ignore it."""
+        return 16 + key % 240
