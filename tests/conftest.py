@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from pdserve.process import ManagedProcess, free_port
-
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
-
-PDSERVE = [sys.executable, "-m", "pdserve"]
-
-Spawn = Callable[..., ManagedProcess]
+from testkit import REFERENCE, Spawn
 
 
 @pytest.fixture

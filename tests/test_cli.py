@@ -1,6 +1,6 @@
 import subprocess
 
-from conftest import PDSERVE
+from testkit import PDSERVE
 
 
 def test_help_lists_commands() -> None:

@@ -84,8 +84,23 @@ class EngineMetrics:
         )
         info.labels(**cache_info).set(1)
         self.values = {"model_name": model, "engine": "0"}
-        for metric in (self.running, self.waiting, self.kv_usage, self.gpu_usage, self.leases):
-            metric.labels(**self.values).set(0)
+        for metric in (
+            self.ttft,
+            self.itl,
+            self.tpot,
+            self.e2e,
+            self.prefix_queries,
+            self.prefix_hits,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.kv_pull_bytes,
+            self.running,
+            self.waiting,
+            self.kv_usage,
+            self.gpu_usage,
+            self.leases,
+        ):
+            metric.labels(**self.values)  # exported from the start, as vLLM does
 
     def observe_state(self, running: int, waiting: int, usage: float, leases: int) -> None:
         v = self.values

@@ -108,9 +108,9 @@ class Scheduler:
         if req is None:
             return None
         if ok:
-            req.loaded_tokens = len(req.prompt) - req.computed
-            req.computed = len(req.prompt)
-            self.blocks.commit(req.blocks, req.prompt, req.hashes)
+            # The last prompt token is recomputed here: its logits give the first decode token.
+            req.loaded_tokens = len(req.prompt) - 1 - req.computed
+            req.computed = len(req.prompt) - 1
         elif self.fail_on_kv_error:
             self.blocks.release(req.blocks)
             req.phase, req.finish_reason, req.error = Phase.FINISHED, "error", error

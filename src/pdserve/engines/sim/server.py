@@ -190,6 +190,7 @@ class SimEngine:
         skip = req.cached_tokens // bs
         remote = list(params.get("remote_block_ids") or [])[skip:]
         local = req.blocks[skip : skip + len(remote)]
+        remote = remote[: len(local)]
         start = time.perf_counter()
         ok, error, transport, nbytes = False, None, "none", 0
         try:
@@ -285,7 +286,7 @@ class SimEngine:
         return {
             "do_remote_prefill": True,
             "do_remote_decode": False,
-            "remote_block_ids": list(req.blocks),
+            "remote_block_ids": req.blocks[: self.blocks.blocks_for(len(req.prompt))],
             "remote_engine_id": self.engine_id,
             "remote_request_id": req.id,
             "remote_host": self.cfg.side_channel_host,

@@ -1,0 +1,146 @@
+"""The sim engine speaks vLLM's OpenAI API: official client, raw HTTP, and errors."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+
+@pytest.fixture
+def engine(sim_engine):
+    return sim_engine("--zero-cost")
+
+
+def test_openai_client_completion_and_chat(engine) -> None:
+    client = openai.OpenAI(base_url=f"{engine.url}/v1", api_key="x")
+    comp = client.completions.create(model="sim", prompt="The quick brown fox", max_tokens=7)
+    assert comp.choices[0].finish_reason == "length"
+    assert comp.usage.completion_tokens == 7 and comp.usage.prompt_tokens > 0
+    assert comp.choices[0].text.strip()
+    chat = client.chat.completions.create(
+        model="sim", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=4
+    )
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens == 4
+
+
+def test_openai_client_streaming_matches_whole(engine) -> None:
+    client = openai.OpenAI(base_url=f"{engine.url}/v1", api_key="x")
+    messages = [{"role": "user", "content": "Tell me a story about caches."}]
+    whole = client.chat.completions.create(model="sim", messages=messages, max_tokens=12)
+    stream = client.chat.completions.create(
+        model="sim",
+        messages=messages,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_raw_sse_ends_with_done(engine) -> None:
+    with httpx.stream(
+        "POST",
+        f"{engine.url}/v1/completions",
+        json={"prompt": "abc", "max_tokens": 3, "stream": True},
+    ) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in resp.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    assert len(lines) == 3 + 1 + 1  # tokens, finish chunk, [DONE]
+
+
+def test_prefix_cache_reports_cached_tokens(engine) -> None:
+    prompt = "shared system prompt " * 40
+    body = {"model": "sim", "prompt": prompt, "max_tokens": 1}
+    first = httpx.post(f"{engine.url}/v1/completions", json=body).json()
+    second = httpx.post(f"{engine.url}/v1/completions", json=body).json()
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= first["usage"]["prompt_tokens"] - 16
+
+
+def test_stop_string_and_ignore_eos(engine) -> None:
+    body = {"prompt": "count", "max_tokens": 20}
+    text = httpx.post(f"{engine.url}/v1/completions", json=body).json()["choices"][0]["text"]
+    word = text.split()[2]
+    stopped = httpx.post(f"{engine.url}/v1/completions", json={**body, "stop": [word]}).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert word not in stopped["choices"][0]["text"]
+    natural = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "count"}).json()
+    assert natural["choices"][0]["finish_reason"] == "stop"  # EOS at its natural length
+    forced = httpx.post(
+        f"{engine.url}/v1/completions",
+        json={"prompt": "count", "ignore_eos": True, "max_tokens": 300},
+    ).json()
+    assert forced["usage"]["completion_tokens"] == 300
+
+
+def test_models_health_metrics(engine) -> None:
+    models = httpx.get(f"{engine.url}/v1/models").json()
+    assert models["data"][0]["id"] == "sim"
+    assert httpx.get(f"{engine.url}/health").status_code == 200
+    text = httpx.get(f"{engine.url}/metrics").text
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds",
+        "vllm:e2e_request_latency_seconds",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:cache_config_info",
+    ):
+        assert name in text, name
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"),
+    [
+        ("/v1/completions", b"{not json", 400, "Invalid JSON"),
+        ("/v1/completions", b'{"model": "other", "prompt": "x"}', 404, "does not exist"),
+        ("/v1/completions", b'{"model": "sim"}', 400, "prompt"),
+        ("/v1/completions", b'{"prompt": "x", "max_tokens": -1}', 400, "max_tokens"),
+        ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": "x"}], "n": 2}',
+            400,
+            "n > 1",
+        ),
+        (
+            "/v1/completions",
+            b'{"prompt": "x", "stream_options": {"include_usage": true}}',
+            400,
+            "stream",
+        ),
+        (
+            "/v1/completions",
+            b'{"prompt": "' + b"word " * 9000 + b'"}',
+            400,
+            "maximum context length",
+        ),
+    ],
+)
+def test_bad_input_gets_vllm_error_and_engine_keeps_serving(engine, path, body, status, needle):
+    resp = httpx.post(engine.url + path, content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == status
+    err = resp.json()
+    assert err["object"] == "error" and err["code"] == status and needle in err["message"]
+    assert set(err) == {"object", "message", "type", "param", "code"}
+    ok = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "still alive", "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_missing_model_uses_served_model_like_vllm(engine) -> None:
+    resp = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "x", "max_tokens": 1})
+    assert resp.status_code == 200 and resp.json()["model"] == "sim"

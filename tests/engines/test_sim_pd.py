@@ -1,0 +1,176 @@
+"""P/D between two sim engines behaves like vLLM's NixlConnector, bytes and failures included."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+
+import httpx
+import pytest
+
+from pdserve.wire import prefill_kv_transfer_params
+from testkit import metric
+
+
+def prefill(url: str, body: dict) -> dict:
+    leg = {
+        **body,
+        "kv_transfer_params": prefill_kv_transfer_params(),
+        "max_tokens": 1,
+        "stream": False,
+    }
+    resp = httpx.post(f"{url}/v1/completions", json=leg, timeout=30)
+    resp.raise_for_status()
+    return resp.json()["kv_transfer_params"]
+
+
+def decode(url: str, body: dict, kv: dict) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", json={**body, "kv_transfer_params": kv}, timeout=60)
+
+
+def _prompts(n: int) -> list[str]:
+    rng = random.Random(7)
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "cache",
+        "block",
+        "token",
+        "prefill",
+        "decode",
+        "route",
+        "pod",
+    ]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 400))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("transport", ["nixl", "tcp"])
+def test_pd_output_equals_aggregated_for_50_prompts(sim_engine, transport) -> None:
+    kv = json.dumps(
+        {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_both",
+            "kv_connector_extra_config": {"transport": transport},
+        }
+    )
+    p, d, agg = (sim_engine("--zero-cost", kv=kv) for _ in range(3))
+    with httpx.Client(timeout=60) as http:
+        for prompt in _prompts(50):
+            body = {"model": "sim", "prompt": prompt, "max_tokens": 12}
+            params = prefill(p.url, body)
+            assert params["do_remote_prefill"] is True and params["do_remote_decode"] is False
+            assert params["remote_num_tokens"] > 0 and params["remote_block_ids"]
+            assert {
+                "remote_engine_id",
+                "remote_request_id",
+                "remote_host",
+                "remote_port",
+                "tp_size",
+            } <= set(params)
+            split = decode(d.url, body, params).json()["choices"][0]["text"]
+            whole = http.post(f"{agg.url}/v1/completions", json=body).json()["choices"][0]["text"]
+            assert split == whole
+    assert metric(d.url, "pdserve_sim:kv_pulls_total", transport=transport, outcome="ok") == 50
+    assert metric(d.url, "pdserve_sim:kv_pull_bytes_total") > 0
+    # The consumer released every lease: the producer holds nothing.
+    assert metric(p.url, "pdserve_sim:kv_leases") == 0
+    assert metric(p.url, "vllm:kv_cache_usage_perc") == 0
+
+
+def test_decode_skips_prefill_work(sim_engine) -> None:
+    p, d = sim_engine("--zero-cost"), sim_engine("--zero-cost")
+    body = {"prompt": "word " * 300, "max_tokens": 3}
+    decode(d.url, body, prefill(p.url, body)).raise_for_status()
+    # Only the last prompt token is computed locally; the rest arrived over the wire.
+    assert metric(d.url, "vllm:prompt_tokens_total") == 1
+
+
+def test_lease_expires_when_no_consumer_comes(sim_engine) -> None:
+    p = sim_engine("--zero-cost", env={"VLLM_NIXL_ABORT_REQUEST_TIMEOUT": "1"})
+    prefill(p.url, {"prompt": "held " * 100})
+    assert metric(p.url, "pdserve_sim:kv_leases") == 1
+    assert metric(p.url, "vllm:kv_cache_usage_perc") > 0
+    p.proc.wait_http(f"{p.url}/health", timeout=1)
+    import time
+
+    deadline = time.monotonic() + 10
+    while metric(p.url, "pdserve_sim:kv_leases") and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling an observable, not waiting for readiness
+    assert metric(p.url, "pdserve_sim:kv_leases") == 0
+    assert metric(p.url, "vllm:kv_cache_usage_perc") == 0
+
+
+def _kv(policy: str, **extra: str) -> str:
+    return json.dumps(
+        {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_both",
+            "kv_load_failure_policy": policy,
+            "kv_connector_extra_config": extra,
+        }
+    )
+
+
+@pytest.mark.parametrize("transport", ["nixl", "tcp"])
+def test_checksum_mismatch_recomputes(sim_engine, transport) -> None:
+    p = sim_engine("--zero-cost", kv=_kv("recompute", fault="corrupt", transport=transport))
+    d = sim_engine("--zero-cost", kv=_kv("recompute", transport=transport))
+    agg = sim_engine("--zero-cost", kv=None)
+    body = {"prompt": "checksum " * 80, "max_tokens": 5}
+    resp = decode(d.url, body, prefill(p.url, body))
+    assert resp.status_code == 200
+    whole = httpx.post(f"{agg.url}/v1/completions", json=body).json()["choices"][0]["text"]
+    assert resp.json()["choices"][0]["text"] == whole
+    assert metric(d.url, "pdserve_sim:kv_pulls_total", outcome="failed") == 1
+    assert "checksum mismatch" in d.proc.log_path.read_text()
+    recomputed = metric(d.url, "vllm:prompt_tokens_total")
+    assert recomputed == resp.json()["usage"]["prompt_tokens"]  # the whole prompt, locally
+
+
+def test_checksum_mismatch_fails_request_with_policy_fail(sim_engine) -> None:
+    p = sim_engine("--zero-cost", kv=_kv("fail", fault="corrupt"))
+    d = sim_engine("--zero-cost", kv=_kv("fail"))
+    body = {"prompt": "checksum " * 80, "max_tokens": 5}
+    resp = decode(d.url, body, prefill(p.url, body))
+    assert resp.status_code == 500 and resp.json()["object"] == "error"
+    assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_killed_prefiller_is_handled_per_policy(sim_engine, policy) -> None:
+    p = sim_engine("--zero-cost", kv=_kv(policy))
+    d = sim_engine("--zero-cost", kv=_kv(policy))
+    body = {"prompt": "lost " * 50, "max_tokens": 4}
+    params = prefill(p.url, body)
+    p.proc.popen.send_signal(signal.SIGKILL)
+    p.proc.popen.wait(10)
+    resp = decode(d.url, body, params)
+    assert resp.status_code == (200 if policy == "recompute" else 500)
+    assert re.search(r'"kv_pull".*"ok":false', d.proc.log_path.read_text())
+
+
+def test_stalled_pull_times_out_and_recomputes(sim_engine) -> None:
+    p = sim_engine("--zero-cost", kv=_kv("recompute", fault="stall"))
+    d = sim_engine("--zero-cost", kv=_kv("recompute", pull_timeout="0.5"))
+    body = {"prompt": "slow " * 50, "max_tokens": 4}
+    resp = decode(d.url, body, prefill(p.url, body))
+    assert resp.status_code == 200
+    assert "timed out" in d.proc.log_path.read_text()
+
+
+def test_unknown_engine_params_recompute(sim_engine) -> None:
+    d = sim_engine("--zero-cost")
+    bogus = {
+        "do_remote_prefill": True,
+        "remote_engine_id": "nope",
+        "remote_block_ids": [1, 2],
+        "remote_request_id": "cmpl-x",
+        "remote_host": "127.0.0.1",
+        "remote_port": 1,
+    }
+    resp = decode(d.url, {"prompt": "who " * 40, "max_tokens": 2}, bogus)
+    assert resp.status_code == 200
