@@ -308,6 +308,20 @@ class SimEngine:
         m.prefix_hits.labels(**v).inc(req.cached_tokens)
 
 
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Unexpected failures still answer in vLLM's error shape, and the server keeps serving."""
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        return _error(err.status, err.reason)
+    except Exception as err:
+        log.exception("request_failed", extra={"fields": {"path": request.path}})
+        return _error(500, f"{type(err).__name__}: {err}")
+
+
 def _error(status: int, message: str, param: str | None = None) -> web.Response:
     return web.json_response(wire.error_body(message, status, param=param), status=status)
 
@@ -319,7 +333,7 @@ class Api:
         self.engine = engine
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_errors_as_json])
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
@@ -328,7 +342,12 @@ class Api:
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/reset_prefix_cache", self.reset_prefix_cache)
+        app.router.add_get("/sim/kv_blocks", self.kv_blocks)
         return app
+
+    async def kv_blocks(self, _: web.Request) -> web.Response:
+        """The prefix cache's block hashes: ground truth for KV-event consumers (sim only)."""
+        return web.json_response({"block_hashes": sorted(self.engine.blocks.content())})
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(status=200)

@@ -92,15 +92,17 @@ class HFTokenizer:
         return self._outputs
 
     def _plain_words(self) -> list[int]:
-        """Ids that decode to ' word' on their own, so streamed deltas concatenate exactly."""
-        ids = []
+        """Ids that decode to ' word' on their own, so streamed deltas concatenate exactly;
+        for vocabularies without leading-space pieces, any alphabetic token."""
+        spaced, plain = [], []
         for idx in sorted(self.tok.get_vocab().values()):
             text = self.tok.decode([idx])
-            if text.startswith(" ") and text[1:].isalpha() and text[1:].islower() and len(text) > 2:
-                ids.append(idx)
-            if len(ids) >= 2048:
+            word = text[1:] if text.startswith(" ") else text
+            if len(word) > 1 and word.isalpha() and word.islower():
+                (spaced if text.startswith(" ") else plain).append(idx)
+            if len(spaced) >= 2048:
                 break
-        return ids or [idx for idx in range(10, 266)]
+        return spaced or plain or [self.eos_token_id]
 
 
 def chatml(messages: list[dict[str, Any]]) -> str:

@@ -1,0 +1,70 @@
+"""A subscriber that applies the KV event stream ends up with the engine's cache content."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import msgpack
+import zmq
+
+from pdserve.process import free_port
+
+
+def test_kv_events_reproduce_cache_content(sim_engine, tmp_path) -> None:
+    port = free_port()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.bind(f"tcp://127.0.0.1:{port}")  # the EPP binds; engines connect
+    sub.setsockopt(zmq.SUBSCRIBE, b"kv@")
+    profile = tmp_path / "small.yaml"
+    profile.write_text("num_blocks: 64\nblock_size: 16\n")
+    cfg = {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"tcp://127.0.0.1:{port}",
+        "topic": "kv@127.0.0.1@sim",
+    }
+    engine = sim_engine(
+        "--zero-cost", "--profile", str(profile), "--kv-events-config", json.dumps(cfg)
+    )
+    url = f"{engine.url}/v1/completions"
+    index: set[int] = set()
+    seen = {"BlockStored": 0, "BlockRemoved": 0, "AllBlocksCleared": 0}
+    seqs: list[int] = []
+
+    def drain() -> None:
+        while sub.poll(timeout=300):
+            topic, seq, payload = sub.recv_multipart()
+            assert topic == b"kv@127.0.0.1@sim"
+            seqs.append(int.from_bytes(seq, "big"))
+            ts, events, _rank = msgpack.unpackb(payload)
+            assert isinstance(ts, float)
+            for ev in events:
+                seen[ev[0]] += 1
+                if ev[0] == "BlockStored":
+                    assert ev[4] == 16 and len(ev[3]) == 16 * len(ev[1])
+                    index.update(ev[1])
+                elif ev[0] == "BlockRemoved":
+                    index.difference_update(ev[1])
+                else:
+                    index.clear()
+
+    # ZMQ PUB/SUB drops messages sent before the subscription connects: wait for the first.
+    for attempt in range(50):
+        httpx.post(url, json={"prompt": f"warm up {attempt} " * 20, "max_tokens": 1})
+        drain()
+        if seen["BlockStored"]:
+            break
+    for i in range(40):  # 40 prompts x ~6 blocks overflows 64 blocks: evictions happen
+        httpx.post(url, json={"prompt": f"document {i} " + "lorem ipsum " * 40, "max_tokens": 2})
+    drain()
+    truth = set(httpx.get(f"{engine.url}/sim/kv_blocks").json()["block_hashes"])
+    assert seen["BlockRemoved"] > 0
+    assert index == truth and truth
+    httpx.post(f"{engine.url}/reset_prefix_cache")
+    drain()
+    assert seen["AllBlocksCleared"] == 1 and index == set()
+    assert seqs == sorted(seqs)
+    ctx.destroy(0)
