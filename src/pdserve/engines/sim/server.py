@@ -83,6 +83,7 @@ class SimEngine:
         self.wake = asyncio.Event()
         self.ids = itertools.count()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.lease_checksums: dict[str, int] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,6 +139,9 @@ class SimEngine:
     def _finished(self, req: Request) -> None:
         if not req.output and req.loaded_tokens == 0:
             self._fill_blocks(req)
+        if req.remote_decode and self.arena.block_bytes:
+            blocks = self._prompt_blocks(req)
+            self.lease_checksums[req.id] = self.arena.checksum(blocks)
         queue = self.queues.get(req.id)
         if queue is not None:
             queue.put_nowait(None)
@@ -171,15 +175,23 @@ class SimEngine:
         while True:
             await asyncio.sleep(0.5)
             for rid in self.sched.expire_leases(loop.time()):
+                self.lease_checksums.pop(rid, None)
                 event(log, "kv_lease_expired", request_id=rid)
                 self._observe()
 
     # --- P/D ------------------------------------------------------------------------------
     def _leased(self, rid: str) -> kv_transfer.Leased | None:
         lease = self.sched.leases.get(rid)
-        return kv_transfer.Leased(lease.blocks, self.engine_id) if lease else None
+        if lease is None:
+            return None
+        blocks = lease.blocks[: self.blocks.blocks_for(lease.num_tokens)]
+        return kv_transfer.Leased(blocks, self.lease_checksums.get(rid))
+
+    def _prompt_blocks(self, req: Request) -> list[int]:
+        return req.blocks[: self.blocks.blocks_for(len(req.prompt))]
 
     def _release(self, rid: str) -> None:
+        self.lease_checksums.pop(rid, None)
         if self.sched.release_lease(rid):
             event(log, "kv_lease_released", request_id=rid)
             self._observe()
@@ -286,7 +298,7 @@ class SimEngine:
         return {
             "do_remote_prefill": True,
             "do_remote_decode": False,
-            "remote_block_ids": req.blocks[: self.blocks.blocks_for(len(req.prompt))],
+            "remote_block_ids": self._prompt_blocks(req),
             "remote_engine_id": self.engine_id,
             "remote_request_id": req.id,
             "remote_host": self.cfg.side_channel_host,
