@@ -39,8 +39,13 @@ class Allocation:
 
 class BlockManager:
     def __init__(
-        self, num_blocks: int, block_size: int, on_event: Callable[[CacheEvent], None] | None = None
+        self,
+        num_blocks: int,
+        block_size: int,
+        on_event: Callable[[CacheEvent], None] | None = None,
+        enable_caching: bool = True,
     ) -> None:
+        self.enable_caching = enable_caching  # off: every prompt is computed, nothing is stored
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.on_event = on_event
@@ -68,6 +73,8 @@ class BlockManager:
     def match(self, hashes: Sequence[int]) -> list[int]:
         """Block ids of the longest cached prefix of `hashes`."""
         hit: list[int] = []
+        if not self.enable_caching:
+            return hit
         for h in hashes:
             block = self.cached.get(h)
             if block is None:
@@ -101,6 +108,8 @@ class BlockManager:
         self, block_ids: Sequence[int], tokens: Sequence[int], hashes: Sequence[int]
     ) -> None:
         """Register computed full blocks in the prefix cache (announces BlockStored)."""
+        if not self.enable_caching:
+            return
         stored: list[int] = []
         first = None
         for i, (block, h) in enumerate(zip(block_ids, hashes, strict=False)):

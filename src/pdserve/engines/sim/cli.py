@@ -18,7 +18,22 @@ _PROFILE_FLAGS = {
     "--block-size": "block_size",
     "--max-num-seqs": "max_num_seqs",
     "--max-num-batched-tokens": "max_num_batched_tokens",
+    "--num-gpu-blocks-override": "num_blocks",
 }
+# vLLM flags that take no value (vLLM's own switches are --enable-*, --disable-*, --no-*).
+_VLLM_SWITCHES = {"--enforce-eager", "--trust-remote-code", "--headless", "--async-scheduling"}
+
+
+def _token_count(text: str) -> int:
+    """vLLM's human-readable token counts: 4096, 4k (4000), 4K (4096), 1.5m, 1G."""
+    units = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
+    t = text.strip()
+    try:
+        if t[-1:] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid token count {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +41,6 @@ def parser() -> argparse.ArgumentParser:
         prog="pdserve sim-engine",
         description="A simulated vLLM engine (OpenAI API, P/D, KV events).",
     )
-    ap.add_argument("model_tag", nargs="?", help="model path, as `vllm serve MODEL` takes it")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--model", help="a model folder: use its tokenizer and chat template")
@@ -36,9 +50,57 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", help="YAML timing/capacity profile (see profile.py)")
     ap.add_argument("--zero-cost", action="store_true", help="no modelled compute time")
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (as vLLM)")
+    ap.add_argument("--ssl-keyfile", help="the certificate's key")
+    ap.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="vLLM's prefix caching switch (on by default, as in vLLM V1)",
+    )
+    ap.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     for flag, dest in _PROFILE_FLAGS.items():
-        ap.add_argument(flag, dest=dest, type=int)
+        ap.add_argument(flag, dest=dest, type=_token_count)
     return ap
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse like `vllm serve [MODEL] ...`, setting aside the vLLM flags not modelled here.
+
+    argparse alone would take the value of an unknown `--flag value` as the positional
+    model, so unknown flags are split off first: `--flag=v`, a switch, or `--flag v`.
+    """
+    ap = parser()
+    known = ap._option_string_actions
+    model_tag = None
+    rest = list(argv)
+    if rest and not rest[0].startswith("-"):
+        model_tag = rest.pop(0)
+    mine: list[str] = []
+    ignored: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        name = arg.split("=", 1)[0]
+        target = mine if name in known else ignored
+        target.append(arg)
+        i += 1
+        takes_value = known[name].nargs != 0 if name in known else _takes_value(name)
+        if "=" not in arg and takes_value:
+            while i < len(rest) and not rest[i].startswith("--"):
+                target.append(rest[i])
+                i += 1
+                if name not in known or known[name].nargs != "+":
+                    break
+    args = ap.parse_args(mine)
+    args.model_tag = model_tag
+    return args, ignored
+
+
+def _takes_value(flag: str) -> bool:
+    if flag in _VLLM_SWITCHES or not flag.startswith("--"):
+        return False  # single-dash forms such as -O3 carry their value
+    return not flag.startswith(("--enable-", "--disable-", "--no-"))
 
 
 def _json_flag(name: str, text: str | None) -> dict | None:
@@ -54,7 +116,7 @@ def _json_flag(name: str, text: str | None) -> dict | None:
 
 
 def main(argv: list[str]) -> int:
-    args, unknown = parser().parse_known_args(argv[1:])
+    args, unknown = parse_args(argv[1:])
     log = setup("sim-engine", args.log_level)
     from pdserve.engines.sim.kv_events import parse_config
     from pdserve.engines.sim.profile import load_profile
@@ -68,20 +130,25 @@ def main(argv: list[str]) -> int:
     kv_events = parse_config(args.kv_events_config)
     if unknown:
         event(log, "ignored_vllm_args", args=unknown)
+    if args.model and not os.path.isdir(args.model):
+        raise UserError(f"--model {args.model}: not a folder")
     tokenizer = _tokenizer(model_dir if model_dir and os.path.isdir(model_dir) else None)
-    if model_dir and not os.path.isdir(model_dir) and args.model:
-        raise UserError(f"--model {model_dir}: not a folder")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise UserError("--ssl-certfile and --ssl-keyfile go together")
     from pdserve.engines.sim.server import EngineConfig
 
     cfg = EngineConfig(
         served_model_name=names[0],
+        aliases=tuple(names[1:]),
+        enable_prefix_caching=args.enable_prefix_caching,
+        tp_size=args.tensor_parallel_size,
         profile=profile,
         tokenizer=tokenizer,
         model_path=model_dir,
         kv_transfer=kv_transfer,
         kv_events=kv_events,
         side_channel_host=os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST", "127.0.0.1"),
-        side_channel_port=int(os.environ.get("VLLM_NIXL_SIDE_CHANNEL_PORT", "0")),
+        side_channel_port=_env_port("VLLM_NIXL_SIDE_CHANNEL_PORT"),
     )
     try:
         import uvloop
@@ -89,17 +156,43 @@ def main(argv: list[str]) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(cfg, args.host, args.port, log))
+    ssl = _ssl_context(args.ssl_certfile, args.ssl_keyfile)
+    asyncio.run(_serve(cfg, args.host, args.port, log, ssl))
     return 0
+
+
+def _env_port(name: str) -> int:
+    text = os.environ.get(name, "0") or "0"
+    if not text.isdigit() or int(text) > 65535:
+        raise UserError(f"{name}={text!r}: expected a port number")
+    return int(text)
 
 
 def _tokenizer(model_dir: str | None):
     from pdserve.engines.sim.tokens import BuiltinTokenizer, HFTokenizer
 
-    return HFTokenizer(model_dir) if model_dir else BuiltinTokenizer()
+    if not model_dir:
+        return BuiltinTokenizer()
+    try:
+        return HFTokenizer(model_dir)
+    except (OSError, ValueError) as err:
+        raise UserError(f"model {model_dir}: cannot load its tokenizer: {err}") from err
 
 
-async def _serve(cfg, host: str, port: int, log: logging.Logger) -> None:
+def _ssl_context(certfile: str | None, keyfile: str | None):
+    if not certfile:
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as err:
+        raise UserError(f"--ssl-certfile/--ssl-keyfile: {err}") from err
+    return ctx
+
+
+async def _serve(cfg, host: str, port: int, log: logging.Logger, ssl=None) -> None:
     from aiohttp import web
 
     from pdserve.engines.sim.server import Api, SimEngine
@@ -109,7 +202,7 @@ async def _serve(cfg, host: str, port: int, log: logging.Logger) -> None:
     runner = web.AppRunner(Api(engine).app(), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, backlog=1024).start()
+        await web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl).start()
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from err
     event(
@@ -117,6 +210,7 @@ async def _serve(cfg, host: str, port: int, log: logging.Logger) -> None:
         "ready",
         host=host,
         port=port,
+        tls=ssl is not None,
         model=cfg.served_model_name,
         engine_id=engine.engine_id,
         kv_side_channel=cfg.side_channel_port or None,

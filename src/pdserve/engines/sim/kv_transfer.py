@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import struct
 import uuid
@@ -75,6 +76,7 @@ class Nixl:
             from nixl_cu12._api import nixl_agent, nixl_agent_config
         except ImportError:
             from nixl._api import nixl_agent, nixl_agent_config
+        _quiet_nixl_logs()
         self.agent = nixl_agent(name, nixl_agent_config(enable_prog_thread=False, backends=["UCX"]))
         self.arena = arena
         base = arena.buf.ctypes.data
@@ -108,6 +110,15 @@ class Nixl:
                 raise TransferError("NIXL READ failed")
         finally:
             self.agent.release_xfer_handle(handle)
+
+
+def _quiet_nixl_logs() -> None:
+    """NIXL installs its own plain-text stdout handler; send its warnings through ours so
+    the engine's log stays JSON lines."""
+    nixl_log = logging.getLogger("nixl")
+    nixl_log.handlers.clear()
+    nixl_log.propagate = True
+    nixl_log.setLevel(logging.WARNING)
 
 
 def make_nixl(arena: KVArena) -> Nixl | None:

@@ -41,6 +41,9 @@ class EngineConfig:
     served_model_name: str
     profile: Profile
     tokenizer: Tokenizer
+    aliases: tuple[str, ...] = ()  # further --served-model-name values, also accepted
+    enable_prefix_caching: bool = True
+    tp_size: int = 1
     model_path: str | None = None
     kv_transfer: dict[str, Any] | None = None  # parsed --kv-transfer-config
     kv_events: dict[str, Any] | None = None  # parsed --kv-events-config
@@ -55,7 +58,10 @@ class SimEngine:
         self.engine_id = str(uuid.uuid4())
         self.publisher = KVEventPublisher(cfg.kv_events, p.block_size) if cfg.kv_events else None
         self.blocks = BlockManager(
-            p.num_blocks, p.block_size, self.publisher.add if self.publisher else None
+            p.num_blocks,
+            p.block_size,
+            self.publisher.add if self.publisher else None,
+            enable_caching=cfg.enable_prefix_caching,
         )
         self.gen = Generator(cfg.tokenizer)
         extra = (cfg.kv_transfer or {}).get("kv_connector_extra_config") or {}
@@ -75,7 +81,7 @@ class SimEngine:
             {
                 "block_size": str(p.block_size),
                 "num_gpu_blocks": str(p.num_blocks),
-                "enable_prefix_caching": "True",
+                "enable_prefix_caching": str(cfg.enable_prefix_caching),
                 "cache_dtype": "auto",
             },
         )
@@ -304,7 +310,7 @@ class SimEngine:
             "remote_host": self.cfg.side_channel_host,
             "remote_port": self.cfg.side_channel_port,
             "remote_num_tokens": len(req.prompt),
-            "tp_size": 1,
+            "tp_size": self.cfg.tp_size,
         }
 
     def record_finish(self, req: Request, now: float, token_times: list[float]) -> None:
@@ -378,16 +384,19 @@ class Api:
 
     async def models(self, _: web.Request) -> web.Response:
         cfg = self.engine.cfg
-        card = {
-            "id": cfg.served_model_name,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "vllm",
-            "root": cfg.model_path or cfg.served_model_name,
-            "parent": None,
-            "max_model_len": cfg.profile.max_model_len,
-        }
-        return web.json_response({"object": "list", "data": [card]})
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "vllm",
+                "root": cfg.model_path or cfg.served_model_name,
+                "parent": None,
+                "max_model_len": cfg.profile.max_model_len,
+            }
+            for name in (cfg.served_model_name, *cfg.aliases)
+        ]
+        return web.json_response({"object": "list", "data": cards})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
@@ -403,8 +412,8 @@ class Api:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ApiError(400, f"Invalid JSON in request body: {err}") from err
             p = parse(body, chat)
-            name = engine.cfg.served_model_name
-            if p.model is not None and p.model != name:
+            cfg = engine.cfg
+            if p.model is not None and p.model not in (cfg.served_model_name, *cfg.aliases):
                 raise ApiError(404, f"The model `{p.model}` does not exist.", "model")
             prompt = engine.tokenize(p)
             base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
