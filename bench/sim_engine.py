@@ -114,6 +114,12 @@ async def _pull_rate(nixl: bool, nbytes: int, reps: int, read_only: bool = False
     if nixl and local is None:
         raise SystemExit("NIXL unavailable")
     await kv_transfer.pull("127.0.0.1", port, "r", ids, ids, dst, local, 30)  # warm-up
+    async def poll_producer() -> None:  # the passive side must progress UCX notifications
+        while server.nixl is not None:
+            server.nixl.poll()
+            await asyncio.sleep(0.0005)
+
+    poller = asyncio.create_task(poll_producer())
     t = time.perf_counter()
     for _ in range(reps):
         if read_only:
@@ -122,8 +128,10 @@ async def _pull_rate(nixl: bool, nbytes: int, reps: int, read_only: bool = False
         else:
             res = await kv_transfer.pull("127.0.0.1", port, "r", ids, ids, dst, local, 30)
             assert res.nbytes == nbytes
+    rate = nbytes * reps / (time.perf_counter() - t)
+    poller.cancel()
     await server.close()
-    return nbytes * reps / (time.perf_counter() - t)
+    return rate
 
 
 def _memcpy_rate(nbytes: int, reps: int) -> float:

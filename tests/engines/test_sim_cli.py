@@ -60,16 +60,17 @@ def test_preset_args_are_accepted_and_logged(sim_engine) -> None:
         "--max-model-len",
         "1k",
         "--num-gpu-blocks-override",
-        "32",
+        "40",
         "--served-model-name",
         "sim",
         "alias",
     )
     models = httpx.get(f"{engine.url}/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["sim", "alias"]
-    assert models["data"][0]["max_model_len"] == 1000
+    # 40 blocks of 16 tokens hold 640 tokens: the context limit drops to what fits, as vLLM.
+    assert models["data"][0]["max_model_len"] == 640
     info = httpx.get(f"{engine.url}/metrics").text
-    assert 'num_gpu_blocks="32"' in info
+    assert 'num_gpu_blocks="40"' in info
     body = {"model": "alias", "prompt": "x", "max_tokens": 1}
     assert httpx.post(f"{engine.url}/v1/completions", json=body).json()["model"] == "sim"
     logged = [json.loads(ln) for ln in engine.proc.log_path.read_text().splitlines()]

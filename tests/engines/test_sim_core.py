@@ -77,3 +77,87 @@ def test_producer_holds_blocks_until_released_or_expired() -> None:
     assert r.done and s.leases and s.blocks.usage > 0
     assert s.expire_leases(4.9) == [] and s.expire_leases(5.0) == ["p"]
     assert s.blocks.usage == 0
+
+
+def test_chunked_prefill_splits_a_long_prompt_and_shares_steps_with_decodes() -> None:
+    prof = Profile(
+        prefill_ms_per_token=1.0,
+        prefill_overhead_ms=0,
+        decode_base_ms=10,
+        decode_ms_per_seq=0,
+        max_num_batched_tokens=64,
+    )
+    s = _sched(prof)
+    short = Request("short", list(range(10)), max_tokens=50, arrival=0, ignore_eos=True)
+    s.add(short)
+    s.step(0)  # short's prefill: 10 tokens, first token out
+    long = Request("long", list(range(1000, 1150)), max_tokens=1, arrival=0, ignore_eos=True)
+    s.add(long)
+    steps = [s.step(0) for _ in range(3)]
+    # Each step: short decodes one token (1 of the budget), long gets the other 63 tokens.
+    assert [st.prefill_tokens for st in steps] == [63, 63, 150 - 126]
+    assert all(st.decode_batch == 1 for st in steps)
+    assert abs(steps[0].duration - (0.063 + 0.010)) < 1e-9
+    assert long.done and len(long.output) == 1  # its first token comes with the last chunk
+    assert len(short.output) == 4
+
+
+def test_cache_pressure_preempts_the_newest_request_which_then_recomputes() -> None:
+    prof = Profile(num_blocks=6, block_size=4, max_num_batched_tokens=1000).zero()
+    s = _sched(prof)
+    a = Request("a", list(range(8)), max_tokens=12, arrival=0, ignore_eos=True)
+    b = Request("b", list(range(100, 108)), max_tokens=12, arrival=0, ignore_eos=True)
+    s.add(a)
+    s.add(b)
+    preempted = []
+    while s.has_work:
+        preempted += [r.id for r in s.step(0).preempted]
+    assert preempted and preempted[0] == "b" and s.num_preemptions >= 1
+    assert len(a.output) == len(b.output) == 12
+    # Same tokens as without pressure: generation depends on prompt and position only.
+    calm = _sched(Profile().zero())
+    b2 = Request("b2", list(range(100, 108)), max_tokens=12, arrival=0, ignore_eos=True)
+    calm.add(b2)
+    _run(calm)
+    assert b.output == b2.output
+    assert s.blocks.usage == 0
+
+
+def test_generated_full_blocks_enter_the_prefix_cache() -> None:
+    events: list[tuple] = []
+    prof = Profile(block_size=4).zero()
+    bm = BlockManager(prof.num_blocks, prof.block_size, on_event=events.append)
+    s = Scheduler(prof, Generator(BuiltinTokenizer()), bm)
+    r = Request("r", list(range(6)), max_tokens=10, arrival=0, ignore_eos=True)
+    s.add(r)
+    _run(s)
+    stored = [h for e in events if e[0] == "stored" for h in e[1]]
+    # 6 prompt + 10 output = 16 tokens; the last output token's KV is never computed: 3 blocks.
+    assert stored == block_hashes(r.prompt + r.output, 4)[:3]
+    parents = [e[2] for e in events if e[0] == "stored"]
+    assert parents[0] is None and all(p is not None for p in parents[1:])
+
+
+def test_consumer_with_everything_cached_skips_the_pull_but_is_reported() -> None:
+    s = _sched(Profile(block_size=4).zero())
+    prompt = list(range(9))
+    warm = Request("warm", prompt, max_tokens=1, arrival=0)
+    s.add(warm)
+    _run(s)
+    consumer = Request("c", prompt, max_tokens=2, arrival=0, remote_prefill={"remote_port": 1})
+    s.add(consumer)
+    out = s.step(0)
+    assert out.kv_pulls == [consumer] and consumer.id not in s.pulling  # only a release
+    assert consumer.cached_tokens == 8 and out.prefill_tokens == 1
+
+
+def test_abort_during_pull_frees_blocks_only_when_the_pull_ends() -> None:
+    s = _sched(Profile(block_size=4).zero())
+    c = Request("c", list(range(20)), max_tokens=2, arrival=0, remote_prefill={"remote_port": 1})
+    s.add(c)
+    s.step(0)
+    assert "c" in s.pulling and s.blocks.usage > 0
+    s.abort(c)
+    assert s.blocks.usage > 0  # bytes may still be landing
+    assert s.kv_loaded("c", ok=True) is None
+    assert s.blocks.usage == 0

@@ -105,26 +105,35 @@ class BlockManager:
         return True
 
     def commit(
-        self, block_ids: Sequence[int], tokens: Sequence[int], hashes: Sequence[int]
+        self,
+        block_ids: Sequence[int],
+        tokens: Sequence[int],
+        hashes: Sequence[int],
+        start: int = 0,
     ) -> None:
-        """Register computed full blocks in the prefix cache (announces BlockStored)."""
+        """Register computed full blocks (from index `start`) in the prefix cache and
+        announce them as BlockStored."""
         if not self.enable_caching:
             return
-        stored: list[int] = []
-        first = None
-        for i, (block, h) in enumerate(zip(block_ids, hashes, strict=False)):
+        run: list[int] = []  # consecutive newly stored blocks: one BlockStored each, as vLLM
+        for i in range(start, min(len(block_ids), len(hashes))):
+            block, h = block_ids[i], hashes[i]
             if self.hash_of[block] is not None or h in self.cached:
+                self._announce(run, tokens, hashes)
+                run = []
                 continue
-            if first is None:
-                first = i
             self.hash_of[block] = h
             self.cached[h] = block
-            stored.append(h)
-        if stored and self.on_event is not None:
-            assert first is not None
-            parent = hashes[first - 1] if first > 0 else None
-            toks = list(tokens[first * self.block_size : (first + len(stored)) * self.block_size])
-            self.on_event(("stored", stored, parent, toks))
+            run.append(i)
+        self._announce(run, tokens, hashes)
+
+    def _announce(self, run: list[int], tokens: Sequence[int], hashes: Sequence[int]) -> None:
+        if not run or self.on_event is None:
+            return
+        first, bs = run[0], self.block_size
+        parent = hashes[first - 1] if first > 0 else None
+        toks = list(tokens[first * bs : (run[-1] + 1) * bs])
+        self.on_event(("stored", [hashes[i] for i in run], parent, toks))
 
     def release(self, block_ids: Sequence[int]) -> None:
         """Drop one reference; unreferenced blocks stay cached until evicted."""

@@ -268,6 +268,23 @@ async def pull(
         ) from err
 
 
+async def release(host: str, port: int, request_id: str, timeout: float) -> None:
+    """Consumer side, nothing to read: tell the producer to free the request's blocks."""
+
+    async def go() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            await _send(writer, {"op": "release", "request_id": request_id})
+            await _recv(reader)
+        finally:
+            writer.close()
+
+    try:
+        await asyncio.wait_for(go(), timeout)
+    except (TimeoutError, OSError, asyncio.IncompleteReadError) as err:
+        raise TransferError(f"KV release at {host}:{port} failed: {err!r}") from err
+
+
 async def _pull(
     host: str,
     port: int,
@@ -304,10 +321,11 @@ async def _pull(
         else:
             transport = "tcp"
             arena.scatter(blocks, payload)
-        if arena.checksum(blocks) != header["checksum"]:
-            raise TransferError(f"KV checksum mismatch for request {request_id!r}")
-        await _send(writer, {"op": "release", "request_id": request_id})
+        intact = arena.checksum(blocks) == header["checksum"]
+        await _send(writer, {"op": "release", "request_id": request_id})  # done with it either way
         await _recv(reader)
+        if not intact:
+            raise TransferError(f"KV checksum mismatch for request {request_id!r}")
         return PullResult(
             count * arena.block_bytes, transport, asyncio.get_running_loop().time() - start
         )

@@ -55,6 +55,7 @@ class EngineMetrics:
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens.")
+        self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemptions.")
         self.success = Counter(
             "vllm:request_success", "Finished requests.", [*labels, "finished_reason"], registry=r
         )
@@ -93,6 +94,7 @@ class EngineMetrics:
             self.prefix_hits,
             self.prompt_tokens,
             self.generation_tokens,
+            self.preemptions,
             self.kv_pull_bytes,
             self.running,
             self.waiting,

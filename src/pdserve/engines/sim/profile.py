@@ -7,11 +7,13 @@ Example (every key optional; these are the defaults):
     decode_base_ms: 8.0            # cost of a decode step for a batch of one
     decode_ms_per_seq: 0.08        # extra cost per sequence in the decode batch
     max_num_seqs: 64               # running requests (vLLM --max-num-seqs)
-    max_num_batched_tokens: 8192   # prompt tokens admitted per step (chunked prefill budget)
+    max_num_batched_tokens: 8192   # tokens run per step, prefill chunks and decodes together
     num_blocks: 4096               # KV capacity in blocks
     block_size: 16                 # tokens per block (vLLM --block-size)
     max_model_len: 8192            # context limit (vLLM --max-model-len)
-    kv_bytes_per_token: 256        # bytes moved per token in a P/D transfer (0: ids only)
+    kv_bytes_per_token: 256        # bytes really moved per token in a P/D pull (0: ids only)
+    kv_pull_overhead_ms: 1.0       # modelled fixed cost of a P/D pull
+    kv_pull_ms_per_token: 0.005    # modelled cost per pulled token (128 KiB/token at ~25 GB/s)
 
 The defaults approximate an 8B model on one mid-range GPU: ~20k prefill tokens/s and
 ~120 tokens/s per stream at batch one, decode cost growing slowly with batch size.
@@ -40,6 +42,8 @@ class Profile:
     block_size: int = 16
     max_model_len: int = 8192
     kv_bytes_per_token: int = 256
+    kv_pull_overhead_ms: float = 1.0
+    kv_pull_ms_per_token: float = 0.005
 
     def prefill_seconds(self, uncached_tokens: int) -> float:
         if uncached_tokens <= 0:
@@ -50,6 +54,13 @@ class Profile:
         if batch <= 0:
             return 0.0
         return (self.decode_base_ms + self.decode_ms_per_seq * batch) / 1000
+
+    def kv_pull_seconds(self, tokens: int) -> float:
+        """Modelled time to pull `tokens` of KV; the real bytes moved are far fewer, so the
+        engine waits out the difference when the real copy was faster."""
+        if tokens <= 0:
+            return 0.0
+        return (self.kv_pull_overhead_ms + self.kv_pull_ms_per_token * tokens) / 1000
 
     @property
     def block_bytes(self) -> int:
@@ -62,6 +73,8 @@ class Profile:
             prefill_overhead_ms=0,
             decode_base_ms=0,
             decode_ms_per_seq=0,
+            kv_pull_overhead_ms=0,
+            kv_pull_ms_per_token=0,
         )
 
     def as_dict(self) -> dict[str, float | int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pdserve.engines.sim.block_manager import BlockManager, block_hashes
+from pdserve.engines.sim.block_manager import NONE_HASH, BlockManager, block_hashes
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.tokens import Generator
 
@@ -36,10 +36,12 @@ class Request:
     phase: Phase = Phase.WAITING
     output: list[int] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)
-    hashes: list[int] = field(default_factory=list)
-    computed: int = 0  # prompt tokens whose KV exists (cached, pulled or computed)
-    cached_tokens: int = 0
-    loaded_tokens: int = 0
+    hashes: list[int] = field(default_factory=list)  # of the full blocks of prompt + output
+    computed: int = 0  # tokens of prompt + output whose KV exists (cached, pulled or computed)
+    committed: int = 0  # full blocks registered in the prefix cache
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
+    loaded_tokens: int = 0  # prompt tokens pulled from a P/D producer
+    preemptions: int = 0
     finish_reason: str | None = None
     error: str | None = None
     first_token_at: float | None = None
@@ -49,6 +51,18 @@ class Request:
     def done(self) -> bool:
         return self.phase is Phase.FINISHED
 
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def pending(self) -> int:
+        """Tokens to run through the model before the next token can be sampled."""
+        return self.num_tokens - self.computed
+
+    def context(self) -> list[int]:
+        return self.prompt + self.output if self.output else self.prompt
+
 
 @dataclass
 class StepOutput:
@@ -56,7 +70,9 @@ class StepOutput:
     tokens: list[tuple[Request, int]] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     kv_pulls: list[Request] = field(default_factory=list)  # consumers whose blocks are allocated
-    prefill_tokens: int = 0
+    preempted: list[Request] = field(default_factory=list)
+    prefill_tokens: int = 0  # prompt (or recomputed) tokens run this step
+    decode_batch: int = 0  # requests that ran one decode token
 
 
 @dataclass
@@ -67,6 +83,10 @@ class Lease:
 
 
 class Scheduler:
+    """vLLM V1's policy: running requests first, then waiting ones in arrival order, all
+    within one token budget per step (chunked prefill); when the cache runs out, the most
+    recently admitted request is preempted and later recomputed."""
+
     def __init__(
         self,
         profile: Profile,
@@ -84,6 +104,7 @@ class Scheduler:
         self.pulling: dict[str, Request] = {}
         self.running: list[Request] = []
         self.leases: dict[str, Lease] = {}
+        self.num_preemptions = 0
 
     # --- intake ---------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -95,8 +116,7 @@ class Scheduler:
         if req.phase is Phase.WAITING and req in self.waiting:
             self.waiting.remove(req)
         elif req.phase is Phase.WAITING_FOR_KV:
-            self.pulling.pop(req.id, None)
-            self.blocks.release(req.blocks)
+            pass  # bytes may still be landing in its blocks: kv_loaded frees them
         elif req.phase is Phase.RUNNING:
             self.running.remove(req)
             self.blocks.release(req.blocks)
@@ -106,6 +126,9 @@ class Scheduler:
         """The shell finished pulling a consumer's KV; on failure recompute or fail by policy."""
         req = self.pulling.pop(req_id, None)
         if req is None:
+            return None
+        if req.done:  # aborted while pulling
+            self.blocks.release(req.blocks)
             return None
         if ok:
             # The last prompt token is recomputed here: its logits give the first decode token.
@@ -139,63 +162,121 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def step(self, now: float) -> StepOutput:
+        """Schedule one iteration, run it in model time, return its duration and tokens."""
         out = StepOutput()
-        decoding = [r for r in self.running if r.output]
-        prefilling = [r for r in self.running if not r.output]
-        self._admit(now, out, prefilling)
-        uncached = sum(len(r.prompt) - r.computed for r in prefilling)
-        out.prefill_tokens = uncached
-        out.duration = self.profile.prefill_seconds(uncached) + self.profile.decode_seconds(
-            len(decoding)
+        budget = self.profile.max_num_batched_tokens
+        batch: list[tuple[Request, int]] = []
+        for req in list(self.running):
+            if budget <= 0:
+                break
+            if req.phase is not Phase.RUNNING:
+                continue  # preempted earlier in this loop
+            n = min(req.pending, budget)
+            if self._reserve(req, req.computed + n, out):
+                batch.append((req, n))
+                budget -= n
+        if out.preempted:  # a victim may have been scheduled before it was preempted
+            batch = [(r, n) for r, n in batch if r.phase is Phase.RUNNING]
+        else:  # as vLLM: no new admissions in a step that had to preempt
+            self._admit(out, batch, budget)
+        for req, n in batch:
+            if req.output and n == 1:
+                out.decode_batch += 1
+            else:
+                out.prefill_tokens += n
+        out.duration = self.profile.prefill_seconds(out.prefill_tokens) + (
+            self.profile.decode_seconds(out.decode_batch)
         )
         end = now + out.duration
-        for req in prefilling:
-            req.computed = len(req.prompt)
-            self.blocks.commit(req.blocks, req.prompt, req.hashes)
-        for req in prefilling + decoding:
-            self._emit(req, end, out)
+        for req, n in batch:
+            req.computed += n
+            self._commit(req)
+            if req.pending == 0:
+                self._emit(req, end, out)
         return out
 
-    def _admit(self, now: float, out: StepOutput, prefilling: list[Request]) -> None:
-        budget = self.profile.max_num_batched_tokens
-        while self.waiting and len(self.running) + len(self.pulling) < self.profile.max_num_seqs:
+    def _reserve(self, req: Request, num_tokens: int, out: StepOutput) -> bool:
+        """Blocks for `num_tokens` of `req`, preempting from the back of the queue if needed;
+        False when `req` itself had to go."""
+        while not self.blocks.grow(req.blocks, num_tokens):
+            victim = self.running[-1]
+            self._preempt(victim, out)
+            if victim is req:
+                return False
+        return True
+
+    def _preempt(self, req: Request, out: StepOutput) -> None:
+        self.running.remove(req)
+        self.blocks.release(req.blocks)
+        req.blocks, req.computed, req.committed = [], 0, 0
+        req.phase = Phase.WAITING
+        req.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+        out.preempted.append(req)
+
+    def _admit(self, out: StepOutput, batch: list[tuple[Request, int]], budget: int) -> None:
+        while (
+            self.waiting
+            and budget > 0
+            and len(self.running) + len(self.pulling) < self.profile.max_num_seqs
+        ):
             req = self.waiting[0]
-            alloc = self.blocks.allocate(req.prompt, req.hashes)
+            tokens = req.context()
+            self._extend_hashes(req, len(tokens))
+            alloc = self.blocks.allocate(tokens, req.hashes)
             if alloc is None:
-                break
-            # As in vLLM, at least the last prompt token is computed to produce logits.
-            cached = min(alloc.cached_tokens, len(req.prompt) - 1)
-            cost = len(req.prompt) - cached
-            if prefilling and cost > budget and req.remote_prefill is None:
-                self.blocks.release(alloc.block_ids)
-                break
+                break  # the head of the queue waits for space; no skipping ahead, as vLLM
             self.waiting.popleft()
-            req.blocks, req.cached_tokens, req.computed = alloc.block_ids, cached, cached
-            if req.remote_prefill is not None and cached < len(req.prompt) - 1:
-                req.phase = Phase.WAITING_FOR_KV
-                self.pulling[req.id] = req
-                out.kv_pulls.append(req)
-                continue
-            budget -= cost
+            # As in vLLM, at least the last token is computed to produce logits.
+            cached = min(alloc.cached_tokens, len(tokens) - 1)
+            req.blocks, req.computed, req.committed = (
+                alloc.block_ids,
+                cached,
+                cached // (self.profile.block_size),
+            )
+            if not req.preemptions:
+                req.cached_tokens = cached
+            if req.remote_prefill is not None and not req.preemptions:
+                if cached < len(req.prompt) - 1:
+                    req.phase = Phase.WAITING_FOR_KV
+                    self.pulling[req.id] = req
+                    out.kv_pulls.append(req)
+                    continue
+                out.kv_pulls.append(req)  # all cached locally: the shell only frees the lease
             req.phase = Phase.RUNNING
             self.running.append(req)
-            prefilling.append(req)
+            n = min(req.pending, budget)
+            batch.append((req, n))
+            budget -= n
+
+    def _extend_hashes(self, req: Request, num_tokens: int) -> None:
+        bs = self.profile.block_size
+        full = num_tokens // bs
+        if len(req.hashes) < full:
+            start = len(req.hashes) * bs
+            parent = req.hashes[-1] if req.hashes else NONE_HASH
+            req.hashes += block_hashes(req.context()[start : full * bs], bs, parent)
+
+    def _commit(self, req: Request) -> None:
+        """Register the request's newly completed blocks in the prefix cache."""
+        full = min(req.computed // self.profile.block_size, len(req.blocks))
+        if full > req.committed:
+            self._extend_hashes(req, full * self.profile.block_size)
+            self.blocks.commit(req.blocks[:full], req.context(), req.hashes[:full], req.committed)
+            req.committed = full
 
     def _emit(self, req: Request, end: float, out: StepOutput) -> None:
         position = len(req.output)
-        if not self.blocks.grow(req.blocks, len(req.prompt) + position + 1):
-            self._finish(req, "length", end, out)  # cache exhausted: vLLM would preempt
-            return
         token = self.gen.token(req.key, position)
         if not req.ignore_eos and position >= self.gen.natural_length(req.key):
             token = self.gen.eos
-        req.output.append(token)
         if req.first_token_at is None:
             req.first_token_at = end
         if token == self.gen.eos and not req.ignore_eos:
-            req.output.pop()
             self._finish(req, "stop", end, out)
             return
+        req.output.append(token)
         out.tokens.append((req, token))
         if req.remote_decode or len(req.output) >= req.max_tokens:
             self._finish(req, "length", end, out)
@@ -214,5 +295,6 @@ class Scheduler:
         return {
             "running": len(self.running),
             "waiting": len(self.waiting) + len(self.pulling),
+            "preemptions": self.num_preemptions,
             "kv_usage": self.blocks.usage,
         }

@@ -29,7 +29,7 @@ from pdserve.engines.sim.metrics import EngineMetrics
 from pdserve.engines.sim.openai_api import ApiError, Params, chunk, full_response, parse, usage
 from pdserve.engines.sim.openai_api import usage_chunk as make_usage_chunk
 from pdserve.engines.sim.profile import Profile
-from pdserve.engines.sim.scheduler import Request, Scheduler
+from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
 from pdserve.engines.sim.tokens import Generator, Tokenizer
 from pdserve.logs import event
 
@@ -64,6 +64,10 @@ class SimEngine:
             enable_caching=cfg.enable_prefix_caching,
         )
         self.gen = Generator(cfg.tokenizer)
+        # As vLLM, a sequence must fit in the KV cache: a smaller cache lowers the limit.
+        self.max_model_len = min(p.max_model_len, p.num_blocks * p.block_size)
+        if self.max_model_len < p.max_model_len:
+            event(log, "max_model_len_capped", max_model_len=self.max_model_len)
         extra = (cfg.kv_transfer or {}).get("kv_connector_extra_config") or {}
         self.pull_timeout = float(extra.get("pull_timeout", 30))
         policy = (cfg.kv_transfer or {}).get("kv_load_failure_policy", "recompute")
@@ -133,6 +137,8 @@ class SimEngine:
                 self.metrics.prompt_tokens.labels(**self.metrics.values).inc(out.prefill_tokens)
             if out.tokens:
                 self.metrics.generation_tokens.labels(**self.metrics.values).inc(len(out.tokens))
+            if out.preempted:
+                self.metrics.preemptions.labels(**self.metrics.values).inc(len(out.preempted))
             self._observe()
 
     def _deliver(self, req: Request, token: int) -> None:
@@ -204,6 +210,9 @@ class SimEngine:
 
     async def _pull(self, req: Request) -> None:
         params = req.remote_prefill or {}
+        if req.phase is not Phase.WAITING_FOR_KV:
+            await self._release_remote(req, params)  # all of it was cached here
+            return
         bs = self.cfg.profile.block_size
         skip = req.cached_tokens // bs
         remote = list(params.get("remote_block_ids") or [])[skip:]
@@ -226,6 +235,9 @@ class SimEngine:
                 self.pull_timeout,
             )
             ok, transport, nbytes = True, result.transport, result.nbytes
+            # Model the transfer of a real model's KV when that is slower than these bytes.
+            modelled = self.cfg.profile.kv_pull_seconds(len(req.prompt) - req.cached_tokens)
+            await asyncio.sleep(max(0.0, modelled - (time.perf_counter() - start)))
         except (kv_transfer.TransferError, ValueError, TypeError) as err:
             error = str(err)
         self.metrics.kv_pulls.labels(
@@ -252,6 +264,25 @@ class SimEngine:
             self._finished(finished)
         self.wake.set()
 
+    async def _release_remote(self, req: Request, params: dict[str, Any]) -> None:
+        """Free the producer's lease without pulling (vLLM notifies the producer likewise)."""
+        host, port, rid = (
+            params.get(k) for k in ("remote_host", "remote_port", "remote_request_id")
+        )
+        error = None
+        try:
+            await kv_transfer.release(str(host), int(str(port)), str(rid), self.pull_timeout)
+        except (kv_transfer.TransferError, ValueError, TypeError) as err:
+            error = str(err)
+        event(
+            log,
+            "kv_pull_skipped",
+            request_id=req.id,
+            remote_request_id=rid,
+            reason="all cached",
+            release_error=error,
+        )
+
     # --- requests ---------------------------------------------------------------------------
     def tokenize(self, p: Params) -> list[int]:
         if isinstance(p.prompt, list):
@@ -260,7 +291,7 @@ class SimEngine:
         return self.cfg.tokenizer.encode(text)
 
     def new_request(self, p: Params, prompt: list[int], base_id: str) -> Request:
-        limit = self.cfg.profile.max_model_len
+        limit = self.max_model_len
         if len(prompt) >= limit or (p.max_tokens and len(prompt) + p.max_tokens > limit):
             raise ApiError(
                 400,
@@ -392,7 +423,7 @@ class Api:
                 "owned_by": "vllm",
                 "root": cfg.model_path or cfg.served_model_name,
                 "parent": None,
-                "max_model_len": cfg.profile.max_model_len,
+                "max_model_len": self.engine.max_model_len,
             }
             for name in (cfg.served_model_name, *cfg.aliases)
         ]
