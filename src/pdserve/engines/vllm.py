@@ -1,0 +1,115 @@
+"""The command line and environment of one real vLLM engine.
+
+The manifest's container args are vLLM flags (a pod runs `vllm serve /mnt/models
+ARGS`); the runner keeps them, except the ones it owns on one machine (model
+folder, name, host, port, TLS, KV connector) and flags this vLLM no longer
+accepts. P/D engines get the NixlConnector with a CPU KV buffer, their own NIXL
+side-channel port and their own cores: two engines sharing cores make decode
+crawl (PROTOCOLS.md section 4).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pdserve.engines.venv import engines_python
+from pdserve.wire import NIXL_CONNECTOR
+
+# Flags whose value the runner decides (the value that follows is dropped too).
+OWNED_WITH_VALUE = {
+    "--model",
+    "--served-model-name",
+    "--host",
+    "--port",
+    "--kv-transfer-config",
+    "--ssl-certfile",
+    "--ssl-keyfile",
+    "--ssl-ca-certs",
+}
+# Switches dropped: TLS refresh (plain HTTP on loopback), and flags removed from vLLM
+# (request logging is off by default since --disable-log-requests went away).
+DROPPED_SWITCHES = {"--enable-ssl-refresh", "--disable-log-requests"}
+
+# A CPU engine's share of host RAM for weights + KV cache (section 4: 0.1-0.15).
+CPU_MEMORY_SHARE = 0.12
+
+
+@dataclass
+class EngineCommand:
+    """What to exec for one engine; `env` is added to the runner's environment."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def kv_transfer_config() -> str:
+    return json.dumps(
+        {"kv_connector": NIXL_CONNECTOR, "kv_role": "kv_both", "kv_buffer_device": "cpu"},
+        separators=(",", ":"),
+    )
+
+
+def manifest_args(args: Sequence[str]) -> list[str]:
+    """The manifest's vLLM args minus those the runner owns or this vLLM rejects."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in OWNED_WITH_VALUE:
+            skip_value = "=" not in arg
+            continue
+        if name in DROPPED_SWITCHES:
+            continue
+        kept.append(arg)
+    return kept
+
+
+def command(
+    model_dir: Path,
+    served_name: str,
+    port: int,
+    *,
+    args: Sequence[str] = (),
+    pd: bool = False,
+    side_channel_port: int | None = None,
+    cores: str | None = None,
+    dtype: str = "float32",
+) -> EngineCommand:
+    """vLLM's OpenAI server on 127.0.0.1:port serving `model_dir` as `served_name`.
+
+    float32 by default: on CPU, vLLM 0.32 in bfloat16 answered SmolLM2 with nonsense.
+    """
+    argv = [
+        str(engines_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    extra = manifest_args(args)
+    if not any(a.split("=", 1)[0] == "--dtype" for a in extra):
+        argv += ["--dtype", dtype]
+    if not any(a.split("=", 1)[0] == "--gpu-memory-utilization" for a in extra):
+        argv += ["--gpu-memory-utilization", str(CPU_MEMORY_SHARE)]
+    argv += extra
+    env = {"VLLM_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    if pd:
+        argv += ["--kv-transfer-config", kv_transfer_config()]
+        env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "127.0.0.1"
+        if side_channel_port is not None:
+            env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(side_channel_port)
+    if cores is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    return EngineCommand(argv, env)
