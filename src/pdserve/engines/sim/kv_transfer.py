@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import struct
 import uuid
 from collections.abc import Callable, Sequence
@@ -46,15 +47,9 @@ class KVArena:
         view[: words * 8].view(np.uint64)[:] = seed
         view[words * 8 :] = np.frombuffer(seed.to_bytes(8, "little"), dtype=np.uint8)[: bb % 8]
 
-    def gather(self, blocks: Sequence[int]) -> bytes:
+    def view(self, block: int) -> memoryview:
         bb = self.block_bytes
-        return b"".join(self.buf[b * bb : (b + 1) * bb].tobytes() for b in blocks)
-
-    def scatter(self, blocks: Sequence[int], data: bytes) -> None:
-        bb = self.block_bytes
-        src = np.frombuffer(data, dtype=np.uint8)
-        for i, b in enumerate(blocks):
-            self.buf[b * bb : (b + 1) * bb] = src[i * bb : (i + 1) * bb]
+        return memoryview(self.buf[block * bb : (block + 1) * bb])
 
     def checksum(self, blocks: Sequence[int]) -> int:
         h = xxhash.xxh3_64()  # the fastest of the family: verification must not dominate a pull
@@ -133,14 +128,19 @@ class TransferError(Exception):
     pass
 
 
-async def _send(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:
-    if payload:
-        header = {**header, "nbytes": len(payload)}
+async def _send(
+    writer: asyncio.StreamWriter, header: dict[str, Any], payload: Sequence[memoryview] = ()
+) -> None:
+    """A header frame, then (if any) one payload frame written straight from the buffers."""
+    nbytes = sum(len(v) for v in payload)
+    if nbytes:
+        header = {**header, "nbytes": nbytes}
     raw = json.dumps(header).encode()
     writer.write(_LEN.pack(len(raw)) + raw)
-    if payload:
-        writer.write(_LEN.pack(len(payload)))
-        writer.write(payload)
+    if nbytes:
+        writer.write(_LEN.pack(nbytes))
+        for view in payload:
+            writer.write(view)
     await writer.drain()
 
 
@@ -227,7 +227,7 @@ class SideChannelServer:
             header["nixl_descs"] = base64.b64encode(self.nixl.descs(blocks)).decode()
             await _send(writer, header)
         else:
-            await _send(writer, header, self.arena.gather(blocks) or b"\0")
+            await _send(writer, header, [self.arena.view(b) for b in blocks])
 
     async def _poll(self) -> None:
         assert self.nixl is not None
@@ -272,17 +272,78 @@ async def release(host: str, port: int, request_id: str, timeout: float) -> None
     """Consumer side, nothing to read: tell the producer to free the request's blocks."""
 
     async def go() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        conn = await _Conn.open(host, port)
         try:
-            await _send(writer, {"op": "release", "request_id": request_id})
-            await _recv(reader)
+            await conn.send({"op": "release", "request_id": request_id})
+            await conn.recv_header()
         finally:
-            writer.close()
+            conn.close()
 
     try:
         await asyncio.wait_for(go(), timeout)
-    except (TimeoutError, OSError, asyncio.IncompleteReadError) as err:
+    except (TimeoutError, OSError) as err:
         raise TransferError(f"KV release at {host}:{port} failed: {err!r}") from err
+
+
+class _Conn:
+    """The consumer's end of the side channel, on a raw non-blocking socket so that pulled
+    bytes land straight in the arena's blocks (a StreamReader would buffer and copy them)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> _Conn:
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, addr = (
+            await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        return cls(sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def send(self, header: dict[str, Any]) -> None:
+        raw = json.dumps(header).encode()
+        await self.loop.sock_sendall(self.sock, _LEN.pack(len(raw)) + raw)
+
+    async def _into(self, view: memoryview) -> None:
+        while view:
+            n = await self.loop.sock_recv_into(self.sock, view)
+            if n == 0:
+                raise ConnectionResetError("producer closed the side channel")
+            view = view[n:]
+
+    async def _exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        await self._into(memoryview(buf))
+        return bytes(buf)
+
+    async def recv_header(self) -> dict[str, Any]:
+        (n,) = _LEN.unpack(await self._exact(4))
+        return json.loads(await self._exact(n))
+
+    async def recv_payload(self, header: dict[str, Any], into: Sequence[memoryview]) -> None:
+        """Fill `into` from the payload frame; bytes beyond them are read and dropped."""
+        if not header.get("nbytes"):
+            return
+        (total,) = _LEN.unpack(await self._exact(4))
+        for view in into:
+            take = view[: max(0, min(len(view), total))]
+            await self._into(take)
+            total -= len(take)
+        while total > 0:
+            total -= len(await self._exact(min(total, 1 << 20)))
 
 
 async def _pull(
@@ -295,19 +356,18 @@ async def _pull(
     nixl: Nixl | None,
     start: float,
 ) -> PullResult:
-    reader, writer = await asyncio.open_connection(host, port)
+    conn = await _Conn.open(host, port)
     try:
         transport = "nixl" if nixl is not None else "tcp"
-        await _send(
-            writer,
+        await conn.send(
             {
                 "op": "pull",
                 "request_id": request_id,
                 "block_ids": list(remote_blocks),
                 "transport": transport,
-            },
+            }
         )
-        header, payload = await _recv(reader)
+        header = await conn.recv_header()
         if not header.get("ok"):
             raise TransferError(str(header.get("error", "producer refused the pull")))
         count = min(len(header["block_ids"]), len(local_blocks))
@@ -320,14 +380,14 @@ async def _pull(
             )
         else:
             transport = "tcp"
-            arena.scatter(blocks, payload)
+            await conn.recv_payload(header, [arena.view(b) for b in blocks])
         intact = arena.checksum(blocks) == header["checksum"]
-        await _send(writer, {"op": "release", "request_id": request_id})  # done with it either way
-        await _recv(reader)
+        await conn.send({"op": "release", "request_id": request_id})  # done with it either way
+        await conn.recv_header()
         if not intact:
             raise TransferError(f"KV checksum mismatch for request {request_id!r}")
         return PullResult(
             count * arena.block_bytes, transport, asyncio.get_running_loop().time() - start
         )
     finally:
-        writer.close()
+        conn.close()
