@@ -174,3 +174,18 @@ def test_unknown_engine_params_recompute(sim_engine) -> None:
     }
     resp = decode(d.url, {"prompt": "who " * 40, "max_tokens": 2}, bogus)
     assert resp.status_code == 200
+
+
+def test_consumer_with_prompt_cached_skips_pull_and_frees_producer_lease(sim_engine) -> None:
+    p, d = sim_engine("--zero-cost"), sim_engine("--zero-cost")
+    # 8 full blocks of 16 plus one token: once cached, only the last token is left to compute.
+    body = {"prompt": list(range(5000, 5129)), "max_tokens": 3}
+    local = httpx.post(f"{d.url}/v1/completions", json=body).json()  # warms d's prefix cache
+    params = prefill(p.url, body)
+    assert metric(p.url, "pdserve_sim:kv_leases") == 1
+    resp = decode(d.url, body, params).json()
+    assert resp["choices"][0]["text"] == local["choices"][0]["text"]
+    assert metric(d.url, "pdserve_sim:kv_pulls_total") == 0
+    assert "kv_pull_skipped" in d.proc.log_path.read_text()
+    assert metric(p.url, "pdserve_sim:kv_leases") == 0  # released without a pull
+    assert metric(p.url, "vllm:kv_cache_usage_perc") == 0
