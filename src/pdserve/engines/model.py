@@ -158,3 +158,16 @@ def _publish(out: Path, fill: Callable[[Path], None]) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached(uri: str, cache: Path | None = None) -> Path | None:
+    """The cached folder of a builtin:// or hf:// model if an earlier run made it."""
+    cache = cache or cache_root()
+    if uri.startswith("builtin://"):
+        out = cache / "builtin" / uri.removeprefix("builtin://")
+    elif uri.startswith("hf://"):
+        repo, _, revision = uri.removeprefix("hf://").partition("@")
+        out = cache / "hf" / repo.replace("/", "--") / (revision or "main")
+    else:
+        return None
+    return out if (out / "config.json").is_file() else None

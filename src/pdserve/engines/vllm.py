@@ -11,6 +11,7 @@ crawl (PROTOCOLS.md section 4).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,10 @@ OWNED_WITH_VALUE = {
 # (request logging is off by default since --disable-log-requests went away).
 DROPPED_SWITCHES = {"--enable-ssl-refresh", "--disable-log-requests"}
 
-# A CPU engine's share of host RAM for weights + KV cache (section 4: 0.1-0.15).
-CPU_MEMORY_SHARE = 0.12
+# KV cache of a CPU engine, GiB. vLLM CPU otherwise sizes it as a share of the NUMA
+# node's RAM minus the worker's own RSS, which goes negative for small shares on a
+# small node (seen here with 0.12 of 10.7 GiB); a fixed size is predictable.
+CPU_KV_CACHE_GIB = "1"
 
 
 @dataclass
@@ -101,10 +104,9 @@ def command(
     extra = manifest_args(args)
     if not any(a.split("=", 1)[0] == "--dtype" for a in extra):
         argv += ["--dtype", dtype]
-    if not any(a.split("=", 1)[0] == "--gpu-memory-utilization" for a in extra):
-        argv += ["--gpu-memory-utilization", str(CPU_MEMORY_SHARE)]
     argv += extra
     env = {"VLLM_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
     if pd:
         argv += ["--kv-transfer-config", kv_transfer_config()]
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "127.0.0.1"

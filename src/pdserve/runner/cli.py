@@ -1,0 +1,275 @@
+"""`pdserve up | status | logs | down | scale`: one service on this machine.
+
+`up` is the supervisor: it owns every child (each in its own session), shows
+progress, and stops them all on Ctrl-C, SIGTERM or `down`. With --detach it
+re-runs itself in the background and returns once the state file says ready
+(or failed, with the reason). The other commands talk to it through the state
+folder: PIDs and logs there, scaling through its control port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pdserve.errors import UserError
+from pdserve.runner.state import StateDir, default_dir, pid_alive
+
+POOLS = ("prefill", "decode")
+
+
+def main(argv: list[str]) -> int:
+    command, rest = argv[0], argv[1:]
+    return {"up": up, "status": status, "logs": logs, "down": down, "scale": scale}[command](rest)
+
+
+def _state_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"this service's folder of state and logs (default {default_dir()})",
+    )
+
+
+def _state(args: argparse.Namespace) -> StateDir:
+    return StateDir(args.state_dir or default_dir())
+
+
+def _running(state: StateDir) -> dict[str, Any]:
+    data = state.read()
+    if not data or not pid_alive(data.get("pid")):
+        raise UserError(f"no service is running in {state.path} (start one with pdserve up FILE)")
+    return data
+
+
+# --- up ------------------------------------------------------------------------
+
+
+def up(argv: list[str]) -> int:
+    from pdserve.engines import venv
+    from pdserve.process import port_in_use
+    from pdserve.runner.manifest import load_plan
+
+    ap = argparse.ArgumentParser(prog="pdserve up", description="run a manifest on this machine")
+    ap.add_argument("file", type=Path, help="LLMInferenceService manifest (with its configs)")
+    ap.add_argument("--engine", choices=("vllm", "sim"), help="default: vllm when installed")
+    ap.add_argument("--port", type=int, default=8080, help="the gateway's port on 127.0.0.1")
+    ap.add_argument("--namespace", default=None, help="default: the manifest's, else default")
+    ap.add_argument("--detach", action="store_true", help="return once ready, keep running")
+    ap.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
+    _state_arg(ap)
+    args = ap.parse_args(argv)
+    state = _state(args)
+
+    previous = state.read()
+    if previous and pid_alive(previous.get("pid")) and previous.get("pid") != os.getpid():
+        raise UserError(
+            f"a service is already running in {state.path}: "
+            "stop it with pdserve down, or pass another --state-dir"
+        )
+    if not args.file.is_file():
+        raise UserError(f"{args.file}: no such file")
+    plan = load_plan(args.file, args.namespace)
+    kind = args.engine
+    if kind is None:
+        kind = "vllm" if venv.find() else "sim"
+        if kind == "sim":
+            print(
+                "pdserve up: vLLM is not installed (make engines); using --engine sim",
+                file=sys.stderr,
+            )
+    if kind == "vllm":
+        venv.engines_python()  # one-line error naming `make engines` when missing
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: not a port number")
+    if port_in_use(args.port):
+        raise UserError(f"--port {args.port}: already in use on 127.0.0.1 (pick another --port)")
+
+    if args.detach and not args.supervise:
+        return _detach(argv, state)
+    from pdserve.runner.supervisor import run
+
+    return run(plan, kind, state, args.port, live=not args.supervise, source=str(args.file))
+
+
+def _detach(argv: list[str], state: StateDir) -> int:
+    """Start the supervisor in its own session and follow its state file until ready."""
+    from pdserve.runner.progress import Follower
+
+    state.logs.mkdir(parents=True, exist_ok=True)
+    state.file.unlink(missing_ok=True)
+    log = state.log("supervisor")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pdserve", "up", *argv, "--supervise"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    follower = Follower()
+    try:
+        while True:
+            data = state.read() or {}
+            follower.show(data.get("components", []))
+            if data.get("status") == "ready" and data.get("pid") == proc.pid:
+                follower.close()
+                _print_ready(data)
+                return 0
+            code = proc.poll()
+            if code is not None or data.get("status") == "failed":
+                follower.close()
+                reason = data.get("error") or _tail(log)
+                print(f"pdserve up: failed to start: {reason}", file=sys.stderr)
+                if code is None:
+                    proc.wait(timeout=120)
+                return 1
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        follower.close()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+        return 130
+
+
+def _print_ready(data: dict[str, Any]) -> None:
+    info = data.get("summary", {})
+    url = info.get("url", "")
+    body = (
+        f'{{"model":"{info.get("model")}","max_tokens":32,'
+        '"messages":[{"role":"user","content":"What is the capital of France?"}]}'
+    )
+    print(f"ready: {info.get('name')} ({info.get('engine')} engines, pools {info.get('pools')})")
+    print(f"  OpenAI API: {url}/v1   route path: {info.get('route')}")
+    print(
+        f"  try: curl -s {url}/v1/chat/completions -H 'content-type: application/json' "
+        f"-d '{body}'"
+    )
+    print("  pdserve status | logs [COMPONENT] | scale prefill|decode N | down")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+# --- status, logs -------------------------------------------------------------
+
+
+def status(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="pdserve status")
+    _state_arg(ap)
+    ap.add_argument("--json", action="store_true", help="print the state file")
+    args = ap.parse_args(argv)
+    state = _state(args)
+    data = state.read()
+    if not data:
+        print(f"no service in {state.path}")
+        return 1
+    alive = pid_alive(data.get("pid"))
+    if args.json:
+        import json
+
+        print(json.dumps(data, indent=1))
+        return 0 if alive else 1
+    info = data.get("summary", {})
+    shown = data.get("status") if alive else "not running"
+    print(f"{info.get('name', '?')}: {shown}  {info.get('url', '')}/v1  pools {info.get('pools')}")
+    for row in data.get("components", []):
+        live = "up" if pid_alive(row.get("pid")) else "down"
+        print(
+            f"  {row['name']:<12} {row['kind']:<16} {row['status']:<9} {live:<5} "
+            f"port {row.get('port') or '-':<6} pid {row.get('pid') or '-'}"
+        )
+    return 0 if alive else 1
+
+
+def logs(argv: list[str]) -> int:
+    from pdserve.runner import trace
+
+    ap = argparse.ArgumentParser(
+        prog="pdserve logs", description="a component's log, or the routing trace of requests"
+    )
+    ap.add_argument("component", nargs="?", help="e.g. epp, envoy, decode-0, sidecar-0")
+    ap.add_argument("--last", type=int, default=20, help="trace: the last N requests")
+    ap.add_argument("--lines", "-n", type=int, default=0, help="component: only the last N lines")
+    _state_arg(ap)
+    args = ap.parse_args(argv)
+    state = _state(args)
+    if args.component is None:
+        names = sorted(p.stem for p in state.logs.glob("*.log"))
+        if not names:
+            raise UserError(f"no logs in {state.logs}")
+        print("components: " + " ".join(names))
+        print(trace.render(state.logs, args.last) or "(no requests traced yet)")
+        return 0
+    path = state.log(args.component)
+    if not path.is_file():
+        names = " ".join(sorted(p.stem for p in state.logs.glob("*.log")))
+        raise UserError(f"no log for {args.component!r} in {state.logs} (have: {names})")
+    text = path.read_text(errors="replace")
+    if args.lines:
+        text = "\n".join(text.splitlines()[-args.lines :])
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    return 0
+
+
+# --- down, scale ------------------------------------------------------------------
+
+
+def down(argv: list[str]) -> int:
+    from pdserve.process import stop_group
+
+    ap = argparse.ArgumentParser(prog="pdserve down")
+    _state_arg(ap)
+    args = ap.parse_args(argv)
+    state = _state(args)
+    data = state.read()
+    if not data:
+        raise UserError(f"no service in {state.path}")
+    pid = data.get("pid")
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 180
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # Whatever the supervisor could not stop (it was killed, or hung): stop by PID.
+    leftovers = [r for r in (state.read() or data).get("components", []) if pid_alive(r.get("pid"))]
+    for row in leftovers:
+        stop_group(row["pid"], timeout=10)
+    if pid_alive(pid):
+        stop_group(pid, timeout=10)
+    print(f"stopped {data.get('summary', {}).get('name', 'service')} ({state.path})")
+    return 0
+
+
+def scale(argv: list[str]) -> int:
+    from pdserve.runner.control import request
+
+    ap = argparse.ArgumentParser(prog="pdserve scale", description="resize a pool while serving")
+    ap.add_argument("pool", choices=POOLS)
+    ap.add_argument("replicas", type=int)
+    _state_arg(ap)
+    args = ap.parse_args(argv)
+    data = _running(_state(args))
+    if data.get("status") != "ready":
+        raise UserError(f"the service is {data.get('status')}, not ready; try again when ready")
+    try:
+        out = request(
+            data["control_port"], "POST", "/scale", {"pool": args.pool, "replicas": args.replicas}
+        )
+    except RuntimeError as err:
+        raise UserError(str(err)) from err
+    for step in out.get("steps", []):
+        print(step)
+    print(f"pools now {out.get('pools')}")
+    return 0

@@ -1,0 +1,64 @@
+"""The supervisor's control socket: `pdserve scale` from another shell.
+
+A small HTTP server on 127.0.0.1 inside the process that owns the children
+(only it can start and stop them cleanly). POST /scale {"pool", "replicas"}
+answers when the pool has its new size; GET /status returns the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pdserve.runner.service import LocalService
+
+
+def serve(service: LocalService) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return
+
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._reply(200, service.summary())
+
+        def do_POST(self) -> None:
+            if self.path != "/scale":
+                self._reply(404, {"error": f"unknown path {self.path}"})
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                steps: list[str] = []
+                service.scale(str(body["pool"]), int(body["replicas"]), steps.append)
+            except (ValueError, KeyError, TypeError) as err:
+                self._reply(400, {"error": str(err)})
+                return
+            except Exception as err:
+                self._reply(500, {"error": f"{type(err).__name__}: {err}"})
+                return
+            self._reply(200, {"steps": steps, **service.summary()})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+    return server
+
+
+def request(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict:
+    """Call a supervisor's control server; scaling vLLM engines can take minutes."""
+    import httpx
+
+    resp = httpx.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=1800)
+    data = resp.json()
+    if resp.status_code != 200:
+        raise RuntimeError(data.get("error", resp.text))
+    return data

@@ -1,0 +1,31 @@
+"""From a manifest file to a Plan, through the API's load/resolve and the EPP config render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pdserve.errors import UserError
+from pdserve.runner.plan import Plan, as_dict, make_plan
+
+SERVICE_KIND = "LLMInferenceService"
+
+
+def _kind(doc: object) -> str | None:
+    if isinstance(doc, dict):
+        return doc.get("kind")
+    return getattr(doc, "kind", None)
+
+
+def load_plan(path: Path, namespace: str | None = None) -> Plan:
+    """Parse, validate and merge the manifest (UserError with the validate message if bad)."""
+    from pdserve import api, render
+
+    docs = api.load(str(path))
+    services = [d for d in docs if _kind(d) == SERVICE_KIND]
+    configs = [d for d in docs if _kind(d) != SERVICE_KIND]
+    if len(services) != 1:
+        raise UserError(f"{path}: expected one {SERVICE_KIND}, found {len(services)}")
+    merged = api.resolve(services[0], configs, namespace=namespace)
+    merged_dict = as_dict(merged)
+    ns = namespace or (merged_dict.get("metadata") or {}).get("namespace") or "default"
+    return make_plan(merged_dict, ns, render.epp_config(merged))

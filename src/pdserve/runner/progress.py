@@ -1,0 +1,58 @@
+"""Showing a service's component rows as they change: a live table on a terminal,
+one line per change otherwise (logs, CI, a detached `up` piped somewhere)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+class Follower:
+    """Prints component rows (dicts from the state file) as their status changes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str, str]] = {}
+        self.live: Any = None
+        self.rows: list[dict[str, Any]] = []
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(
+                get_renderable=self._table, console=Console(stderr=True), refresh_per_second=4
+            )
+            self.live.start()
+
+    def show(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        if self.live is not None:
+            return
+        for row in rows:
+            key = (row.get("status", ""), row.get("detail", ""))
+            if self.seen.get(row["name"]) != key:
+                self.seen[row["name"]] = key
+                detail = f"  {row['detail']}" if row.get("detail") else ""
+                print(f"{row['name']:<12} {row['status']}{detail}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for col in ("component", "kind", "status", "port", "detail"):
+            table.add_column(col)
+        colours = {"ready": "green", "failed": "red", "starting": "yellow"}
+        for row in self.rows:
+            colour = colours.get(row.get("status", ""), "white")
+            table.add_row(
+                row["name"],
+                row.get("kind", ""),
+                f"[{colour}]{row.get('status', '')}[/]",
+                str(row.get("port") or ""),
+                str(row.get("detail") or "")[:80],
+            )
+        return table

@@ -1,0 +1,341 @@
+"""A local service: the processes of one LLMInferenceService on this machine.
+
+Start order follows the data path backwards: model folder, engines (and each
+decode engine's sidecar), the EPP with an endpoints file, then Envoy; ready when
+every component's health check passes and the gateway itself answers
+GET /v1/models. An engine joins the EPP's endpoint list only once it is healthy.
+Removing one goes the other way: out of the endpoint list, the EPP confirms,
+its in-flight requests drain, then its sidecar and engine stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdserve.engines import model as models
+from pdserve.engines.vllm import EngineCommand
+from pdserve.process import ManagedProcess, ProcessDied, free_port, wait_http
+from pdserve.runner import components
+from pdserve.runner.board import Board
+from pdserve.runner.components import EngineSlot
+from pdserve.runner.plan import Plan
+from pdserve.runner.state import StateDir
+from pdserve.wire import (
+    METRIC_RUNNING,
+    METRIC_WAITING,
+    ROLE_DECODE,
+    ROLE_LABEL,
+    ROLE_PREFILL,
+)
+
+ENGINE_TIMEOUT = {"vllm": 900.0, "sim": 120.0}
+COMPONENT_TIMEOUT = 60.0
+DRAIN_TIMEOUT = 120.0
+
+
+@dataclass
+class Replica:
+    """One engine of a pool, with the sidecar in front of it when it decodes for P/D."""
+
+    role: str
+    index: int
+    slot: EngineSlot
+    engine: ManagedProcess
+    sidecar: ManagedProcess | None = None
+    sidecar_port: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+    @property
+    def endpoint_port(self) -> int:
+        """What the EPP routes to: the sidecar when there is one."""
+        return self.sidecar_port or self.slot.port
+
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.sidecar, self.engine) if p is not None]
+
+
+class LocalService:
+    def __init__(
+        self, plan: Plan, kind: str, state: StateDir, gateway_port: int, board: Board
+    ) -> None:
+        self.plan = plan
+        self.kind = kind
+        self.state = state
+        self.gateway_port = gateway_port
+        self.board = board
+        self.model_dir: Path | None = None
+        self.pools: dict[str, list[Replica]] = {ROLE_PREFILL: [], ROLE_DECODE: []}
+        self.epp: ManagedProcess | None = None
+        self.envoy: ManagedProcess | None = None
+        self.epp_metrics_port = 0
+        self.lock = threading.RLock()
+        self._next_index = {ROLE_PREFILL: 0, ROLE_DECODE: 0}
+        self._stopping = False
+
+    # --- lifecycle ---------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.state.path / "endpoints.json"
+
+    def start(self) -> None:
+        self.state.logs.mkdir(parents=True, exist_ok=True)
+        self.model_dir = self._resolve_model()
+        wanted = [(ROLE_DECODE, self.plan.decode.replicas)]
+        if self.plan.prefill is not None:
+            wanted.insert(0, (ROLE_PREFILL, self.plan.prefill.replicas))
+        total = sum(n for _, n in wanted)
+        started = [self._launch(role, total) for role, n in wanted for _ in range(n)]
+        self._write_endpoints()
+        self._start_router()
+        for replica in started:
+            self._await(replica)
+        self._write_endpoints()
+        self._await_router()
+
+    def stop(self) -> None:
+        """Stop everything: the gateway first so no new request enters, engines last."""
+        with self.lock:
+            self._stopping = True
+            procs = [p for p in (self.envoy, self.epp) if p is not None]
+            for pool in self.pools.values():
+                for replica in pool:
+                    procs += replica.processes()
+        for proc in procs:
+            if proc.alive():
+                self.board.set(proc.name, status="stopping")
+            proc.stop(timeout=15)
+            self.board.set(proc.name, status="stopped", pid=None)
+
+    def check(self) -> None:
+        """Raise ProcessDied when a component exited while it should be running."""
+        with self.lock:
+            if self._stopping:
+                return
+            procs = [p for p in (self.envoy, self.epp) if p is not None]
+            for pool in self.pools.values():
+                for replica in pool:
+                    procs += replica.processes()
+            for proc in procs:
+                if not proc.alive():
+                    self.board.set(proc.name, status="failed", detail="exited")
+                    proc.check_alive()
+
+    # --- scaling -------------------------------------------------------------
+
+    def scale(self, role: str, replicas: int, progress: Callable[[str], None] = print) -> None:
+        if role == ROLE_PREFILL and self.plan.prefill is None:
+            raise ValueError("this service has no prefill pool (no spec.prefill)")
+        if replicas < 0 or (role == ROLE_DECODE and replicas < 1):
+            raise ValueError(f"{role} replicas must be >= {0 if role == ROLE_PREFILL else 1}")
+        with self.lock:
+            pool = self.pools[role]
+            while len(pool) < replicas:
+                replica = self._launch(role, len(pool) + 1)
+                progress(f"started {replica.name}")
+                self._await(replica)
+                self._write_endpoints()
+                progress(f"{replica.name} ready and routed")
+            while len(pool) > replicas:
+                self._retire(pool[-1], progress)
+
+    def _retire(self, replica: Replica, progress: Callable[[str], None]) -> None:
+        pool = self.pools[replica.role]
+        pool.remove(replica)
+        self._write_endpoints()
+        self._await_epp_endpoints()
+        progress(f"{replica.name} out of the endpoint list; draining")
+        self.board.set(replica.engine.name, status="draining")
+        _drain(f"http://127.0.0.1:{replica.slot.port}")
+        for proc in replica.processes():  # sidecar first: it finishes its in-flight requests
+            proc.stop(timeout=DRAIN_TIMEOUT)
+            self.board.drop(proc.name)
+        progress(f"{replica.name} stopped")
+
+    # --- parts -------------------------------------------------------------
+
+    def _resolve_model(self) -> Path | None:
+        uri = self.plan.model_uri
+        if self.kind == "sim" and not models.is_local(uri):
+            # The sim engine only needs a tokenizer; use the cached folder if there is one.
+            cached = models.cached(uri)
+            self.board.set("model", "model", status="ready", detail=str(cached or "(none)"))
+            return cached
+        self.board.set("model", "model", status="starting", detail=uri)
+
+        def progress(text: str) -> None:
+            self.board.set("model", detail=text)
+
+        path = models.resolve(uri, progress)
+        self.board.set("model", status="ready", detail=str(path))
+        return path
+
+    def _launch(self, role: str, total: int) -> Replica:
+        """Start an engine (and its sidecar for P/D decode); readiness is awaited later."""
+        index = self._next_index[role]
+        self._next_index[role] += 1
+        slot = EngineSlot(free_port(), free_port(), self._cores(total))
+        pool_plan = self.plan.pool(role)
+        cmd = components.engine(self.kind, self.plan, pool_plan, self.model_dir, slot)
+        name = f"{role}-{index}" if self.plan.pd else f"engine-{index}"
+        engine = self._spawn(name, f"{self.kind} engine", cmd, slot.port)
+        replica = Replica(role, index, slot, engine)
+        if self.plan.pd and role == ROLE_DECODE:
+            port = free_port()
+            replica.sidecar = self._spawn(
+                f"sidecar-{index}", "sidecar", components.sidecar(self.plan, port, slot.port), port
+            )
+            replica.sidecar_port = port
+        self.pools[role].append(replica)
+        return replica
+
+    def _cores(self, total: int) -> str | None:
+        """vLLM CPU engines get their own core (a lone engine gets them all); sims float."""
+        if self.kind != "vllm":
+            return None
+        ncpu = os.cpu_count() or 1
+        if total <= 1 and not any(self.pools.values()):
+            return f"0-{ncpu - 1}" if ncpu > 1 else "0"
+        used = [r.slot.cores for pool in self.pools.values() for r in pool]
+        core = min(range(ncpu), key=lambda c: used.count(str(c)))
+        return str(core)
+
+    def _spawn(self, name: str, kind: str, cmd: EngineCommand, port: int) -> ManagedProcess:
+        env = {**os.environ, **cmd.env}
+        proc = ManagedProcess(name, cmd.argv, self.state.log(name), env=env)
+        proc.log_path.unlink(missing_ok=True)
+        proc.start()
+        self.board.set(
+            name, kind, status="starting", pid=proc.pid, port=port, log=str(proc.log_path)
+        )
+        return proc
+
+    def _await(self, replica: Replica) -> None:
+        timeout = ENGINE_TIMEOUT[self.kind]
+        for proc, port in (
+            (replica.engine, replica.slot.port),
+            (replica.sidecar, replica.sidecar_port),
+        ):
+            if proc is None:
+                continue
+            proc.wait_http(
+                f"http://127.0.0.1:{port}/health",
+                timeout if proc is replica.engine else COMPONENT_TIMEOUT,
+            )
+            self.board.set(proc.name, status="ready")
+
+    def _start_router(self) -> None:
+        config = self.state.path / "epp-config.yaml"
+        config.write_text(self.plan.scheduler_config)
+        grpc, health, self.epp_metrics_port = free_port(), free_port(), free_port()
+        cmd = components.epp(config, self.endpoints_file, grpc, health, self.epp_metrics_port)
+        self.epp = self._spawn("epp", "endpoint picker", cmd, grpc)
+        from pdserve.epp import envoy
+
+        admin = free_port()
+        bootstrap = envoy.bootstrap(
+            self.gateway_port, grpc, admin, route_prefixes=[self.plan.route_prefix]
+        )
+        envoy_file = self.state.path / "envoy.json"
+        envoy_file.write_text(json.dumps(bootstrap, indent=1))
+        cmd = components.envoy(envoy_file, base_id=self.gateway_port)
+        self.envoy = self._spawn("envoy", "gateway", cmd, self.gateway_port)
+
+    def _await_router(self) -> None:
+        assert self.epp is not None and self.envoy is not None
+        self.epp.wait_http(f"http://127.0.0.1:{self.epp_metrics_port}/metrics", COMPONENT_TIMEOUT)
+        self.board.set("epp", status="ready")
+        self.envoy.wait_http(f"{self.url}/v1/models", COMPONENT_TIMEOUT)
+        self.board.set("envoy", status="ready", detail=f"{self.url}/v1")
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """The EPP's view: healthy engines (or their sidecars) with their role label."""
+        out = []
+        for role, pool in self.pools.items():
+            for replica in pool:
+                if (
+                    replica.engine.alive()
+                    and self.board.rows[replica.engine.name].status == "ready"
+                ):
+                    label = self.plan.pool(role).role
+                    out.append(
+                        {
+                            "address": "127.0.0.1",
+                            "port": replica.endpoint_port,
+                            "labels": {ROLE_LABEL: label, "pdserve/name": replica.name},
+                        }
+                    )
+        return out
+
+    def _write_endpoints(self) -> None:
+        tmp = self.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.endpoints(), indent=1))
+        tmp.replace(self.endpoints_file)
+
+    def _await_epp_endpoints(self) -> None:
+        """Wait until the EPP reports the endpoint count we wrote (it re-reads the file)."""
+        want = len(self.endpoints())
+        deadline = time.monotonic() + COMPONENT_TIMEOUT
+        while time.monotonic() < deadline:
+            seen = _metric(f"http://127.0.0.1:{self.epp_metrics_port}", "inference_pool_ready_pods")
+            if seen is None or int(seen) == want:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"the EPP did not pick up the new endpoint list ({want} endpoints)")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.plan.name,
+            "namespace": self.plan.namespace,
+            "model": self.plan.served_name,
+            "engine": self.kind,
+            "url": self.url,
+            "route": f"{self.url}{self.plan.route_prefix}/v1",
+            "pools": {role: len(pool) for role, pool in self.pools.items()},
+            "endpoints_file": str(self.endpoints_file),
+        }
+
+
+def _metric(url: str, name: str) -> float | None:
+    """Sum of a metric's samples at url/metrics; None when the server does not export it."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            found = True
+            total += float(line.rsplit(" ", 1)[-1])
+    return total if found else None
+
+
+def _drain(engine_url: str) -> None:
+    """Wait until the engine has no running or waiting request."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        running = _metric(engine_url, METRIC_RUNNING)
+        waiting = _metric(engine_url, METRIC_WAITING)
+        if running is None or (running + (waiting or 0)) == 0:
+            return
+        time.sleep(0.05)
+
+
+__all__ = ["LocalService", "ProcessDied", "Replica", "wait_http"]
