@@ -2,7 +2,7 @@
 
 vLLM pins its own torch and transformers, which clash with pdserve's, so the
 engines run under another interpreter. Looked up in PDSERVE_ENGINES_VENV, then
-beside pdserve's own venv, then at the root of a source checkout.
+else beside pdserve's own venv, then at the root of a source checkout.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ INSTALL_HINT = "vLLM engines are not installed: run `make engines` (or pass --en
 
 
 def candidates() -> list[Path]:
-    found: list[Path] = []
     if env := os.environ.get("PDSERVE_ENGINES_VENV"):
-        found.append(Path(env))
+        return [Path(env)]  # explicit: no fallback, so a wrong path is reported as missing
+    found: list[Path] = []
     found.append(Path(sys.prefix).parent / VENV_NAME)
     found.append(Path(__file__).resolve().parents[3] / VENV_NAME)  # src/pdserve/engines
     return found
