@@ -144,3 +144,10 @@ def test_bad_input_gets_vllm_error_and_engine_keeps_serving(engine, path, body, 
 def test_missing_model_uses_served_model_like_vllm(engine) -> None:
     resp = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "x", "max_tokens": 1})
     assert resp.status_code == 200 and resp.json()["model"] == "sim"
+
+
+def test_out_of_vocabulary_token_ids_are_a_400(engine) -> None:
+    resp = httpx.post(f"{engine.url}/v1/completions", json={"prompt": [1, 2**40], "max_tokens": 1})
+    assert resp.status_code == 400 and "out of vocabulary" in resp.json()["message"]
+    ok = httpx.post(f"{engine.url}/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 1})
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 3

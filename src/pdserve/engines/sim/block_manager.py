@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import xxhash
 
+from pdserve.engines.sim.tokens import token_bytes
+
 # ("stored", hashes, parent_hash, token_ids) | ("removed", hashes) | ("cleared",)
 CacheEvent = tuple
 NONE_HASH = 0
@@ -23,10 +25,11 @@ def block_hashes(tokens: Sequence[int], block_size: int, seed: int = NONE_HASH) 
     """Chained 64-bit hashes of the full blocks of `tokens`."""
     out: list[int] = []
     parent = seed
-    for start in range(0, len(tokens) - block_size + 1, block_size):
-        h = xxhash.xxh64(parent.to_bytes(8, "little"))
-        h.update(b"".join(t.to_bytes(4, "little") for t in tokens[start : start + block_size]))
-        parent = h.intdigest()
+    full = len(tokens) // block_size * block_size
+    raw = token_bytes(tokens[:full])
+    step = 4 * block_size
+    for start in range(0, len(raw), step):
+        parent = xxhash.xxh64_intdigest(raw[start : start + step], seed=parent)
         out.append(parent)
     return out
 

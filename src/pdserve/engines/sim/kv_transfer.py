@@ -37,15 +37,23 @@ class KVArena:
     def __init__(self, num_blocks: int, block_bytes: int) -> None:
         self.block_bytes = block_bytes
         self.buf = np.zeros(max(num_blocks * block_bytes, 8), dtype=np.uint8)
+        self.seeds: list[int | None] = [None] * num_blocks  # what each block holds, if known
 
     def fill(self, block: int, seed: int) -> None:
-        if not self.block_bytes:
+        """Write a block's content for `seed`; a no-op when it already holds that."""
+        if not self.block_bytes or self.seeds[block] == seed:
             return
+        self.seeds[block] = seed
         bb = self.block_bytes
         view = self.buf[block * bb : (block + 1) * bb]
         words = bb // 8
         view[: words * 8].view(np.uint64)[:] = seed
         view[words * 8 :] = np.frombuffer(seed.to_bytes(8, "little"), dtype=np.uint8)[: bb % 8]
+
+    def overwritten(self, blocks: Sequence[int]) -> None:
+        """Bytes arrived from elsewhere: forget what these blocks were known to hold."""
+        for b in blocks:
+            self.seeds[b] = None
 
     def view(self, block: int) -> memoryview:
         bb = self.block_bytes
@@ -372,6 +380,7 @@ async def _pull(
             raise TransferError(str(header.get("error", "producer refused the pull")))
         count = min(len(header["block_ids"]), len(local_blocks))
         blocks = list(local_blocks[:count])
+        arena.overwritten(blocks)
         if "nixl_meta" in header and nixl is not None:
             await nixl.read(
                 base64.b64decode(header["nixl_meta"]),

@@ -32,16 +32,19 @@ class EngineMetrics:
     def __init__(self, model: str, cache_info: dict[str, str]) -> None:
         self.registry = CollectorRegistry()
         labels = ["model_name", "engine"]
+        self.values = {"model_name": model, "engine": "0"}
         r = self.registry
 
+        # The per-engine children are kept (label lookups are a hot path), and exist from the
+        # start, so every series is exported before the first request, as vLLM does.
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=r)
+            return Gauge(name, doc, labels, registry=r).labels(**self.values)
 
         def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, labels, registry=r)
+            return Counter(name, doc, labels, registry=r).labels(**self.values)
 
         def hist(name: str, doc: str) -> Histogram:
-            return Histogram(name, doc, labels, buckets=_LATENCY, registry=r)
+            return Histogram(name, doc, labels, buckets=_LATENCY, registry=r).labels(**self.values)
 
         self.running = gauge("vllm:num_requests_running", "Requests in model execution batches.")
         self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be processed.")
@@ -84,30 +87,10 @@ class EngineMetrics:
             registry=r,
         )
         info.labels(**cache_info).set(1)
-        self.values = {"model_name": model, "engine": "0"}
-        for metric in (
-            self.ttft,
-            self.itl,
-            self.tpot,
-            self.e2e,
-            self.prefix_queries,
-            self.prefix_hits,
-            self.prompt_tokens,
-            self.generation_tokens,
-            self.preemptions,
-            self.kv_pull_bytes,
-            self.running,
-            self.waiting,
-            self.kv_usage,
-            self.gpu_usage,
-            self.leases,
-        ):
-            metric.labels(**self.values)  # exported from the start, as vLLM does
 
     def observe_state(self, running: int, waiting: int, usage: float, leases: int) -> None:
-        v = self.values
-        self.running.labels(**v).set(running)
-        self.waiting.labels(**v).set(waiting)
-        self.kv_usage.labels(**v).set(usage)
-        self.gpu_usage.labels(**v).set(usage)
-        self.leases.labels(**v).set(leases)
+        self.running.set(running)
+        self.waiting.set(waiting)
+        self.kv_usage.set(usage)
+        self.gpu_usage.set(usage)
+        self.leases.set(leases)

@@ -30,7 +30,7 @@ from pdserve.engines.sim.openai_api import ApiError, Params, chunk, full_respons
 from pdserve.engines.sim.openai_api import usage_chunk as make_usage_chunk
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
-from pdserve.engines.sim.tokens import Generator, Tokenizer
+from pdserve.engines.sim.tokens import Generator, Tokenizer, token_bytes
 from pdserve.logs import event
 
 log = logging.getLogger("pdserve.sim")
@@ -134,36 +134,31 @@ class SimEngine:
             for req in out.finished:
                 self._finished(req)
             if out.prefill_tokens:
-                self.metrics.prompt_tokens.labels(**self.metrics.values).inc(out.prefill_tokens)
+                self.metrics.prompt_tokens.inc(out.prefill_tokens)
             if out.tokens:
-                self.metrics.generation_tokens.labels(**self.metrics.values).inc(len(out.tokens))
+                self.metrics.generation_tokens.inc(len(out.tokens))
             if out.preempted:
-                self.metrics.preemptions.labels(**self.metrics.values).inc(len(out.preempted))
+                self.metrics.preemptions.inc(len(out.preempted))
             self._observe()
 
     def _deliver(self, req: Request, token: int) -> None:
-        if len(req.output) == 1 and req.loaded_tokens == 0:
-            self._fill_blocks(req)
         queue = self.queues.get(req.id)
         if queue is not None:
             queue.put_nowait(token)
 
     def _finished(self, req: Request) -> None:
-        if not req.output and req.loaded_tokens == 0:
-            self._fill_blocks(req)
-        if req.remote_decode and self.arena.block_bytes:
+        if req.remote_decode and self.arena.block_bytes and req.id in self.sched.leases:
             blocks = self._prompt_blocks(req)
+            self._fill_blocks(req, len(blocks))
             self.lease_checksums[req.id] = self.arena.checksum(blocks)
         queue = self.queues.get(req.id)
         if queue is not None:
             queue.put_nowait(None)
 
-    def _fill_blocks(self, req: Request) -> None:
-        """Write the computed blocks' bytes (content derived from each block's prefix)."""
-        if not self.arena.block_bytes:
-            return
-        first = req.cached_tokens // self.cfg.profile.block_size
-        for i in range(first, len(req.blocks)):
+    def _fill_blocks(self, req: Request, count: int) -> None:
+        """Give a producer's blocks their bytes (derived from each block's prefix). Only KV
+        that may leave the engine is materialised, so aggregated serving pays nothing."""
+        for i in range(count):
             self.arena.fill(req.blocks[i], self._block_seed(req, i))
 
     def _block_seed(self, req: Request, i: int) -> int:
@@ -172,7 +167,7 @@ class SimEngine:
         bs = self.cfg.profile.block_size
         parent = req.hashes[-1] if req.hashes else 0
         tail = req.prompt[i * bs : (i + 1) * bs]
-        return xxhash.xxh64_intdigest(b"".join(t.to_bytes(4, "little") for t in tail), seed=parent)
+        return xxhash.xxh64_intdigest(token_bytes(tail), seed=parent)
 
     def _observe(self) -> None:
         s = self.sched.stats()
@@ -243,7 +238,7 @@ class SimEngine:
         self.metrics.kv_pulls.labels(
             **self.metrics.values, transport=transport, outcome="ok" if ok else "failed"
         ).inc()
-        self.metrics.kv_pull_bytes.labels(**self.metrics.values).inc(nbytes)
+        self.metrics.kv_pull_bytes.inc(nbytes)
         event(
             log,
             "kv_pull",
@@ -286,6 +281,9 @@ class SimEngine:
     # --- requests ---------------------------------------------------------------------------
     def tokenize(self, p: Params) -> list[int]:
         if isinstance(p.prompt, list):
+            bad = next((t for t in p.prompt if not 0 <= t < 2**31), None)
+            if bad is not None:
+                raise ApiError(400, f"Token id {bad} is out of vocabulary", "prompt")
             return list(p.prompt)
         text = self.cfg.tokenizer.chat_prompt(p.messages) if p.chat else p.prompt
         return self.cfg.tokenizer.encode(text)
@@ -347,14 +345,14 @@ class SimEngine:
     def record_finish(self, req: Request, now: float, token_times: list[float]) -> None:
         m, v = self.metrics, self.metrics.values
         if req.first_token_at is not None:
-            m.ttft.labels(**v).observe(max(token_times[0] - req.arrival, 0) if token_times else 0)
+            m.ttft.observe(max(token_times[0] - req.arrival, 0) if token_times else 0)
         for a, b in itertools.pairwise(token_times):
-            m.itl.labels(**v).observe(b - a)
-            m.tpot.labels(**v).observe(b - a)
-        m.e2e.labels(**v).observe(now - req.arrival)
+            m.itl.observe(b - a)
+            m.tpot.observe(b - a)
+        m.e2e.observe(now - req.arrival)
         m.success.labels(**v, finished_reason=req.finish_reason or "abort").inc()
-        m.prefix_queries.labels(**v).inc(len(req.prompt))
-        m.prefix_hits.labels(**v).inc(req.cached_tokens)
+        m.prefix_queries.inc(len(req.prompt))
+        m.prefix_hits.inc(req.cached_tokens)
 
 
 @web.middleware

@@ -8,6 +8,8 @@ engine split it. That makes P/D correctness testable token for token.
 from __future__ import annotations
 
 import re
+import sys
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +25,14 @@ def _builtin_words() -> list[str]:
     return [" " + w for w in words] + [
         " " + a + b + c for a in _SYLLABLES[:6] for b in _SYLLABLES for c in _SYLLABLES[:6]
     ]
+
+
+def token_bytes(ids: Sequence[int]) -> bytes:
+    """Token ids as little-endian uint32s: the bytes every hash here is taken over."""
+    arr = array("I", ids)
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return arr.tobytes()
 
 
 class Tokenizer(Protocol):
@@ -134,7 +144,7 @@ class Generator:
 
     @staticmethod
     def key(prompt_ids: Sequence[int]) -> int:
-        return xxhash.xxh64_intdigest(b"".join(t.to_bytes(4, "little") for t in prompt_ids))
+        return xxhash.xxh64_intdigest(token_bytes(prompt_ids))
 
     def token(self, key: int, position: int) -> int:
         h = xxhash.xxh64_intdigest(position.to_bytes(4, "little"), seed=key)
