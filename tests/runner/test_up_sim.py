@@ -1,0 +1,123 @@
+"""`pdserve up --engine sim` end to end: gateway, EPP, sidecar, P/D over NIXL, scaling, down."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+
+import httpx
+import openai
+from upkit import Service, all_dead
+
+MODEL = "smollm2"
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=60)
+
+
+def test_serves_openai_at_v1_and_route_path(up: Callable[..., Service]) -> None:
+    service = up("--engine", "sim")
+    route = service.state()["summary"]["route"]
+    assert route.startswith(service.url + "/") and route.endswith("/v1")
+    for base in (f"{service.url}/v1", route):
+        rid = f"test-{uuid.uuid4().hex[:8]}"
+        reply = client(base).chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=8, extra_headers={"x-request-id": rid}
+        )
+        assert reply.choices[0].message.content
+        assert reply.usage is not None and reply.usage.completion_tokens == 8
+        stream = client(base).chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=8, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    models = httpx.get(f"{service.url}/v1/models", timeout=30)
+    assert models.status_code == 200 and models.json()["data"][0]["id"] == MODEL
+
+    # The trace joins the EPP's and the sidecar's logs of the last request by its id.
+    trace = service.cli("logs").stdout
+    assert rid in trace
+    section = trace.split(f"request {rid}", 1)[1].split("\nrequest ", 1)[0]
+    assert "epp" in section and "sidecar-0" in section, trace
+    # The decode engine pulled the prompt's KV from the prefill engine.
+    decode = service.component("decode-0")["port"]
+    metrics = httpx.get(f"http://127.0.0.1:{decode}/metrics").text
+    assert "nixl" in metrics.lower() or "kv_transfer" in metrics.lower()
+
+
+def test_status_and_component_logs(up: Callable[..., Service]) -> None:
+    service = up("--engine", "sim")
+    status = service.cli("status")
+    assert status.returncode == 0, status.stderr
+    for name in ("envoy", "epp", "prefill-0", "decode-0", "sidecar-0"):
+        assert name in status.stdout
+    assert service.cli("logs", "epp").stdout.strip()
+    missing = service.cli("logs", "nope")
+    assert missing.returncode == 2 and "no log for 'nope'" in missing.stderr
+
+
+def test_scale_under_load_loses_no_request(up: Callable[..., Service]) -> None:
+    service = up("--engine", "sim")
+    failures: list[str] = []
+    done = threading.Event()
+    counts = {"ok": 0}
+
+    def load() -> None:
+        api = client(f"{service.url}/v1")
+        while not done.is_set():
+            try:
+                stream = api.chat.completions.create(
+                    model=MODEL, messages=CHAT, max_tokens=16, stream=True
+                )
+                text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+                assert text, "empty answer"
+                counts["ok"] += 1
+            except Exception as err:
+                failures.append(repr(err))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        for pool, n in (("decode", 2), ("prefill", 2), ("decode", 1), ("prefill", 1)):
+            before = counts["ok"]
+            out = service.cli("scale", pool, str(n))
+            assert out.returncode == 0, out.stderr
+            roles = [e["labels"]["llm-d.ai/role"] for e in _endpoints(service)]
+            assert roles.count(pool) == n, roles
+            assert service.state()["summary"]["pools"][pool] == n
+            _wait_for_more(counts, before + 8, failures)
+    finally:
+        done.set()
+        for w in workers:
+            w.join(timeout=120)
+    assert not failures, failures[:5]
+    assert counts["ok"] > 30
+
+
+def test_down_stops_everything(up: Callable[..., Service]) -> None:
+    service = up("--engine", "sim")
+    pids = service.pids()
+    out = service.cli("down")
+    assert out.returncode == 0, out.stderr
+    assert all_dead(pids)
+    assert service.cli("status").returncode == 1
+    again = service.cli("scale", "decode", "2")
+    assert again.returncode == 2 and "no service is running" in again.stderr
+
+
+def _endpoints(service: Service) -> list[dict]:
+    return json.loads((service.state_dir / "endpoints.json").read_text())
+
+
+def _wait_for_more(counts: dict[str, int], target: int, failures: list[str]) -> None:
+    """Requests keep completing on the new topology (bounded by the failure list)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while counts["ok"] < target and not failures and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counts["ok"] >= target or failures, "requests stopped completing after scaling"

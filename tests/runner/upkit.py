@@ -1,0 +1,47 @@
+"""Helpers for `pdserve up` tests (a module, since conftest modules cannot be imported)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdserve.runner.state import pid_alive
+from testkit import PDSERVE, REPO
+
+EXAMPLE = REPO / "examples" / "pd-smollm2.yaml"
+
+
+@dataclass
+class Service:
+    state_dir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.state_dir / "state.json").read_text())
+
+    def component(self, name: str) -> dict[str, Any]:
+        return next(r for r in self.state()["components"] if r["name"] == name)
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return pdserve(*args, "--state-dir", str(self.state_dir), timeout=timeout)
+
+    def pids(self) -> list[int]:
+        data = self.state()
+        return [data["pid"], *(r["pid"] for r in data["components"] if r.get("pid"))]
+
+
+def pdserve(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PDSERVE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def all_dead(pids: list[int]) -> bool:
+    return not any(pid_alive(p) for p in pids)
