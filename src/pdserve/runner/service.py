@@ -119,7 +119,7 @@ class LocalService:
             if proc.alive():
                 self.board.set(proc.name, status="stopping")
             proc.stop(timeout=15)
-            self.board.set(proc.name, status="stopped", pid=None)
+            self.board.set(proc.name, status="stopped")
 
     def check(self) -> None:
         """Raise ProcessDied when a component exited while it should be running."""

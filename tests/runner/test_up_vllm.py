@@ -1,0 +1,78 @@
+"""The example with real vLLM CPU engines and the real SmolLM2: P/D through the gateway.
+
+One P/D pair (a core each) serves chat through Envoy, the EPP and the decode
+sidecar; then, with the pair stopped (two vLLM engines at most on this
+machine), one aggregated engine answers the same prompts: greedy outputs must
+be identical, since the decode engine only skipped the prefill it pulled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from upkit import Service
+
+from pdserve.engines import model, venv, vllm
+from testkit import Spawn, metric
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2"
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+]
+
+
+def greedy(base_url: str, prompt: str, stream: bool = False) -> str:
+    api = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=300)
+    messages = [{"role": "user", "content": prompt}]
+    if not stream:
+        reply = api.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=32, temperature=0
+        )
+        return reply.choices[0].message.content or ""
+    chunks = api.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=32, temperature=0, stream=True
+    )
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_pd_with_vllm_equals_aggregated(
+    up: Callable[..., Service], spawn: Spawn, port: Callable[[], int], tmp_path: Path
+) -> None:
+    assert venv.find() is not None, "vLLM engines are installed by `make engines`"
+    service = up("--engine", "vllm", timeout=900)
+    base = f"{service.url}/v1"
+    answer = greedy(base, PROMPTS[0])
+    assert "paris" in answer.lower(), answer
+    assert greedy(base, PROMPTS[0], stream=True) == answer
+    assert "paris" in greedy(service.state()["summary"]["route"], PROMPTS[0]).lower()
+    pd_answers = [answer, *(greedy(base, p) for p in PROMPTS[1:])]
+
+    # The decode engine pulled each prompt's KV cache through NIXL from the prefill engine.
+    decode = f"http://127.0.0.1:{service.component('decode-0')['port']}"
+    prefill = f"http://127.0.0.1:{service.component('prefill-0')['port']}"
+    assert metric(decode, "vllm:nixl_xfer_time_seconds_count") >= len(PROMPTS)
+    assert metric(prefill, "vllm:prompt_tokens_total") > 0
+    trace = service.cli("logs").stdout
+    assert "sidecar-0" in trace and "epp" in trace
+
+    out = service.cli("down", timeout=300)
+    assert out.returncode == 0, out.stderr
+
+    # One aggregated engine on both cores, same model folder, same prompts.
+    model_dir = model.resolve("builtin://smollm2-135m-instruct")
+    engine_port = port()
+    cmd = vllm.command(model_dir, MODEL, engine_port, cores="0-1")
+    import os
+
+    engine = spawn("aggregated", cmd.argv, env={**os.environ, **cmd.env})
+    engine.wait_http(f"http://127.0.0.1:{engine_port}/health", timeout=900)
+    alone = [greedy(f"http://127.0.0.1:{engine_port}/v1", p) for p in PROMPTS]
+    assert alone == pd_answers
+    assert httpx.get(f"http://127.0.0.1:{engine_port}/v1/models").status_code == 200
