@@ -151,3 +151,18 @@ def test_out_of_vocabulary_token_ids_are_a_400(engine) -> None:
     assert resp.status_code == 400 and "out of vocabulary" in resp.json()["message"]
     ok = httpx.post(f"{engine.url}/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 1})
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 3
+
+
+def test_request_log_line_carries_the_callers_request_id(engine) -> None:
+    import json
+
+    resp = httpx.post(
+        f"{engine.url}/v1/completions",
+        json={"prompt": "trace me", "max_tokens": 2},
+        headers={"x-request-id": "trace-42"},
+    )
+    assert resp.json()["id"].startswith("cmpl-trace-42")
+    lines = [json.loads(ln) for ln in engine.proc.log_path.read_text().splitlines()]
+    done = [e for e in lines if e["event"] == "request_done" and e["x_request_id"] == "trace-42"]
+    assert len(done) == 1 and done[0]["pd_role"] == "local"
+    assert done[0]["completion_tokens"] == 2 and done[0]["e2e_ms"] >= done[0]["ttft_ms"] >= 0

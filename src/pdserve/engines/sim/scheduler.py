@@ -46,6 +46,7 @@ class Request:
     error: str | None = None
     first_token_at: float | None = None
     key: int = 0
+    external_id: str = ""  # the caller's id (x-request-id), for logs only
 
     @property
     def done(self) -> bool:

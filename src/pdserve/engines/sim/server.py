@@ -244,6 +244,7 @@ class SimEngine:
             "kv_pull",
             logging.INFO if ok else logging.WARNING,
             request_id=req.id,
+            x_request_id=req.external_id,
             remote_engine_id=params.get("remote_engine_id"),
             remote_request_id=params.get("remote_request_id"),
             blocks=len(local),
@@ -274,7 +275,8 @@ class SimEngine:
             "kv_pull_skipped",
             request_id=req.id,
             remote_request_id=rid,
-            reason="all cached",
+            x_request_id=req.external_id,
+            reason="prompt fully cached locally",
             release_error=error,
         )
 
@@ -306,6 +308,7 @@ class SimEngine:
         prefix = "chatcmpl" if p.chat else "cmpl"
         req = Request(
             id=f"{prefix}-{base_id}-{next(self.ids)}",
+            external_id=base_id,
             prompt=prompt,
             max_tokens=p.max_tokens or (limit - len(prompt)),
             arrival=asyncio.get_running_loop().time(),
@@ -491,7 +494,7 @@ class Api:
         engine.record_finish(req, asyncio.get_running_loop().time(), times)
         kv = engine.producer_params(req) if req.remote_decode else None
         use = usage(len(req.prompt), len(times), req.cached_tokens)
-        self._log(req, len(times))
+        self._log(req, times)
         return web.json_response(
             full_response(p, req.id, engine.cfg.served_model_name, text, req.finish_reason, use, kv)
         )
@@ -521,21 +524,26 @@ class Api:
             await send({"error": wire.error_body(err.message, err.status)})
         await resp.write(b"data: [DONE]\n\n")
         self.engine.record_finish(req, asyncio.get_running_loop().time(), times)
-        self._log(req, len(times))
+        self._log(req, times)
         await resp.write_eof()
         return resp
 
-    def _log(self, req: Request, completion_tokens: int) -> None:
+    def _log(self, req: Request, times: list[float]) -> None:
         role = "producer" if req.remote_decode else "consumer" if req.remote_prefill else "local"
+        now = asyncio.get_running_loop().time()
         event(
             log,
             "request_done",
             request_id=req.id,
+            x_request_id=req.external_id,
             pd_role=role,
+            ttft_ms=round((times[0] - req.arrival) * 1000, 3) if times else None,
+            e2e_ms=round((now - req.arrival) * 1000, 3),
+            preemptions=req.preemptions,
             prompt_tokens=len(req.prompt),
             cached_tokens=req.cached_tokens,
             loaded_tokens=req.loaded_tokens,
-            completion_tokens=completion_tokens,
+            completion_tokens=len(times),
             finish_reason=req.finish_reason,
             blocks=len(req.blocks),
         )
