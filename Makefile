@@ -32,8 +32,10 @@ $(ENGINES)/.installed:
 	$(ENGINES)/bin/pip install --progress-bar on --no-deps 'nixl>=1.5,<2' 'nixl-cu12>=1.5,<2'
 	touch $@
 
+# Runs in the foreground with a live table; once ready it prints a curl to try. Ctrl-C stops it.
 up: install engines
-	$(BIN)/pdserve render $(EXAMPLE)
+	@echo ">> pdserve up $(EXAMPLE): Envoy :8080 -> EPP -> prefill + decode vLLM engines (1 to 4 minutes)"
+	$(BIN)/pdserve up $(EXAMPLE) --engine vllm --port 8080
 
 test: install engines
 	$(BIN)/ruff check src tests bench
