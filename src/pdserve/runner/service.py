@@ -53,7 +53,7 @@ class Replica:
 
     @property
     def name(self) -> str:
-        return f"{self.role}-{self.index}"
+        return self.engine.name
 
     @property
     def endpoint_port(self) -> int:
@@ -295,7 +295,7 @@ class LocalService:
             if seen is None or int(seen) == want:
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"the EPP did not pick up the new endpoint list ({want} endpoints)")
+        # Not fatal: the drain that follows still waits for the engine's requests to finish.
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -305,7 +305,7 @@ class LocalService:
             "engine": self.kind,
             "url": self.url,
             "route": f"{self.url}{self.plan.route_prefix}/v1",
-            "pools": {role: len(pool) for role, pool in self.pools.items()},
+            "pools": {role: len(pool) for role, pool in self.pools.items() if pool or self.plan.pd},
             "endpoints_file": str(self.endpoints_file),
         }
 
