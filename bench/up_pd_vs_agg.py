@@ -1,0 +1,184 @@
+"""Decode latency under prefill interference: P/D vs aggregated, real vLLM CPU engines.
+
+Three topologies of the bundled example, each started with `pdserve up` and driven
+through its gateway with the same mixed load, one after another in one run:
+  pd     1 prefill + 1 decode engine, a core each (the example)
+  agg1   one aggregated engine with both cores
+  agg2   two aggregated engines, a core each, behind the same EPP
+Load: `--streams` closed-loop chat streams (short prompt, fixed 48 output tokens) whose
+TTFT and inter-token latency (ITL) are measured, while one closed loop keeps sending long
+prompts (~1.5k tokens, distinct so the prefix cache cannot help, 1 output token). The P/D
+claim: decode ITL is insulated from the long prefills. Prints p50/p99 per topology and the
+ratios to `pd`.
+
+usage: .venv/bin/python bench/up_pd_vs_agg.py [--seconds 60] [--streams 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from pdserve.process import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "pd-smollm2.yaml"
+PDSERVE = [sys.executable, "-m", "pdserve"]
+MODEL = "smollm2"
+WORDS = [
+    "river",
+    "stone",
+    "cloud",
+    "amber",
+    "lantern",
+    "orbit",
+    "meadow",
+    "copper",
+    "violet",
+    "harbor",
+    "quiet",
+    "ember",
+]
+
+
+def manifest(tmp: Path, topology: str) -> Path:
+    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    if topology != "pd":
+        for doc in docs:
+            if doc.get("kind") == "LLMInferenceService":
+                doc["spec"].pop("prefill", None)
+                doc["spec"]["replicas"] = 1 if topology == "agg1" else 2
+    path = tmp / f"{topology}.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return path
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def stream_once(client: httpx.AsyncClient, ttft: list[float], itl: list[float]) -> None:
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 48,
+        "ignore_eos": True,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Tell me about the sea."}],
+    }
+    start = time.perf_counter()
+    last = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if not chunk.get("choices") or not chunk["choices"][0]["delta"].get("content"):
+                continue
+            now = time.perf_counter()
+            if last is None:
+                ttft.append(now - start)
+            else:
+                itl.append(now - last)
+            last = now
+
+
+async def long_once(client: httpx.AsyncClient, rng: random.Random) -> None:
+    text = " ".join(rng.choice(WORDS) for _ in range(1400))
+    body = {"model": MODEL, "max_tokens": 1, "prompt": text}
+    (await client.post("/v1/completions", json=body)).raise_for_status()
+
+
+async def drive(url: str, seconds: float, streams: int) -> dict[str, float]:
+    ttft: list[float] = []
+    itl: list[float] = []
+    longs = [0]
+    deadline = time.monotonic() + seconds
+    rng = random.Random(7)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await stream_once(client, [], [])  # warm-up, not measured
+
+        async def streamer() -> None:
+            while time.monotonic() < deadline:
+                await stream_once(client, ttft, itl)
+
+        async def prefiller() -> None:
+            while time.monotonic() < deadline:
+                await long_once(client, rng)
+                longs[0] += 1
+
+        await asyncio.gather(prefiller(), *(streamer() for _ in range(streams)))
+    return {
+        "ttft_p50": pct(ttft, 0.5),
+        "ttft_p99": pct(ttft, 0.99),
+        "itl_p50": pct(itl, 0.5),
+        "itl_p99": pct(itl, 0.99),
+        "itl_mean": statistics.fmean(itl) if itl else float("nan"),
+        "streams_done": len(ttft),
+        "long_prompts": longs[0],
+    }
+
+
+def run(topology: str, tmp: Path, seconds: float, streams: int) -> dict[str, float]:
+    port = free_port()
+    state = ["--state-dir", str(tmp / f"state-{topology}")]
+    up = [*PDSERVE, "up", str(manifest(tmp, topology)), "--engine", "vllm", "--detach"]
+    started = time.perf_counter()
+    done = subprocess.run([*up, "--port", str(port), *state], capture_output=True, text=True)
+    try:
+        if done.returncode != 0:
+            raise SystemExit(f"{topology}: pdserve up failed:\n{done.stderr}")
+        ready = time.perf_counter() - started
+        result = asyncio.run(drive(f"http://127.0.0.1:{port}", seconds, streams))
+        result["up_s"] = ready
+        return result
+    finally:
+        subprocess.run([*PDSERVE, "down", *state], capture_output=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--streams", type=int, default=3)
+    ap.add_argument("--topologies", default="pd,agg1,agg2")
+    args = ap.parse_args()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for topology in args.topologies.split(","):
+            results[topology] = run(topology, Path(tmp), args.seconds, args.streams)
+            r = results[topology]
+            print(
+                f"{topology:>5}: up {r['up_s']:.0f}s  TTFT p50 {r['ttft_p50'] * 1e3:.0f} ms "
+                f"p99 {r['ttft_p99'] * 1e3:.0f} ms  ITL p50 {r['itl_p50'] * 1e3:.1f} ms "
+                f"p99 {r['itl_p99'] * 1e3:.1f} ms  ({r['streams_done']} streams, "
+                f"{r['long_prompts']} long prompts)",
+                flush=True,
+            )
+    if "pd" in results:
+        base = results["pd"]
+        for topology, r in results.items():
+            if topology != "pd":
+                print(
+                    f"{topology} / pd: ITL p50 {r['itl_p50'] / base['itl_p50']:.2f}x, "
+                    f"ITL p99 {r['itl_p99'] / base['itl_p99']:.2f}x, "
+                    f"TTFT p50 {r['ttft_p50'] / base['ttft_p50']:.2f}x"
+                )
+
+
+if __name__ == "__main__":
+    main()
