@@ -32,7 +32,9 @@ def test_bad_manifest_exits_2_with_the_validate_message(tmp_path: Path) -> None:
 
 def test_missing_vllm_install_names_make_engines(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PDSERVE_ENGINES_VENV", str(tmp_path / "nowhere"))
-    done = pdserve("up", str(EXAMPLE), "--engine", "vllm", "--state-dir", str(tmp_path / "s"))
+    manifest = tmp_path / "svc.yaml"
+    manifest.write_text("kind: LLMInferenceService\n")
+    done = pdserve("up", str(manifest), "--engine", "vllm", "--state-dir", str(tmp_path / "s"))
     one_line_error(done, "make engines")
 
 
@@ -41,9 +43,11 @@ def test_port_in_use(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         busy = sock.getsockname()[1]
+        manifest = tmp_path / "svc.yaml"
+        manifest.write_text("kind: LLMInferenceService\n")  # the port is checked first
         done = pdserve(
             "up",
-            str(EXAMPLE),
+            str(manifest),
             "--engine",
             "sim",
             "--port",

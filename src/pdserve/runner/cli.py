@@ -76,7 +76,6 @@ def up(argv: list[str]) -> int:
         )
     if not args.file.is_file():
         raise UserError(f"{args.file}: no such file")
-    plan = load_plan(args.file, args.namespace)
     kind = args.engine
     if kind is None:
         kind = "vllm" if venv.find() else "sim"
@@ -91,6 +90,7 @@ def up(argv: list[str]) -> int:
         raise UserError(f"--port {args.port}: not a port number")
     if port_in_use(args.port):
         raise UserError(f"--port {args.port}: already in use on 127.0.0.1 (pick another --port)")
+    plan = load_plan(args.file, args.namespace)
 
     if args.detach and not args.supervise:
         return _detach(argv, state)
