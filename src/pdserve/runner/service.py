@@ -147,7 +147,14 @@ class LocalService:
             while len(pool) < replicas:
                 replica = self._launch(role, len(pool) + 1)
                 progress(f"started {replica.name}")
-                self._await(replica)
+                try:
+                    self._await(replica)
+                except (ProcessDied, TimeoutError):
+                    pool.remove(replica)  # the service keeps serving with the pool it had
+                    for proc in replica.processes():
+                        proc.stop()
+                        self.board.drop(proc.name)
+                    raise
                 self._write_endpoints()
                 progress(f"{replica.name} ready and routed")
             while len(pool) > replicas:
