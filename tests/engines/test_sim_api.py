@@ -6,6 +6,8 @@ import httpx
 import openai
 import pytest
 
+from testkit import metric
+
 
 @pytest.fixture
 def engine(sim_engine):
@@ -72,6 +74,8 @@ def test_stop_string_and_ignore_eos(engine) -> None:
     stopped = httpx.post(f"{engine.url}/v1/completions", json={**body, "stop": [word]}).json()
     assert stopped["choices"][0]["finish_reason"] == "stop"
     assert word not in stopped["choices"][0]["text"]
+    # Ended by the server, not the client: not counted as an abort.
+    assert metric(engine.url, "vllm:request_success_total", finished_reason="abort") == 0
     natural = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "count"}).json()
     assert natural["choices"][0]["finish_reason"] == "stop"  # EOS at its natural length
     forced = httpx.post(
@@ -166,3 +170,22 @@ def test_request_log_line_carries_the_callers_request_id(engine) -> None:
     done = [e for e in lines if e["event"] == "request_done" and e["x_request_id"] == "trace-42"]
     assert len(done) == 1 and done[0]["pd_role"] == "local"
     assert done[0]["completion_tokens"] == 2 and done[0]["e2e_ms"] >= done[0]["ttft_ms"] >= 0
+
+
+def test_client_disconnect_mid_stream_aborts_and_frees_blocks(sim_engine, tmp_path) -> None:
+    import time
+
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("decode_base_ms: 20\n")
+    engine = sim_engine("--profile", str(slow))
+    body = {"prompt": "long story " * 30, "max_tokens": 500, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{engine.url}/v1/completions", json=body) as resp:
+        lines = resp.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert metric(engine.url, "vllm:num_requests_running") == 1
+    deadline = time.monotonic() + 10
+    while metric(engine.url, "vllm:num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling an observable after the disconnect
+    assert metric(engine.url, "vllm:num_requests_running") == 0
+    assert metric(engine.url, "vllm:kv_cache_usage_perc") == 0
+    assert metric(engine.url, "vllm:request_success_total", finished_reason="abort") == 1

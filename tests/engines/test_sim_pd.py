@@ -189,3 +189,27 @@ def test_consumer_with_prompt_cached_skips_pull_and_frees_producer_lease(sim_eng
     assert "kv_pull_skipped" in d.proc.log_path.read_text()
     assert metric(p.url, "pdserve_sim:kv_leases") == 0  # released without a pull
     assert metric(p.url, "vllm:kv_cache_usage_perc") == 0
+
+
+def test_prefiller_killed_mid_pull_is_detected_and_recomputed(sim_engine) -> None:
+    import threading
+    import time
+
+    p = sim_engine("--zero-cost", kv=_kv("recompute", fault="stall"))
+    d = sim_engine("--zero-cost", kv=_kv("recompute", pull_timeout="60"))
+    body = {"prompt": "midway " * 50, "max_tokens": 4}
+    params = prefill(p.url, body)
+    result: dict[str, httpx.Response] = {}
+    worker = threading.Thread(target=lambda: result.update(r=decode(d.url, body, params)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while metric(d.url, "vllm:num_requests_waiting") == 0:  # the pull is under way
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p.proc.popen.send_signal(signal.SIGKILL)
+    worker.join(30)
+    assert result["r"].status_code == 200
+    log = d.proc.log_path.read_text()
+    assert re.search(r'"kv_pull".*"ok":false', log) and "timed out" not in log
+    agg = httpx.post(f"{d.url}/v1/completions", json=body).json()
+    assert result["r"].json()["choices"][0]["text"] == agg["choices"][0]["text"]

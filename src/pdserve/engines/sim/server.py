@@ -329,8 +329,20 @@ class SimEngine:
 
     def forget(self, req: Request) -> None:
         self.queues.pop(req.id, None)
-        if not req.done:
-            self.sched.abort(req)
+        if req.done:
+            return
+        answered = req.finish_reason is not None  # a stop string ended it in the handler
+        self.sched.abort(req)
+        if not answered:  # the client went away first
+            self.metrics.success.labels(**self.metrics.values, finished_reason="abort").inc()
+            event(
+                log,
+                "request_aborted",
+                request_id=req.id,
+                x_request_id=req.external_id,
+                completion_tokens=len(req.output),
+            )
+        self._observe()
 
     def producer_params(self, req: Request) -> dict[str, Any]:
         return {
