@@ -185,7 +185,7 @@ def status(argv: list[str]) -> int:
     shown = data.get("status") if alive else "not running"
     print(f"{info.get('name', '?')}: {shown}  {info.get('url', '')}/v1  pools {info.get('pools')}")
     for row in data.get("components", []):
-        live = "up" if pid_alive(row.get("pid")) else "down"
+        live = ("up" if pid_alive(row.get("pid")) else "down") if row.get("pid") else "-"
         print(
             f"  {row['name']:<12} {row['kind']:<16} {row['status']:<9} {live:<5} "
             f"port {row.get('port') or '-':<6} pid {row.get('pid') or '-'}"
