@@ -189,3 +189,16 @@ def test_client_disconnect_mid_stream_aborts_and_frees_blocks(sim_engine, tmp_pa
     assert metric(engine.url, "vllm:num_requests_running") == 0
     assert metric(engine.url, "vllm:kv_cache_usage_perc") == 0
     assert metric(engine.url, "vllm:request_success_total", finished_reason="abort") == 1
+
+
+def test_served_timing_follows_the_profile(sim_engine, tmp_path) -> None:
+    """Modelled time is really spent: latency is at least what the profile says."""
+    prof = tmp_path / "slow.yaml"
+    prof.write_text("prefill_ms_per_token: 1.0\nprefill_overhead_ms: 0\ndecode_base_ms: 20\n")
+    engine = sim_engine("--profile", str(prof))
+    body = {"prompt": list(range(1000, 1400)), "max_tokens": 11, "ignore_eos": True}
+    resp = httpx.post(f"{engine.url}/v1/completions", json=body, timeout=60)
+    assert resp.status_code == 200
+    # 400 prompt tokens at 1 ms, then 10 decode steps of >= 20 ms: at least 0.6 s.
+    assert resp.elapsed.total_seconds() >= 0.4 + 10 * 0.020
+    assert metric(engine.url, "vllm:time_to_first_token_seconds_sum") >= 0.399  # ms clock
