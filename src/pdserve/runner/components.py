@@ -57,8 +57,10 @@ def engine(
 
 def sidecar(plan: Plan, port: int, engine_port: int) -> EngineCommand:
     """The decode engine's routing sidecar, plain HTTP on loopback, prefill from here only."""
-    argv = [*PDSERVE, "sidecar", "--port", str(port), "--vllm-port", str(engine_port)]
-    argv += ["--connector", "nixlv2", "--secure-proxy=false"]
+    argv = [*PDSERVE, "sidecar", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--vllm-port", str(engine_port), "--connector", "nixlv2", "--secure-proxy=false"]
+    # Every prefill engine of a local service is on loopback: allow that host only.
+    argv += ["--enable-ssrf-protection", "--allowed-prefill-hosts", "127.0.0.1"]
     env = {"INFERENCE_POOL_NAMESPACE": plan.namespace, "INFERENCE_POOL_NAME": plan.name}
     return EngineCommand(argv, env)
 
