@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ID_KEYS = ("request_id", "x-request-id", "requestId")
+ID_KEYS = ("x_request_id", "request_id", "x-request-id", "requestId")
 NOISE = {"ts", "level", "component", "event", *ID_KEYS}
 
 
