@@ -127,6 +127,21 @@ def test_serves_https_with_vllm_ssl_flags(spawn, tmp_path) -> None:
         (["--kv-transfer-config", "{nope"], {}, "--kv-transfer-config: invalid JSON"),
         (["--profile", "/nonexistent.yaml"], {}, "--profile /nonexistent.yaml"),
         ([], {"VLLM_NIXL_SIDE_CHANNEL_PORT": "x"}, "VLLM_NIXL_SIDE_CHANNEL_PORT"),
+        (
+            ["--kv-transfer-config", '{"kv_load_failure_policy": "retry"}'],
+            {},
+            "kv_load_failure_policy 'retry'",
+        ),
+        (
+            ["--kv-transfer-config", '{"kv_connector_extra_config": {"transport": "rdma"}}'],
+            {},
+            "transport 'rdma'",
+        ),
+        (
+            ["--kv-transfer-config", '{"kv_connector": "NixlConnector"}'],
+            {"VLLM_NIXL_ABORT_REQUEST_TIMEOUT": "soon"},
+            "VLLM_NIXL_ABORT_REQUEST_TIMEOUT: expected seconds",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, env, needle) -> None:

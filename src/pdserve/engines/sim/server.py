@@ -68,17 +68,15 @@ class SimEngine:
         self.max_model_len = min(p.max_model_len, p.num_blocks * p.block_size)
         if self.max_model_len < p.max_model_len:
             event(log, "max_model_len_capped", max_model_len=self.max_model_len)
-        extra = (cfg.kv_transfer or {}).get("kv_connector_extra_config") or {}
-        self.pull_timeout = float(extra.get("pull_timeout", 30))
-        policy = (cfg.kv_transfer or {}).get("kv_load_failure_policy", "recompute")
-        lease = float(os.environ.get("VLLM_NIXL_ABORT_REQUEST_TIMEOUT", "480"))
-        self.sched = Scheduler(p, self.gen, self.blocks, lease, policy == "fail")
+        kv = kv_transfer.KVConfig.parse(cfg.kv_transfer, os.environ)
+        self.pull_timeout = kv.pull_timeout
+        self.sched = Scheduler(p, self.gen, self.blocks, kv.lease_seconds, kv.policy == "fail")
         self.arena = kv_transfer.KVArena(p.num_blocks, p.block_bytes)
         self.nixl = None
-        if cfg.kv_transfer and extra.get("transport", "nixl") == "nixl" and p.block_bytes:
+        if cfg.kv_transfer and kv.transport == "nixl" and p.block_bytes:
             self.nixl = kv_transfer.make_nixl(self.arena)
         self.side = kv_transfer.SideChannelServer(
-            self.arena, self._leased, self._release, self.nixl, extra.get("fault")
+            self.arena, self._leased, self._release, self.nixl, kv.fault
         )
         self.metrics = EngineMetrics(
             cfg.served_model_name,
@@ -128,6 +126,13 @@ class SimEngine:
             out = self.sched.step(loop.time())
             for req in out.kv_pulls:
                 self._spawn(self._pull(req))
+            if not (out.duration or out.tokens or out.finished or out.kv_pulls or out.preempted):
+                # Work is queued but cannot run (its blocks are held by leases or pulls):
+                # sleep until something frees space instead of spinning.
+                self._observe()
+                self.wake.clear()
+                await self.wake.wait()
+                continue
             await asyncio.sleep(out.duration)
             for req, token in out.tokens:
                 self._deliver(req, token)
@@ -185,6 +190,7 @@ class SimEngine:
                 self.lease_checksums.pop(rid, None)
                 event(log, "kv_lease_expired", request_id=rid)
                 self._observe()
+                self.wake.set()
 
     # --- P/D ------------------------------------------------------------------------------
     def _leased(self, rid: str) -> kv_transfer.Leased | None:
@@ -202,6 +208,7 @@ class SimEngine:
         if self.sched.release_lease(rid):
             event(log, "kv_lease_released", request_id=rid)
             self._observe()
+            self.wake.set()
 
     async def _pull(self, req: Request) -> None:
         params = req.remote_prefill or {}
@@ -343,6 +350,7 @@ class SimEngine:
                 completion_tokens=len(req.output),
             )
         self._observe()
+        self.wake.set()  # its blocks may let a waiting request in
 
     def producer_params(self, req: Request) -> dict[str, Any]:
         return {
