@@ -47,7 +47,11 @@ def _run(s: Scheduler, now: float = 0.0) -> float:
 
 def test_virtual_time_follows_the_profile() -> None:
     prof = Profile(
-        prefill_ms_per_token=1.0, prefill_overhead_ms=0, decode_base_ms=10, decode_ms_per_seq=0
+        prefill_ms_per_token=1.0,
+        prefill_overhead_ms=0,
+        decode_base_ms=10,
+        decode_ms_per_seq=0,
+        decode_ms_per_ctx_token=0,
     )
     s = _sched(prof)
     s.add(Request("r", list(range(100)), max_tokens=5, arrival=0, ignore_eos=True))
@@ -85,6 +89,7 @@ def test_chunked_prefill_splits_a_long_prompt_and_shares_steps_with_decodes() ->
         prefill_overhead_ms=0,
         decode_base_ms=10,
         decode_ms_per_seq=0,
+        decode_ms_per_ctx_token=0,
         max_num_batched_tokens=64,
     )
     s = _sched(prof)
@@ -161,3 +166,16 @@ def test_abort_during_pull_frees_blocks_only_when_the_pull_ends() -> None:
     assert s.blocks.usage > 0  # bytes may still be landing
     assert s.kv_loaded("c", ok=True) is None
     assert s.blocks.usage == 0
+
+
+def test_decode_steps_slow_down_with_the_batch_context() -> None:
+    prof = Profile(decode_base_ms=5, decode_ms_per_seq=0.1, decode_ms_per_ctx_token=0.001)
+    s = _sched(prof)
+    short = Request("s", list(range(100)), max_tokens=3, arrival=0, ignore_eos=True)
+    long = Request("l", list(range(5000, 7000)), max_tokens=3, arrival=0, ignore_eos=True)
+    s.add(short)
+    s.add(long)
+    s.step(0)  # both prefills
+    step = s.step(0)  # both decode: contexts 101 and 2001 tokens
+    assert step.decode_batch == 2
+    assert abs(step.duration - (5 + 0.2 + 0.001 * (101 + 2001)) / 1000) < 1e-12

@@ -6,6 +6,7 @@ Example (every key optional; these are the defaults):
     prefill_overhead_ms: 2.0       # fixed cost of a step that runs any prefill
     decode_base_ms: 8.0            # cost of a decode step for a batch of one
     decode_ms_per_seq: 0.08        # extra cost per sequence in the decode batch
+    decode_ms_per_ctx_token: 0.00004  # KV read per context token of the decode batch
     max_num_seqs: 64               # running requests (vLLM --max-num-seqs)
     max_num_batched_tokens: 8192   # tokens run per step, prefill chunks and decodes together
     num_blocks: 4096               # KV capacity in blocks
@@ -15,8 +16,9 @@ Example (every key optional; these are the defaults):
     kv_pull_overhead_ms: 1.0       # modelled fixed cost of a P/D pull
     kv_pull_ms_per_token: 0.005    # modelled cost per pulled token (128 KiB/token at ~25 GB/s)
 
-The defaults approximate an 8B model on one mid-range GPU: ~20k prefill tokens/s and
-~120 tokens/s per stream at batch one, decode cost growing slowly with batch size.
+The defaults approximate an 8B model in 16-bit on one H100-class GPU: ~20k prefill tokens/s;
+a decode step reads the weights (~8 ms, ~120 tokens/s per stream at batch one) plus the
+batch's KV (128 KiB per context token at ~3 TB/s), so long contexts and big batches slow it.
 `zero()` is the same envelope with no time cost, for measuring the server itself.
 """
 
@@ -36,6 +38,7 @@ class Profile:
     prefill_overhead_ms: float = 2.0
     decode_base_ms: float = 8.0
     decode_ms_per_seq: float = 0.08
+    decode_ms_per_ctx_token: float = 0.00004
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 8192
     num_blocks: int = 4096
@@ -50,10 +53,15 @@ class Profile:
             return 0.0
         return (self.prefill_overhead_ms + self.prefill_ms_per_token * uncached_tokens) / 1000
 
-    def decode_seconds(self, batch: int) -> float:
+    def decode_seconds(self, batch: int, context_tokens: int = 0) -> float:
+        """One decode step for `batch` sequences holding `context_tokens` of KV in all."""
         if batch <= 0:
             return 0.0
-        return (self.decode_base_ms + self.decode_ms_per_seq * batch) / 1000
+        return (
+            self.decode_base_ms
+            + self.decode_ms_per_seq * batch
+            + self.decode_ms_per_ctx_token * context_tokens
+        ) / 1000
 
     def kv_pull_seconds(self, tokens: int) -> float:
         """Modelled time to pull `tokens` of KV; the real bytes moved are far fewer, so the
@@ -73,6 +81,7 @@ class Profile:
             prefill_overhead_ms=0,
             decode_base_ms=0,
             decode_ms_per_seq=0,
+            decode_ms_per_ctx_token=0,
             kv_pull_overhead_ms=0,
             kv_pull_ms_per_token=0,
         )

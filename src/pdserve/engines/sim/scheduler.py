@@ -180,13 +180,15 @@ class Scheduler:
             batch = [(r, n) for r, n in batch if r.phase is Phase.RUNNING]
         else:  # as vLLM: no new admissions in a step that had to preempt
             self._admit(out, batch, budget)
+        context = 0
         for req, n in batch:
             if req.output and n == 1:
                 out.decode_batch += 1
+                context += req.num_tokens
             else:
                 out.prefill_tokens += n
         out.duration = self.profile.prefill_seconds(out.prefill_tokens) + (
-            self.profile.decode_seconds(out.decode_batch)
+            self.profile.decode_seconds(out.decode_batch, context)
         )
         end = now + out.duration
         for req, n in batch:
