@@ -38,10 +38,29 @@ def _startup(tmp: Path, runs: int = 5) -> tuple[float, float]:
         )
         t = time.perf_counter()
         proc.start()
-        proc.wait_http(f"http://127.0.0.1:{port}/health", timeout=30)
+        _poll_health(proc, port)
         times.append(time.perf_counter() - t)
         proc.stop()
     return statistics.median(times), statistics.median(anchor)
+
+
+def _poll_health(proc: ManagedProcess, port: int, timeout: float = 30) -> None:
+    """GET /health every 5 ms (wait_http backs off to 0.5 s, too coarse to time start-up)."""
+    import http.client
+
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        proc.check_alive()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.005)
+        finally:
+            conn.close()
+    raise TimeoutError(f"sim-engine on {port} not ready after {timeout:g}s")
 
 
 async def _load(url: str, body: dict | None, n: int, conc: int) -> float:
@@ -114,6 +133,7 @@ async def _pull_rate(nixl: bool, nbytes: int, reps: int, read_only: bool = False
     if nixl and local is None:
         raise SystemExit("NIXL unavailable")
     await kv_transfer.pull("127.0.0.1", port, "r", ids, ids, dst, local, 30)  # warm-up
+
     async def poll_producer() -> None:  # the passive side must progress UCX notifications
         while server.nixl is not None:
             server.nixl.poll()
