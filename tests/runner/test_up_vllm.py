@@ -8,6 +8,7 @@ be identical, since the decode engine only skipped the prefill it pulled.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,8 +70,6 @@ def test_pd_with_vllm_equals_aggregated(
     model_dir = model.resolve("builtin://smollm2-135m-instruct")
     engine_port = port()
     cmd = vllm.command(model_dir, MODEL, engine_port, cores="0-1")
-    import os
-
     engine = spawn("aggregated", cmd.argv, env={**os.environ, **cmd.env})
     engine.wait_http(f"http://127.0.0.1:{engine_port}/health", timeout=900)
     alone = [greedy(f"http://127.0.0.1:{engine_port}/v1", p) for p in PROMPTS]
