@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -88,10 +89,14 @@ class ManagedProcess:
             )
 
     def wait_http(
-        self, url: str, timeout: float, on_wait: Callable[[float], None] | None = None
+        self,
+        url: str,
+        timeout: float,
+        on_wait: Callable[[float], None] | None = None,
+        verify: bool = True,
     ) -> None:
         """Poll `url` until it answers 200, failing fast if the process dies."""
-        wait_http(url, timeout, self.check_alive, on_wait, what=self.name)
+        wait_http(url, timeout, self.check_alive, on_wait, what=self.name, verify=verify)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the process group, then SIGKILL whatever is left after `timeout`."""
@@ -157,8 +162,12 @@ def wait_http(
     check: Callable[[], None] | None = None,
     on_wait: Callable[[float], None] | None = None,
     what: str | None = None,
+    verify: bool = True,
 ) -> None:
-    """Poll `url` with GET until it returns 200; `check` raises if the server died."""
+    """Poll `url` with GET until it returns 200; `check` raises if the server died.
+
+    `verify=False` accepts any certificate (a self-signed HTTPS server on loopback)."""
+    context = None if verify else ssl._create_unverified_context()
     start = time.monotonic()
     deadline = start + timeout
     delay = 0.02
@@ -167,7 +176,7 @@ def wait_http(
         if check is not None:
             check()
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
                 if resp.status == 200:
                     return
                 last_error = f"HTTP {resp.status}"

@@ -1,0 +1,303 @@
+"""The sidecar's HTTP server (aiohttp): the P/D path, and a transparent proxy for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pdserve import wire
+from pdserve.logs import event
+from pdserve.sidecar import legs
+from pdserve.sidecar.allowlist import AllowAll, AllowList
+from pdserve.sidecar.metrics import SidecarMetrics
+
+log = logging.getLogger("pdserve.sidecar")
+
+PD_PATHS = ("/v1/completions", "/v1/chat/completions")
+# Hop-by-hop headers (RFC 9110) and those aiohttp recomputes.
+_SKIP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+
+
+@dataclass
+class Options:
+    vllm_port: int = 8001
+    connector: str = "nixlv2"
+    decoder_tls: bool = False
+    decoder_insecure: bool = False
+    prefiller_tls: bool = False
+    prefiller_insecure: bool = False
+    allow: AllowList = field(default_factory=AllowAll)
+    prefill_timeout: float = 300.0
+
+
+def _headers(src: Any) -> dict[str, str]:
+    return {k: v for k, v in src.items() if k.lower() not in _SKIP}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response(wire.error_body(message, status), status=status)
+
+
+class Sidecar:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.metrics = SidecarMetrics()
+        scheme = "https" if opts.decoder_tls else "http"
+        self.decoder = f"{scheme}://127.0.0.1:{opts.vllm_port}"
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self, _: web.Application) -> None:
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+        )
+
+    async def close(self, _: web.Application) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.on_startup.append(self.start)
+        app.on_cleanup.append(self.close)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_page)
+        for path in PD_PATHS:
+            app.router.add_post(path, self.generate)
+        app.router.add_route("*", "/{tail:.*}", self.passthrough)
+        return app
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics_page(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    def _ssl(self, tls: bool, insecure: bool) -> ssl.SSLContext | bool:
+        if not tls:
+            return False
+        from pdserve.sidecar.tls import client_context
+
+        return client_context(insecure)
+
+    # --- plain proxy ----------------------------------------------------------------------
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        return await self._relay(
+            request, request.method, request.path_qs, body, _headers(request.headers)
+        )
+
+    async def _relay(
+        self,
+        request: web.Request,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        started: float | None = None,
+    ) -> web.StreamResponse:
+        """Send to the local engine and stream its answer back as it arrives."""
+        assert self.http is not None
+        url = self.decoder + path
+        try:
+            upstream = await self.http.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                ssl=self._ssl(self.opts.decoder_tls, self.opts.decoder_insecure),
+            )
+        except (aiohttp.ClientError, OSError) as err:
+            return _error(502, f"decoder at {self.decoder} unreachable: {err}")
+        async with upstream:
+            resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
+            await resp.prepare(request)
+            first = True
+            async for data in upstream.content.iter_any():
+                if first and started is not None:
+                    self.metrics.ttft.observe(time.perf_counter() - started)
+                first = False
+                await resp.write(data)
+            await resp.write_eof()
+            return resp
+
+    # --- P/D --------------------------------------------------------------------------------
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        raw = await request.read()
+        target = _prefill_target(request.headers)
+        headers = _headers(request.headers)
+        rid = headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+        headers[wire.REQUEST_ID_HEADER] = rid
+        path = request.path_qs
+        if target is None:
+            self.metrics.requests.labels(path, "decode-only").inc()
+            resp = await self._relay(request, "POST", path, raw, headers, started)
+            event(
+                log,
+                "request",
+                request_id=rid,
+                path=path,
+                outcome="decode-only",
+                status=resp.status,
+                ms=_ms(started),
+            )
+            return resp
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError("request body must be a JSON object")
+        except (ValueError, UnicodeDecodeError) as err:
+            self.metrics.requests.labels(path, "rejected").inc()
+            return _error(400, f"invalid JSON body: {err}")
+        host = target.rsplit(":", 1)[0].strip("[]")
+        if not self.opts.allow.allows(host):
+            self.metrics.requests.labels(path, "rejected").inc()
+            event(
+                log,
+                "request",
+                logging.WARNING,
+                request_id=rid,
+                path=path,
+                outcome="rejected",
+                prefill_target=target,
+                reason="prefill host not in the allow-list",
+            )
+            return _error(403, f"prefill target {target} is not an allowed prefill host")
+        return await self._pd(request, path, body, headers, target, rid, started)
+
+    async def _pd(
+        self,
+        request: web.Request,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        target: str,
+        rid: str,
+        started: float,
+    ) -> web.StreamResponse:
+        assert self.http is not None
+        scheme = "https" if self.opts.prefiller_tls else "http"
+        url = f"{scheme}://{target}{path}"
+        prefill = legs.prefill_body(body, self.opts.connector)
+        t0 = time.perf_counter()
+        reason = None
+        answer: dict[str, Any] = {}
+        try:
+            async with self.http.post(
+                url,
+                json=prefill,
+                headers={**headers, "content-type": "application/json"},
+                ssl=self._ssl(self.opts.prefiller_tls, self.opts.prefiller_insecure),
+                timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
+            ) as resp:
+                payload = await resp.read()
+                if 400 <= resp.status < 500:
+                    self.metrics.requests.labels(path, "rejected").inc()
+                    event(
+                        log,
+                        "request",
+                        logging.WARNING,
+                        request_id=rid,
+                        path=path,
+                        outcome="prefill-rejected",
+                        prefill_target=target,
+                        status=resp.status,
+                    )
+                    return web.Response(
+                        status=resp.status,
+                        body=payload,
+                        content_type=resp.content_type or "application/json",
+                    )
+                if resp.status >= 500:
+                    reason = f"prefiller answered {resp.status}"
+                else:
+                    answer = json.loads(payload)
+        except TimeoutError:
+            reason = "prefiller timed out"
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            reason = f"prefiller unreachable: {err}"
+        prefill_s = time.perf_counter() - t0
+        self.metrics.prefill.observe(prefill_s)
+        if reason is not None:
+            self.metrics.fallbacks.labels(reason.split(":")[0]).inc()
+            decode_body: dict[str, Any] = body
+            outcome = "fallback"
+        else:
+            decode_body = legs.decode_body(body, answer, self.opts.connector)
+            outcome = "pd"
+        self.metrics.requests.labels(path, outcome).inc()
+        t1 = time.perf_counter()
+        raw = json.dumps(decode_body).encode()
+        resp = await self._relay(
+            request, "POST", path, raw, {**headers, "content-type": "application/json"}, started
+        )
+        self.metrics.decode.observe(time.perf_counter() - t1)
+        event(
+            log,
+            "request",
+            request_id=rid,
+            path=path,
+            outcome=outcome,
+            prefill_target=target,
+            kv_handle=legs.handle_summary(answer.get("kv_transfer_params")),
+            fallback_reason=reason,
+            status=resp.status,
+            prefill_ms=round(prefill_s * 1000, 3),
+            decode_ms=_ms(t1),
+            total_ms=_ms(started),
+        )
+        return resp
+
+
+def _prefill_target(headers: Any) -> str | None:
+    target = headers.get(wire.PREFILLER_HEADER)
+    if target:
+        return target.strip()
+    url = headers.get(wire.PREFILLER_URL_HEADER)
+    if url:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        return parts.netloc or None
+    return None
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+async def serve(
+    sidecar: Sidecar, host: str, port: int, ssl_ctx: ssl.SSLContext | None, stop: asyncio.Event
+) -> None:
+    runner = web.AppRunner(sidecar.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024).start()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from pdserve.process import ManagedProcess, free_port
+from testkit import PDSERVE, Spawn
+
+NIXL = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
+
+
+@dataclass
+class Server:
+    proc: ManagedProcess
+    port: int
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def sim(spawn: Spawn):
+    def start(*args: str) -> Server:
+        port = free_port()
+        proc = spawn(
+            f"sim-{port}",
+            [
+                *PDSERVE,
+                "sim-engine",
+                "--port",
+                str(port),
+                "--served-model-name",
+                "sim",
+                "--kv-transfer-config",
+                NIXL,
+                *args,
+            ],
+        )
+        server = Server(proc, port, "https" if "--ssl-certfile" in args else "http")
+        proc.wait_http(f"{server.url}/health", timeout=60, verify=False)
+        return server
+
+    return start
+
+
+@pytest.fixture
+def sidecar(spawn: Spawn):
+    def start(vllm_port: int, *args: str, tls: bool = False) -> Server:
+        port = free_port()
+        argv = [
+            *PDSERVE,
+            "sidecar",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--vllm-port",
+            str(vllm_port),
+            *args,
+        ]
+        if not tls:
+            argv.append("--secure-proxy=false")
+        proc = spawn(f"sidecar-{port}", argv, env=dict(os.environ))
+        server = Server(proc, port, "https" if tls else "http")
+        proc.wait_http(f"{server.url}/health", timeout=30, verify=False)
+        return server
+
+    return start
+
+
+@dataclass
+class Recorder:
+    """A real HTTP hop that records what it was sent and forwards to an engine."""
+
+    upstream: str
+    port: int = 0
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    fail_with: int | None = None
+    stall: bool = False
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(self.upstream + request.path) as up,
+            ):
+                return web.Response(
+                    status=up.status, body=await up.read(), content_type=up.content_type
+                )
+        body = await request.json()
+        self.seen.append(body)
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        if self.stall:
+            await asyncio.sleep(3600)
+        if self.fail_with:
+            return web.json_response(
+                {
+                    "object": "error",
+                    "message": "boom",
+                    "type": "x",
+                    "param": None,
+                    "code": self.fail_with,
+                },
+                status=self.fail_with,
+            )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                self.upstream + request.path,
+                json=body,
+                headers={"x-request-id": request.headers.get("x-request-id", "")},
+            ) as up,
+        ):
+            if not body.get("stream"):
+                data = await up.read()
+                if up.status == 200:
+                    self.answers.append(json.loads(data))
+                return web.Response(status=up.status, body=data, content_type="application/json")
+            resp = web.StreamResponse(
+                status=up.status, headers={"Content-Type": "text/event-stream"}
+            )
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+
+@pytest.fixture
+def recorder() -> Iterator:
+    loops: list[tuple[asyncio.AbstractEventLoop, threading.Thread]] = []
+
+    def start(upstream: str) -> Recorder:
+        rec = Recorder(upstream)
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def boot() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", rec.handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            rec.port = site._server.sockets[0].getsockname()[1]
+            ready.set()
+
+        thread = threading.Thread(
+            target=lambda: (loop.run_until_complete(boot()), loop.run_forever()), daemon=True
+        )
+        thread.start()
+        assert ready.wait(10)
+        loops.append((loop, thread))
+        return rec
+
+    yield start
+    for loop, thread in loops:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

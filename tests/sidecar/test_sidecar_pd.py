@@ -1,0 +1,197 @@
+"""The sidecar between two sim engines: the P/D path, failures, SSRF and TLS."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from pdserve.process import free_port
+from pdserve.sidecar.tls import self_signed
+from testkit import metric
+
+HDR = "x-prefiller-host-port"
+
+
+@pytest.fixture
+def pd(sim, sidecar, recorder):
+    """prefill engine <- recorder;  client -> sidecar -> recorder -> decode engine."""
+    p, d = sim("--zero-cost"), sim("--zero-cost")
+    rp, rd = recorder(p.url), recorder(d.url)
+    s = sidecar(rd.port)
+    return p, d, rp, rd, s
+
+
+def _text(resp: dict) -> str:
+    choice = resp["choices"][0]
+    return choice["message"]["content"] if "message" in choice else choice["text"]
+
+
+def _sse_text(lines: list[str]) -> str:
+    out = ""
+    for line in lines:
+        if line.startswith("data: {"):
+            choice = (json.loads(line[6:])["choices"] or [{}])[0]
+            out += choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+    return out
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_pd_whole_and_streamed_equal_aggregated(pd, chat) -> None:
+    _, d, rp, rd, s = pd
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    base = (
+        {"messages": [{"role": "user", "content": "Explain prefill " * 30}]}
+        if chat
+        else {"prompt": "Explain prefill " * 30}
+    )
+    body = {"model": "sim", **base, "max_tokens": 10}
+    aggregated = _text(httpx.post(d.url + path, json=body).json())
+
+    whole = httpx.post(s.url + path, json=body, headers={HDR: rp.hostport}, timeout=30)
+    assert whole.status_code == 200 and _text(whole.json()) == aggregated
+    leg = rp.seen[-1]
+    assert leg["kv_transfer_params"]["do_remote_decode"] is True
+    assert leg["max_tokens"] == 1 and leg["max_completion_tokens"] == 1 and leg["stream"] is False
+    assert rd.seen[-1]["kv_transfer_params"] == rp.answers[-1]["kv_transfer_params"]
+    assert rd.seen[-1]["max_tokens"] == 10 and "max_completion_tokens" not in rd.seen[-1]
+    assert rp.headers[-1]["x-request-id"] == rd.headers[-1]["x-request-id"]
+
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream(
+        "POST", s.url + path, json=streamed, headers={HDR: rp.hostport}, timeout=30
+    ) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in resp.iter_lines() if ln]
+    assert _sse_text(lines) == aggregated and lines[-1] == "data: [DONE]"
+    assert "stream_options" not in rp.seen[-1] and rp.seen[-1]["stream"] is False
+    assert rd.seen[-1]["stream"] is True
+    assert rd.seen[-1]["stream_options"] == {"include_usage": True}
+    assert metric(s.url, "pdserve_sidecar_requests_total", outcome="pd") == 2
+    assert metric(d.url, "pdserve_sim:kv_pulls_total", outcome="ok") == 2
+
+
+def test_without_header_decode_only_and_other_paths_proxied(pd) -> None:
+    _, _, rp, rd, s = pd
+    resp = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert resp.status_code == 200 and not rp.seen
+    assert "kv_transfer_params" not in rd.seen[-1]
+    assert httpx.get(s.url + "/v1/models").json()["data"][0]["id"] == "sim"
+    assert metric(s.url, "pdserve_sidecar_requests_total", outcome="decode-only") == 1
+
+
+def test_openai_client_through_sidecar(pd) -> None:
+    _, _, rp, _, s = pd
+    client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", default_headers={HDR: rp.hostport})
+    out = client.chat.completions.create(
+        model="sim", max_tokens=5, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert out.usage.completion_tokens == 5 and rp.seen
+    chunks = list(client.completions.create(model="sim", prompt="hi", max_tokens=4, stream=True))
+    assert sum(bool(c.choices and c.choices[0].text) for c in chunks) == 4
+
+
+def test_prefiller_4xx_is_returned_with_its_body(pd) -> None:
+    _, _, rp, rd, s = pd
+    resp = httpx.post(
+        s.url + "/v1/completions", json={"model": "nope", "prompt": "x"}, headers={HDR: rp.hostport}
+    )
+    assert resp.status_code == 404 and "does not exist" in resp.json()["message"]
+    assert not rd.seen  # nothing was sent to the decoder
+
+
+@pytest.mark.parametrize("failure", ["5xx", "refused", "timeout"])
+def test_prefill_failures_fall_back_to_decode_only(sim, sidecar, recorder, failure) -> None:
+    p, d = sim("--zero-cost"), sim("--zero-cost")
+    rp, rd = recorder(p.url), recorder(d.url)
+    s = sidecar(rd.port, "--prefill-timeout", "0.5")
+    target = rp.hostport
+    if failure == "5xx":
+        rp.fail_with = 500
+    elif failure == "refused":
+        target = f"127.0.0.1:{free_port()}"
+    else:
+        rp.stall = True
+    body = {"prompt": "fallback " * 20, "max_tokens": 3}
+    resp = httpx.post(s.url + "/v1/completions", json=body, headers={HDR: target}, timeout=30)
+    assert resp.status_code == 200
+    assert _text(resp.json()) == _text(httpx.post(d.url + "/v1/completions", json=body).json())
+    assert "kv_transfer_params" not in rd.seen[-1]
+    assert metric(s.url, "pdserve_sidecar_requests_total", outcome="fallback") == 1
+
+
+def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None:
+    p = sim("--zero-cost")
+    s = sidecar(free_port())  # nothing listens on the engine port
+    bad = httpx.post(s.url + "/v1/completions", content=b"{oops", headers={HDR: "127.0.0.1:1"})
+    assert bad.status_code == 400 and bad.json()["object"] == "error"
+    dead = httpx.post(s.url + "/v1/completions", json={"prompt": "x"})
+    assert dead.status_code == 502 and dead.json()["code"] == 502
+    rp = recorder(p.url)
+    pd = httpx.post(s.url + "/v1/completions", json={"prompt": "x"}, headers={HDR: rp.hostport})
+    assert pd.status_code == 502  # prefill ran, the decoder is down
+    assert httpx.get(s.url + "/health").status_code == 200  # and the sidecar keeps serving
+
+
+def test_client_disconnect_cancels_the_decode(sim, sidecar) -> None:
+    d = sim()  # real timing: 300 tokens take seconds
+    s = sidecar(d.port)
+    body = {"prompt": "long", "max_tokens": 300, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=30) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                break  # leave after the first token
+    import time
+
+    deadline = time.monotonic() + 10
+    while not metric(d.url, "vllm:request_success_total", finished_reason="abort"):
+        assert time.monotonic() < deadline, "the engine never saw the request aborted"
+        time.sleep(0.05)
+    assert metric(d.url, "vllm:num_requests_running") == 0
+
+
+def test_ssrf_protection(sim, sidecar, recorder) -> None:
+    p, d = sim("--zero-cost"), sim("--zero-cost")
+    rp = recorder(p.url)
+    body = {"prompt": "x", "max_tokens": 2}
+    denied = sidecar(d.port, "--enable-ssrf-protection", "--allowed-prefill-hosts", "10.9.9.9")
+    resp = httpx.post(denied.url + "/v1/completions", json=body, headers={HDR: rp.hostport})
+    assert resp.status_code == 403 and not rp.seen
+    allowed = sidecar(
+        d.port, "--enable-ssrf-protection=true", "--allowed-prefill-hosts", "10.9.9.9,127.0.0.1"
+    )
+    resp = httpx.post(allowed.url + "/v1/completions", json=body, headers={HDR: rp.hostport})
+    assert resp.status_code == 200 and len(rp.seen) == 1
+
+
+def test_tls_on_both_legs_with_self_signed_certs(sim, sidecar, tmp_path) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    p, d = sim("--zero-cost", *tls), sim("--zero-cost", *tls)
+    s = sidecar(
+        d.port,
+        "--prefiller-use-tls",
+        "--prefiller-tls-insecure-skip-verify=true",
+        "--decoder-use-tls=true",
+        "--decoder-tls-insecure-skip-verify",
+        tls=True,
+    )
+    body = {"prompt": "secure " * 20, "max_tokens": 4}
+    resp = httpx.post(
+        s.url + "/v1/completions",
+        json=body,
+        verify=False,
+        headers={HDR: f"127.0.0.1:{p.port}"},
+        timeout=30,
+    )
+    assert resp.status_code == 200
+    assert (
+        metric(f"https://127.0.0.1:{s.port}", "pdserve_sidecar_requests_total", outcome="pd")
+        if False
+        else True
+    )
+    with httpx.Client(verify=False) as c:
+        text = c.get(f"{s.url}/metrics").text
+    assert 'pdserve_sidecar_requests_total{outcome="pd",path="/v1/completions"} 1.0' in text
