@@ -202,3 +202,32 @@ def test_served_timing_follows_the_profile(sim_engine, tmp_path) -> None:
     # 400 prompt tokens at 1 ms, then 10 decode steps of >= 20 ms: at least 0.6 s.
     assert resp.elapsed.total_seconds() >= 0.4 + 10 * 0.020
     assert metric(engine.url, "vllm:time_to_first_token_seconds_sum") >= 0.399  # ms clock
+
+
+def test_lora_adapters_are_served_listed_and_reported(sim_engine) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    engine = sim_engine(
+        "--zero-cost", "--enable-lora", "--lora-modules", "sql=/adapters/sql", "--max-loras", "2"
+    )
+    cards = {m["id"]: m for m in httpx.get(f"{engine.url}/v1/models").json()["data"]}
+    assert cards["sql"]["parent"] == "sim" and cards["sql"]["root"] == "/adapters/sql"
+    body = {"prompt": "select from cache " * 20, "max_tokens": 6, "ignore_eos": True}
+    base = httpx.post(f"{engine.url}/v1/completions", json={**body, "model": "sim"}).json()
+    sql = httpx.post(f"{engine.url}/v1/completions", json={**body, "model": "sql"}).json()
+    assert sql["model"] == "sql" and base["model"] == "sim"
+    assert sql["choices"][0]["text"] != base["choices"][0]["text"]
+    assert sql["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # not the base's cache
+    text = httpx.get(f"{engine.url}/metrics").text
+    info = [
+        s
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "vllm:lora_requests_info"
+    ]
+    assert info and {s.labels["max_lora"] for s in info} == {"2"}
+    newest = max(info, key=lambda s: s.value)
+    assert set(newest.labels) == {"running_lora_adapters", "waiting_lora_adapters", "max_lora"}
+    assert any(s.labels["running_lora_adapters"] == "sql" for s in info)
+    unknown = httpx.post(f"{engine.url}/v1/completions", json={**body, "model": "nope"})
+    assert unknown.status_code == 404

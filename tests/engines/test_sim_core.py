@@ -179,3 +179,32 @@ def test_decode_steps_slow_down_with_the_batch_context() -> None:
     step = s.step(0)  # both decode: contexts 101 and 2001 tokens
     assert step.decode_batch == 2
     assert abs(step.duration - (5 + 0.2 + 0.001 * (101 + 2001)) / 1000) < 1e-12
+
+
+def test_max_loras_holds_back_a_second_adapter_but_not_requests_behind_it() -> None:
+    s = _sched(Profile(max_num_seqs=8).zero())
+    a = Request("a", [1, 2, 3], max_tokens=4, arrival=0, ignore_eos=True, lora_id=1)
+    b = Request("b", [1, 2, 3], max_tokens=4, arrival=0, ignore_eos=True, lora_id=2)
+    base = Request("base", [1, 2, 3], max_tokens=4, arrival=0, ignore_eos=True)
+    for r in (a, b, base):
+        s.add(r)
+    s.step(0)
+    assert s.running == [a, base] and list(s.waiting) == [b]  # max_loras=1: b waits its turn
+    _run(s)
+    assert all(r.done for r in (a, b, base))
+    # Same prompt, different adapters: different continuations and separate cache entries.
+    assert a.output != b.output and a.output != base.output
+
+
+def test_adapter_blocks_are_separate_cache_entries_and_events_name_the_adapter() -> None:
+    events: list[tuple] = []
+    prof = Profile(block_size=4).zero()
+    s = Scheduler(prof, Generator(BuiltinTokenizer()), BlockManager(64, 4, events.append))
+    prompt = list(range(9))
+    s.add(Request("base", prompt, max_tokens=1, arrival=0))
+    _run(s)
+    lora = Request("lora", prompt, max_tokens=1, arrival=0, lora_id=3)
+    s.add(lora)
+    _run(s)
+    assert lora.cached_tokens == 0
+    assert [e[4] for e in events if e[0] == "stored"] == [None, 3]

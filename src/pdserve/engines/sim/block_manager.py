@@ -16,7 +16,7 @@ import xxhash
 
 from pdserve.engines.sim.tokens import token_bytes
 
-# ("stored", hashes, parent_hash, token_ids) | ("removed", hashes) | ("cleared",)
+# ("stored", hashes, parent_hash, token_ids, lora_id) | ("removed", hashes) | ("cleared",)
 CacheEvent = tuple
 NONE_HASH = 0
 
@@ -113,6 +113,7 @@ class BlockManager:
         tokens: Sequence[int],
         hashes: Sequence[int],
         start: int = 0,
+        lora_id: int | None = None,
     ) -> None:
         """Register computed full blocks (from index `start`) in the prefix cache and
         announce them as BlockStored."""
@@ -122,21 +123,23 @@ class BlockManager:
         for i in range(start, min(len(block_ids), len(hashes))):
             block, h = block_ids[i], hashes[i]
             if self.hash_of[block] is not None or h in self.cached:
-                self._announce(run, tokens, hashes)
+                self._announce(run, tokens, hashes, lora_id)
                 run = []
                 continue
             self.hash_of[block] = h
             self.cached[h] = block
             run.append(i)
-        self._announce(run, tokens, hashes)
+        self._announce(run, tokens, hashes, lora_id)
 
-    def _announce(self, run: list[int], tokens: Sequence[int], hashes: Sequence[int]) -> None:
+    def _announce(
+        self, run: list[int], tokens: Sequence[int], hashes: Sequence[int], lora_id: int | None
+    ) -> None:
         if not run or self.on_event is None:
             return
         first, bs = run[0], self.block_size
         parent = hashes[first - 1] if first > 0 else None
         toks = list(tokens[first * bs : (run[-1] + 1) * bs])
-        self.on_event(("stored", [hashes[i] for i in run], parent, toks))
+        self.on_event(("stored", [hashes[i] for i in run], parent, toks, lora_id))
 
     def release(self, block_ids: Sequence[int]) -> None:
         """Drop one reference; unreferenced blocks stay cached until evicted."""

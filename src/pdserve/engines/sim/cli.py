@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
         help="vLLM's prefix caching switch (on by default, as in vLLM V1)",
     )
     ap.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    ap.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--lora-modules", nargs="+", default=[], help="name=path or vLLM's JSON form")
+    ap.add_argument("--max-loras", type=int, default=1)
     for flag, dest in _PROFILE_FLAGS.items():
         ap.add_argument(flag, dest=dest, type=_token_count)
     return ap
@@ -142,6 +145,8 @@ def main(argv: list[str]) -> int:
         aliases=tuple(names[1:]),
         enable_prefix_caching=args.enable_prefix_caching,
         tp_size=args.tensor_parallel_size,
+        lora_modules=_lora_modules(args.lora_modules, args.enable_lora),
+        max_loras=args.max_loras,
         profile=profile,
         tokenizer=tokenizer,
         model_path=model_dir,
@@ -159,6 +164,23 @@ def main(argv: list[str]) -> int:
     ssl = _ssl_context(args.ssl_certfile, args.ssl_keyfile)
     asyncio.run(_serve(cfg, args.host, args.port, log, ssl))
     return 0
+
+
+def _lora_modules(specs: list[str], enabled: bool) -> tuple[tuple[str, str], ...]:
+    """`name=path` or `{"name": ..., "path": ...}` per adapter, as vLLM takes them."""
+    if specs and not enabled:
+        raise UserError("--lora-modules needs --enable-lora")
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        if spec.lstrip().startswith("{"):
+            item = _json_flag("--lora-modules", spec) or {}
+            name, path = item.get("name"), item.get("path")
+        else:
+            name, _, path = spec.partition("=")
+        if not name or not path:
+            raise UserError(f"--lora-modules {spec!r}: expected name=path")
+        out.append((str(name), str(path)))
+    return tuple(out)
 
 
 def _env_port(name: str) -> int:

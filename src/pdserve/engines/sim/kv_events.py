@@ -40,8 +40,8 @@ def parse_config(text: str | None) -> dict[str, Any] | None:
 def encode(event: CacheEvent, block_size: int) -> list[Any]:
     kind = event[0]
     if kind == "stored":
-        _, hashes, parent, tokens = event
-        return ["BlockStored", hashes, parent, tokens, block_size, None, "GPU"]
+        _, hashes, parent, tokens, lora_id = event
+        return ["BlockStored", hashes, parent, tokens, block_size, lora_id, "GPU"]
     if kind == "removed":
         return ["BlockRemoved", event[1], "GPU"]
     return ["AllBlocksCleared"]

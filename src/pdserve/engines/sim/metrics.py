@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pdserve import wire
+
 _LATENCY = (
     0.001,
     0.005,
@@ -80,6 +82,12 @@ class EngineMetrics:
             "pdserve_sim:kv_pull_bytes", "Bytes of KV pulled from producers."
         )
         self.leases = gauge("pdserve_sim:kv_leases", "P/D producer requests holding blocks.")
+        self.lora_info = Gauge(
+            wire.METRIC_LORA_INFO,
+            "Running stats on lora requests.",
+            ["running_lora_adapters", "max_lora", "waiting_lora_adapters"],
+            registry=r,
+        )
         info = Gauge(
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig.",
@@ -87,6 +95,15 @@ class EngineMetrics:
             registry=r,
         )
         info.labels(**cache_info).set(1)
+
+    def observe_loras(self, running: list[str], waiting: list[str], max_lora: int) -> None:
+        """vLLM's vllm:lora_requests_info: the adapters as labels, the time as the value, so
+        a reader takes the series with the newest value."""
+        self.lora_info.labels(
+            running_lora_adapters=",".join(running),
+            waiting_lora_adapters=",".join(waiting),
+            max_lora=str(max_lora),
+        ).set_to_current_time()
 
     def observe_state(self, running: int, waiting: int, usage: float, leases: int) -> None:
         self.running.set(running)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import xxhash
+
 from pdserve.engines.sim.block_manager import NONE_HASH, BlockManager, block_hashes
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.tokens import Generator
@@ -47,6 +49,7 @@ class Request:
     first_token_at: float | None = None
     key: int = 0
     external_id: str = ""  # the caller's id (x-request-id), for logs only
+    lora_id: int | None = None  # a LoRA adapter (1-based, as vLLM numbers them); None: base
 
     @property
     def done(self) -> bool:
@@ -95,8 +98,10 @@ class Scheduler:
         blocks: BlockManager,
         lease_seconds: float = 480.0,
         fail_on_kv_error: bool = False,
+        max_loras: int = 1,
     ) -> None:
         self.profile = profile
+        self.max_loras = max_loras  # distinct adapters in one batch (vLLM --max-loras)
         self.gen = generator
         self.blocks = blocks
         self.lease_seconds = lease_seconds
@@ -109,8 +114,8 @@ class Scheduler:
 
     # --- intake ---------------------------------------------------------------------------
     def add(self, req: Request) -> None:
-        req.key = self.gen.key(req.prompt)
-        req.hashes = block_hashes(req.prompt, self.profile.block_size)
+        req.key = self.gen.key(req.prompt, req.lora_id or 0)
+        req.hashes = block_hashes(req.prompt, self.profile.block_size, _hash_seed(req))
         self.waiting.append(req)
 
     def abort(self, req: Request) -> None:
@@ -219,18 +224,25 @@ class Scheduler:
         out.preempted.append(req)
 
     def _admit(self, out: StepOutput, batch: list[tuple[Request, int]], budget: int) -> None:
+        loras = self.active_loras()
+        skipped: list[Request] = []  # requests of adapters that would exceed max_loras
         while (
             self.waiting
             and budget > 0
             and len(self.running) + len(self.pulling) < self.profile.max_num_seqs
         ):
             req = self.waiting[0]
+            if req.lora_id and req.lora_id not in loras and len(loras) >= self.max_loras:
+                skipped.append(self.waiting.popleft())  # vLLM lets later requests go first
+                continue
             tokens = req.context()
             self._extend_hashes(req, len(tokens))
             alloc = self.blocks.allocate(tokens, req.hashes)
             if alloc is None:
                 break  # the head of the queue waits for space; no skipping ahead, as vLLM
             self.waiting.popleft()
+            if req.lora_id:
+                loras.add(req.lora_id)
             # As in vLLM, at least the last token is computed to produce logits.
             cached = min(alloc.cached_tokens, len(tokens) - 1)
             req.blocks, req.computed, req.committed = (
@@ -252,13 +264,17 @@ class Scheduler:
             n = min(req.pending, budget)
             batch.append((req, n))
             budget -= n
+        self.waiting.extendleft(reversed(skipped))
+
+    def active_loras(self) -> set[int]:
+        return {r.lora_id for r in (*self.running, *self.pulling.values()) if r.lora_id}
 
     def _extend_hashes(self, req: Request, num_tokens: int) -> None:
         bs = self.profile.block_size
         full = num_tokens // bs
         if len(req.hashes) < full:
             start = len(req.hashes) * bs
-            parent = req.hashes[-1] if req.hashes else NONE_HASH
+            parent = req.hashes[-1] if req.hashes else _hash_seed(req)
             req.hashes += block_hashes(req.context()[start : full * bs], bs, parent)
 
     def _commit(self, req: Request) -> None:
@@ -266,7 +282,9 @@ class Scheduler:
         full = min(req.computed // self.profile.block_size, len(req.blocks))
         if full > req.committed:
             self._extend_hashes(req, full * self.profile.block_size)
-            self.blocks.commit(req.blocks[:full], req.context(), req.hashes[:full], req.committed)
+            self.blocks.commit(
+                req.blocks[:full], req.context(), req.hashes[:full], req.committed, req.lora_id
+            )
             req.committed = full
 
     def _emit(self, req: Request, end: float, out: StepOutput) -> None:
@@ -301,3 +319,9 @@ class Scheduler:
             "preemptions": self.num_preemptions,
             "kv_usage": self.blocks.usage,
         }
+
+
+def _hash_seed(req: Request) -> int:
+    """Blocks computed under an adapter are a different cache entry (vLLM adds the LoRA to
+    the block hash's extra keys)."""
+    return NONE_HASH if not req.lora_id else xxhash.xxh64_intdigest(b"lora", seed=req.lora_id)

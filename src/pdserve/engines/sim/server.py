@@ -49,6 +49,13 @@ class EngineConfig:
     kv_events: dict[str, Any] | None = None  # parsed --kv-events-config
     side_channel_host: str = "127.0.0.1"
     side_channel_port: int = 0
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path), as --lora-modules
+    max_loras: int = 1
+
+    def lora_id(self, name: str) -> int | None:
+        """vLLM numbers adapters from 1 in the order given."""
+        names = [n for n, _ in self.lora_modules]
+        return names.index(name) + 1 if name in names else None
 
 
 class SimEngine:
@@ -70,7 +77,9 @@ class SimEngine:
             event(log, "max_model_len_capped", max_model_len=self.max_model_len)
         kv = kv_transfer.KVConfig.parse(cfg.kv_transfer, os.environ)
         self.pull_timeout = kv.pull_timeout
-        self.sched = Scheduler(p, self.gen, self.blocks, kv.lease_seconds, kv.policy == "fail")
+        self.sched = Scheduler(
+            p, self.gen, self.blocks, kv.lease_seconds, kv.policy == "fail", cfg.max_loras
+        )
         self.arena = kv_transfer.KVArena(p.num_blocks, p.block_bytes)
         self.nixl = None
         if cfg.kv_transfer and kv.transport == "nixl" and p.block_bytes:
@@ -179,6 +188,14 @@ class SimEngine:
         self.metrics.observe_state(
             int(s["running"]), int(s["waiting"]), s["kv_usage"], len(self.sched.leases)
         )
+        if self.cfg.lora_modules:
+            names = [n for n, _ in self.cfg.lora_modules]
+            waiting = {r.lora_id for r in self.sched.waiting if r.lora_id}
+            self.metrics.observe_loras(
+                [names[i - 1] for i in sorted(self.sched.active_loras())],
+                [names[i - 1] for i in sorted(waiting)],
+                self.cfg.max_loras,
+            )
         if self.publisher:
             self.publisher.flush()
 
@@ -448,6 +465,18 @@ class Api:
             }
             for name in (cfg.served_model_name, *cfg.aliases)
         ]
+        cards += [
+            {
+                "id": name,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "vllm",
+                "root": path,
+                "parent": cfg.served_model_name,
+                "max_model_len": None,
+            }
+            for name, path in cfg.lora_modules
+        ]
         return web.json_response({"object": "list", "data": cards})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -465,11 +494,13 @@ class Api:
                 raise ApiError(400, f"Invalid JSON in request body: {err}") from err
             p = parse(body, chat)
             cfg = engine.cfg
-            if p.model is not None and p.model not in (cfg.served_model_name, *cfg.aliases):
+            lora = cfg.lora_id(p.model) if p.model else None
+            if p.model and lora is None and p.model not in (cfg.served_model_name, *cfg.aliases):
                 raise ApiError(404, f"The model `{p.model}` does not exist.", "model")
             prompt = engine.tokenize(p)
             base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
             req = engine.new_request(p, prompt, base)
+            req.lora_id = lora
         except ApiError as err:
             return _error(err.status, err.message, err.param)
         queue = engine.submit(req)
@@ -516,7 +547,7 @@ class Api:
         use = usage(len(req.prompt), len(times), req.cached_tokens)
         self._log(req, times)
         return web.json_response(
-            full_response(p, req.id, engine.cfg.served_model_name, text, req.finish_reason, use, kv)
+            full_response(p, req.id, self._model(p), text, req.finish_reason, use, kv)
         )
 
     async def _stream(
@@ -526,7 +557,7 @@ class Api:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
-        model, created, times = self.engine.cfg.served_model_name, int(time.time()), []
+        model, created, times = self._model(p), int(time.time()), []
 
         async def send(obj: dict[str, Any]) -> None:
             await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
@@ -547,6 +578,11 @@ class Api:
         self._log(req, times)
         await resp.write_eof()
         return resp
+
+    def _model(self, p: Params) -> str:
+        """The name responses carry: the adapter when one was asked for, as vLLM does."""
+        cfg = self.engine.cfg
+        return p.model if p.model and cfg.lora_id(p.model) else cfg.served_model_name
 
     def _log(self, req: Request, times: list[float]) -> None:
         role = "producer" if req.remote_decode else "consumer" if req.remote_prefill else "local"

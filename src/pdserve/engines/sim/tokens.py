@@ -143,8 +143,9 @@ class Generator:
         self.eos = tokenizer.eos_token_id
 
     @staticmethod
-    def key(prompt_ids: Sequence[int]) -> int:
-        return xxhash.xxh64_intdigest(token_bytes(prompt_ids))
+    def key(prompt_ids: Sequence[int], adapter: int = 0) -> int:
+        """What the continuation depends on: the prompt, and the LoRA adapter if any."""
+        return xxhash.xxh64_intdigest(token_bytes(prompt_ids), seed=adapter)
 
     def token(self, key: int, position: int) -> int:
         h = xxhash.xxh64_intdigest(position.to_bytes(4, "little"), seed=key)
