@@ -16,7 +16,9 @@ def _model_dir(tmp_path) -> str:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
     fast.chat_template = (
-        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+        "{% for m in messages %}"
+        "{% if m['role'] == 'tool' %}{{ raise_exception('no tool messages') }}{% endif %}"
+        "{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
         "{% if add_generation_prompt %}assistant : {% endif %}"
     )
     fast.save_pretrained(tmp_path / "model")
@@ -36,3 +38,13 @@ def test_model_tokenizer_and_chat_template(sim_engine, tmp_path) -> None:
     # "user : hello world assistant :" under the template = 6 tokens
     assert chat["usage"]["prompt_tokens"] == 6
     assert chat["choices"][0]["message"]["content"].strip()
+
+
+def test_chat_template_errors_are_400_and_content_parts_are_joined(sim_engine, tmp_path) -> None:
+    engine = sim_engine("--zero-cost", "--model", _model_dir(tmp_path), kv=None)
+    url = f"{engine.url}/v1/chat/completions"
+    bad = httpx.post(url, json={"messages": [{"role": "tool", "content": "x"}]})
+    assert bad.status_code == 400 and "no tool messages" in bad.json()["message"]
+    parts = [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]
+    ok = httpx.post(url, json={"messages": [{"role": "user", "content": parts}], "max_tokens": 1})
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 6

@@ -311,7 +311,10 @@ class SimEngine:
             if bad is not None:
                 raise ApiError(400, f"Token id {bad} is out of vocabulary", "prompt")
             return list(p.prompt)
-        text = self.cfg.tokenizer.chat_prompt(p.messages) if p.chat else p.prompt
+        try:
+            text = self.cfg.tokenizer.chat_prompt(p.messages) if p.chat else p.prompt
+        except ValueError as err:
+            raise ApiError(400, str(err), "messages") from err
         return self.cfg.tokenizer.encode(text)
 
     def new_request(self, p: Params, prompt: list[int], base_id: str) -> Request:

@@ -92,11 +92,14 @@ class HFTokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        return chatml(messages)
+        if not getattr(self.tok, "chat_template", None):
+            return chatml(messages)
+        # Text-only model, as vLLM renders it: content parts are joined into one string.
+        plain = [{**m, "content": content_text(m.get("content"))} for m in messages]
+        try:
+            return self.tok.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # jinja2 errors, including the template's raise_exception
+            raise ValueError(f"chat template failed: {err}") from err
 
     def output_ids(self) -> list[int]:
         return self._outputs
