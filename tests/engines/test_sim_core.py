@@ -45,15 +45,20 @@ def _run(s: Scheduler, now: float = 0.0) -> float:
     return now
 
 
-def test_virtual_time_follows_the_profile() -> None:
-    prof = Profile(
+def _plain(**overrides: int) -> Profile:
+    """1 ms per prompt token, 10 ms per decode step whatever the batch: easy arithmetic."""
+    return Profile(
         prefill_ms_per_token=1.0,
         prefill_overhead_ms=0,
         decode_base_ms=10,
         decode_ms_per_seq=0,
         decode_ms_per_ctx_token=0,
+        **overrides,
     )
-    s = _sched(prof)
+
+
+def test_virtual_time_follows_the_profile() -> None:
+    s = _sched(_plain())
     s.add(Request("r", list(range(100)), max_tokens=5, arrival=0, ignore_eos=True))
     end = _run(s)
     # one prefill step (100 tokens) emits the first token, then 4 decode steps
@@ -84,15 +89,7 @@ def test_producer_holds_blocks_until_released_or_expired() -> None:
 
 
 def test_chunked_prefill_splits_a_long_prompt_and_shares_steps_with_decodes() -> None:
-    prof = Profile(
-        prefill_ms_per_token=1.0,
-        prefill_overhead_ms=0,
-        decode_base_ms=10,
-        decode_ms_per_seq=0,
-        decode_ms_per_ctx_token=0,
-        max_num_batched_tokens=64,
-    )
-    s = _sched(prof)
+    s = _sched(_plain(max_num_batched_tokens=64))
     short = Request("short", list(range(10)), max_tokens=50, arrival=0, ignore_eos=True)
     s.add(short)
     s.step(0)  # short's prefill: 10 tokens, first token out

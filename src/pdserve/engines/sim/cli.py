@@ -121,7 +121,7 @@ def _json_flag(name: str, text: str | None) -> dict | None:
 def main(argv: list[str]) -> int:
     args, unknown = parse_args(argv[1:])
     log = setup("sim-engine", args.log_level)
-    from pdserve.engines.sim.kv_events import parse_config
+    from pdserve.engines.sim.kv_events import enabled_config
     from pdserve.engines.sim.profile import load_profile
 
     profile = load_profile(args.profile, **{d: getattr(args, d) for d in _PROFILE_FLAGS.values()})
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
     model_dir = args.model or args.model_tag
     names = args.served_model_name or [model_dir or "sim-model"]
     kv_transfer = _json_flag("--kv-transfer-config", args.kv_transfer_config)
-    kv_events = parse_config(args.kv_events_config)
+    kv_events = enabled_config(_json_flag("--kv-events-config", args.kv_events_config))
     if unknown:
         event(log, "ignored_vllm_args", args=unknown)
     if args.model and not os.path.isdir(args.model):

@@ -4,12 +4,12 @@ Multipart messages [topic, 8-byte big-endian sequence, msgpack payload]; the pay
 [timestamp, [event, ...], data_parallel_rank] with events
 ["BlockStored", hashes, parent_hash, token_ids, block_size, lora_id, medium],
 ["BlockRemoved", hashes, medium] and ["AllBlocksCleared"]. Like vLLM, the publisher binds
-when the endpoint's host is a wildcard and connects otherwise (llm-d's EPP binds the SUB).
+when the endpoint is a wildcard, ipc:// or inproc:// and connects otherwise (llm-d's EPP
+binds the SUB).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -20,20 +20,15 @@ from pdserve.engines.sim.block_manager import CacheEvent
 from pdserve.errors import UserError
 
 
-def parse_config(text: str | None) -> dict[str, Any] | None:
-    """`--kv-events-config` JSON; None when absent or disabled."""
-    if not text:
+def enabled_config(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parsed `--kv-events-config`, or None when events are off."""
+    if not cfg or not cfg.get("enable_kv_cache_events", False):
         return None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"--kv-events-config: invalid JSON: {err}") from err
-    if not isinstance(cfg, dict):
-        raise UserError("--kv-events-config: expected a JSON object")
-    if not cfg.get("enable_kv_cache_events", False) or cfg.get("publisher", "zmq") == "null":
+    publisher = cfg.get("publisher", "zmq")
+    if publisher == "null":
         return None
-    if cfg.get("publisher", "zmq") != "zmq":
-        raise UserError(f"--kv-events-config: publisher {cfg['publisher']!r} not supported (zmq)")
+    if publisher != "zmq":
+        raise UserError(f"--kv-events-config: publisher {publisher!r} not supported (zmq)")
     return cfg
 
 
@@ -56,7 +51,7 @@ class KVEventPublisher:
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         endpoint = str(cfg.get("endpoint", "tcp://*:5557"))
-        if "*" in endpoint or "::" in endpoint:
+        if "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://")):
             self.sock.bind(endpoint)
         else:
             self.sock.connect(endpoint)
