@@ -154,3 +154,27 @@ def test_bad_arguments_exit_2_with_one_line(argv, env, needle) -> None:
     )
     assert done.returncode == 2 and needle in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_busy_side_channel_port_and_bad_events_endpoint_are_one_line_errors() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = str(busy.getsockname()[1])
+        kv = '{"kv_connector": "NixlConnector", "kv_role": "kv_both"}'
+        events = '{"enable_kv_cache_events": true, "endpoint": "tcp://no such host:1"}'
+        for argv, env, needle in (
+            (["--kv-transfer-config", kv], {"VLLM_NIXL_SIDE_CHANNEL_PORT": taken}, "side channel"),
+            (["--kv-events-config", events], {}, "--kv-events-config: endpoint"),
+        ):
+            done = subprocess.run(
+                [*PDSERVE, "sim-engine", "--port", "0", *argv],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **env},
+                timeout=60,
+            )
+            assert done.returncode == 2 and needle in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr

@@ -220,7 +220,11 @@ async def _serve(cfg, host: str, port: int, log: logging.Logger, ssl=None) -> No
     from pdserve.engines.sim.server import Api, SimEngine
 
     engine = SimEngine(cfg)
-    await engine.start()
+    try:
+        await engine.start()
+    except OSError as err:
+        where = f"{cfg.side_channel_host}:{cfg.side_channel_port}"
+        raise UserError(f"cannot listen on KV side channel {where}: {err.strerror}") from err
     runner = web.AppRunner(Api(engine).app(), access_log=None)
     await runner.setup()
     try:

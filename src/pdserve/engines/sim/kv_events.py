@@ -51,10 +51,12 @@ class KVEventPublisher:
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         endpoint = str(cfg.get("endpoint", "tcp://*:5557"))
-        if "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://")):
-            self.sock.bind(endpoint)
-        else:
-            self.sock.connect(endpoint)
+        bind = "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://"))
+        try:
+            (self.sock.bind if bind else self.sock.connect)(endpoint)
+        except zmq.ZMQError as err:
+            self.sock.close(0)
+            raise UserError(f"--kv-events-config: endpoint {endpoint!r}: {err}") from err
         self.seq = 0
         self.pending: list[list[Any]] = []
 
