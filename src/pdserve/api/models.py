@@ -1,0 +1,230 @@
+"""LLMInferenceService and LLMInferenceServiceConfig, serving.kserve.io/v1alpha1.
+
+Our own structures reject unknown fields (a typo in a manifest is the commonest user
+error, so it must fail like `kubectl --validate=strict`); the Kubernetes PodSpec is typed
+only as far as strategic merge needs (containers, env, ports, volumes, volumeMounts by key)
+and round-trips every other field unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "serving.kserve.io/v1alpha1"
+SERVICE_KIND = "LLMInferenceService"
+CONFIG_KIND = "LLMInferenceServiceConfig"
+URI_SCHEMES = ("hf://", "pvc://", "s3://", "oci://", "file://", "builtin://")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class Open(BaseModel):
+    """Kubernetes structures: the fields we merge on are typed, the rest pass through."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+
+# --- PodSpec (as far as strategic merge needs it) ----------------------------------------
+class EnvVar(Open):
+    name: str
+    value: str | None = None
+
+
+class ContainerPort(Open):
+    container_port: int = Field(ge=1, le=65535)
+    name: str | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] | None = None
+
+
+class VolumeMount(Open):
+    name: str
+    mount_path: str
+
+
+class Container(Open):
+    name: str
+    image: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: list[EnvVar] | None = None
+    ports: list[ContainerPort] | None = None
+    volume_mounts: list[VolumeMount] | None = None
+    resources: dict[str, Any] | None = None
+
+
+class Volume(Open):
+    name: str
+
+
+class PodSpec(Open):
+    containers: list[Container] | None = None
+    init_containers: list[Container] | None = None
+    volumes: list[Volume] | None = None
+
+
+# --- workload --------------------------------------------------------------------------------
+class Parallelism(Strict):
+    tensor: int | None = Field(None, ge=1)
+    pipeline: int | None = Field(None, ge=1)
+    data: int | None = Field(None, ge=1)
+    data_local: int | None = Field(None, ge=1)
+    data_rpc_port: int | None = Field(None, ge=1, le=65535, alias="dataRPCPort")
+    expert: bool | None = None
+
+
+class Scaling(Strict):
+    min_replicas: int | None = Field(None, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
+    wva: dict[str, Any] | None = None
+    keda: dict[str, Any] | None = None
+
+
+class Workload(Strict):
+    replicas: int | None = Field(None, ge=0)
+    parallelism: Parallelism | None = None
+    template: PodSpec | None = None
+    worker: PodSpec | None = None
+    scaling: Scaling | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _replicas_or_scaling(self) -> Workload:
+        if self.replicas is not None and self.scaling is not None:
+            raise ValueError("replicas and scaling are mutually exclusive")
+        return self
+
+
+# --- model -----------------------------------------------------------------------------------
+class LoRA(Strict):
+    adapters: list[dict[str, Any]] | None = None
+    max_rank: int | None = Field(None, ge=1)
+    max_adapters: int | None = Field(None, ge=1)
+    max_cpu_adapters: int | None = Field(None, ge=1)
+
+
+class Model(Strict):
+    uri: str | None = None
+    name: str | None = None
+    criticality: Literal["Critical", "Standard", "Sheddable"] | None = None
+    lora: LoRA | None = None
+
+    @model_validator(mode="after")
+    def _scheme(self) -> Model:
+        uri = self.uri
+        if uri and "://" in uri and not uri.startswith(URI_SCHEMES):
+            scheme = uri.split("://", 1)[0]
+            raise ValueError(
+                f"uri: unknown scheme {scheme!r} (expected one of "
+                f"{', '.join(s[:-3] for s in URI_SCHEMES)}, or a local path)"
+            )
+        return self
+
+
+# --- router ----------------------------------------------------------------------------------
+class Ref(Strict):
+    name: str
+    namespace: str | None = None
+    section_name: str | None = None
+
+
+class HTTPRouteRef(Strict):
+    refs: list[Ref] | None = None
+    spec: dict[str, Any] | None = None
+
+
+class Route(Strict):
+    http: HTTPRouteRef | None = None
+    group: str | None = None
+    weight: int | None = Field(None, ge=0)
+
+
+class Refs(Strict):
+    refs: list[Ref] | None = None
+
+
+class PoolRef(Strict):
+    ref: Ref | None = None
+    spec: dict[str, Any] | None = None
+
+
+class SchedulerConfig(Strict):
+    inline: str | dict[str, Any] | None = None
+    ref: dict[str, Any] | None = None
+
+
+class Scheduler(Strict):
+    pool: PoolRef | None = None
+    template: PodSpec | None = None
+    config: SchedulerConfig | None = None
+    replicas: int | None = Field(None, ge=0)
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class Router(Strict):
+    route: Route | None = None
+    gateway: Refs | None = None
+    ingress: Refs | None = None
+    scheduler: Scheduler | None = None
+
+
+class Tracing(Strict):
+    exporter_endpoint: str | None = None
+    sampler: str | None = None
+    sampler_arg: str | None = None
+    exporter: str | None = None
+
+
+class StorageInitializer(Strict):
+    enabled: bool | None = None
+
+
+class WorkloadExtras(Strict):
+    kv_cache_offloading: dict[str, Any] | None = None
+
+
+class Spec(Workload):
+    model: Model | None = None
+    base_refs: list[Ref] | None = None
+    prefill: Workload | None = None
+    router: Router | None = None
+    storage_initializer: StorageInitializer | None = None
+    tracing: Tracing | None = None
+    workload: WorkloadExtras | None = None
+
+
+class ObjectMeta(Open):
+    name: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class _Object(Strict):
+    api_version: Literal["serving.kserve.io/v1alpha1"]
+    metadata: ObjectMeta
+    spec: Spec = Field(default_factory=Spec)
+    status: dict[str, Any] | None = None
+
+
+class LLMInferenceServiceConfig(_Object):
+    kind: Literal["LLMInferenceServiceConfig"]
+
+
+class LLMInferenceService(_Object):
+    kind: Literal["LLMInferenceService"]
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name or ""
+
+
+def dump(obj: BaseModel) -> dict[str, Any]:
+    """The object as the JSON/YAML a user would write (camelCase, no nulls)."""
+    return obj.model_dump(by_alias=True, exclude_none=True, mode="json")
