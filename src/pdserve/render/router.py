@@ -1,0 +1,149 @@
+"""The router: the endpoint picker (Deployment, Service, RBAC), the InferencePool and
+InferenceModel, and the HTTPRoute from the gateway to the pool."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pdserve import wire
+from pdserve.render import names
+from pdserve.render.workload import meta, rbac
+
+POOL_GROUP = "inference.networking.x-k8s.io"
+
+
+def epp_deployment(service: dict[str, Any], namespace: str, config: str) -> dict[str, Any]:
+    name = service["metadata"]["name"]
+    scheduler = service["spec"]["router"]["scheduler"]
+    labels = names.scheduler_labels(name)
+    pod = copy.deepcopy(scheduler.get("template") or {})
+    for c in pod.get("containers", []):
+        if c.get("name") == "main":
+            args = c.setdefault("args", [])
+            if "--config-text" not in args and "--config-file" not in args:
+                args += ["--config-text", config]
+    pod.setdefault("serviceAccountName", f"{name}-epp-sa")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(f"{name}-kserve-router-scheduler", namespace, labels),
+        "spec": {
+            "replicas": scheduler.get("replicas") or 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": {**labels, **(scheduler.get("labels") or {})},
+                    **(
+                        {"annotations": scheduler["annotations"]}
+                        if scheduler.get("annotations")
+                        else {}
+                    ),
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def epp_service(name: str, namespace: str) -> dict[str, Any]:
+    ports = [
+        ("grpc-ext-proc", wire.EPP_GRPC_PORT),
+        ("grpc-health", wire.EPP_HEALTH_PORT),
+        ("metrics", wire.EPP_METRICS_PORT),
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(f"{name}-epp-service", namespace, names.scheduler_labels(name)),
+        "spec": {
+            "selector": names.scheduler_labels(name),
+            "ports": [
+                {
+                    "name": n,
+                    "port": p,
+                    "targetPort": p,
+                    "protocol": "TCP",
+                    **({"appProtocol": "http2"} if n == "grpc-ext-proc" else {}),
+                }
+                for n, p in ports
+            ],
+        },
+    }
+
+
+def epp_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
+    read = ["get", "list", "watch"]
+    rules = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+        {
+            "apiGroups": [POOL_GROUP, "inference.networking.k8s.io"],
+            "resources": ["inferencepools", "inferencemodels", "inferenceobjectives"],
+            "verbs": read,
+        },
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+    ]
+    return rbac(name, namespace, rules, f"{name}-epp-sa", f"{name}-epp-role", f"{name}-epp-rb")
+
+
+def inference_pool(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{POOL_GROUP}/v1alpha2",
+        "kind": "InferencePool",
+        "metadata": meta(f"{name}-inference-pool", namespace, names.owner(name)),
+        "spec": {
+            "selector": names.pool_selector(name),
+            "targetPortNumber": wire.SIDECAR_PORT,
+            "extensionRef": {
+                "name": f"{name}-epp-service",
+                "kind": "Service",
+                "portNumber": wire.EPP_GRPC_PORT,
+                "failureMode": "FailOpen",
+            },
+        },
+    }
+
+
+def inference_model(service: dict[str, Any], namespace: str) -> dict[str, Any]:
+    name, model = service["metadata"]["name"], service["spec"]["model"]
+    return {
+        "apiVersion": f"{POOL_GROUP}/v1alpha2",
+        "kind": "InferenceModel",
+        "metadata": meta(f"{name}-inference-model", namespace, names.owner(name)),
+        "spec": {
+            "modelName": model.get("name") or name,
+            "criticality": model.get("criticality") or "Critical",
+            "poolRef": {
+                "group": POOL_GROUP,
+                "kind": "InferencePool",
+                "name": f"{name}-inference-pool",
+            },
+        },
+    }
+
+
+def http_route(service: dict[str, Any], namespace: str) -> dict[str, Any] | None:
+    name = service["metadata"]["name"]
+    route = (service["spec"].get("router") or {}).get("route") or {}
+    spec = (route.get("http") or {}).get("spec")
+    if spec is None:
+        return None
+    spec = copy.deepcopy(spec)
+    refs = ((service["spec"].get("router") or {}).get("gateway") or {}).get("refs")
+    if refs:  # the user's gateways replace the default parent
+        spec["parentRefs"] = [
+            {
+                "group": "gateway.networking.k8s.io",
+                "kind": "Gateway",
+                "name": r["name"],
+                "namespace": r.get("namespace", namespace),
+                **({"sectionName": r["sectionName"]} if r.get("sectionName") else {}),
+            }
+            for r in refs
+        ]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": meta(f"{name}-kserve-route", namespace, names.owner(name)),
+        "spec": spec,
+    }
