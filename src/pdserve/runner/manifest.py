@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pdserve.errors import UserError
-from pdserve.runner.plan import Plan, as_dict, make_plan
+from pdserve.runner.plan import Plan, make_plan
 
 SERVICE_KIND = "LLMInferenceService"
 
@@ -26,6 +26,6 @@ def load_plan(path: Path, namespace: str | None = None) -> Plan:
     if len(services) != 1:
         raise UserError(f"{path}: expected one {SERVICE_KIND}, found {len(services)}")
     merged = api.resolve(services[0], configs, namespace=namespace)
-    merged_dict = as_dict(merged)
+    merged_dict = api.dump(merged)
     ns = namespace or (merged_dict.get("metadata") or {}).get("namespace") or "default"
     return make_plan(merged_dict, ns, render.epp_config(merged))

@@ -49,13 +49,6 @@ class Plan:
         return self.decode
 
 
-def as_dict(obj: Any) -> dict[str, Any]:
-    """A parsed manifest object as plain JSON (pydantic models or dicts)."""
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(by_alias=True, exclude_none=True, mode="json")
-    return dict(obj)
-
-
 def make_plan(merged: dict[str, Any], namespace: str, scheduler_config: str) -> Plan:
     meta = merged.get("metadata") or {}
     spec = merged.get("spec") or {}
