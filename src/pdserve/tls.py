@@ -1,24 +1,26 @@
-"""TLS for the sidecar: a self-signed certificate when none is given, as llm-d does."""
+"""TLS: self-signed certificates (sidecar, rendered Secrets) and client contexts."""
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 import tempfile
 from pathlib import Path
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
+def self_signed_pem() -> tuple[str, str]:
+    """A fresh EC P-256 certificate for localhost/127.0.0.1 and its key, PEM-encoded."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pdserve-sidecar")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pdserve")])
     now = datetime.datetime.now(datetime.UTC)
     san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     )
     cert = (
         x509.CertificateBuilder()
@@ -31,15 +33,18 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         .add_extension(san, critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key.decode()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """Write a self-signed pair as tls.crt / tls.key (the layout llm-d's --cert-path expects)."""
+    cert, key = self_signed_pem()
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_text(cert)
+    key_path.write_text(key)
     return cert_path, key_path
 
 
@@ -48,7 +53,7 @@ def server_context(cert_dir: str) -> ssl.SSLContext:
     if cert_dir:
         cert, key = Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key"
     else:
-        cert, key = self_signed(Path(tempfile.mkdtemp(prefix="pdserve-sidecar-tls-")))
+        cert, key = self_signed(Path(tempfile.mkdtemp(prefix="pdserve-tls-")))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     return ctx

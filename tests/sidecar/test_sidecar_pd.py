@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from pdserve.process import free_port
-from pdserve.sidecar.tls import self_signed
+from pdserve.tls import self_signed
 from testkit import metric
 
 HDR = "x-prefiller-host-port"

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     )
     ssl_ctx = None
     if args.secure_proxy:
-        from pdserve.sidecar.tls import server_context
+        from pdserve.tls import server_context
 
         ssl_ctx = server_context(args.cert_path)
     try:

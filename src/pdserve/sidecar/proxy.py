@@ -102,7 +102,7 @@ class Sidecar:
     def _ssl(self, tls: bool, insecure: bool) -> ssl.SSLContext | bool:
         if not tls:
             return False
-        from pdserve.sidecar.tls import client_context
+        from pdserve.tls import client_context
 
         return client_context(insecure)
 
