@@ -5,13 +5,13 @@ through its gateway with the same mixed load, one after another in one run:
   pd     1 prefill + 1 decode engine, a core each (the example)
   agg1   one aggregated engine with both cores
   agg2   two aggregated engines, a core each, behind the same EPP
-Load: `--streams` closed-loop chat streams (short prompt, fixed 48 output tokens) whose
+Load: `--streams` closed-loop chat streams (short prompt, fixed 32 output tokens) whose
 TTFT and inter-token latency (ITL) are measured, while one closed loop keeps sending long
-prompts (~1.5k tokens, distinct so the prefix cache cannot help, 1 output token). The P/D
+prompts (~500 tokens, distinct so the prefix cache cannot help, 1 output token). The P/D
 claim: decode ITL is insulated from the long prefills. Prints p50/p99 per topology and the
 ratios to `pd`.
 
-usage: .venv/bin/python bench/up_pd_vs_agg.py [--seconds 60] [--streams 3]
+usage: .venv/bin/python bench/up_pd_vs_agg.py [--seconds 60] [--streams 3] [--via direct]
 """
 
 from __future__ import annotations
@@ -19,23 +19,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from itertools import cycle
 from pathlib import Path
 
 import httpx
 import yaml
 
-from pdserve.process import free_port
+from pdserve.engines import model, vllm
+from pdserve.process import ManagedProcess, free_port
+from pdserve.wire import PREFILLER_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "pd-smollm2.yaml"
 PDSERVE = [sys.executable, "-m", "pdserve"]
 MODEL = "smollm2"
+LONG_WORDS = 400  # ~500 tokens: a prefill of a few seconds on one CPU core
 WORDS = [
     "river",
     "stone",
@@ -71,18 +77,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def stream_once(client: httpx.AsyncClient, ttft: list[float], itl: list[float]) -> None:
+Target = Callable[[], tuple[str, dict[str, str]]]  # -> (base URL, extra headers) per request
+
+
+async def stream_once(
+    client: httpx.AsyncClient, target: Target, ttft: list[float], itl: list[float]
+) -> None:
     body = {
         "model": MODEL,
         "stream": True,
-        "max_tokens": 48,
+        "max_tokens": 32,
         "ignore_eos": True,
         "temperature": 0,
         "messages": [{"role": "user", "content": "Tell me about the sea."}],
     }
+    base, headers = target()
     start = time.perf_counter()
     last = None
-    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+    url = f"{base}/v1/chat/completions"
+    async with client.stream("POST", url, json=body, headers=headers) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -98,28 +111,30 @@ async def stream_once(client: httpx.AsyncClient, ttft: list[float], itl: list[fl
             last = now
 
 
-async def long_once(client: httpx.AsyncClient, rng: random.Random) -> None:
-    text = " ".join(rng.choice(WORDS) for _ in range(1400))
+async def long_once(client: httpx.AsyncClient, target: Target, rng: random.Random) -> None:
+    text = " ".join(rng.choice(WORDS) for _ in range(LONG_WORDS))
     body = {"model": MODEL, "max_tokens": 1, "prompt": text}
-    (await client.post("/v1/completions", json=body)).raise_for_status()
+    base, headers = target()
+    resp = await client.post(f"{base}/v1/completions", json=body, headers=headers)
+    resp.raise_for_status()
 
 
-async def drive(url: str, seconds: float, streams: int) -> dict[str, float]:
+async def drive(target: Target, seconds: float, streams: int) -> dict[str, float]:
     ttft: list[float] = []
     itl: list[float] = []
     longs = [0]
     deadline = time.monotonic() + seconds
     rng = random.Random(7)
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        await stream_once(client, [], [])  # warm-up, not measured
+    async with httpx.AsyncClient(timeout=600) as client:
+        await stream_once(client, target, [], [])  # warm-up, not measured
 
         async def streamer() -> None:
             while time.monotonic() < deadline:
-                await stream_once(client, ttft, itl)
+                await stream_once(client, target, ttft, itl)
 
         async def prefiller() -> None:
             while time.monotonic() < deadline:
-                await long_once(client, rng)
+                await long_once(client, target, rng)
                 longs[0] += 1
 
         await asyncio.gather(prefiller(), *(streamer() for _ in range(streams)))
@@ -144,11 +159,70 @@ def run(topology: str, tmp: Path, seconds: float, streams: int) -> dict[str, flo
         if done.returncode != 0:
             raise SystemExit(f"{topology}: pdserve up failed:\n{done.stderr}")
         ready = time.perf_counter() - started
-        result = asyncio.run(drive(f"http://127.0.0.1:{port}", seconds, streams))
+        url = f"http://127.0.0.1:{port}"
+        result = asyncio.run(drive(lambda: (url, {}), seconds, streams))
         result["up_s"] = ready
         return result
     finally:
         subprocess.run([*PDSERVE, "down", *state], capture_output=True)
+
+
+def run_direct(topology: str, tmp: Path, seconds: float, streams: int) -> dict[str, float]:
+    """The same engines without Envoy and the EPP: the client does the EPP's job (sets the
+    prefill header for P/D, round-robins two aggregated engines). Gateway overhead is ~1 ms,
+    small next to CPU decode steps; use it when the router is unavailable."""
+    model_dir = model.resolve("builtin://smollm2-135m-instruct")
+    procs: list[ManagedProcess] = []
+
+    def start(name: str, cores: str, pd: bool) -> int:
+        port = free_port()
+        cmd = vllm.command(
+            model_dir, MODEL, port, pd=pd, side_channel_port=free_port(), cores=cores
+        )
+        proc = ManagedProcess(
+            name, cmd.argv, tmp / f"{topology}-{name}.log", env={**os.environ, **cmd.env}
+        ).start()
+        procs.append(proc)
+        return port
+
+    started = time.perf_counter()
+    try:
+        if topology == "pd":
+            prefill, decode = start("prefill", "0", True), start("decode", "1", True)
+            side = free_port()
+            argv = [
+                *PDSERVE,
+                "sidecar",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(side),
+                "--vllm-port",
+                str(decode),
+                "--secure-proxy=false",
+            ]
+            procs.append(ManagedProcess("sidecar", argv, tmp / "sidecar.log").start())
+            ports = [prefill, decode]
+            url, headers = f"http://127.0.0.1:{side}", {PREFILLER_HEADER: f"127.0.0.1:{prefill}"}
+            target: Target = lambda: (url, headers)  # noqa: E731
+        elif topology == "agg1":
+            ports = [start("engine", "0-1", False)]
+            target = lambda: (f"http://127.0.0.1:{ports[0]}", {})  # noqa: E731
+        else:
+            ports = [start("engine-0", "0", False), start("engine-1", "1", False)]
+            turn = cycle(ports)
+            target = lambda: (f"http://127.0.0.1:{next(turn)}", {})  # noqa: E731
+        for proc, port in zip(procs, ports, strict=False):
+            proc.wait_http(f"http://127.0.0.1:{port}/health", 900)
+        if topology == "pd":
+            procs[-1].wait_http(f"http://127.0.0.1:{side}/health", 60)
+        ready = time.perf_counter() - started
+        result = asyncio.run(drive(target, seconds, streams))
+        result["up_s"] = ready
+        return result
+    finally:
+        for proc in procs:
+            proc.stop(timeout=30)
 
 
 def main() -> None:
@@ -156,11 +230,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--streams", type=int, default=3)
     ap.add_argument("--topologies", default="pd,agg1,agg2")
+    ap.add_argument("--via", choices=("gateway", "direct"), default="gateway")
     args = ap.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for topology in args.topologies.split(","):
-            results[topology] = run(topology, Path(tmp), args.seconds, args.streams)
+            runner = run if args.via == "gateway" else run_direct
+            results[topology] = runner(topology, Path(tmp), args.seconds, args.streams)
             r = results[topology]
             print(
                 f"{topology:>5}: up {r['up_s']:.0f}s  TTFT p50 {r['ttft_p50'] * 1e3:.0f} ms "
