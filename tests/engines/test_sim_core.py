@@ -72,8 +72,9 @@ def test_continuous_batching_admits_up_to_max_num_seqs() -> None:
         s.add(r)
     s.step(0)
     assert len(s.running) == 2 and len(s.waiting) == 1
-    _run(s)
+    _run(s, now=1.0)
     assert all(r.done and len(r.output) == 3 for r in reqs)
+    assert [r.scheduled_at for r in reqs] == [0, 0, 1.0]  # the third queued until a slot freed
     assert s.blocks.usage == 0
 
 

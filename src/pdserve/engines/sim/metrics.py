@@ -72,6 +72,15 @@ class EngineMetrics:
         self.e2e = hist(
             "vllm:e2e_request_latency_seconds", "End to end request latency in seconds."
         )
+        self.queue_time = hist(
+            "vllm:request_queue_time_seconds", "Time spent in the WAITING phase for request."
+        )
+        self.prefill_time = hist(
+            "vllm:request_prefill_time_seconds", "Time spent in the PREFILL phase for request."
+        )
+        self.decode_time = hist(
+            "vllm:request_decode_time_seconds", "Time spent in the DECODE phase for request."
+        )
         self.kv_pulls = Counter(
             "pdserve_sim:kv_pulls",
             "P/D KV pulls by transport and outcome.",

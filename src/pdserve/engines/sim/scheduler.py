@@ -46,6 +46,7 @@ class Request:
     preemptions: int = 0
     finish_reason: str | None = None
     error: str | None = None
+    scheduled_at: float | None = None  # first admission (end of its queueing)
     first_token_at: float | None = None
     key: int = 0
     external_id: str = ""  # the caller's id (x-request-id), for logs only
@@ -184,7 +185,7 @@ class Scheduler:
         if out.preempted:  # a victim may have been scheduled before it was preempted
             batch = [(r, n) for r, n in batch if r.phase is Phase.RUNNING]
         else:  # as vLLM: no new admissions in a step that had to preempt
-            self._admit(out, batch, budget)
+            self._admit(now, out, batch, budget)
         context = 0
         for req, n in batch:
             if req.output and n == 1:
@@ -223,7 +224,9 @@ class Scheduler:
         self.waiting.appendleft(req)
         out.preempted.append(req)
 
-    def _admit(self, out: StepOutput, batch: list[tuple[Request, int]], budget: int) -> None:
+    def _admit(
+        self, now: float, out: StepOutput, batch: list[tuple[Request, int]], budget: int
+    ) -> None:
         loras = self.active_loras()
         skipped: list[Request] = []  # requests of adapters that would exceed max_loras
         while (
@@ -252,6 +255,7 @@ class Scheduler:
             )
             if not req.preemptions:
                 req.cached_tokens = cached
+                req.scheduled_at = now
             if req.remote_prefill is not None and not req.preemptions:
                 if cached < len(req.prompt) - 1:
                     req.phase = Phase.WAITING_FOR_KV

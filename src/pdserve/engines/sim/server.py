@@ -393,6 +393,11 @@ class SimEngine:
             m.itl.observe(b - a)
             m.tpot.observe(b - a)
         m.e2e.observe(now - req.arrival)
+        if req.scheduled_at is not None:
+            m.queue_time.observe(req.scheduled_at - req.arrival)
+            if token_times:
+                m.prefill_time.observe(max(token_times[0] - req.scheduled_at, 0))
+                m.decode_time.observe(token_times[-1] - token_times[0])
         m.success.labels(**v, finished_reason=req.finish_reason or "abort").inc()
         m.prefix_queries.inc(len(req.prompt))
         m.prefix_hits.inc(req.cached_tokens)
