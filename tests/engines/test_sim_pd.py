@@ -252,3 +252,31 @@ def test_request_blocked_by_leased_blocks_waits_idle_then_runs_on_expiry(
     worker.join(30)
     assert result["r"].status_code == 200  # ran once the lease expired and freed its blocks
     assert result["r"].json()["usage"]["completion_tokens"] == 5
+
+
+def test_streamed_chat_through_pd_equals_aggregated(sim_engine) -> None:
+    import openai
+
+    p, d, agg = (sim_engine("--zero-cost") for _ in range(3))
+    body = {
+        "model": "sim",
+        "messages": [{"role": "user", "content": "Explain prefix caching " * 20}],
+        "max_completion_tokens": 9,
+    }
+    leg = {**body, "kv_transfer_params": prefill_kv_transfer_params(), "stream": False}
+    leg["max_tokens"] = leg["max_completion_tokens"] = 1
+    params = httpx.post(f"{p.url}/v1/chat/completions", json=leg).json()["kv_transfer_params"]
+    client = openai.OpenAI(base_url=f"{d.url}/v1", api_key="x")
+    stream = client.chat.completions.create(
+        **body,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"kv_transfer_params": params},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    whole = openai.OpenAI(base_url=f"{agg.url}/v1", api_key="x").chat.completions.create(**body)
+    assert text == whole.choices[0].message.content and chunks[-1].usage.completion_tokens == 9
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert metric(d.url, "pdserve_sim:kv_pulls_total", outcome="ok") == 1
+    assert metric(d.url, "vllm:prompt_tokens_total") == 1  # only the last token recomputed
