@@ -65,9 +65,13 @@ def well_known(spec: Spec) -> list[str]:
 
 
 def resolve(
-    service: LLMInferenceService, configs: Iterable[Any] = (), namespace: str | None = None
+    service: LLMInferenceService,
+    configs: Iterable[Any] = (),
+    namespace: str | None = None,
+    where: str | None = None,
 ) -> LLMInferenceService:
-    where = service.name
+    """The merged, templated service; problems are reported against `where` (its file)."""
+    where = where or service.name
     by_name = {
         c.metadata.name: dump(c) for c in configs if isinstance(c, LLMInferenceServiceConfig)
     }
@@ -100,7 +104,7 @@ def resolve(
     try:
         return LLMInferenceService.model_validate(merged)
     except ValidationError as err:
-        raise ManifestError(validation_problems(f"{where} (merged)", err)) from None
+        raise ManifestError(validation_problems(f"{where} (after merging configs)", err)) from None
 
 
 def resolve_file(
@@ -113,4 +117,4 @@ def resolve_file(
     services = [d for d in docs if isinstance(d, LLMInferenceService)]
     if not services:
         raise ManifestError([f"{path}: no LLMInferenceService in the file"])
-    return [resolve(s, configs, namespace) for s in services]
+    return [resolve(s, configs, namespace, path) for s in services]

@@ -1,0 +1,172 @@
+"""Every upstream sample renders to objects that the Kubernetes schemas and CRDs accept."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from pdserve import api, render
+from testkit import REFERENCE
+
+SAMPLES = sorted((REFERENCE / "kserve-v0.16-samples").glob("*.yaml"))
+CORE = {"Deployment", "Service", "Secret", "ServiceAccount", "Role", "RoleBinding"}
+
+
+@cache
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    out = {}
+    for path in (REFERENCE / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            out[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return out
+
+
+def check(obj: dict) -> None:
+    if obj["kind"] in CORE:
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+        return
+    schema = crd_schemas().get((obj["apiVersion"], obj["kind"]))
+    assert schema is not None, f"no CRD for {obj['apiVersion']} {obj['kind']}"
+    jsonschema.validate(obj, schema)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_sample_renders_valid_objects(sample: Path) -> None:
+    [service] = api.resolve_file(str(sample))
+    objs = render.render(service, certs=("crt", "key"))
+    assert objs
+    for obj in objs:
+        check(obj)
+    # The service itself, merged, still satisfies the LLMInferenceService CRD.
+    merged = api.dump(service)
+    jsonschema.validate(merged, crd_schemas()[(merged["apiVersion"], merged["kind"])])
+
+
+def test_pd_sample_matches_the_protocol_table() -> None:
+    path = (
+        REFERENCE / "kserve-v0.16-samples" / "llm-inference-service-pd-facebook-opt-125m-cpu.yaml"
+    )
+    [service] = api.resolve_file(str(path))
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in render.render(service)}
+    n = "facebook-opt-125m-pd"
+    decode = objs[("Deployment", f"{n}-kserve")]
+    prefill = objs[("Deployment", f"{n}-kserve-prefill")]
+    labels = decode["spec"]["template"]["metadata"]["labels"]
+    assert labels == {
+        "app.kubernetes.io/component": "llminferenceservice-workload",
+        "app.kubernetes.io/name": n,
+        "app.kubernetes.io/part-of": "llminferenceservice",
+        "kserve.io/component": "workload",
+        "llm-d.ai/role": "decode",
+    }
+    plabels = prefill["spec"]["template"]["metadata"]["labels"]
+    assert plabels["app.kubernetes.io/component"] == "llminferenceservice-workload-prefill"
+    assert plabels["llm-d.ai/role"] == "prefill"
+    assert decode["spec"]["replicas"] == 1 and prefill["spec"]["replicas"] == 1
+    pod = decode["spec"]["template"]["spec"]
+    [main] = [c for c in pod["containers"] if c["name"] == "main"]
+    [sidecar] = [c for c in pod["initContainers"] if c["name"] == "llm-d-routing-sidecar"]
+    assert [p["containerPort"] for p in main["ports"]] == [8001]
+    assert sidecar["restartPolicy"] == "Always"
+    assert [p["containerPort"] for p in sidecar["ports"]] == [8000]
+    assert {"--port=8000", "--vllm-port=8001", "--connector=nixlv2"} <= set(sidecar["args"])
+    assert {e["name"] for e in sidecar["env"]} >= {
+        "INFERENCE_POOL_NAMESPACE",
+        "INFERENCE_POOL_NAME",
+    }
+    [pmain] = prefill["spec"]["template"]["spec"]["containers"]
+    assert [p["containerPort"] for p in pmain["ports"]] == [8000]
+    assert "NixlConnector" in " ".join(pmain["args"]) and "NixlConnector" in " ".join(main["args"])
+    svc = objs[("Service", f"{n}-kserve-workload-svc")]
+    assert svc["spec"]["ports"][0]["port"] == 8000
+    assert ("Secret", f"{n}-kserve-self-signed-certs") in objs
+    for kind, name in [
+        ("ServiceAccount", f"{n}-kserve"),
+        ("Role", f"{n}-kserve-role"),
+        ("RoleBinding", f"{n}-kserve-rb"),
+        ("ServiceAccount", f"{n}-epp-sa"),
+        ("Role", f"{n}-epp-role"),
+        ("RoleBinding", f"{n}-epp-rb"),
+    ]:
+        assert (kind, name) in objs
+    epp = objs[("Deployment", f"{n}-kserve-router-scheduler")]
+    assert epp["metadata"]["labels"]["app.kubernetes.io/component"] == (
+        "llminferenceservice-router-scheduler"
+    )
+    ports = {p["containerPort"] for p in epp["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports == {9002, 9003, 9090}
+    epp_args = epp["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "pd-profile-handler" in epp_args[epp_args.index("--config-text") + 1]
+    assert ("Service", f"{n}-epp-service") in objs
+    pool = objs[("InferencePool", f"{n}-inference-pool")]
+    assert pool["spec"]["targetPortNumber"] == 8000
+    assert pool["spec"]["extensionRef"]["name"] == f"{n}-epp-service"
+    assert pool["spec"]["extensionRef"]["failureMode"] == "FailOpen"
+    assert pool["spec"]["selector"].items() <= labels.items()
+    model = objs[("InferenceModel", f"{n}-inference-model")]
+    assert model["spec"]["criticality"] == "Critical"
+    route = objs[("HTTPRoute", f"{n}-kserve-route")]
+    rule = route["spec"]["rules"][0]
+    assert rule["matches"][0]["path"] == {"type": "PathPrefix", "value": f"/default/{n}"}
+    assert rule["backendRefs"][0]["name"] == f"{n}-inference-pool"
+    assert rule["timeouts"] == {"request": "0s", "backendRequest": "0s"}
+
+
+def test_multinode_renders_leaderworkersets_and_rdma_passes_through() -> None:
+    doc = {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "LLMInferenceService",
+        "metadata": {"name": "moe", "annotations": {"k8s.v1.cni.cncf.io/networks": "roce-p2"}},
+        "spec": {
+            "model": {"uri": "hf://deepseek-ai/DeepSeek-V2-Lite"},
+            "replicas": 2,
+            "parallelism": {"data": 16, "dataLocal": 8, "expert": True, "tensor": 1},
+            "template": {
+                "containers": [
+                    {
+                        "name": "main",
+                        "resources": {"limits": {"nvidia.com/gpu": "8", "rdma/roce_gdr": "1"}},
+                    }
+                ]
+            },
+            "worker": {"containers": [{"name": "main"}]},
+            "prefill": {
+                "replicas": 1,
+                "parallelism": {"data": 8, "dataLocal": 8},
+                "template": {"containers": [{"name": "main"}]},
+                "worker": {"containers": [{"name": "main"}]},
+            },
+            "router": {"scheduler": {}, "route": {}, "gateway": {}},
+        },
+    }
+    from pdserve.api.loader import parse
+
+    service = api.resolve(parse(doc, "moe"))
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in render.render(service)}
+    lws = objs[("LeaderWorkerSet", "moe-kserve-mn")]
+    assert ("LeaderWorkerSet", "moe-kserve-mn-prefill") in objs
+    assert lws["spec"]["replicas"] == 2 and lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    assert leader["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "roce-p2"
+    [main] = [c for c in leader["spec"]["containers"] if c["name"] == "main"]
+    script = main["args"][0]
+    for flag in (
+        "--data-parallel-size 16",
+        "--data-parallel-size-local 8",
+        "--data-parallel-address",
+        "--data-parallel-rpc-port",
+        "--data-parallel-start-rank",
+        "--enable-expert-parallel",
+    ):
+        assert flag in script
+    assert main["resources"]["limits"]["rdma/roce_gdr"] == "1"
+    assert {"name": "VLLM_ALL2ALL_BACKEND", "value": "deepep_high_throughput"} in main["env"]
+    for obj in objs.values():
+        check(obj)

@@ -1,0 +1,212 @@
+"""Malformed manifests: exit 2 and one line naming the field or line, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+
+from pdserve.cli import main
+from testkit import PDSERVE
+
+GOOD = """\
+apiVersion: serving.kserve.io/v1alpha1
+kind: LLMInferenceService
+metadata:
+  name: svc
+spec:
+  model:
+    uri: hf://org/model
+  replicas: 1
+  template:
+    containers:
+      - name: main
+  prefill:
+    replicas: 1
+  router:
+    scheduler: {}
+    route: {}
+"""
+
+
+def _sub(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+CONFIG = """\
+---
+apiVersion: serving.kserve.io/v1alpha1
+kind: LLMInferenceServiceConfig
+metadata:
+  name: extra
+spec:
+  template:
+    containers:
+      - name: main
+        args: ["{{ .Spec.Nope.Name }}"]
+"""
+
+BAD: dict[str, tuple[str, str]] = {
+    "negative replicas": (
+        _sub("  replicas: 1\n  template", "  replicas: -1\n  template"),
+        "spec.replicas: must be >= 0",
+    ),
+    "negative prefill replicas": (
+        _sub("    replicas: 1\n  router", "    replicas: -2\n  router"),
+        "spec.prefill.replicas: must be >= 0",
+    ),
+    "replicas wrong type": (
+        _sub("  replicas: 1\n  template", "  replicas: two\n  template"),
+        "spec.replicas: must be an integer",
+    ),
+    "unknown spec field": (
+        _sub("  replicas: 1\n", "  replica: 1\n"),
+        "spec.replica: unknown field",
+    ),
+    "unknown model field": (
+        _sub("    uri: hf://org/model\n", "    uri: hf://org/model\n    url: x\n"),
+        "spec.model.url: unknown field",
+    ),
+    "unknown router field": (
+        _sub("    route: {}\n", "    routes: {}\n"),
+        "spec.router.routes: unknown field",
+    ),
+    "missing model uri": (
+        _sub("    uri: hf://org/model\n", "    name: m\n"),
+        "spec.model.uri: required",
+    ),
+    "missing model": (_sub("  model:\n    uri: hf://org/model\n", ""), "spec.model.uri: required"),
+    "unknown uri scheme": (
+        _sub("hf://org/model", "ftp://org/model"),
+        "spec.model.uri: unknown scheme 'ftp'",
+    ),
+    "bad criticality": (
+        _sub("    uri: hf://org/model\n", "    uri: hf://org/model\n    criticality: Urgent\n"),
+        "spec.model.criticality: must be",
+    ),
+    "missing baseRef": (
+        _sub("spec:\n", "spec:\n  baseRefs:\n    - name: nowhere\n"),
+        "spec.baseRefs[0].name: LLMInferenceServiceConfig 'nowhere' not found",
+    ),
+    "missing template key": (
+        _sub("spec:\n", "spec:\n  baseRefs:\n    - name: extra\n") + CONFIG,
+        "map has no entry for key '.Spec.Nope.Name'",
+    ),
+    "yaml syntax error": ("apiVersion: x\nkind: [unclosed\nmetadata: {}\n", "line 3"),
+    "wrong kind": (
+        _sub("kind: LLMInferenceService\n", "kind: InferenceService\n"),
+        "kind: expected LLMInferenceService or LLMInferenceServiceConfig",
+    ),
+    "wrong apiVersion": (
+        _sub("serving.kserve.io/v1alpha1", "serving.kserve.io/v1beta1"),
+        "apiVersion: expected serving.kserve.io/v1alpha1",
+    ),
+    "empty file": ("", "empty file"),
+    "only comments": ("# nothing here\n", "empty file"),
+    "not a mapping": ("- a\n- b\n", "expected a mapping"),
+    "missing name": (_sub("  name: svc\n", "  labels: {a: b}\n"), "metadata.name: required"),
+    "tensor zero": (
+        _sub("  replicas: 1\n  template", "  parallelism: {tensor: 0}\n  replicas: 1\n  template"),
+        "spec.parallelism.tensor: must be >= 1",
+    ),
+    "rpc port too high": (
+        _sub(
+            "  replicas: 1\n  template",
+            "  parallelism: {dataRPCPort: 70000}\n  replicas: 1\n  template",
+        ),
+        "spec.parallelism.dataRPCPort: must be <= 65535",
+    ),
+    "expert not bool": (
+        _sub(
+            "  replicas: 1\n  template", "  parallelism: {expert: maybe}\n  replicas: 1\n  template"
+        ),
+        "spec.parallelism.expert: must be a boolean",
+    ),
+    "container without name": (
+        _sub("      - name: main\n", "      - image: x\n"),
+        "spec.template.containers[0].name: required",
+    ),
+    "port out of range": (
+        _sub("      - name: main\n", "      - name: main\n        ports: [{containerPort: 0}]\n"),
+        "spec.template.containers[0].ports[0].containerPort: must be >= 1",
+    ),
+    "env without name": (
+        _sub("      - name: main\n", "      - name: main\n        env: [{value: x}]\n"),
+        "spec.template.containers[0].env[0].name: required",
+    ),
+    "args not a list": (
+        _sub("      - name: main\n", "      - name: main\n        args: --x\n"),
+        "spec.template.containers[0].args: must be a list",
+    ),
+    "replicas and scaling": (
+        _sub("  replicas: 1\n  template", "  replicas: 1\n  scaling: {minReplicas: 1}\n  template"),
+        "replicas and scaling are mutually exclusive",
+    ),
+    "gateway ref without name": (
+        _sub("    route: {}\n", "    route: {}\n    gateway:\n      refs: [{namespace: x}]\n"),
+        "spec.router.gateway.refs[0].name: required",
+    ),
+    "unknown scheduler field": (
+        _sub("    scheduler: {}\n", "    scheduler: {poool: {}}\n"),
+        "spec.router.scheduler.poool: unknown field",
+    ),
+    "prefill unknown field": (
+        _sub("    replicas: 1\n  router", "    replicas: 1\n    templat: {}\n  router"),
+        "spec.prefill.templat: unknown field",
+    ),
+    "lora maxRank zero": (
+        _sub("    uri: hf://org/model\n", "    uri: hf://org/model\n    lora: {maxRank: 0}\n"),
+        "spec.model.lora.maxRank: must be >= 1",
+    ),
+    "spec not a mapping": (GOOD.split("spec:")[0] + "spec: 3\n", "spec: must be an object"),
+    "duplicate yaml indent error": ("apiVersion: a\n  kind: b\n", "YAML syntax error"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD), ids=sorted(BAD))
+def test_bad_manifest_gives_exit_2_and_one_line(case, tmp_path, capsys) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "svc.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(str(path)), err
+    assert expected in err[0], err
+
+
+def test_enough_malformed_cases() -> None:
+    assert len(BAD) >= 30
+
+
+def test_good_manifest_and_example_validate(tmp_path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(GOOD)
+    assert main(["validate", str(path), "examples/pd-smollm2.yaml"]) == 0
+
+
+def test_cli_process_exit_code_and_no_traceback(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent(BAD["negative prefill replicas"][0]))
+    proc = subprocess.run([*PDSERVE, "validate", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"{bad}: spec.prefill.replicas: must be >= 0"
+    render = subprocess.run([*PDSERVE, "render", str(bad)], capture_output=True, text=True)
+    assert render.returncode == 2 and "Traceback" not in render.stderr
+
+
+def test_config_dir_supplies_base_refs(tmp_path) -> None:
+    cfgdir = tmp_path / "configs"
+    cfgdir.mkdir()
+    (cfgdir / "extra.yaml").write_text(
+        CONFIG.replace("{{ .Spec.Nope.Name }}", "--x={{ .Spec.Model.Name }}")
+    )
+    path = tmp_path / "svc.yaml"
+    path.write_text(_sub("spec:\n", "spec:\n  baseRefs:\n    - name: extra\n"))
+    from pdserve import api
+
+    [svc] = api.resolve_file(str(path), str(cfgdir))
+    [main_c] = api.dump(svc)["spec"]["template"]["containers"]
+    assert main_c["args"] == ["--x=svc"]  # the baseRef's args, templated with the model name
