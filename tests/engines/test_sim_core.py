@@ -206,3 +206,13 @@ def test_adapter_blocks_are_separate_cache_entries_and_events_name_the_adapter()
     _run(s)
     assert lora.cached_tokens == 0
     assert [e[4] for e in events if e[0] == "stored"] == [None, 3]
+
+
+def test_kv_covering_part_of_the_prompt_leaves_the_rest_to_compute() -> None:
+    s = _sched(Profile(block_size=4).zero())
+    c = Request("c", list(range(40)), max_tokens=2, arrival=0, remote_prefill={"remote_port": 1})
+    s.add(c)
+    s.step(0)
+    assert s.kv_loaded("c", ok=True, upto=24) is c  # the producer held 6 of 10 blocks
+    assert c.loaded_tokens == 24
+    assert s.step(0).prefill_tokens == 16  # tokens 24..39 computed here

@@ -275,7 +275,10 @@ class SideChannelServer:
         if lease is None or msg.get("op") != "pull":
             await _send(writer, {"ok": False, "error": f"no KV held for request {rid!r}"})
             return
-        blocks = [b for b in msg.get("block_ids", lease.blocks) if b in lease.blocks]
+        blocks = list(msg.get("block_ids", lease.blocks))
+        if not set(blocks) <= set(lease.blocks):
+            await _send(writer, {"ok": False, "error": f"blocks not held for request {rid!r}"})
+            return
         whole = blocks == lease.blocks and lease.checksum is not None
         checksum = lease.checksum if whole else self.arena.checksum(blocks)
         if self.fault == "corrupt":

@@ -129,8 +129,11 @@ class Scheduler:
             self.blocks.release(req.blocks)
         req.phase, req.finish_reason = Phase.FINISHED, "abort"
 
-    def kv_loaded(self, req_id: str, ok: bool, error: str | None = None) -> Request | None:
-        """The shell finished pulling a consumer's KV; on failure recompute or fail by policy."""
+    def kv_loaded(
+        self, req_id: str, ok: bool, error: str | None = None, upto: int | None = None
+    ) -> Request | None:
+        """The shell finished pulling a consumer's KV for its first `upto` prompt tokens (all
+        by default); the rest is computed here. On failure recompute or fail by policy."""
         req = self.pulling.pop(req_id, None)
         if req is None:
             return None
@@ -139,8 +142,9 @@ class Scheduler:
             return None
         if ok:
             # The last prompt token is recomputed here: its logits give the first decode token.
-            req.loaded_tokens = len(req.prompt) - 1 - req.computed
-            req.computed = len(req.prompt) - 1
+            loaded = min(len(req.prompt) - 1, len(req.prompt) if upto is None else upto)
+            req.loaded_tokens = max(0, loaded - req.computed)
+            req.computed = max(req.computed, loaded)
         elif self.fail_on_kv_error:
             self.blocks.release(req.blocks)
             req.phase, req.finish_reason, req.error = Phase.FINISHED, "error", error

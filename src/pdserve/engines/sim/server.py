@@ -279,7 +279,10 @@ class SimEngine:
             policy="fail" if self.sched.fail_on_kv_error else "recompute",
             ms=round((time.perf_counter() - start) * 1000, 3),
         )
-        finished = self.sched.kv_loaded(req.id, ok, error)
+        # What the pulled blocks cover (a producer may have held fewer tokens than asked).
+        held = int(params.get("remote_num_tokens") or 0) or len(req.prompt)
+        upto = min((skip + len(local)) * bs, held)
+        finished = self.sched.kv_loaded(req.id, ok, error, upto)
         if finished is not None and finished.done:
             self._finished(finished)
         self.wake.set()
