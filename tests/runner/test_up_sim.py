@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import httpx
 import openai
-from upkit import Service, all_dead
+from upkit import Service, all_dead, chat
 
 MODEL = "smollm2"
-CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+CHAT = chat("What is the capital of France?")
 
 
 def client(base_url: str) -> openai.OpenAI:
@@ -42,6 +42,7 @@ def test_serves_openai_at_v1_and_route_path(up: Callable[..., Service]) -> None:
     assert rid in trace
     section = trace.split(f"request {rid}", 1)[1].split("\nrequest ", 1)[0]
     assert "epp" in section and "sidecar-0" in section, trace
+    assert "outcome=pd" in trace and "kv_handle=" in trace, trace
     # The decode engine pulled the prompt's KV from the prefill engine.
     decode = service.component("decode-0")["port"]
     metrics = httpx.get(f"http://127.0.0.1:{decode}/metrics").text

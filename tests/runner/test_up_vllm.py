@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from upkit import Service
+from upkit import Service, chat
 
 from pdserve.engines import model, venv, vllm
 from testkit import Spawn, metric
@@ -31,7 +31,7 @@ PROMPTS = [
 
 def greedy(base_url: str, prompt: str, stream: bool = False) -> str:
     api = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=300)
-    messages = [{"role": "user", "content": prompt}]
+    messages = chat(prompt)
     if not stream:
         reply = api.chat.completions.create(
             model=MODEL, messages=messages, max_tokens=32, temperature=0
@@ -58,10 +58,12 @@ def test_pd_with_vllm_equals_aggregated(
     # The decode engine pulled each prompt's KV cache through NIXL from the prefill engine.
     decode = f"http://127.0.0.1:{service.component('decode-0')['port']}"
     prefill = f"http://127.0.0.1:{service.component('prefill-0')['port']}"
-    assert metric(decode, "vllm:nixl_xfer_time_seconds_count") >= len(PROMPTS)
+    # The first prompt was long enough for the EPP to choose P/D (later ones share its
+    # system prefix, cached on the decode engine, so they may run decode-only).
+    assert metric(decode, "vllm:nixl_xfer_time_seconds_count") >= 1
     assert metric(prefill, "vllm:prompt_tokens_total") > 0
     trace = service.cli("logs").stdout
-    assert "sidecar-0" in trace and "epp" in trace
+    assert "outcome=pd" in trace and "sidecar-0" in trace and "epp" in trace, trace
 
     out = service.cli("down", timeout=300)
     assert out.returncode == 0, out.stderr

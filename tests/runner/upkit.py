@@ -12,6 +12,18 @@ from pdserve.runner.state import pid_alive
 from testkit import PDSERVE, REPO
 
 EXAMPLE = REPO / "examples" / "pd-smollm2.yaml"
+# The example's EPP skips prefill for prompts under 256 uncached characters (pd-profile-handler
+# threshold); this system message makes a chat long enough to be disaggregated.
+SYSTEM = (
+    "You are a helpful assistant for a geography quiz. Answer each question with one short, "
+    "correct sentence. Do not add explanations, lists, greetings or follow-up questions. "
+    "If a question asks for a capital city, name the city and the country. Keep answers "
+    "factual, neutral and in plain English."
+)
+
+
+def chat(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
 @dataclass
