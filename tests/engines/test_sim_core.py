@@ -216,3 +216,15 @@ def test_kv_covering_part_of_the_prompt_leaves_the_rest_to_compute() -> None:
     assert s.kv_loaded("c", ok=True, upto=24) is c  # the producer held 6 of 10 blocks
     assert c.loaded_tokens == 24
     assert s.step(0).prefill_tokens == 16  # tokens 24..39 computed here
+
+
+def test_reset_prefix_cache_is_refused_while_blocks_are_in_use() -> None:
+    events: list[tuple] = []
+    bm = BlockManager(num_blocks=8, block_size=4, on_event=events.append)
+    tokens = list(range(8))
+    a = bm.allocate(tokens, block_hashes(tokens, 4))
+    assert a is not None
+    bm.commit(a.block_ids, tokens, block_hashes(tokens, 4))
+    assert bm.reset() is False and bm.content() and events[-1][0] == "stored"
+    bm.release(a.block_ids)
+    assert bm.reset() is True and not bm.content() and events[-1] == ("cleared",)

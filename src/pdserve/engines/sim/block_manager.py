@@ -148,14 +148,17 @@ class BlockManager:
             if self.ref[block] == 0:
                 self.free[block] = None
 
-    def reset(self) -> None:
-        """Forget every cached prefix (vLLM's reset_prefix_cache)."""
-        for h, block in list(self.cached.items()):
-            if self.ref[block] == 0:
-                self.hash_of[block] = None
-                del self.cached[h]
+    def reset(self) -> bool:
+        """Forget every cached prefix (vLLM's reset_prefix_cache). As in vLLM, refused while
+        any block is in use, so the cache never holds blocks its subscribers think cleared."""
+        if any(self.ref):
+            return False
+        for block in self.cached.values():
+            self.hash_of[block] = None
+        self.cached.clear()
         if self.on_event is not None:
             self.on_event(("cleared",))
+        return True
 
     def content(self) -> set[int]:
         return set(self.cached)

@@ -458,7 +458,8 @@ class Api:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def reset_prefix_cache(self, _: web.Request) -> web.Response:
-        self.engine.blocks.reset()
+        if not self.engine.blocks.reset():
+            event(log, "reset_prefix_cache_refused", reason="blocks in use")
         self.engine._observe()
         return web.Response(status=200)
 
