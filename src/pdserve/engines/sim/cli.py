@@ -39,7 +39,12 @@ def _token_count(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="pdserve sim-engine",
+        usage="%(prog)s [MODEL] [options] [other vLLM serve flags]",
         description="A simulated vLLM engine (OpenAI API, P/D, KV events).",
+        epilog="MODEL, as for `vllm serve`, is a model folder (its tokenizer is used). vLLM "
+        "flags not listed here are accepted with their values, logged and ignored. Env: "
+        "VLLM_NIXL_SIDE_CHANNEL_HOST/PORT (KV side channel), VLLM_NIXL_ABORT_REQUEST_TIMEOUT "
+        "(lease seconds).",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
