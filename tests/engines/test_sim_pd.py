@@ -85,9 +85,12 @@ def test_pd_output_equals_aggregated_for_50_prompts(sim_engine, transport) -> No
 def test_decode_skips_prefill_work(sim_engine) -> None:
     p, d = sim_engine("--zero-cost"), sim_engine("--zero-cost")
     body = {"prompt": "word " * 300, "max_tokens": 3}
-    decode(d.url, body, prefill(p.url, body)).raise_for_status()
+    resp = decode(d.url, body, prefill(p.url, body))
+    resp.raise_for_status()
     # Only the last prompt token is computed locally; the rest arrived over the wire.
-    assert metric(d.url, "vllm:prompt_tokens_total") == 1
+    assert metric(d.url, "pdserve_sim:prefill_tokens_computed_total") == 1
+    # vLLM's counter still counts the whole prompt, cached or pulled or not.
+    assert metric(d.url, "vllm:prompt_tokens_total") == resp.json()["usage"]["prompt_tokens"]
 
 
 def test_lease_expires_when_no_consumer_comes(sim_engine) -> None:
@@ -128,7 +131,7 @@ def test_checksum_mismatch_recomputes(sim_engine, transport) -> None:
     assert resp.json()["choices"][0]["text"] == whole
     assert metric(d.url, "pdserve_sim:kv_pulls_total", outcome="failed") == 1
     assert "checksum mismatch" in d.proc.log_path.read_text()
-    recomputed = metric(d.url, "vllm:prompt_tokens_total")
+    recomputed = metric(d.url, "pdserve_sim:prefill_tokens_computed_total")
     assert recomputed == resp.json()["usage"]["prompt_tokens"]  # the whole prompt, locally
 
 
@@ -279,4 +282,5 @@ def test_streamed_chat_through_pd_equals_aggregated(sim_engine) -> None:
     assert text == whole.choices[0].message.content and chunks[-1].usage.completion_tokens == 9
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
     assert metric(d.url, "pdserve_sim:kv_pulls_total", outcome="ok") == 1
-    assert metric(d.url, "vllm:prompt_tokens_total") == 1  # only the last token recomputed
+    # only the last token recomputed
+    assert metric(d.url, "pdserve_sim:prefill_tokens_computed_total") == 1

@@ -58,7 +58,12 @@ class EngineMetrics:
             "vllm:prefix_cache_queries", "Prefix cache queries, in tokens."
         )
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
+        # As vLLM: a request's whole prompt, counted at its first token, cached or not.
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.computed_tokens = counter(
+            "pdserve_sim:prefill_tokens_computed",
+            "Prompt tokens actually run through the model (not cached, not pulled).",
+        )
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens.")
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemptions.")
         self.success = Counter(

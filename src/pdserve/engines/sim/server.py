@@ -148,7 +148,7 @@ class SimEngine:
             for req in out.finished:
                 self._finished(req)
             if out.prefill_tokens:
-                self.metrics.prompt_tokens.inc(out.prefill_tokens)
+                self.metrics.computed_tokens.inc(out.prefill_tokens)
             if out.tokens:
                 self.metrics.generation_tokens.inc(len(out.tokens))
             if out.preempted:
@@ -156,6 +156,8 @@ class SimEngine:
             self._observe()
 
     def _deliver(self, req: Request, token: int) -> None:
+        if len(req.output) == 1:
+            self.metrics.prompt_tokens.inc(len(req.prompt))
         queue = self.queues.get(req.id)
         if queue is not None:
             queue.put_nowait(token)
