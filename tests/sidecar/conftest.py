@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -145,7 +146,8 @@ class Recorder:
 
 @pytest.fixture
 def recorder() -> Iterator:
-    loops: list[tuple[asyncio.AbstractEventLoop, threading.Thread]] = []
+    loops: list[tuple[asyncio.AbstractEventLoop, threading.Thread, web.AppRunner]] = []
+    runners: list[web.AppRunner] = []
 
     def start(upstream: str) -> Recorder:
         rec = Recorder(upstream)
@@ -157,6 +159,7 @@ def recorder() -> Iterator:
             app.router.add_route("*", "/{tail:.*}", rec.handle)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
+            runners.append(runner)
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             rec.port = site._server.sockets[0].getsockname()[1]
@@ -167,10 +170,12 @@ def recorder() -> Iterator:
         )
         thread.start()
         assert ready.wait(10)
-        loops.append((loop, thread))
+        loops.append((loop, thread, runners[-1]))
         return rec
 
     yield start
-    for loop, thread in loops:
+    for loop, thread, runner in loops:
+        with contextlib.suppress(TimeoutError):  # a stalled handler is abandoned
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(3)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)

@@ -136,6 +136,13 @@ class Sidecar:
         except (aiohttp.ClientError, OSError) as err:
             return _error(502, f"decoder at {self.decoder} unreachable: {err}")
         async with upstream:
+            if upstream.content_type != "text/event-stream" and upstream.content_length is not None:
+                body = await upstream.read()  # a whole answer: one write, no chunked framing
+                if started is not None:
+                    self.metrics.ttft.observe(time.perf_counter() - started)
+                return web.Response(
+                    status=upstream.status, body=body, headers=_headers(upstream.headers)
+                )
             resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
             await resp.prepare(request)
             first = True

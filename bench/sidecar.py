@@ -1,0 +1,187 @@
+"""Sidecar benchmark: the P/D path through `pdserve sidecar` vs the Rust vllm-router.
+
+    .venv/bin/python bench/sidecar.py [--requests 2000] [--concurrency 32]
+
+Both proxies drive the same two zero-cost sim engines (one prefill, one decode) in the same
+run. The anchor is the client doing the two legs itself (no proxy): the difference is the
+latency each proxy adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from pdserve.process import ManagedProcess, free_port
+from pdserve.wire import PREFILLER_HEADER, prefill_kv_transfer_params
+
+PDSERVE = [sys.executable, "-m", "pdserve"]
+KV = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
+BODY = {
+    "model": "sim",
+    "prompt": "benchmark the routing sidecar " * 16,
+    "max_tokens": 8,
+    "ignore_eos": True,
+}
+
+
+def start(tmp: Path, name: str, argv: list[str], health: str) -> ManagedProcess:
+    proc = ManagedProcess(name, argv, tmp / f"{name}.log").start()
+    proc.wait_http(health, timeout=60)
+    return proc
+
+
+async def direct(http: aiohttp.ClientSession, prefill: str, decode: str) -> None:
+    leg = {**BODY, "max_tokens": 1, "kv_transfer_params": prefill_kv_transfer_params()}
+    async with http.post(f"{prefill}/v1/completions", json=leg) as r:
+        kv = (await r.json())["kv_transfer_params"]
+    async with http.post(f"{decode}/v1/completions", json={**BODY, "kv_transfer_params": kv}) as r:
+        assert r.status == 200
+        await r.read()
+
+
+async def via(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
+    async with http.post(f"{url}/v1/completions", json=BODY, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        await r.read()
+
+
+async def measure(call, n_seq: int, n_load: int, conc: int) -> tuple[float, float, float]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as http:
+        for _ in range(20):
+            await call(http)
+        lat = []
+        for _ in range(n_seq):
+            t = time.perf_counter()
+            await call(http)
+            lat.append(time.perf_counter() - t)
+        lat.sort()
+        todo = iter(range(n_load))
+
+        async def worker() -> None:
+            for _ in todo:
+                await call(http)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        rps = n_load / (time.perf_counter() - t)
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], rps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--sequential", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    procs: list[ManagedProcess] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        try:
+            ports = {k: free_port() for k in ("p", "d", "sidecar", "router", "prom")}
+            url = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
+            for k in ("p", "d"):
+                procs.append(
+                    start(
+                        tmp,
+                        k,
+                        [
+                            *PDSERVE,
+                            "sim-engine",
+                            "--port",
+                            str(ports[k]),
+                            "--served-model-name",
+                            "sim",
+                            "--zero-cost",
+                            "--kv-transfer-config",
+                            KV,
+                        ],
+                        f"{url[k]}/health",
+                    )
+                )
+            procs.append(
+                start(
+                    tmp,
+                    "sidecar",
+                    [
+                        *PDSERVE,
+                        "sidecar",
+                        "--port",
+                        str(ports["sidecar"]),
+                        "--vllm-port",
+                        str(ports["d"]),
+                        "--secure-proxy=false",
+                        "--log-level",
+                        "warning",
+                    ],
+                    f"{url['sidecar']}/health",
+                )
+            )
+            router = str(Path(sys.executable).parent / "vllm-router")
+            procs.append(
+                start(
+                    tmp,
+                    "router",
+                    [
+                        router,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(ports["router"]),
+                        "--vllm-pd-disaggregation",
+                        "--prefill",
+                        url["p"],
+                        "none",
+                        "--decode",
+                        url["d"],
+                        "--policy",
+                        "round_robin",
+                        "--prometheus-port",
+                        str(ports["prom"]),
+                    ],
+                    f"{url['router']}/health",
+                )
+            )
+            n = (args.sequential, args.requests, args.concurrency)
+            print(
+                f"== P/D completions (8 tokens), {args.sequential} sequential for latency, "
+                f"{args.requests} at {args.concurrency} concurrent for throughput",
+                flush=True,
+            )
+            base = asyncio.run(measure(lambda h: direct(h, url["p"], url["d"]), *n))
+            side = asyncio.run(
+                measure(
+                    lambda h: via(h, url["sidecar"], {PREFILLER_HEADER: f"127.0.0.1:{ports['p']}"}),
+                    *n,
+                )
+            )
+            rout = asyncio.run(measure(lambda h: via(h, url["router"], {}), *n))
+            for name, (p50, p99, rps) in (
+                ("client does both legs (anchor)", base),
+                ("pdserve sidecar", side),
+                ("vllm-router", rout),
+            ):
+                print(
+                    f"{name:32s} p50 {p50 * 1e3:6.2f} ms  p99 {p99 * 1e3:6.2f} ms  {rps:7.0f} req/s"
+                )
+            add_s = side[0] - base[0]
+            add_r = rout[0] - base[0]
+            print(
+                f"added p50: sidecar {add_s * 1e3:.2f} ms, vllm-router {add_r * 1e3:.2f} ms "
+                f"(ratio {add_s / add_r if add_r > 0 else float('inf'):.2f}; goal <= 1)"
+            )
+            print(f"throughput: sidecar / vllm-router = {side[2] / rout[2]:.2f} (goal >= 0.70)")
+        finally:
+            for p in reversed(procs):
+                p.stop()
+
+
+if __name__ == "__main__":
+    main()
