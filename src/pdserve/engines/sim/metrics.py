@@ -72,7 +72,7 @@ class EngineMetrics:
         self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token in seconds.")
         self.itl = hist("vllm:inter_token_latency_seconds", "Inter-token latency in seconds.")
         self.tpot = hist(
-            "vllm:time_per_output_token_seconds", "Time per output token (deprecated)."
+            "vllm:time_per_output_token_seconds", "Mean time per output token of a request."
         )
         self.e2e = hist(
             "vllm:e2e_request_latency_seconds", "End to end request latency in seconds."

@@ -396,7 +396,8 @@ class SimEngine:
             m.ttft.observe(max(token_times[0] - req.arrival, 0) if token_times else 0)
         for a, b in itertools.pairwise(token_times):
             m.itl.observe(b - a)
-            m.tpot.observe(b - a)
+        if len(token_times) > 1:  # per request, the mean gap (vLLM's newer definition)
+            m.tpot.observe((token_times[-1] - token_times[0]) / (len(token_times) - 1))
         m.e2e.observe(now - req.arrival)
         if req.scheduled_at is not None:
             m.queue_time.observe(req.scheduled_at - req.arrival)
