@@ -1,0 +1,73 @@
+"""One scheduling cycle: the handler picks profiles; each filters, scores (sum of clamped
+score x weight) and picks; pre-request hooks see the result. Pure: state comes in the Cycle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pdserve.epp.config import Config, Profile
+from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
+
+
+@dataclass
+class Trace:
+    """Per-plugin timings (seconds) for metrics; perf_counter is for reporting only, plugins
+    never see it."""
+
+    plugin_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def schedule(
+        self, cycle: Cycle, req: Request, endpoints: list[Endpoint], trace: Trace | None = None
+    ) -> Result:
+        cfg = self.config
+        names = list(cfg.profiles)
+        done: dict[str, ProfileResult] = {}
+        while todo := cfg.handler.pick_profiles(cycle, req, names, done):
+            for name in todo:
+                done[name] = self._run(cfg.profiles[name], cycle, req, endpoints, trace)
+        result = cfg.handler.results(cycle, req, done)
+        if result.endpoint is not None:
+            for hook in cfg.pre_request:
+                hook.pre_request(cycle, req, result)
+        return result
+
+    def _run(
+        self,
+        profile: Profile,
+        cycle: Cycle,
+        req: Request,
+        endpoints: list[Endpoint],
+        trace: Trace | None,
+    ) -> ProfileResult:
+        candidates = endpoints
+        for f in profile.filters:
+            t = time.perf_counter()
+            candidates = f.filter(cycle, req, candidates)
+            _note(trace, f.name, t)
+        result = ProfileResult(None, candidates=len(candidates))
+        if not candidates:
+            return result
+        totals = dict.fromkeys((e.name for e in candidates), 0.0)
+        for scorer, weight in profile.scorers:
+            t = time.perf_counter()
+            scores = scorer.score(cycle, req, candidates)
+            _note(trace, scorer.name, t)
+            result.scores[scorer.name] = scores
+            for name in totals:
+                totals[name] += min(max(scores.get(name, 0.0), 0.0), 1.0) * weight
+        assert profile.picker is not None
+        result.endpoint = profile.picker.pick(cycle, [(e, totals[e.name]) for e in candidates])
+        return result
+
+
+def _note(trace: Trace | None, name: str, start: float) -> None:
+    if trace is not None:
+        trace.plugin_seconds[name] = trace.plugin_seconds.get(name, 0.0) + (
+            time.perf_counter() - start
+        )

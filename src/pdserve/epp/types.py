@@ -1,0 +1,82 @@
+"""What the scheduling core sees: endpoints with their last scraped metrics, and requests."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdserve.wire import ROLE_LABEL
+
+STALE_AFTER = 2.0  # seconds without a fresh scrape before metrics are not trusted
+
+
+@dataclass
+class Metrics:
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    updated: float | None = None  # the clock reading of the last successful scrape
+    loras_running: frozenset[str] = frozenset()
+    loras_waiting: frozenset[str] = frozenset()
+    max_loras: int = 0
+
+    def fresh(self, now: float) -> bool:
+        return self.updated is not None and now - self.updated <= STALE_AFTER
+
+
+@dataclass(eq=False)
+class Endpoint:
+    address: str
+    port: int
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @property
+    def name(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def role(self) -> str | None:
+        return self.labels.get(ROLE_LABEL)
+
+
+@dataclass
+class Request:
+    request_id: str
+    model: str
+    prompt: str  # the text prefix caching hashes
+    headers: dict[str, str] = field(default_factory=dict)
+    priority: int = 0  # negative: sheddable
+
+    @property
+    def sheddable(self) -> bool:
+        return self.priority < 0
+
+
+@dataclass
+class Cycle:
+    """One scheduling cycle's inputs that are not the request: the clock and randomness,
+    plus a scratch space plugins share (e.g. the prefix scorer's hits for the P/D handler)."""
+
+    now: float
+    rng: random.Random = field(default_factory=random.Random)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProfileResult:
+    endpoint: Endpoint | None
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # plugin -> endpoint -> s
+    candidates: int = 0
+
+
+@dataclass
+class Result:
+    profiles: dict[str, ProfileResult]
+    primary: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self.profiles[self.primary].endpoint
