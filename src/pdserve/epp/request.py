@@ -1,0 +1,51 @@
+"""From an HTTP request (headers + JSON body) to the scheduler's Request."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from pdserve import wire
+from pdserve.engines.sim.tokens import chatml
+from pdserve.epp.admission import priority
+from pdserve.epp.types import Request
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The text prefix caching hashes: `prompt`, or ChatML over the chat messages."""
+    if "messages" in body:
+        messages = body["messages"]
+        if not isinstance(messages, list):
+            raise BadRequest("messages must be a list")
+        return chatml([m for m in messages if isinstance(m, dict)])[
+            : -len("<|im_start|>assistant\n")
+        ]
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list):
+        return "".join(p if isinstance(p, str) else " ".join(map(str, p)) for p in prompt)
+    return str(prompt)
+
+
+def parse(headers: dict[str, str], raw: bytes, default_criticality: str | None) -> Request:
+    body: dict[str, Any] = {}
+    if raw:
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BadRequest(f"invalid JSON body: {err}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+    rid = headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+    crit = headers.get(wire.CRITICALITY_HEADER) or default_criticality
+    return Request(
+        request_id=rid,
+        model=str(body.get("model") or ""),
+        prompt=prompt_text(body),
+        headers=headers,
+        priority=priority(crit, headers.get("x-gateway-inference-priority")),
+    )

@@ -1,0 +1,74 @@
+"""The EPP process: datastore, ext_proc gRPC, gRPC health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from pdserve.epp.config import Config
+from pdserve.epp.datastore import Datastore
+from pdserve.epp.extproc import ExtProc, Picker
+from pdserve.epp.metrics import EppMetrics
+from pdserve.epp.plugins.prefix import PrecisePrefixCacheScorer
+from pdserve.epp.scheduler import Scheduler
+from pdserve.logs import event
+
+SERVICES = ("", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor")
+
+
+async def serve(
+    args: argparse.Namespace, config: Config, store: Datastore, log: logging.Logger
+) -> None:
+    from pdserve.epp.cli import _stop_on_signals
+
+    metrics = EppMetrics()
+    picker = Picker(Scheduler(config), store, metrics, args.pool_name, args.default_criticality)
+    store.refresh()
+    tasks = [asyncio.create_task(store.run())]
+    for plugin in config.plugins.values():
+        if isinstance(plugin, PrecisePrefixCacheScorer):
+            from pdserve.epp.kv_events import subscribe
+
+            tasks.append(asyncio.create_task(subscribe(plugin, args.kv_events_endpoint)))
+    server = grpc.aio.server()
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExtProc(picker), server)
+    server.add_insecure_port(f"{args.host}:{args.grpc_port}")
+    health_server = grpc.aio.server()
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, health_server)
+    health_server.add_insecure_port(f"{args.host}:{args.grpc_health_port}")
+    start_http_server(args.metrics_port, args.host, registry=metrics.registry)
+    await server.start()
+    await health_server.start()
+    for name in SERVICES:
+        await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def pool_gauges() -> None:
+        while True:
+            picker.observe_pool()
+            await asyncio.sleep(1)
+
+    tasks.append(asyncio.create_task(pool_gauges()))
+    event(
+        log,
+        "ready",
+        grpc_port=args.grpc_port,
+        health_port=args.grpc_health_port,
+        metrics_port=args.metrics_port,
+        endpoints=[e.name for e in store.list()],
+        profiles=list(config.profiles),
+        handler=config.handler.type_name,
+    )
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await server.stop(1)
+    await health_server.stop(0)
