@@ -149,8 +149,7 @@ def _print_ready(data: dict[str, Any]) -> None:
     print(f"ready: {info.get('name')} ({info.get('engine')} engines, pools {info.get('pools')})")
     print(f"  OpenAI API: {url}/v1   route path: {info.get('route')}")
     print(
-        f"  try: curl -s {url}/v1/chat/completions -H 'content-type: application/json' "
-        f"-d '{body}'"
+        f"  try: curl -s {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'"
     )
     print("  pdserve status | logs [COMPONENT] | scale prefill|decode N | down")
 

@@ -66,9 +66,13 @@ def sidecar(plan: Plan, port: int, engine_port: int) -> EngineCommand:
 
 
 def epp(
-    config_file: Path, endpoints_file: Path, grpc: int, health: int, metrics: int
+    plan: Plan, config_file: Path, endpoints_file: Path, ports: tuple[int, int, int, int]
 ) -> EngineCommand:
-    argv = [*PDSERVE, "epp", "--config-file", str(config_file)]
+    """ports: gRPC ext_proc, gRPC health, metrics, KV events (all bound on loopback)."""
+    grpc, health, metrics, kv_events = ports
+    argv = [*PDSERVE, "epp", "--host", "127.0.0.1", "--config-file", str(config_file)]
+    argv += ["--pool-name", f"{plan.name}-inference-pool", "--pool-namespace", plan.namespace]
+    argv += ["--kv-events-endpoint", f"tcp://127.0.0.1:{kv_events}"]
     argv += ["--endpoints-file", str(endpoints_file)]
     argv += ["--grpc-port", str(grpc), "--grpc-health-port", str(health)]
     argv += ["--metrics-port", str(metrics)]

@@ -249,7 +249,8 @@ class LocalService:
         config = self.state.path / "epp-config.yaml"
         config.write_text(self.plan.scheduler_config)
         grpc, health, self.epp_metrics_port = free_port(), free_port(), free_port()
-        cmd = components.epp(config, self.endpoints_file, grpc, health, self.epp_metrics_port)
+        ports = (grpc, health, self.epp_metrics_port, free_port())
+        cmd = components.epp(self.plan, config, self.endpoints_file, ports)
         self.epp = self._spawn("epp", "endpoint picker", cmd, grpc)
         from pdserve.epp import envoy
 
