@@ -84,6 +84,9 @@ def bootstrap(
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
         "v3.HttpConnectionManager",
         "stat_prefix": "gateway",
+        # Keep the client's x-request-id: it is how a request is followed through the EPP,
+        # the sidecar and the engines' logs.
+        "preserve_external_request_id": True,
         "stream_idle_timeout": "0s",
         "request_timeout": "0s",
         "route_config": {

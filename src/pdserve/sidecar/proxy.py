@@ -160,7 +160,8 @@ class Sidecar:
         raw = await request.read()
         target = _prefill_target(request.headers)
         headers = _headers(request.headers)
-        rid = headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+        rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+        headers = {k: v for k, v in headers.items() if k.lower() != wire.REQUEST_ID_HEADER}
         headers[wire.REQUEST_ID_HEADER] = rid
         path = request.path_qs
         if target is None:
