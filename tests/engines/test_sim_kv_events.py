@@ -68,3 +68,38 @@ def test_kv_events_reproduce_cache_content(sim_engine, tmp_path) -> None:
     assert seen["AllBlocksCleared"] == 1 and index == set()
     assert seqs == sorted(seqs)
     ctx.destroy(0)
+
+
+def test_decode_engine_announces_the_blocks_it_pulled(sim_engine) -> None:
+    from test_sim_pd import decode, prefill
+
+    port = free_port()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.bind(f"tcp://127.0.0.1:{port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"kv@")
+    cfg = {"enable_kv_cache_events": True, "endpoint": f"tcp://127.0.0.1:{port}", "topic": "kv@d"}
+    p = sim_engine("--zero-cost")
+    d = sim_engine("--zero-cost", "--kv-events-config", json.dumps(cfg))
+    stored: set[int] = set()
+
+    def drain() -> None:
+        while sub.poll(timeout=300):
+            _topic, _seq, payload = sub.recv_multipart()
+            for ev in msgpack.unpackb(payload)[1]:
+                if ev[0] == "BlockStored":
+                    stored.update(ev[1])
+
+    for attempt in range(50):  # PUB/SUB drops what is sent before the subscription lands
+        httpx.post(f"{d.url}/v1/completions", json={"prompt": f"hello {attempt}" * 20})
+        drain()
+        if stored:
+            break
+    body = {"prompt": "pulled over nixl " * 40, "max_tokens": 2}
+    decode(d.url, body, prefill(p.url, body)).raise_for_status()
+    drain()
+    truth = set(httpx.get(f"{d.url}/sim/kv_blocks").json()["block_hashes"])
+    pulled = set(httpx.get(f"{p.url}/sim/kv_blocks").json()["block_hashes"])
+    assert pulled and pulled <= stored and pulled <= truth  # same hashes on both engines
+    ctx.destroy(0)
