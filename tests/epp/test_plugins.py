@@ -1,0 +1,241 @@
+"""Each plugin against the semantics of PROTOCOLS.md section 2, in virtual time."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import xxhash
+
+from pdserve.epp.config import load
+from pdserve.epp.framework import ConfigError, make
+from pdserve.epp.plugins.prefix import prompt_hashes
+from pdserve.epp.scheduler import Scheduler
+from pdserve.epp.types import Cycle, Endpoint, Metrics, Request
+from pdserve.wire import PREFILLER_HEADER, ROLE_LABEL
+
+
+def ep(
+    port: int, role: str | None = None, waiting: int = 0, kv: float = 0.0, running: int = 0
+) -> Endpoint:
+    labels = {ROLE_LABEL: role} if role else {}
+    return Endpoint("10.0.0.1", port, labels, Metrics(waiting, running, kv, updated=0.0))
+
+
+def req(prompt: str = "hello", model: str = "m", **headers: str) -> Request:
+    return Request("r1", model, prompt, headers)
+
+
+def cycle(seed: int = 0) -> Cycle:
+    return Cycle(now=0.0, rng=random.Random(seed))
+
+
+def test_hashes_chain_from_the_model_name() -> None:
+    text = "a" * 64 + "b" * 64 + "c" * 10
+    hashes = prompt_hashes("m", text, 64, 256)
+    assert len(hashes) == 2  # partial trailing block is not hashed
+    seed = xxhash.xxh64_intdigest(b"m")
+    first = xxhash.xxh64_intdigest(b"a" * 64, seed=seed)
+    assert hashes == [first, xxhash.xxh64_intdigest(b"b" * 64, seed=first)]
+    assert prompt_hashes("other", text, 64, 256)[0] != first
+    assert len(prompt_hashes("m", "x" * 6400, 64, 3)) == 3
+
+
+def test_prefix_scorer_longest_consecutive_match_over_total() -> None:
+    scorer = make("prefix-cache-scorer", "p", {"hashBlockSize": 4})
+    a, b = ep(1), ep(2)
+    c = cycle()
+    from pdserve.epp.types import ProfileResult, Result
+
+    scorer.pre_request(c, req("aaaabbbbcccc"), Result({"d": ProfileResult(a)}, "d"))
+    c2 = cycle()
+    scores = scorer.score(c2, req("aaaabbbbxxxxyyyy"), [a, b])
+    assert scores == {a.name: 2 / 4, b.name: 0.0}
+    # a different first block breaks the chain even if later text is equal
+    assert scorer.score(cycle(), req("zzzzbbbbcccc"), [a])[a.name] == 0.0
+
+
+def test_prefix_scorer_lru_capacity_per_server() -> None:
+    scorer = make("prefix-cache-scorer", "p", {"hashBlockSize": 4, "lruCapacityPerServer": 2})
+    a = ep(1)
+    from pdserve.epp.types import ProfileResult, Result
+
+    scorer.pre_request(cycle(), req("aaaabbbbcccc"), Result({"d": ProfileResult(a)}, "d"))
+    assert scorer.index.size() == 2  # the oldest block was evicted
+    assert scorer.score(cycle(), req("aaaabbbbcccc"), [a])[a.name] == 0.0  # chain starts missing
+
+
+@pytest.mark.parametrize(("q", "expected"), [(0, 0.5), (64, 0.25), (128, 0.0), (500, 0.0)])
+def test_load_aware_scorer(q: int, expected: float) -> None:
+    e = ep(1, waiting=q)
+    assert make("load-aware-scorer", "l", {}).score(cycle(), req(), [e])[e.name] == expected
+
+
+def test_queue_scorer_min_max_and_kv_scorer() -> None:
+    a, b, c = ep(1, waiting=0, kv=0.2), ep(2, waiting=5), ep(3, waiting=10, kv=0.9)
+    q = make("queue-scorer", "q", {}).score(cycle(), req(), [a, b, c])
+    assert q == {a.name: 1.0, b.name: 0.5, c.name: 0.0}
+    assert make("queue-scorer", "q", {}).score(cycle(), req(), [a, ep(4)]) == {
+        a.name: 1.0,
+        "10.0.0.1:4": 1.0,
+    }
+    kv = make("kv-cache-utilization-scorer", "k", {}).score(cycle(), req(), [a, c])
+    assert kv[a.name] == pytest.approx(0.8) and kv[c.name] == pytest.approx(0.1)
+
+
+def test_session_affinity_scorer() -> None:
+    import base64
+
+    a, b = ep(1), ep(2)
+    token = base64.b64encode(b.name.encode()).decode()
+    s = make("session-affinity-scorer", "s", {}).score(
+        cycle(), req(**{"x-session-token": token}), [a, b]
+    )
+    assert s == {a.name: 0.0, b.name: 1.0}
+
+
+def test_filters_by_role_and_labels() -> None:
+    d, p, both, none = ep(1, "decode"), ep(2, "prefill"), ep(3, "both"), ep(4)
+    eps = [d, p, both, none]
+    assert make("decode-filter", "d", {}).filter(cycle(), req(), eps) == [d, both, none]
+    assert make("prefill-filter", "p", {}).filter(cycle(), req(), eps) == [p]
+    by = make(
+        "by-label", "b", {"label": ROLE_LABEL, "validValues": ["prefill"], "allowsNoLabel": True}
+    )
+    assert by.filter(cycle(), req(), eps) == [p, none]
+    sel = make(
+        "by-label-selector",
+        "s",
+        {"matchExpressions": [{"key": ROLE_LABEL, "operator": "In", "values": ["decode", "both"]}]},
+    )
+    assert sel.filter(cycle(), req(), eps) == [d, both]
+    with pytest.raises(ConfigError):
+        make("by-label-selector", "s", {"matchExpressions": [{"key": "x", "operator": "Gt"}]})
+
+
+def test_max_score_picker_breaks_ties_at_random() -> None:
+    a, b, c = ep(1), ep(2), ep(3)
+    picker = make("max-score-picker", "m", {})
+    picks = {picker.pick(cycle(seed), [(a, 1.0), (b, 1.0), (c, 0.5)]).name for seed in range(40)}
+    assert picks == {a.name, b.name}
+    assert picker.pick(cycle(), []) is None
+
+
+def test_weighted_random_picker_follows_scores() -> None:
+    a, b = ep(1), ep(2)
+    picker = make("weighted-random-picker", "w", {})
+    rng = cycle(1)
+    counts = {a.name: 0, b.name: 0}
+    for _ in range(2000):
+        counts[picker.pick(rng, [(a, 0.9), (b, 0.1)]).name] += 1
+    assert 0.85 < counts[a.name] / 2000 < 0.95
+    assert picker.pick(rng, [(a, 0.0), (b, 0.0)]) in (a, b)
+
+
+PD = """
+plugins:
+  - type: pd-profile-handler
+    parameters: {threshold: 100, hashBlockSize: 4}
+  - type: prefill-header-handler
+  - type: prefill-filter
+  - type: decode-filter
+  - type: prefix-cache-scorer
+    parameters: {hashBlockSize: 4}
+  - type: queue-scorer
+schedulingProfiles:
+  - name: prefill
+    plugins: [{pluginRef: prefill-filter}, {pluginRef: queue-scorer}]
+  - name: decode
+    plugins:
+      - pluginRef: decode-filter
+      - pluginRef: prefix-cache-scorer
+        weight: 2.5
+      - pluginRef: queue-scorer
+"""
+
+
+def test_pd_handler_threshold_and_prefix_hits() -> None:
+    sched = Scheduler(load(PD))
+    d1, d2, p1 = ep(1, "decode"), ep(2, "decode", waiting=3), ep(3, "prefill")
+    eps = [d1, d2, p1]
+    short = sched.schedule(cycle(), req("x" * 40), eps)
+    assert short.endpoint is d1 and PREFILLER_HEADER not in short.headers  # 40 < 100
+    long_prompt = "y" * 400
+    first = sched.schedule(cycle(), req(long_prompt), eps)
+    assert first.endpoint is d1 and first.headers[PREFILLER_HEADER] == p1.name
+    # The same prompt again is fully cached on d1: (1 - 1) x 400 < 100, no prefill.
+    again = sched.schedule(cycle(), req(long_prompt), eps)
+    assert again.endpoint is d1 and PREFILLER_HEADER not in again.headers
+    # No prefill pod: decode-only, still served.
+    alone = sched.schedule(cycle(), req("z" * 400), [d1])
+    assert alone.endpoint is d1 and PREFILLER_HEADER not in alone.headers
+
+
+def test_scores_are_clamped_and_weighted() -> None:
+    sched = Scheduler(load(PD))
+    d1, d2 = ep(1, "decode", waiting=0), ep(2, "decode", waiting=10)
+    result = sched.schedule(cycle(), req("q" * 10), [d1, d2])
+    assert result.profiles["decode"].scores["queue-scorer"] == {d1.name: 1.0, d2.name: 0.0}
+    assert result.endpoint is d1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("plugins: [{type: nope}]\nschedulingProfiles: [{name: a}]", "unknown plugin type 'nope'"),
+        (
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: "
+            "[{pluginRef: missing}]}]",
+            "schedulingProfiles[0].plugins[0].pluginRef",
+        ),
+        (
+            "plugins: [{type: load-aware-scorer, parameters: {threshold: -1}}]\n"
+            "schedulingProfiles: [{name: a}]",
+            "plugins[0]: parameter threshold",
+        ),
+        (
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: "
+            "[{pluginRef: queue-scorer, weight: heavy}]}]",
+            "weight: must be a number",
+        ),
+        (
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a}, {name: b}]",
+            "several profiles need a profile handler",
+        ),
+        ("plugins: [\n", "YAML syntax error"),
+    ],
+)
+def test_bad_configs_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load(text)
+
+
+def test_defaults_single_handler_and_max_score_picker() -> None:
+    cfg = load(
+        "plugins: [{type: queue-scorer}]\nschedulingProfiles: "
+        "[{name: only, plugins: [{pluginRef: queue-scorer, weight: 2}]}]"
+    )
+    assert cfg.handler.type_name == "single-profile-handler"
+    assert cfg.profiles["only"].picker.type_name == "max-score-picker"
+    assert cfg.profiles["only"].scorers[0][1] == 2.0
+
+
+def test_later_aliases_load() -> None:
+    cfg = load("""
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: disagg-profile-handler
+    parameters: {deciderPluginName: decider}
+  - {type: prefix-based-pd-decider, name: decider, parameters: {nonCachedTokens: 8}}
+  - type: disagg-headers-handler
+  - type: prefill-filter
+  - type: decode-filter
+schedulingProfiles:
+  - {name: prefill, plugins: [{pluginRef: prefill-filter}]}
+  - {name: decode, plugins: [{pluginRef: decode-filter}]}
+""")
+    sched = Scheduler(cfg)
+    d, p = ep(1, "decode"), ep(2, "prefill")
+    assert PREFILLER_HEADER in sched.schedule(cycle(), req("w" * 100), [d, p]).headers
+    assert PREFILLER_HEADER not in sched.schedule(cycle(), req("w" * 8), [d, p]).headers
