@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -37,10 +38,16 @@ def test_serves_openai_at_v1_and_route_path(up: Callable[..., Service]) -> None:
     models = httpx.get(f"{service.url}/v1/models", timeout=30)
     assert models.status_code == 200 and models.json()["data"][0]["id"] == MODEL
 
-    # The trace joins the EPP's and the sidecar's logs of the last request by its id.
-    trace = service.cli("logs").stdout
-    assert rid in trace
-    section = trace.split(f"request {rid}", 1)[1].split("\nrequest ", 1)[0]
+    # The trace joins the EPP's and the sidecar's logs of the last request by its id (the
+    # sidecar logs once its answer is sent, so its line may land just after the client is done).
+    section = ""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        trace = service.cli("logs").stdout
+        section = trace.split(f"request {rid}", 1)[-1].split("\nrequest ", 1)[0]
+        if "epp" in section and "sidecar-0" in section:
+            break
+        time.sleep(0.1)
     assert "epp" in section and "sidecar-0" in section, trace
     assert "outcome=pd" in trace and "kv_handle=" in trace, trace
     # The decode engine pulled the prompt's KV from the prefill engine.
@@ -116,8 +123,6 @@ def _endpoints(service: Service) -> list[dict]:
 
 def _wait_for_more(counts: dict[str, int], target: int, failures: list[str]) -> None:
     """Requests keep completing on the new topology (bounded by the failure list)."""
-    import time
-
     deadline = time.monotonic() + 60
     while counts["ok"] < target and not failures and time.monotonic() < deadline:
         time.sleep(0.05)
