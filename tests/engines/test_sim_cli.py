@@ -178,3 +178,23 @@ def test_busy_side_channel_port_and_bad_events_endpoint_are_one_line_errors() ->
             )
             assert done.returncode == 2 and needle in done.stderr, done.stderr
             assert "Traceback" not in done.stderr
+
+
+def test_print_profile_round_trips_through_profile(tmp_path) -> None:
+    done = subprocess.run(
+        [*PDSERVE, "sim-engine", "--print-profile", "--max-num-seqs", "8"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    saved = tmp_path / "p.yaml"
+    saved.write_text(done.stdout)
+    again = subprocess.run(
+        [*PDSERVE, "sim-engine", "--print-profile", "--profile", str(saved)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert again.stdout == done.stdout and "max_num_seqs: 8\n" in done.stdout

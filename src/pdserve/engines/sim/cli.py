@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--kv-events-config", help="vLLM KV events JSON (zmq publisher)")
     ap.add_argument("--profile", help="YAML timing/capacity profile (see profile.py)")
     ap.add_argument("--zero-cost", action="store_true", help="no modelled compute time")
+    ap.add_argument(
+        "--print-profile", action="store_true", help="print the effective profile (YAML), exit"
+    )
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (as vLLM)")
     ap.add_argument("--ssl-keyfile", help="the certificate's key")
@@ -132,6 +135,11 @@ def main(argv: list[str]) -> int:
     profile = load_profile(args.profile, **{d: getattr(args, d) for d in _PROFILE_FLAGS.values()})
     if args.zero_cost:
         profile = profile.zero()
+    if args.print_profile:
+        import yaml
+
+        print(yaml.safe_dump(profile.as_dict(), sort_keys=False), end="")
+        return 0
     model_dir = args.model or args.model_tag
     names = args.served_model_name or [model_dir or "sim-model"]
     kv_transfer = _json_flag("--kv-transfer-config", args.kv_transfer_config)
