@@ -94,8 +94,22 @@ class Sidecar:
         return web.Response(status=200)
 
     async def metrics_page(self, _: web.Request) -> web.Response:
+        """The engine's metrics followed by the sidecar's own: the EPP scrapes the pool's
+        target port (this one) for vllm:* gauges, and Prometheus gets both in one scrape."""
+        engine = b""
+        assert self.http is not None
+        try:
+            async with self.http.get(
+                f"{self.decoder}/metrics",
+                ssl=self._ssl(self.opts.decoder_tls, self.opts.decoder_insecure),
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as resp:
+                if resp.status == 200:
+                    engine = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass  # the engine is down: still report the sidecar's own metrics
         return web.Response(
-            body=generate_latest(self.metrics.registry),
+            body=engine + generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 

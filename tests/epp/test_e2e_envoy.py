@@ -1,0 +1,295 @@
+"""Real Envoy + `pdserve epp` + two prefill and two decode sim engines behind sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from pdserve.epp import envoy
+from pdserve.process import ManagedProcess, free_port, wait_tcp
+from testkit import PDSERVE, metric
+
+KV = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
+CONFIG = """
+plugins:
+  - type: pd-profile-handler
+    parameters: {threshold: 200, hashBlockSize: 64}
+  - type: prefill-header-handler
+  - type: prefill-filter
+  - type: decode-filter
+  - type: prefix-cache-scorer
+  - type: load-aware-scorer
+    parameters: {threshold: 16}
+schedulingProfiles:
+  - name: prefill
+    plugins: [{pluginRef: prefill-filter}, {pluginRef: load-aware-scorer}]
+  - name: decode
+    plugins:
+      - pluginRef: decode-filter
+      - {pluginRef: prefix-cache-scorer, weight: 2}
+      - {pluginRef: load-aware-scorer, weight: 1}
+"""
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    procs: list[ManagedProcess] = field(default_factory=list)
+    prefill: list[int] = field(default_factory=list)  # engine ports
+    decode: list[int] = field(default_factory=list)  # engine ports
+    sidecars: list[int] = field(default_factory=list)
+    gateway: int = 0
+
+    def start(self, name: str, argv: list[str], health: str | None = None) -> ManagedProcess:
+        proc = ManagedProcess(name, argv, self.tmp / f"{name}.log", env=dict(os.environ)).start()
+        self.procs.append(proc)
+        if health:
+            proc.wait_http(health, timeout=60)
+        return proc
+
+    def sim(self, name: str, *extra: str) -> int:
+        port = free_port()
+        self.start(
+            name,
+            [
+                *PDSERVE,
+                "sim-engine",
+                "--port",
+                str(port),
+                "--served-model-name",
+                "sim",
+                "--kv-transfer-config",
+                KV,
+                *extra,
+            ],
+            f"http://127.0.0.1:{port}/health",
+        )
+        return port
+
+    def gateway_up(self, endpoints: str, config: str) -> None:
+        grpc, health, metrics, admin = free_port(), free_port(), free_port(), free_port()
+        epp = self.start(
+            "epp",
+            [
+                *PDSERVE,
+                "epp",
+                "--config-text",
+                config,
+                "--endpoints",
+                endpoints,
+                "--grpc-port",
+                str(grpc),
+                "--grpc-health-port",
+                str(health),
+                "--metrics-port",
+                str(metrics),
+            ],
+            None,
+        )
+        wait_tcp("127.0.0.1", grpc, 30, epp.check_alive)
+        self.epp_metrics = f"http://127.0.0.1:{metrics}"
+        epp.wait_http(f"{self.epp_metrics}/metrics", 30)
+        self.gateway = free_port()
+        cfg = self.tmp / "envoy.json"
+        cfg.write_text(json.dumps(envoy.bootstrap(self.gateway, grpc, admin, ["/ns/llm"])))
+        gw = self.start(
+            "envoy",
+            [
+                str(envoy.binary()),
+                "-c",
+                str(cfg),
+                "--base-id",
+                str(self.gateway),
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ],
+        )
+        gw.wait_http(f"http://127.0.0.1:{admin}/ready", 60)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway}"
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop(5)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("e2e"))
+    try:
+        slow = c.tmp / "slow.yaml"
+        slow.write_text("max_num_seqs: 1\n")  # one running request: a queue forms quickly
+        for i in range(2):
+            c.prefill.append(c.sim(f"prefill{i}", "--zero-cost"))
+        for i in range(2):
+            port = c.sim(f"decode{i}", "--profile", str(slow))
+            c.decode.append(port)
+            side = free_port()
+            c.start(
+                f"sidecar{i}",
+                [
+                    *PDSERVE,
+                    "sidecar",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(side),
+                    "--vllm-port",
+                    str(port),
+                    "--secure-proxy=false",
+                ],
+                f"http://127.0.0.1:{side}/health",
+            )
+            c.sidecars.append(side)
+        endpoints = ",".join(
+            [f"127.0.0.1:{p}@prefill" for p in c.prefill]
+            + [f"127.0.0.1:{p}@decode" for p in c.sidecars]
+        )
+        c.gateway_up(endpoints, CONFIG)
+        yield c
+    finally:
+        c.stop()
+
+
+def outcomes(c: Cluster, outcome: str) -> list[float]:
+    return [
+        metric(f"http://127.0.0.1:{s}", "pdserve_sidecar_requests_total", outcome=outcome)
+        for s in c.sidecars
+    ]
+
+
+def test_chat_and_completions_streamed_through_envoy_with_pd(cluster: Cluster) -> None:
+    before = sum(outcomes(cluster, "pd"))
+    client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key="x", max_retries=0)
+    long = "Disaggregated serving splits prefill from decode. " * 10
+    chat = client.chat.completions.create(
+        model="sim", max_tokens=6, stream=True, messages=[{"role": "user", "content": long}]
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
+    comp = client.completions.create(model="sim", prompt=long + " again", max_tokens=6, stream=True)
+    assert "".join(c.choices[0].text for c in comp if c.choices)
+    routed = httpx.post(
+        f"{cluster.url}/ns/llm/v1/completions",
+        json={"model": "sim", "prompt": "route path " * 40, "max_tokens": 2},
+    )
+    assert routed.status_code == 200
+    # x-prefiller-host-port reached the decode sidecars: they ran the P/D path.
+    assert sum(outcomes(cluster, "pd")) - before == 3
+    assert httpx.get(f"{cluster.url}/v1/models").json()["data"][0]["id"] == "sim"
+
+
+def test_short_prompt_skips_prefill(cluster: Cluster) -> None:
+    before = sum(outcomes(cluster, "decode-only"))
+    r = httpx.post(
+        f"{cluster.url}/v1/completions", json={"model": "sim", "prompt": "hi", "max_tokens": 2}
+    )
+    assert r.status_code == 200
+    assert sum(outcomes(cluster, "decode-only")) - before == 1
+    assert (
+        metric(cluster.epp_metrics, "pdserve_epp_pd_decisions_total", decision="decode-only") >= 1
+    )
+
+
+def test_shared_prefix_lands_on_the_same_decode_pod(cluster: Cluster) -> None:
+    prefix = "A long shared system prompt about KV caches and routing. " * 40
+    before = [
+        a + b
+        for a, b in zip(outcomes(cluster, "pd"), outcomes(cluster, "decode-only"), strict=True)
+    ]
+    for i in range(6):
+        r = httpx.post(
+            f"{cluster.url}/v1/completions",
+            json={"model": "sim", "prompt": f"{prefix} question {i}", "max_tokens": 1},
+            timeout=30,
+        )
+        assert r.status_code == 200
+    after = [
+        a + b
+        for a, b in zip(outcomes(cluster, "pd"), outcomes(cluster, "decode-only"), strict=True)
+    ]
+    deltas = sorted(a - b for a, b in zip(after, before, strict=True))
+    assert deltas == [0, 6]
+
+
+def test_load_shifts_traffic_away_from_a_busy_pod(cluster: Cluster) -> None:
+    busy_engine, busy_sidecar = cluster.decode[0], cluster.sidecars[0]
+    long = {"model": "sim", "prompt": "busy", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    streams = []
+    with httpx.Client(timeout=60) as http:
+        for _ in range(4):  # one runs, three wait (max_num_seqs 1)
+            s = http.stream("POST", f"http://127.0.0.1:{busy_engine}/v1/completions", json=long)
+            s.__enter__()
+            streams.append(s)
+        deadline = time.monotonic() + 10
+        while metric(f"http://127.0.0.1:{busy_engine}", "vllm:num_requests_waiting") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)  # the EPP scrapes every 50 ms; give it a few rounds to see the queue
+        before = metric(f"http://127.0.0.1:{busy_sidecar}", "pdserve_sidecar_requests_total")
+        for i in range(5):
+            r = http.post(
+                f"{cluster.url}/v1/completions",
+                json={"model": "sim", "prompt": f"fresh {i} " * 5, "max_tokens": 1},
+            )
+            assert r.status_code == 200
+        after = metric(f"http://127.0.0.1:{busy_sidecar}", "pdserve_sidecar_requests_total")
+        for s in streams:
+            s.__exit__(None, None, None)
+    assert after == before  # every request went to the idle pod
+
+
+def test_sheddable_is_shed_when_saturated_and_critical_is_not(tmp_path) -> None:
+    c = Cluster(tmp_path)
+    try:
+        slow = tmp_path / "slow.yaml"
+        slow.write_text("max_num_seqs: 1\n")
+        port = c.sim("only", "--profile", str(slow))
+        c.gateway_up(
+            f"127.0.0.1:{port}@decode",
+            "plugins: [{type: queue-scorer}]\n"
+            "schedulingProfiles: [{name: d, plugins: [{pluginRef: queue-scorer}]}]\n",
+        )
+        long = {
+            "model": "sim",
+            "prompt": "fill",
+            "max_tokens": 2000,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with httpx.Client(timeout=60) as http:
+            streams = []
+            for _ in range(8):  # 1 running + 7 waiting > 5: saturated
+                s = http.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=long)
+                s.__enter__()
+                streams.append(s)
+            body = {"model": "sim", "prompt": "x", "max_tokens": 1}
+            shed = {"x-gateway-inference-criticality": "Sheddable"}
+            deadline = time.monotonic() + 15
+            while metric(c.epp_metrics, "inference_pool_average_queue_size") <= 5:
+                assert time.monotonic() < deadline, "the EPP never saw the queue"
+                time.sleep(0.1)  # polling the EPP's view, not waiting blindly
+            r = http.post(f"{c.url}/v1/completions", json=body, headers=shed, timeout=10)
+            assert r.status_code == 429
+            assert r.json()["object"] == "error"
+            with http.stream(
+                "POST",
+                f"{c.url}/v1/completions",
+                json={**body, "stream": True},
+                headers={"x-gateway-inference-criticality": "Critical"},
+            ) as crit:
+                assert crit.status_code == 200
+            for s in streams:
+                s.__exit__(None, None, None)
+    finally:
+        c.stop()
