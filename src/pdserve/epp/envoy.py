@@ -63,7 +63,10 @@ def bootstrap(
                         "response_header_mode": "SKIP",
                         "request_body_mode": body_mode,
                         "response_body_mode": "NONE",
-                        "request_trailer_mode": "SKIP",
+                        # Envoy refuses FULL_DUPLEX_STREAMED unless trailers are sent too.
+                        "request_trailer_mode": (
+                            "SEND" if body_mode == "FULL_DUPLEX_STREAMED" else "SKIP"
+                        ),
                         "response_trailer_mode": "SKIP",
                     },
                     "message_timeout": "30s",
