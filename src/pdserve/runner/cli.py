@@ -101,7 +101,7 @@ def up(argv: list[str]) -> int:
 
 def _detach(argv: list[str], state: StateDir) -> int:
     """Start the supervisor in its own session and follow its state file until ready."""
-    from pdserve.runner.progress import Follower
+    from pdserve.runner.progress import Follower, print_ready
 
     state.logs.mkdir(parents=True, exist_ok=True)
     state.file.unlink(missing_ok=True)
@@ -121,7 +121,7 @@ def _detach(argv: list[str], state: StateDir) -> int:
             follower.show(data.get("components", []))
             if data.get("status") == "ready" and data.get("pid") == proc.pid:
                 follower.close()
-                _print_ready(data)
+                print_ready(data)
                 return 0
             code = proc.poll()
             if code is not None or data.get("status") == "failed":
@@ -137,21 +137,6 @@ def _detach(argv: list[str], state: StateDir) -> int:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=120)
         return 130
-
-
-def _print_ready(data: dict[str, Any]) -> None:
-    info = data.get("summary", {})
-    url = info.get("url", "")
-    body = (
-        f'{{"model":"{info.get("model")}","max_tokens":32,'
-        '"messages":[{"role":"user","content":"What is the capital of France?"}]}'
-    )
-    print(f"ready: {info.get('name')} ({info.get('engine')} engines, pools {info.get('pools')})")
-    print(f"  OpenAI API: {url}/v1   route path: {info.get('route')}")
-    print(
-        f"  try: curl -s {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'"
-    )
-    print("  pdserve status | logs [COMPONENT] | scale prefill|decode N | down")
 
 
 def _tail(path: Path, lines: int = 20) -> str:

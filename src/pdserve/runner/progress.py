@@ -56,3 +56,18 @@ class Follower:
                 str(row.get("detail") or "")[:80],
             )
         return table
+
+
+def print_ready(data: dict[str, Any]) -> None:
+    info = data.get("summary", {})
+    url = info.get("url", "")
+    body = (
+        f'{{"model":"{info.get("model")}","max_tokens":32,'
+        '"messages":[{"role":"user","content":"What is the capital of France?"}]}'
+    )
+    print(f"ready: {info.get('name')} ({info.get('engine')} engines, pools {info.get('pools')})")
+    print(f"  OpenAI API: {url}/v1   route path: {info.get('route')}")
+    print(
+        f"  try: curl -s {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'"
+    )
+    print("  pdserve status | logs [COMPONENT] | scale prefill|decode N | down")

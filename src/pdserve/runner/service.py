@@ -21,7 +21,7 @@ from typing import Any
 
 from pdserve.engines import model as models
 from pdserve.engines.vllm import EngineCommand
-from pdserve.process import ManagedProcess, ProcessDied, free_port, wait_http
+from pdserve.process import ManagedProcess, ProcessDied, free_port
 from pdserve.runner import components
 from pdserve.runner.board import Board
 from pdserve.runner.components import EngineSlot
@@ -344,6 +344,3 @@ def _drain(engine_url: str) -> None:
         if running is None or (running + (waiting or 0)) == 0:
             return
         time.sleep(0.05)
-
-
-__all__ = ["LocalService", "ProcessDied", "Replica", "wait_http"]

@@ -16,7 +16,7 @@ from typing import Any
 from pdserve.process import ProcessDied
 from pdserve.runner.board import Board
 from pdserve.runner.plan import Plan
-from pdserve.runner.progress import Follower
+from pdserve.runner.progress import Follower, print_ready
 from pdserve.runner.state import StateDir
 
 WATCH_INTERVAL = 0.5
@@ -60,9 +60,7 @@ def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source
         save(status="ready", control_port=control.server_address[1])
         if follower is not None:
             follower.close()
-            from pdserve.runner.cli import _print_ready
-
-            _print_ready(record)
+            print_ready(record)
         while True:
             service.check()
             time.sleep(WATCH_INTERVAL)  # watching for crashes, not waiting for readiness
