@@ -293,3 +293,22 @@ def test_sheddable_is_shed_when_saturated_and_critical_is_not(tmp_path) -> None:
                 s.__exit__(None, None, None)
     finally:
         c.stop()
+
+
+def test_request_without_id_gets_one_that_reaches_the_sidecar(cluster: Cluster) -> None:
+    r = httpx.post(
+        f"{cluster.url}/v1/completions",
+        json={"model": "sim", "prompt": "no id given " * 30, "max_tokens": 1},
+    )
+    assert r.status_code == 200
+    epp_log = next(p for p in cluster.procs if p.name == "epp").log_path.read_text()
+    decisions = [
+        json.loads(line)
+        for line in epp_log.splitlines()
+        if '"event":"decision"' in line and "no id given" not in line
+    ]
+    rid = decisions[-1]["request_id"]
+    sidecar_logs = "".join(
+        p.log_path.read_text() for p in cluster.procs if p.name.startswith("sidecar")
+    )
+    assert f'"request_id":"{rid}"' in sidecar_logs

@@ -97,6 +97,10 @@ class Picker:
         if result.endpoint is None:
             self.metrics.errors.labels(req.model, req.model, "503").inc()
             raise Decision(503, "no endpoint available for this request")
+        if wire.REQUEST_ID_HEADER not in headers:
+            # The id this decision was logged under travels on, so the sidecar and engines
+            # log the same one and the routing trace can join them.
+            result.headers[wire.REQUEST_ID_HEADER] = req.request_id
         return result, req.model
 
     def _observe(self, model: str, chars: int, elapsed: float, trace: Trace) -> None:
