@@ -170,3 +170,33 @@ def test_multinode_renders_leaderworkersets_and_rdma_passes_through() -> None:
     assert {"name": "VLLM_ALL2ALL_BACKEND", "value": "deepep_high_throughput"} in main["env"]
     for obj in objs.values():
         check(obj)
+
+
+def test_render_cli_json_and_self_signed_secret() -> None:
+    import base64
+    import json
+    import subprocess
+
+    from testkit import PDSERVE
+
+    out = subprocess.run(
+        [
+            *PDSERVE,
+            "render",
+            "examples/pd-smollm2.yaml",
+            "-o",
+            "json",
+            "--self-signed-certs",
+            "-n",
+            "team-a",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    objs = json.loads(out)
+    assert {o["metadata"]["namespace"] for o in objs} == {"team-a"}
+    [secret] = [o for o in objs if o["kind"] == "Secret"]
+    assert base64.b64decode(secret["data"]["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE")
+    for obj in objs:
+        check(obj)

@@ -15,6 +15,9 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     ap.add_argument("--namespace", "-n", help="namespace of the rendered objects")
     if cmd == "render":
         ap.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+        ap.add_argument("--self-signed-certs", action="store_true",
+                        help="fill the TLS Secret with a fresh self-signed pair (otherwise it "
+                             "is rendered empty, for the operator or cert tooling to fill)")
     return ap
 
 
@@ -35,11 +38,15 @@ def main(argv: list[str]) -> int:
         print("\n\n".join(explain(s) for s in services))
         return 0
     from pdserve.render import render
-    from pdserve.tls import self_signed_pem
 
     objs: list[dict[str, Any]] = []
     for s in services:
-        objs += render(s, args.namespace, certs=self_signed_pem())
+        certs = None
+        if args.self_signed_certs:
+            from pdserve.tls import self_signed_pem
+
+            certs = self_signed_pem()
+        objs += render(s, args.namespace, certs=certs)
     if args.output == "json":
         json.dump(objs, sys.stdout, indent=2)
         print()
