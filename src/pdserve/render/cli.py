@@ -15,9 +15,12 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     ap.add_argument("--namespace", "-n", help="namespace of the rendered objects")
     if cmd == "render":
         ap.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
-        ap.add_argument("--self-signed-certs", action="store_true",
-                        help="fill the TLS Secret with a fresh self-signed pair (otherwise it "
-                             "is rendered empty, for the operator or cert tooling to fill)")
+        ap.add_argument(
+            "--self-signed-certs",
+            action="store_true",
+            help="fill the TLS Secret with a fresh self-signed pair (otherwise it "
+            "is rendered empty, for the operator or cert tooling to fill)",
+        )
     return ap
 
 
