@@ -10,6 +10,10 @@ from pdserve.process import ManagedProcess
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
+if not REFERENCE.is_dir():  # tests read upstream files where they lie; never skip silently
+    raise RuntimeError(
+        f"upstream reference files expected at {REFERENCE} (../shared beside the repository)"
+    )
 PDSERVE = [sys.executable, "-m", "pdserve"]
 
 Spawn = Callable[..., ManagedProcess]
