@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pdserve.engines import model as models
+from pdserve.engines import placement
 from pdserve.engines.vllm import EngineCommand
 from pdserve.process import ManagedProcess, ProcessDied, free_port
 from pdserve.runner import components
@@ -243,7 +244,12 @@ class LocalService:
                 f"http://127.0.0.1:{port}/health",
                 timeout if proc is replica.engine else COMPONENT_TIMEOUT,
             )
-            self.board.set(proc.name, status="ready")
+            detail = ""
+            if proc is replica.engine and replica.slot.cores is not None and proc.pid:
+                # Idle now: the moment to tell pollers apart (see engines/placement.py).
+                cores = placement.parse_cores(replica.slot.cores)
+                detail = placement.place(proc.pid, cores).summary()
+            self.board.set(proc.name, status="ready", detail=detail)
 
     def _start_router(self) -> None:
         config = self.state.path / "epp-config.yaml"
