@@ -1,7 +1,7 @@
 """The ext_proc hop through a real Envoy: EPP routing vs Envoy alone vs the Rust vllm-router.
 
     .venv/bin/python bench/epp_envoy.py [--sequential 300] [--requests 2000] [--concurrency 32]
-                                        [--body-mode BUFFERED|FULL_DUPLEX_STREAMED]
+                                        [--body-mode FULL_DUPLEX_STREAMED|BUFFERED]
 
 Same run, same two zero-cost sim engines (aggregated, 8-token completions):
 - anchor: the client round-robins the engines itself (no proxy);
@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=300)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--body-mode", default="BUFFERED", choices=("BUFFERED", "FULL_DUPLEX_STREAMED"))
+    modes = ("FULL_DUPLEX_STREAMED", "BUFFERED")
+    ap.add_argument("--body-mode", default=modes[0], choices=modes)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         fleet = Fleet(Path(d))

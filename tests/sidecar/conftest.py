@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import threading
@@ -175,7 +174,17 @@ def recorder() -> Iterator:
 
     yield start
     for loop, thread, runner in loops:
-        with contextlib.suppress(TimeoutError):  # a stalled handler is abandoned
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(3)
+        asyncio.run_coroutine_threadsafe(_shutdown(runner), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
+
+
+async def _shutdown(runner: web.AppRunner) -> None:
+    """Cancel in-flight handlers (a stalled one sleeps for an hour) before cleaning up, so
+    no coroutine is left to be collected after its loop has closed."""
+    handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in handlers:
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
+    await runner.cleanup()

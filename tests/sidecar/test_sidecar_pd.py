@@ -187,11 +187,6 @@ def test_tls_on_both_legs_with_self_signed_certs(sim, sidecar, tmp_path) -> None
         timeout=30,
     )
     assert resp.status_code == 200
-    assert (
-        metric(f"https://127.0.0.1:{s.port}", "pdserve_sidecar_requests_total", outcome="pd")
-        if False
-        else True
-    )
     with httpx.Client(verify=False) as c:
         text = c.get(f"{s.url}/metrics").text
     assert 'pdserve_sidecar_requests_total{outcome="pd",path="/v1/completions"} 1.0' in text

@@ -133,7 +133,12 @@ def gateway_config(argv: list[str]) -> int:
         default=[],
         help="e.g. /default/my-llm (rewritten to /); repeatable",
     )
-    ap.add_argument("--body-mode", choices=("BUFFERED", "FULL_DUPLEX_STREAMED"), default="BUFFERED")
+    ap.add_argument(
+        "--body-mode",
+        choices=("FULL_DUPLEX_STREAMED", "BUFFERED"),
+        default="FULL_DUPLEX_STREAMED",
+        help="how Envoy sends the request body to the EPP (duplex saves a round trip)",
+    )
     ap.add_argument("-o", "--output", help="file to write (default: stdout)")
     args = ap.parse_args(argv)
     from pdserve.epp.envoy import binary, bootstrap

@@ -33,11 +33,13 @@ def bootstrap(
     epp_port: int,
     admin_port: int,
     route_prefixes: list[str] | None = None,
-    body_mode: str = "BUFFERED",
+    body_mode: str = "FULL_DUPLEX_STREAMED",
     ext_proc: bool = True,
 ) -> dict[str, Any]:
     """Prefixes such as "/ns/name" are routed with the prefix rewritten to "/"; everything
-    else as is. `ext_proc=False` is plain Envoy (the benchmark's baseline): it then needs the
+    else as is. FULL_DUPLEX_STREAMED by default: Envoy sends the body without waiting for
+    the answer to the headers, one gRPC round trip fewer than BUFFERED (~0.8 ms here).
+    `ext_proc=False` is plain Envoy (the benchmark's baseline): it then needs the
     destination header from the client."""
     routes: list[dict[str, Any]] = []
     for prefix in route_prefixes or []:

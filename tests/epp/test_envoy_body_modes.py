@@ -1,5 +1,6 @@
-"""Envoy with the ext_proc body mode FULL_DUPLEX_STREAMED: the body reaches the EPP in
-chunks without Envoy waiting on the headers, and the EPP streams it back with its decision."""
+"""Envoy's two ext_proc body modes. BUFFERED: Envoy waits for the answer to the headers,
+then sends the whole body. FULL_DUPLEX_STREAMED (the default): the body reaches the EPP in
+chunks without that wait, and the EPP streams it back with its decision."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from pdserve.epp import envoy
 from pdserve.process import free_port, wait_tcp
 from testkit import PDSERVE, Spawn, metric
 
 
-def test_full_duplex_streamed_routes_through_envoy(spawn: Spawn, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "BUFFERED"])
+def test_body_mode_routes_through_envoy(spawn: Spawn, tmp_path: Path, mode: str) -> None:
     engines = [free_port(), free_port()]
     for i, p in enumerate(engines):
         argv = [*PDSERVE, "sim-engine", "--port", str(p), "--served-model-name", "sim"]
@@ -41,7 +44,7 @@ def test_full_duplex_streamed_routes_through_envoy(spawn: Spawn, tmp_path: Path)
     epp_url = f"http://127.0.0.1:{mport}"
     epp.wait_http(f"{epp_url}/metrics", timeout=60)
     cfg = tmp_path / "envoy.json"
-    boot = envoy.bootstrap(gw, grpc, admin, ["/ns/llm"], "FULL_DUPLEX_STREAMED")
+    boot = envoy.bootstrap(gw, grpc, admin, ["/ns/llm"], mode)
     cfg.write_text(json.dumps(boot))
     argv = [str(envoy.binary()), "-c", str(cfg), "--base-id", str(gw), "--log-level", "warn"]
     spawn("envoy", argv).wait_http(f"http://127.0.0.1:{admin}/ready", timeout=60)
