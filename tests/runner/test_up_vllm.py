@@ -8,7 +8,9 @@ be identical, since the decode engine only skipped the prefill it pulled.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import openai
 import pytest
 from upkit import Service, chat
 
-from pdserve.engines import model, venv, vllm
+from pdserve.engines import model, placement, venv, vllm
 from testkit import Spawn, metric
 
 pytestmark = pytest.mark.slow
@@ -43,11 +45,31 @@ def greedy(base_url: str, prompt: str, stream: bool = False) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
+def affinities(pid: int) -> set[frozenset[int]]:
+    """The distinct CPU sets of every thread under `pid` (threads may come and go)."""
+    out = set()
+    for proc in placement.process_tree(pid):
+        for tid in placement.threads(proc):
+            with contextlib.suppress(ProcessLookupError):
+                out.add(frozenset(os.sched_getaffinity(tid)))
+    return out
+
+
 def test_pd_with_vllm_equals_aggregated(
     up: Callable[..., Service], spawn: Spawn, port: Callable[[], int], tmp_path: Path
 ) -> None:
     assert venv.find() is not None, "vLLM engines are installed by `make engines`"
     service = up("--engine", "vllm", timeout=900)
+    # Each engine's whole process tree is on a core of its own, and NIXL's spinning progress
+    # thread was demoted (engines/placement.py): vLLM had put both models on the last core.
+    cores = {}
+    for name in ("prefill-0", "decode-0"):
+        row = service.component(name)
+        assert re.search(r"[1-9]\d* pollers demoted", row["detail"]), row
+        allowed = affinities(row["pid"])
+        assert len(allowed) == 1, (name, allowed)
+        cores[name] = allowed.pop()
+    assert cores["prefill-0"] != cores["decode-0"]
     base = f"{service.url}/v1"
     answer = greedy(base, PROMPTS[0])
     assert "paris" in answer.lower(), answer
