@@ -239,3 +239,84 @@ schedulingProfiles:
     d, p = ep(1, "decode"), ep(2, "prefill")
     assert PREFILLER_HEADER in sched.schedule(cycle(), req("w" * 100), [d, p]).headers
     assert PREFILLER_HEADER not in sched.schedule(cycle(), req("w" * 8), [d, p]).headers
+
+
+def test_always_disagg_decider_prefills_even_a_short_prompt() -> None:
+    cfg = load("""
+plugins:
+  - type: disagg-profile-handler
+    parameters: {deciderPluginName: always}
+  - {type: always-disagg-pd-decider, name: always}
+  - type: disagg-headers-handler
+  - type: prefill-filter
+  - type: decode-filter
+schedulingProfiles:
+  - {name: prefill, plugins: [{pluginRef: prefill-filter}]}
+  - {name: decode, plugins: [{pluginRef: decode-filter}]}
+""")
+    d, p = ep(1, "decode"), ep(2, "prefill")
+    result = Scheduler(cfg).schedule(cycle(), req("hi"), [d, p])
+    assert result.endpoint is d and result.headers[PREFILLER_HEADER] == p.name
+
+
+def test_decider_ref_must_name_a_decider() -> None:
+    with pytest.raises(ConfigError, match="'q' is not a decider plugin"):
+        load(
+            "plugins: [{type: pd-profile-handler, parameters: {deciderPluginName: q}},"
+            " {type: queue-scorer, name: q}]\n"
+            "schedulingProfiles: [{name: decode, plugins: [{pluginRef: q}]}]"
+        )
+
+
+def test_active_request_scorer_prefers_fewer_running() -> None:
+    scorer = make("active-request-scorer", "a", {})
+    idle, some, busy = ep(1, running=0), ep(2, running=3), ep(3, running=6)
+    scores = scorer.score(cycle(), req(), [idle, some, busy])
+    assert scores == {idle.name: 1.0, some.name: 0.5, busy.name: 0.0}
+    # all equal: no preference, every endpoint gets the same score
+    even = scorer.score(cycle(), req(), [ep(4, running=2), ep(5, running=2)])
+    assert len(set(even.values())) == 1
+
+
+def test_lora_affinity_scorer_levels() -> None:
+    scorer = make("lora-affinity-scorer", "l", {})
+
+    def lora_ep(port: int, running: set[str], waiting: set[str], max_loras: int) -> Endpoint:
+        m = Metrics(0, 0, 0.0, 0.0, frozenset(running), frozenset(waiting), max_loras)
+        return Endpoint("10.0.0.1", port, {}, m)
+
+    loaded = lora_ep(1, {"sql"}, set(), 1)
+    queued = lora_ep(2, {"chat"}, {"sql"}, 1)
+    room = lora_ep(3, {"chat"}, set(), 2)
+    full = lora_ep(4, {"chat"}, set(), 1)
+    scores = scorer.score(cycle(), req(model="sql"), [loaded, queued, room, full])
+    assert scores == {loaded.name: 1.0, queued.name: 0.8, room.name: 0.5, full.name: 0.0}
+
+
+def test_random_picker_is_uniform_and_seeded() -> None:
+    picker = make("random-picker", "r", {})
+    scored = [(ep(1), 0.9), (ep(2), 0.1), (ep(3), 0.0)]
+    picks = [picker.pick(cycle(seed), scored) for seed in range(600)]
+    counts = {e.name: sum(p is e for p in picks) for e, _ in scored}
+    assert all(150 <= n <= 250 for n in counts.values()), counts  # scores are ignored
+    assert picker.pick(cycle(7), scored) is picker.pick(cycle(7), scored)
+    assert picker.pick(cycle(), []) is None
+
+
+def test_precise_prefix_scorer_follows_kv_events() -> None:
+    from pdserve.engines.sim.block_manager import block_hashes
+
+    scorer = make("precise-prefix-cache-scorer", "pp", {"blockSize": 4})
+    prompt = "the quick brown fox jumps over the lazy dog " * 4
+    hashes = block_hashes(scorer.tokenize(prompt), 4)
+    assert len(hashes) >= 4
+    a, b = ep(1), Endpoint("10.0.0.2", 2)
+    scorer.apply_event(a.address, ["BlockStored", hashes, None, [], 4, None])
+    scorer.apply_event(b.name, ["BlockStored", hashes[:2], None, [], 4, None])
+    total = len(hashes)
+    assert scorer.score(cycle(), req(prompt), [a, b]) == {a.name: 1.0, b.name: 2 / total}
+    # a removed block in the middle ends the run there
+    scorer.apply_event(a.address, ["BlockRemoved", [hashes[1]]])
+    assert scorer.score(cycle(), req(prompt), [a])[a.name] == 1 / total
+    scorer.apply_event(b.name, ["AllBlocksCleared"])
+    assert scorer.score(cycle(), req(prompt), [b])[b.name] == 0.0

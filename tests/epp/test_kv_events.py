@@ -1,0 +1,48 @@
+"""The EPP's KV-event subscriber: vLLM's msgpack batches over a real ZMQ socket feed the
+precise prefix-cache scorer's index."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from pdserve.epp.framework import make
+from pdserve.epp.kv_events import subscribe
+from pdserve.process import free_port
+
+
+async def test_subscriber_applies_engine_batches() -> None:
+    scorer = make("precise-prefix-cache-scorer", "pp", {})
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    task = asyncio.create_task(subscribe(scorer, endpoint))
+    pub = zmq.asyncio.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(endpoint)  # engines connect to the EPP's bound SUB, as in llm-d
+    stored = msgpack.packb([1.0, [["BlockStored", [11, 12], None, [1, 2], 16, None]], 0])
+    removed = msgpack.packb([2.0, [["BlockRemoved", [12]]], 0])
+    try:
+        # ZMQ drops messages sent before the subscription reaches the publisher, so resend
+        # until the first batch lands (a bounded probe, not a sleep).
+        for seq in range(200):
+            await pub.send_multipart([b"kv@10.0.0.7@m", seq.to_bytes(8, "big"), stored])
+            if scorer.holders.get(11):
+                break
+            await asyncio.sleep(0.01)
+        assert scorer.holders[11] == {"10.0.0.7"} and scorer.holders[12] == {"10.0.0.7"}
+        await pub.send_multipart([b"kv@10.0.0.7@m", b"\0" * 8, b"not msgpack \xc1"])
+        await pub.send_multipart([b"kv@10.0.0.7@m", b"\0" * 8, removed])
+        for _ in range(200):
+            if not scorer.holders[12]:
+                break
+            await asyncio.sleep(0.01)
+        assert scorer.holders[12] == set() and scorer.holders[11] == {"10.0.0.7"}
+        assert not task.done()  # a malformed batch was skipped, the subscriber goes on
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        pub.close(0)
