@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -128,28 +129,56 @@ def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None
     bad = httpx.post(s.url + "/v1/completions", content=b"{oops", headers={HDR: "127.0.0.1:1"})
     assert bad.status_code == 400 and bad.json()["object"] == "error"
     dead = httpx.post(s.url + "/v1/completions", json={"prompt": "x"})
-    assert dead.status_code == 502 and dead.json()["code"] == 502
+    assert dead.status_code == 502
+    error = dead.json()
+    assert error["object"] == "error" and error["code"] == 502 and error["type"]
+    assert "decoder" in error["message"] and "unreachable" in error["message"]
     rp = recorder(p.url)
     pd = httpx.post(s.url + "/v1/completions", json={"prompt": "x"}, headers={HDR: rp.hostport})
-    assert pd.status_code == 502  # prefill ran, the decoder is down
+    assert pd.status_code == 502 and len(rp.seen) == 1  # prefill ran, the decoder is down
+    assert pd.json()["object"] == "error" and pd.json()["code"] == 502
     assert httpx.get(s.url + "/health").status_code == 200  # and the sidecar keeps serving
 
 
-def test_client_disconnect_cancels_the_decode(sim, sidecar) -> None:
+def _await_abort(engine_url: str) -> None:
+    deadline = time.monotonic() + 10
+    while not metric(engine_url, "vllm:request_success_total", finished_reason="abort"):
+        assert time.monotonic() < deadline, f"{engine_url} never saw the request aborted"
+        time.sleep(0.05)  # polling the engine's metrics, bounded by the deadline
+    assert metric(engine_url, "vllm:num_requests_running") == 0
+
+
+@pytest.mark.parametrize("path", ["decode-only", "pd"])
+def test_client_disconnect_cancels_the_decode(sim, sidecar, path) -> None:
     d = sim()  # real timing: 300 tokens take seconds
+    headers = {}
+    if path == "pd":
+        headers[HDR] = f"127.0.0.1:{sim('--zero-cost').port}"
     s = sidecar(d.port)
     body = {"prompt": "long", "max_tokens": 300, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=30) as resp:
+    with httpx.stream(
+        "POST", s.url + "/v1/completions", json=body, headers=headers, timeout=30
+    ) as resp:
         for line in resp.iter_lines():
             if line.startswith("data: {"):
                 break  # leave after the first token
-    import time
+    _await_abort(d.url)
 
-    deadline = time.monotonic() + 10
-    while not metric(d.url, "vllm:request_success_total", finished_reason="abort"):
-        assert time.monotonic() < deadline, "the engine never saw the request aborted"
-        time.sleep(0.05)
-    assert metric(d.url, "vllm:num_requests_running") == 0
+
+def test_client_disconnect_during_prefill_cancels_it(sim, sidecar, tmp_path) -> None:
+    slow = tmp_path / "slow-prefill.yaml"
+    # Chunked prefill, 32 tokens a step at 20 ms a token: a 500-word prompt prefills for
+    # ~10 s in steps of 0.64 s, so the abort lands between two chunks.
+    slow.write_text("prefill_ms_per_token: 20.0\nmax_num_batched_tokens: 32\n")
+    p, d = sim("--profile", str(slow)), sim("--zero-cost")
+    s = sidecar(d.port)
+    body = {"prompt": "word " * 500, "max_tokens": 8}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            s.url + "/v1/completions", json=body, headers={HDR: f"127.0.0.1:{p.port}"}, timeout=1
+        )
+    _await_abort(p.url)  # the prefill leg was cancelled, not left to run
+    assert metric(d.url, "vllm:request_success_total") == 0  # and no decode leg started
 
 
 def test_ssrf_protection(sim, sidecar, recorder) -> None:

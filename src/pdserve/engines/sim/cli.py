@@ -238,7 +238,9 @@ async def _serve(cfg, host: str, port: int, log: logging.Logger, ssl=None) -> No
     except OSError as err:
         where = f"{cfg.side_channel_host}:{cfg.side_channel_port}"
         raise UserError(f"cannot listen on KV side channel {where}: {err.strerror}") from err
-    runner = web.AppRunner(Api(engine).app(), access_log=None)
+    # handler_cancellation: a client that goes away aborts its request, streamed or not, as
+    # vLLM does.
+    runner = web.AppRunner(Api(engine).app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl).start()
