@@ -166,18 +166,35 @@ def test_stalled_pull_times_out_and_recomputes(sim_engine) -> None:
     assert "timed out" in d.proc.log_path.read_text()
 
 
-def test_unknown_engine_params_recompute(sim_engine) -> None:
-    d = sim_engine("--zero-cost")
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+@pytest.mark.parametrize("target", ["dead", "live"])
+def test_params_naming_a_dead_or_unknown_engine(sim_engine, target, policy) -> None:
+    d = sim_engine("--zero-cost", kv=_kv(policy))
+    port = 1  # nothing listens there
+    if target == "live":  # a real engine's side channel, which never leased request cmpl-x
+        live = sim_engine("--zero-cost", kv=_kv(policy))
+        port = prefill(live.url, {"prompt": "other " * 40, "max_tokens": 2})["remote_port"]
     bogus = {
         "do_remote_prefill": True,
         "remote_engine_id": "nope",
         "remote_block_ids": [1, 2],
         "remote_request_id": "cmpl-x",
         "remote_host": "127.0.0.1",
-        "remote_port": 1,
+        "remote_port": port,
     }
-    resp = decode(d.url, {"prompt": "who " * 40, "max_tokens": 2}, bogus)
-    assert resp.status_code == 200
+    body = {"prompt": "who " * 40, "max_tokens": 2}
+    resp = decode(d.url, body, bogus)
+    if policy == "recompute":
+        assert resp.status_code == 200
+        local = httpx.post(f"{d.url}/v1/completions", json=body).json()
+        assert resp.json()["choices"][0]["text"] == local["choices"][0]["text"]
+    else:
+        assert resp.status_code == 500
+        error = resp.json()
+        assert error["object"] == "error" and error["code"] == 500
+        assert "kv_load_failure_policy" in error["message"]
+    assert metric(d.url, "pdserve_sim:kv_pulls_total", outcome="failed") == 1
+    assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200  # still serving
 
 
 def test_consumer_with_prompt_cached_skips_pull_and_frees_producer_lease(sim_engine) -> None:
@@ -195,12 +212,13 @@ def test_consumer_with_prompt_cached_skips_pull_and_frees_producer_lease(sim_eng
     assert metric(p.url, "vllm:kv_cache_usage_perc") == 0
 
 
-def test_prefiller_killed_mid_pull_is_detected_and_recomputed(sim_engine) -> None:
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_prefiller_killed_mid_pull_is_handled_per_policy(sim_engine, policy) -> None:
     import threading
     import time
 
-    p = sim_engine("--zero-cost", kv=_kv("recompute", fault="stall"))
-    d = sim_engine("--zero-cost", kv=_kv("recompute", pull_timeout="60"))
+    p = sim_engine("--zero-cost", kv=_kv(policy, fault="stall"))
+    d = sim_engine("--zero-cost", kv=_kv(policy, pull_timeout="60"))
     body = {"prompt": "midway " * 50, "max_tokens": 4}
     params = prefill(p.url, body)
     result: dict[str, httpx.Response] = {}
@@ -212,11 +230,16 @@ def test_prefiller_killed_mid_pull_is_detected_and_recomputed(sim_engine) -> Non
         time.sleep(0.05)
     p.proc.popen.send_signal(signal.SIGKILL)
     worker.join(30)
-    assert result["r"].status_code == 200
     log = d.proc.log_path.read_text()
     assert re.search(r'"kv_pull".*"ok":false', log) and "timed out" not in log
-    agg = httpx.post(f"{d.url}/v1/completions", json=body).json()
-    assert result["r"].json()["choices"][0]["text"] == agg["choices"][0]["text"]
+    agg = httpx.post(f"{d.url}/v1/completions", json=body)
+    assert agg.status_code == 200  # the consumer keeps serving
+    if policy == "recompute":
+        assert result["r"].status_code == 200
+        assert result["r"].json()["choices"][0]["text"] == agg.json()["choices"][0]["text"]
+    else:
+        assert result["r"].status_code == 500
+        assert result["r"].json()["object"] == "error"
 
 
 def _cpu_seconds(pid: int) -> float:

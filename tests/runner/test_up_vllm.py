@@ -55,6 +55,7 @@ def affinities(pid: int) -> set[frozenset[int]]:
     return out
 
 
+@pytest.mark.timeout(2400)  # two engine start-ups of up to 900 s each on a busy machine
 def test_pd_with_vllm_equals_aggregated(
     up: Callable[..., Service], spawn: Spawn, port: Callable[[], int], tmp_path: Path
 ) -> None:
