@@ -6,12 +6,14 @@ through its gateway with the same mixed load, one after another in one run:
   agg1   one aggregated engine with both cores
   agg2   two aggregated engines, a core each, behind the same EPP
 Load: `--streams` closed-loop chat streams (short prompt, fixed 32 output tokens) whose
-TTFT and inter-token latency (ITL) are measured, while one closed loop keeps sending long
-prompts (~500 tokens, distinct so the prefix cache cannot help, 1 output token). The P/D
+TTFT and inter-token latency (ITL) are measured, while long prompts (~500 tokens, distinct
+so the prefix cache cannot help, 1 output token) come from one closed loop, or open-loop at
+`--long-rate` per second so that every topology prefills the same load. The P/D
 claim: decode ITL is insulated from the long prefills. Prints p50/p99 per topology and the
 ratios to `pd`.
 
 usage: .venv/bin/python bench/up_pd_vs_agg.py [--seconds 60] [--streams 3] [--via direct]
+                                              [--long-rate 0.5]
 """
 
 from __future__ import annotations
@@ -111,18 +113,26 @@ async def stream_once(
             last = now
 
 
-async def long_once(client: httpx.AsyncClient, target: Target, rng: random.Random) -> None:
+async def long_once(
+    client: httpx.AsyncClient, target: Target, rng: random.Random, latencies: list[float]
+) -> None:
     text = " ".join(rng.choice(WORDS) for _ in range(LONG_WORDS))
     body = {"model": MODEL, "max_tokens": 1, "prompt": text}
     base, headers = target()
+    start = time.perf_counter()
     resp = await client.post(f"{base}/v1/completions", json=body, headers=headers)
     resp.raise_for_status()
+    latencies.append(time.perf_counter() - start)
 
 
-async def drive(target: Target, seconds: float, streams: int) -> dict[str, float]:
+async def drive(
+    target: Target, seconds: float, streams: int, long_rate: float = 0.0
+) -> dict[str, float]:
+    """`long_rate` > 0: long prompts arrive open-loop at that rate, so every topology gets
+    the same prefill load; 0: one closed loop, each topology as many as it can take."""
     ttft: list[float] = []
     itl: list[float] = []
-    longs = [0]
+    longs: list[float] = []
     deadline = time.monotonic() + seconds
     rng = random.Random(7)
     async with httpx.AsyncClient(timeout=600) as client:
@@ -132,12 +142,20 @@ async def drive(target: Target, seconds: float, streams: int) -> dict[str, float
             while time.monotonic() < deadline:
                 await stream_once(client, target, ttft, itl)
 
-        async def prefiller() -> None:
+        async def closed_loop() -> None:
             while time.monotonic() < deadline:
-                await long_once(client, target, rng)
-                longs[0] += 1
+                await long_once(client, target, rng, longs)
 
-        await asyncio.gather(prefiller(), *(streamer() for _ in range(streams)))
+        async def open_loop() -> None:
+            arrivals, due = [], time.monotonic()
+            while due < deadline:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))  # the arrival schedule
+                arrivals.append(asyncio.create_task(long_once(client, target, rng, longs)))
+                due += 1 / long_rate
+            await asyncio.gather(*arrivals)
+
+        prefills = open_loop() if long_rate > 0 else closed_loop()
+        await asyncio.gather(prefills, *(streamer() for _ in range(streams)))
     return {
         "ttft_p50": pct(ttft, 0.5),
         "ttft_p99": pct(ttft, 0.99),
@@ -145,11 +163,14 @@ async def drive(target: Target, seconds: float, streams: int) -> dict[str, float
         "itl_p99": pct(itl, 0.99),
         "itl_mean": statistics.fmean(itl) if itl else float("nan"),
         "streams_done": len(ttft),
-        "long_prompts": longs[0],
+        "long_prompts": len(longs),
+        "long_p50": pct(longs, 0.5),
     }
 
 
-def run(topology: str, tmp: Path, seconds: float, streams: int) -> dict[str, float]:
+def run(
+    topology: str, tmp: Path, seconds: float, streams: int, long_rate: float = 0.0
+) -> dict[str, float]:
     port = free_port()
     state = ["--state-dir", str(tmp / f"state-{topology}")]
     up = [*PDSERVE, "up", str(manifest(tmp, topology)), "--engine", "vllm", "--detach"]
@@ -160,14 +181,16 @@ def run(topology: str, tmp: Path, seconds: float, streams: int) -> dict[str, flo
             raise SystemExit(f"{topology}: pdserve up failed:\n{done.stderr}")
         ready = time.perf_counter() - started
         url = f"http://127.0.0.1:{port}"
-        result = asyncio.run(drive(lambda: (url, {}), seconds, streams))
+        result = asyncio.run(drive(lambda: (url, {}), seconds, streams, long_rate))
         result["up_s"] = ready
         return result
     finally:
         subprocess.run([*PDSERVE, "down", *state], capture_output=True)
 
 
-def run_direct(topology: str, tmp: Path, seconds: float, streams: int) -> dict[str, float]:
+def run_direct(
+    topology: str, tmp: Path, seconds: float, streams: int, long_rate: float = 0.0
+) -> dict[str, float]:
     """The same engines without Envoy and the EPP: the client does the EPP's job (sets the
     prefill header for P/D, round-robins two aggregated engines). Gateway overhead is ~1 ms,
     small next to CPU decode steps; use it when the router is unavailable."""
@@ -217,7 +240,7 @@ def run_direct(topology: str, tmp: Path, seconds: float, streams: int) -> dict[s
         if topology == "pd":
             procs[-1].wait_http(f"http://127.0.0.1:{side}/health", 60)
         ready = time.perf_counter() - started
-        result = asyncio.run(drive(target, seconds, streams))
+        result = asyncio.run(drive(target, seconds, streams, long_rate))
         result["up_s"] = ready
         return result
     finally:
@@ -231,18 +254,26 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=3)
     ap.add_argument("--topologies", default="pd,agg1,agg2")
     ap.add_argument("--via", choices=("gateway", "direct"), default="gateway")
+    ap.add_argument(
+        "--long-rate",
+        type=float,
+        default=0.0,
+        help="long prompts per second, open loop (default: one closed loop)",
+    )
     args = ap.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for topology in args.topologies.split(","):
             runner = run if args.via == "gateway" else run_direct
-            results[topology] = runner(topology, Path(tmp), args.seconds, args.streams)
+            results[topology] = runner(
+                topology, Path(tmp), args.seconds, args.streams, args.long_rate
+            )
             r = results[topology]
             print(
                 f"{topology:>5}: up {r['up_s']:.0f}s  TTFT p50 {r['ttft_p50'] * 1e3:.0f} ms "
                 f"p99 {r['ttft_p99'] * 1e3:.0f} ms  ITL p50 {r['itl_p50'] * 1e3:.1f} ms "
                 f"p99 {r['itl_p99'] * 1e3:.1f} ms  ({r['streams_done']} streams, "
-                f"{r['long_prompts']} long prompts)",
+                f"{r['long_prompts']} long prompts, p50 {r['long_p50'] * 1e3:.0f} ms)",
                 flush=True,
             )
     if "pd" in results:
