@@ -86,6 +86,9 @@ def test_pd_sample_matches_the_protocol_table() -> None:
     assert "NixlConnector" in " ".join(pmain["args"]) and "NixlConnector" in " ".join(main["args"])
     svc = objs[("Service", f"{n}-kserve-workload-svc")]
     assert svc["spec"]["ports"][0]["port"] == 8000
+    # selects the workload pods of both pools, the decode and the prefill ones
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["selector"].items() <= plabels.items()
     assert ("Secret", f"{n}-kserve-self-signed-certs") in objs
     for kind, name in [
         ("ServiceAccount", f"{n}-kserve"),
@@ -115,8 +118,17 @@ def test_pd_sample_matches_the_protocol_table() -> None:
     route = objs[("HTTPRoute", f"{n}-kserve-route")]
     rule = route["spec"]["rules"][0]
     assert rule["matches"][0]["path"] == {"type": "PathPrefix", "value": f"/default/{n}"}
-    assert rule["backendRefs"][0]["name"] == f"{n}-inference-pool"
+    assert rule["filters"] == [
+        {
+            "type": "URLRewrite",
+            "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+        }
+    ]
+    [backend] = rule["backendRefs"]
+    assert backend["kind"] == "InferencePool" and backend["name"] == f"{n}-inference-pool"
     assert rule["timeouts"] == {"request": "0s", "backendRequest": "0s"}
+    [parent] = route["spec"]["parentRefs"]
+    assert parent["kind"] == "Gateway" and parent["name"] and parent["namespace"]
 
 
 def test_multinode_renders_leaderworkersets_and_rdma_passes_through() -> None:
