@@ -83,7 +83,9 @@ def test_component_dying_at_start_is_reported_and_the_rest_stopped(
         str(state),
     )
     assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "prefill-0 exited" in done.stderr and "profile" in done.stderr, done.stderr
+    assert "prefill-0 exited" in done.stderr and "last log lines" in done.stderr, done.stderr
+    # the tail of the engine's own log, naming the missing file
+    assert "/no/such/profile.yaml" in done.stderr.split("last log lines", 1)[1], done.stderr
     import json
 
     data = json.loads((state / "state.json").read_text())
