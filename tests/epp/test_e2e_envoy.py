@@ -169,8 +169,16 @@ def outcomes(c: Cluster, outcome: str) -> list[float]:
     ]
 
 
+def prefilled(c: Cluster) -> float:
+    """Requests the prefill engines have served: only the sidecars' prefill legs go there."""
+    return sum(
+        metric(f"http://127.0.0.1:{p}", "vllm:request_success_total", model_name="sim")
+        for p in c.prefill
+    )
+
+
 def test_chat_and_completions_streamed_through_envoy_with_pd(cluster: Cluster) -> None:
-    before = sum(outcomes(cluster, "pd"))
+    before, legs = sum(outcomes(cluster, "pd")), prefilled(cluster)
     client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key="x", max_retries=0)
     long = "Disaggregated serving splits prefill from decode. " * 10
     chat = client.chat.completions.create(
@@ -184,8 +192,10 @@ def test_chat_and_completions_streamed_through_envoy_with_pd(cluster: Cluster) -
         json={"model": "sim", "prompt": "route path " * 40, "max_tokens": 2},
     )
     assert routed.status_code == 200
-    # x-prefiller-host-port reached the decode sidecars: they ran the P/D path.
+    # x-prefiller-host-port reached the decode sidecars: they ran the P/D path, each prefill
+    # leg on a prefill engine the EPP named.
     assert sum(outcomes(cluster, "pd")) - before == 3
+    assert prefilled(cluster) - legs == 3
     assert httpx.get(f"{cluster.url}/v1/models").json()["data"][0]["id"] == "sim"
 
 
