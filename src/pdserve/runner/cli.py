@@ -172,7 +172,8 @@ def status(argv: list[str]) -> int:
         live = ("up" if pid_alive(row.get("pid")) else "down") if row.get("pid") else "-"
         print(
             f"  {row['name']:<12} {row['kind']:<16} {row['status']:<9} {live:<5} "
-            f"port {row.get('port') or '-':<6} pid {row.get('pid') or '-'}"
+            f"port {row.get('port') or '-':<6} pid {row.get('pid') or '-':<8} "
+            f"{row.get('detail') or ''}".rstrip()
         )
     return 0 if alive else 1
 
