@@ -28,12 +28,16 @@ MODEL = "smollm2"
 PROMPTS = [
     "What is the capital of France?",
     "Name three colours of the rainbow.",
+    "Which ocean lies between Europe and America?",
 ]
 
 
 def greedy(base_url: str, prompt: str, stream: bool = False) -> str:
+    """Each prompt gets its own opening ("Round N."), so no two share a cached prefix: the
+    EPP disaggregates every first ask, and repeats of one find it cached on the decode pod."""
     api = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=300)
     messages = chat(prompt)
+    messages[0]["content"] = f"Round {PROMPTS.index(prompt) + 1}. {messages[0]['content']}"
     if not stream:
         reply = api.chat.completions.create(
             model=MODEL, messages=messages, max_tokens=32, temperature=0
@@ -72,18 +76,25 @@ def test_pd_with_vllm_equals_aggregated(
         cores[name] = allowed.pop()
     assert cores["prefill-0"] != cores["decode-0"]
     base = f"{service.url}/v1"
-    answer = greedy(base, PROMPTS[0])
+    sidecar = f"http://127.0.0.1:{service.component('sidecar-0')['port']}"
+
+    def pd_count() -> float:
+        return metric(sidecar, "pdserve_sidecar_requests_total", outcome="pd")
+
+    pd_answers = []
+    for prompt in PROMPTS:  # every prompt's first ask goes through P/D
+        before = pd_count()
+        pd_answers.append(greedy(base, prompt))
+        assert pd_count() == before + 1, prompt
+    answer = pd_answers[0]
     assert "paris" in answer.lower(), answer
     assert greedy(base, PROMPTS[0], stream=True) == answer
     assert "paris" in greedy(service.state()["summary"]["route"], PROMPTS[0]).lower()
-    pd_answers = [answer, *(greedy(base, p) for p in PROMPTS[1:])]
 
     # The decode engine pulled each prompt's KV cache through NIXL from the prefill engine.
     decode = f"http://127.0.0.1:{service.component('decode-0')['port']}"
     prefill = f"http://127.0.0.1:{service.component('prefill-0')['port']}"
-    # The first prompt was long enough for the EPP to choose P/D (later ones share its
-    # system prefix, cached on the decode engine, so they may run decode-only).
-    assert metric(decode, "vllm:nixl_xfer_time_seconds_count") >= 1
+    assert metric(decode, "vllm:nixl_xfer_time_seconds_count") >= len(PROMPTS)
     assert metric(prefill, "vllm:prompt_tokens_total") > 0
     trace = service.cli("logs").stdout
     assert "outcome=pd" in trace and "sidecar-0" in trace and "epp" in trace, trace
