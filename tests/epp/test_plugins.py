@@ -220,42 +220,36 @@ def test_defaults_single_handler_and_max_score_picker() -> None:
     assert cfg.profiles["only"].scorers[0][1] == 2.0
 
 
-def test_later_aliases_load() -> None:
-    cfg = load("""
+def disagg(decider: str) -> Scheduler:
+    """The later (disagg-*) names, with `decider` as the plugin named "decider"."""
+    return Scheduler(
+        load(f"""
 apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
 plugins:
   - type: disagg-profile-handler
-    parameters: {deciderPluginName: decider}
-  - {type: prefix-based-pd-decider, name: decider, parameters: {nonCachedTokens: 8}}
+    parameters: {{deciderPluginName: decider}}
+  - {{name: decider, {decider}}}
   - type: disagg-headers-handler
   - type: prefill-filter
   - type: decode-filter
 schedulingProfiles:
-  - {name: prefill, plugins: [{pluginRef: prefill-filter}]}
-  - {name: decode, plugins: [{pluginRef: decode-filter}]}
+  - {{name: prefill, plugins: [{{pluginRef: prefill-filter}}]}}
+  - {{name: decode, plugins: [{{pluginRef: decode-filter}}]}}
 """)
-    sched = Scheduler(cfg)
+    )
+
+
+def test_later_aliases_load() -> None:
+    sched = disagg("type: prefix-based-pd-decider, parameters: {nonCachedTokens: 8}")
     d, p = ep(1, "decode"), ep(2, "prefill")
     assert PREFILLER_HEADER in sched.schedule(cycle(), req("w" * 100), [d, p]).headers
     assert PREFILLER_HEADER not in sched.schedule(cycle(), req("w" * 8), [d, p]).headers
 
 
 def test_always_disagg_decider_prefills_even_a_short_prompt() -> None:
-    cfg = load("""
-plugins:
-  - type: disagg-profile-handler
-    parameters: {deciderPluginName: always}
-  - {type: always-disagg-pd-decider, name: always}
-  - type: disagg-headers-handler
-  - type: prefill-filter
-  - type: decode-filter
-schedulingProfiles:
-  - {name: prefill, plugins: [{pluginRef: prefill-filter}]}
-  - {name: decode, plugins: [{pluginRef: decode-filter}]}
-""")
     d, p = ep(1, "decode"), ep(2, "prefill")
-    result = Scheduler(cfg).schedule(cycle(), req("hi"), [d, p])
+    result = disagg("type: always-disagg-pd-decider").schedule(cycle(), req("hi"), [d, p])
     assert result.endpoint is d and result.headers[PREFILLER_HEADER] == p.name
 
 
