@@ -15,7 +15,7 @@ from testkit import Spawn
 # thread) and a waiting one, and a child process (the worker) with a spinner of its own.
 # Once all are running it writes their thread ids and listens on a port: that is readiness.
 CHILD = """
-import json, sys, threading
+import sys, threading
 def spin():
     out.write(f"{threading.get_native_id()}\\n"); out.flush()
     while True:
@@ -82,3 +82,11 @@ def test_parse_cores() -> None:
 def test_place_on_a_process_that_is_gone() -> None:
     result = placement.place(2**22 + 1, {0}, window=0.01)  # above pid_max's default
     assert result.threads == 0 and result.demoted == []
+
+
+def test_choose_cores() -> None:
+    assert placement.choose_cores([0, 1], [], lone=True) == "0,1"
+    assert placement.choose_cores([2, 3], [], lone=False) == "2"  # a restricted CPU set
+    assert placement.choose_cores([0, 1], ["0"], lone=False) == "1"
+    assert placement.choose_cores([0, 1], ["0", "1"], lone=False) == "0"
+    assert placement.choose_cores([0, 1], ["0", "1", "0"], lone=False) == "1"

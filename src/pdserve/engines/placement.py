@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def parse_cores(spec: str) -> set[int]:
         lo, _, hi = part.strip().partition("-")
         cores.update(range(int(lo), int(hi or lo) + 1))
     return cores
+
+
+def choose_cores(available: Sequence[int], taken: Sequence[str], lone: bool) -> str:
+    """Cores for one more engine: all of them for a lone engine, else the least taken one
+    (lowest first). `available` is this process's CPU set, not the host's: in a container or
+    under taskset, the cores the runner may use."""
+    if lone:
+        return ",".join(map(str, available))
+    return str(min(available, key=lambda c: taken.count(str(c))))
 
 
 def process_tree(pid: int) -> list[int]:
@@ -89,8 +99,8 @@ def place(pid: int, cores: set[int], window: float = 1.0, samples: int = 20) -> 
         for tid in threads(proc):
             try:
                 os.sched_setaffinity(tid, cores)
-            except (ProcessLookupError, PermissionError):
-                continue  # exited meanwhile
+            except OSError:
+                continue  # exited meanwhile, or not ours to move
             tids.append((proc, tid))
     result.threads = len(tids)
     seen = dict.fromkeys(tids, 0)

@@ -215,12 +215,9 @@ class LocalService:
         """vLLM CPU engines get their own core (a lone engine gets them all); sims float."""
         if self.kind != "vllm":
             return None
-        ncpu = os.cpu_count() or 1
-        if total <= 1 and not any(self.pools.values()):
-            return f"0-{ncpu - 1}" if ncpu > 1 else "0"
-        used = [r.slot.cores for pool in self.pools.values() for r in pool]
-        core = min(range(ncpu), key=lambda c: used.count(str(c)))
-        return str(core)
+        lone = total <= 1 and not any(self.pools.values())
+        taken = [r.slot.cores or "" for pool in self.pools.values() for r in pool]
+        return placement.choose_cores(sorted(os.sched_getaffinity(0)), taken, lone)
 
     def _spawn(self, name: str, kind: str, cmd: EngineCommand, port: int) -> ManagedProcess:
         env = {**os.environ, **cmd.env}
