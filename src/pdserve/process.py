@@ -138,6 +138,16 @@ def _group_alive(pgid: int) -> bool:
     return _has_live_member(pgid)
 
 
+def proc_stat(pid: int, tid: int | None = None) -> list[str] | None:
+    """The fields of /proc/PID/stat (or of one thread's) after the command name: state, ppid,
+    pgrp, ... (the name may hold spaces and parentheses). None once the process is gone."""
+    path = Path("/proc", str(pid), *(("task", str(tid)) if tid is not None else ()), "stat")
+    try:
+        return path.read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
 def _has_live_member(pgid: int) -> bool:
     proc = Path("/proc")
     if not proc.exists():
@@ -145,13 +155,8 @@ def _has_live_member(pgid: int) -> bool:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # fields after the command name in parentheses: state ppid pgrp ...
-        rest = stat.rsplit(")", 1)[-1].split()
-        if len(rest) >= 3 and int(rest[2]) == pgid and rest[0] != "Z":
+        rest = proc_stat(int(entry.name))
+        if rest and len(rest) >= 3 and int(rest[2]) == pgid and rest[0] != "Z":
             return True
     return False
 

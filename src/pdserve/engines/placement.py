@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdserve.process import proc_stat
+
 PROC = Path("/proc")
 # A thread runnable in this share of samples while its engine serves nothing is polling.
 SPIN_SHARE = 0.8
@@ -78,11 +80,8 @@ def threads(pid: int) -> list[int]:
 
 def runnable(pid: int, tid: int) -> bool:
     """Running or waiting for a CPU: never true for long of a thread that blocks."""
-    try:
-        stat = (PROC / str(pid) / "task" / str(tid) / "stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] == "R"
+    stat = proc_stat(pid, tid)
+    return stat is not None and stat[0] == "R"
 
 
 def place(pid: int, cores: set[int], window: float = 1.0, samples: int = 20) -> Placement:
@@ -112,7 +111,7 @@ def place(pid: int, cores: set[int], window: float = 1.0, samples: int = 20) -> 
         if tid != proc and seen[(proc, tid)] >= SPIN_SHARE * samples:
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, IDLE_NICE)  # a TID: that thread alone
-            except (ProcessLookupError, PermissionError):
-                continue
+            except OSError:
+                continue  # exited meanwhile, or not ours to renice
             result.demoted.append(tid)
     return result

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pdserve.process import proc_stat
+
 
 def default_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -57,8 +59,5 @@ def pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is not alive
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    stat = proc_stat(pid)
+    return stat is None or stat[0] != "Z"  # a zombie is not alive
