@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -21,11 +22,38 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for port-0 binds and outgoing connections' source ports."""
+    try:
+        low, high = EPHEMERAL_RANGE_FILE.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel considers free now (a race remains; callers bind soon after)."""
+    """A free port for a child process to listen on, taken from below the ephemeral range.
+
+    The child binds some time after we choose, and a port from the ephemeral range
+    can be taken meanwhile by any outgoing connection or port-0 bind (a readiness
+    probe, a KV transfer server). That happened in CI: a sim engine lost its port
+    while its neighbours started. Below the range only another explicit chooser
+    can collide, and within this process no port is handed out twice.
+    """
+    low, _ = ephemeral_range()
+    candidates = range(LOWEST_PORT, low)
+    for _ in range(200 if len(candidates) > 0 else 0):
+        port = random.choice(candidates)
+        if port not in _handed_out and not port_in_use(port, host):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+        sock.bind((host, 0))  # no room below the range: the kernel's choice, race and all
         return sock.getsockname()[1]
 
 
