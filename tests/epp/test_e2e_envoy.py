@@ -232,6 +232,12 @@ def test_shared_prefix_lands_on_the_same_decode_pod(cluster: Cluster) -> None:
     assert deltas == [0, 6]
 
 
+def epp_waiting(cluster: Cluster) -> float:
+    """Requests waiting across the pool as the EPP last saw them (mean x fresh pods)."""
+    mean = metric(cluster.epp_metrics, "inference_pool_average_queue_size")
+    return mean * metric(cluster.epp_metrics, "inference_pool_ready_pods")
+
+
 def test_load_shifts_traffic_away_from_a_busy_pod(cluster: Cluster) -> None:
     busy_engine, busy_sidecar = cluster.decode[0], cluster.sidecars[0]
     long = {"model": "sim", "prompt": "busy", "max_tokens": 400, "ignore_eos": True, "stream": True}
@@ -245,7 +251,9 @@ def test_load_shifts_traffic_away_from_a_busy_pod(cluster: Cluster) -> None:
         while metric(f"http://127.0.0.1:{busy_engine}", "vllm:num_requests_waiting") < 3:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(0.2)  # the EPP scrapes every 50 ms; give it a few rounds to see the queue
+        while epp_waiting(cluster) < 3:  # the EPP's own view of the queue, not a fixed wait
+            assert time.monotonic() < deadline, "the EPP never saw the queue"
+            time.sleep(0.05)
         before = metric(f"http://127.0.0.1:{busy_sidecar}", "pdserve_sidecar_requests_total")
         for i in range(5):
             r = http.post(
