@@ -39,11 +39,13 @@ up: install engines
 
 test: install engines
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
 	$(BIN)/python -m pytest -ra
 
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
 
 clean:
 	rm -rf $(VENV) $(ENGINES) build *.egg-info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 
 _TRUE = {"1", "t", "true", "yes", "on"}
 _FALSE = {"0", "f", "false", "no", "off"}
@@ -38,7 +39,9 @@ def env_default(name: str, default: str = "") -> str:
 class GoStyleParser(argparse.ArgumentParser):
     """argparse that also accepts single-dash long flags (`-port=8000`), as Go does."""
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
         if args is not None:
             args = [_long(a, self) for a in args]
         return super().parse_args(args, namespace)

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from pdserve.api.models import (
     API_VERSION,
@@ -17,7 +18,7 @@ from pdserve.api.models import (
 )
 from pdserve.errors import UserError
 
-KINDS: dict[str, type[BaseModel]] = {
+KINDS: dict[str, type[LLMInferenceService] | type[LLMInferenceServiceConfig]] = {
     SERVICE_KIND: LLMInferenceService,
     CONFIG_KIND: LLMInferenceServiceConfig,
 }
@@ -44,7 +45,7 @@ def path_of(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "extra_forbidden":
         return "unknown field"
@@ -108,7 +109,7 @@ def parse(doc: Any, where: str) -> Document:
             problems.append(f"{where}: spec.model.uri: required field is missing")
     if problems:
         raise ManifestError(problems)
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 def read_documents(path: str | Path) -> list[tuple[Any, str]]:

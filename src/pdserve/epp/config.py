@@ -103,8 +103,10 @@ def load(text: str, source: str = "config") -> Config:
     if not handlers:
         if len(profiles) != 1:
             raise _err(f"{source}: plugins", "several profiles need a profile handler")
-        handlers = [make("single-profile-handler", "single-profile-handler", {})]
-        plugins[handlers[0].name] = handlers[0]
+        handler = make("single-profile-handler", "single-profile-handler", {})
+        assert isinstance(handler, ProfileHandler)
+        handlers = [handler]
+        plugins[handler.name] = handler
     pre = [p for p in plugins.values() if isinstance(p, PreRequest)]
     extra = {
         k: doc[k] for k in ("featureGates", "saturationDetector", "flowControl", "data") if k in doc
@@ -140,7 +142,9 @@ def _profiles(doc: dict[str, Any], plugins: dict[str, Plugin], source: str) -> d
             if isinstance(plugin, Picker):
                 profile.picker = plugin
         if profile.picker is None:
-            profile.picker = make("max-score-picker", "max-score-picker", {})  # type: ignore
-            plugins.setdefault("max-score-picker", profile.picker)
+            picker = make("max-score-picker", "max-score-picker", {})
+            assert isinstance(picker, Picker)
+            profile.picker = picker
+            plugins.setdefault("max-score-picker", picker)
         profiles[name] = profile
     return profiles

@@ -84,7 +84,7 @@ class PoolSource:
     ) -> None:
         self.namespace, self.pool = namespace, pool
         self.lister = lister or self._kubernetes
-        self.last: list[tuple[str, int, tuple]] | None = None
+        self.last: list[tuple[str, int, tuple[tuple[str, str], ...]]] | None = None
 
     def _kubernetes(self) -> list[dict[str, Any]]:
         from kubernetes import client, config

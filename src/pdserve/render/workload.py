@@ -158,7 +158,10 @@ def tls_secret(name: str, namespace: str, certs: tuple[str, str] | None) -> dict
     import base64
 
     crt, key = certs or ("", "")
-    enc = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+
+    def enc(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -199,8 +199,8 @@ def logs(argv: list[str]) -> int:
         return 0
     path = state.log(args.component)
     if not path.is_file():
-        names = " ".join(sorted(p.stem for p in state.logs.glob("*.log")))
-        raise UserError(f"no log for {args.component!r} in {state.logs} (have: {names})")
+        have = " ".join(sorted(p.stem for p in state.logs.glob("*.log")))
+        raise UserError(f"no log for {args.component!r} in {state.logs} (have: {have})")
     text = path.read_text(errors="replace")
     if args.lines:
         text = "\n".join(text.splitlines()[-args.lines :])

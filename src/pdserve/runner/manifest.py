@@ -10,19 +10,13 @@ from pdserve.runner.plan import Plan, make_plan
 SERVICE_KIND = "LLMInferenceService"
 
 
-def _kind(doc: object) -> str | None:
-    if isinstance(doc, dict):
-        return doc.get("kind")
-    return getattr(doc, "kind", None)
-
-
 def load_plan(path: Path, namespace: str | None = None) -> Plan:
     """Parse, validate and merge the manifest (UserError with the validate message if bad)."""
     from pdserve import api, render
 
     docs = api.load(str(path))
-    services = [d for d in docs if _kind(d) == SERVICE_KIND]
-    configs = [d for d in docs if _kind(d) != SERVICE_KIND]
+    services = [d for d in docs if isinstance(d, api.LLMInferenceService)]
+    configs = [d for d in docs if not isinstance(d, api.LLMInferenceService)]
     if len(services) != 1:
         raise UserError(f"{path}: expected one {SERVICE_KIND}, found {len(services)}")
     merged = api.resolve(services[0], configs, namespace=namespace)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pdserve.process import proc_stat
 
@@ -50,8 +50,9 @@ class StateDir:
         tmp.replace(self.file)
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
+def pid_alive(pid: object) -> TypeGuard[int]:
+    """Takes what a state file holds (an int, or None when a component never started)."""
+    if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)

@@ -238,9 +238,9 @@ class Sidecar:
                 headers={**headers, "content-type": "application/json"},
                 ssl=self._ssl(self.opts.prefiller_tls, self.opts.prefiller_insecure),
                 timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
-            ) as resp:
-                payload = await resp.read()
-                if 400 <= resp.status < 500:
+            ) as pre:
+                payload = await pre.read()
+                if 400 <= pre.status < 500:
                     self.metrics.requests.labels(path, "rejected").inc()
                     event(
                         log,
@@ -250,15 +250,15 @@ class Sidecar:
                         path=path,
                         outcome="prefill-rejected",
                         prefill_target=target,
-                        status=resp.status,
+                        status=pre.status,
                     )
                     return web.Response(
-                        status=resp.status,
+                        status=pre.status,
                         body=payload,
-                        content_type=resp.content_type or "application/json",
+                        content_type=pre.content_type or "application/json",
                     )
-                if resp.status >= 500:
-                    reason = f"prefiller answered {resp.status}"
+                if pre.status >= 500:
+                    reason = f"prefiller answered {pre.status}"
                 else:
                     answer = json.loads(payload)
         except TimeoutError:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
 from pdserve.engines.sim.tokens import token_bytes
 
 # ("stored", hashes, parent_hash, token_ids, lora_id) | ("removed", hashes) | ("cleared",)
-CacheEvent = tuple
+CacheEvent = tuple[Any, ...]
 NONE_HASH = 0
 
 

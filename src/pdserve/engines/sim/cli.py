@@ -8,9 +8,15 @@ import json
 import logging
 import os
 import signal
+import ssl
+from typing import TYPE_CHECKING, Any
 
 from pdserve.errors import UserError
 from pdserve.logs import event, setup
+
+if TYPE_CHECKING:
+    from pdserve.engines.sim.server import EngineConfig
+    from pdserve.engines.sim.tokens import Tokenizer
 
 # vLLM arguments that change behaviour here; any other vLLM flag is accepted and ignored.
 _PROFILE_FLAGS = {
@@ -114,7 +120,7 @@ def _takes_value(flag: str) -> bool:
     return not flag.startswith(("--enable-", "--disable-", "--no-"))
 
 
-def _json_flag(name: str, text: str | None) -> dict | None:
+def _json_flag(name: str, text: str | None) -> dict[str, Any] | None:
     if not text:
         return None
     try:
@@ -174,8 +180,8 @@ def main(argv: list[str]) -> int:
         uvloop.install()
     except ImportError:
         pass
-    ssl = _ssl_context(args.ssl_certfile, args.ssl_keyfile)
-    asyncio.run(_serve(cfg, args.host, args.port, log, ssl))
+    tls = _ssl_context(args.ssl_certfile, args.ssl_keyfile)
+    asyncio.run(_serve(cfg, args.host, args.port, log, tls))
     return 0
 
 
@@ -203,7 +209,7 @@ def _env_port(name: str) -> int:
     return int(text)
 
 
-def _tokenizer(model_dir: str | None):
+def _tokenizer(model_dir: str | None) -> Tokenizer:
     from pdserve.engines.sim.tokens import BuiltinTokenizer, HFTokenizer
 
     if not model_dir:
@@ -214,11 +220,9 @@ def _tokenizer(model_dir: str | None):
         raise UserError(f"model {model_dir}: cannot load its tokenizer: {err}") from err
 
 
-def _ssl_context(certfile: str | None, keyfile: str | None):
+def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
     if not certfile:
         return None
-    import ssl
-
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(certfile, keyfile)
@@ -227,7 +231,13 @@ def _ssl_context(certfile: str | None, keyfile: str | None):
     return ctx
 
 
-async def _serve(cfg, host: str, port: int, log: logging.Logger, ssl=None) -> None:
+async def _serve(
+    cfg: EngineConfig,
+    host: str,
+    port: int,
+    log: logging.Logger,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     from aiohttp import web
 
     from pdserve.engines.sim.server import Api, SimEngine
@@ -243,7 +253,7 @@ async def _serve(cfg, host: str, port: int, log: logging.Logger, ssl=None) -> No
     runner = web.AppRunner(Api(engine).app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl).start()
+        await web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls).start()
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from err
     event(
@@ -251,7 +261,7 @@ async def _serve(cfg, host: str, port: int, log: logging.Logger, ssl=None) -> No
         "ready",
         host=host,
         port=port,
-        tls=ssl is not None,
+        tls=tls is not None,
         model=cfg.served_model_name,
         engine_id=engine.engine_id,
         kv_side_channel=cfg.side_channel_port or None,

@@ -110,13 +110,13 @@ class KVArena:
 
     def view(self, block: int) -> memoryview:
         bb = self.block_bytes
-        return memoryview(self.buf[block * bb : (block + 1) * bb])
+        return self.buf[block * bb : (block + 1) * bb].data
 
     def checksum(self, blocks: Sequence[int]) -> int:
         h = xxhash.xxh3_64()  # the fastest of the family: verification must not dominate a pull
         bb = self.block_bytes
         for b in blocks:
-            h.update(memoryview(self.buf[b * bb : (b + 1) * bb]))
+            h.update(self.buf[b * bb : (b + 1) * bb].data)
         return h.intdigest()
 
     def regions(self, blocks: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -131,7 +131,7 @@ class Nixl:
         try:
             from nixl_cu12._api import nixl_agent, nixl_agent_config
         except ImportError:
-            from nixl._api import nixl_agent, nixl_agent_config
+            from nixl._api import nixl_agent, nixl_agent_config  # type: ignore[no-redef]
         _quiet_nixl_logs()
         self.agent = nixl_agent(name, nixl_agent_config(enable_prog_thread=False, backends=["UCX"]))
         self.arena = arena
@@ -279,13 +279,14 @@ class SideChannelServer:
         if not set(blocks) <= set(lease.blocks):
             await _send(writer, {"ok": False, "error": f"blocks not held for request {rid!r}"})
             return
-        whole = blocks == lease.blocks and lease.checksum is not None
-        checksum = lease.checksum if whole else self.arena.checksum(blocks)
+        checksum = lease.checksum  # computed once at lease time for the whole set
+        if checksum is None or blocks != lease.blocks:
+            checksum = self.arena.checksum(blocks)
         if self.fault == "corrupt":
             checksum ^= 1
         if self.fault == "stall":
             await asyncio.Event().wait()
-        header = {"ok": True, "checksum": checksum, "block_ids": blocks}
+        header: dict[str, Any] = {"ok": True, "checksum": checksum, "block_ids": blocks}
         if msg.get("transport") == "nixl" and self.nixl is not None:
             header["nixl_meta"] = base64.b64encode(self.nixl.metadata()).decode()
             header["nixl_descs"] = base64.b64encode(self.nixl.descs(blocks)).decode()

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -528,7 +529,7 @@ class Api:
 
     async def _tokens(
         self, p: Params, req: Request, queue: asyncio.Queue[int | None], times: list[float]
-    ):
+    ) -> AsyncIterator[str]:
         """Yield text deltas until the request ends or a stop string appears."""
         loop = asyncio.get_running_loop()
         tok = self.engine.cfg.tokenizer
@@ -572,7 +573,8 @@ class Api:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
-        model, created, times = self._model(p), int(time.time()), []
+        model, created = self._model(p), int(time.time())
+        times: list[float] = []
 
         async def send(obj: dict[str, Any]) -> None:
             await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")

@@ -89,7 +89,7 @@ class HFTokenizer:
         return list(self.tok.encode(text, add_special_tokens=False))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
+        return str(self.tok.decode(list(ids), skip_special_tokens=True))
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
         if not getattr(self.tok, "chat_template", None):
@@ -97,9 +97,10 @@ class HFTokenizer:
         # Text-only model, as vLLM renders it: content parts are joined into one string.
         plain = [{**m, "content": content_text(m.get("content"))} for m in messages]
         try:
-            return self.tok.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+            text = self.tok.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
         except Exception as err:  # jinja2 errors, including the template's raise_exception
             raise ValueError(f"chat template failed: {err}") from err
+        return str(text)
 
     def output_ids(self) -> list[int]:
         return self._outputs
@@ -107,9 +108,10 @@ class HFTokenizer:
     def _plain_words(self) -> list[int]:
         """Ids that decode to ' word' on their own, so streamed deltas concatenate exactly;
         for vocabularies without leading-space pieces, any alphabetic token."""
-        spaced, plain = [], []
+        spaced: list[int] = []
+        plain: list[int] = []
         for idx in sorted(self.tok.get_vocab().values()):
-            text = self.tok.decode([idx])
+            text = str(self.tok.decode([idx]))
             word = text[1:] if text.startswith(" ") else text
             if len(word) > 1 and word.isalpha() and word.islower():
                 (spaced if text.startswith(" ") else plain).append(idx)

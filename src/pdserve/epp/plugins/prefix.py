@@ -4,12 +4,16 @@ where the engine reports the blocks are (precise, from vLLM KV events)."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from pdserve.epp.framework import PreRequest, Scorer, register
 from pdserve.epp.plugins.scorers import _check_block_size
 from pdserve.epp.types import Cycle, Endpoint, Request, Result
+
+if TYPE_CHECKING:
+    from pdserve.engines.sim.tokens import Tokenizer
 
 HITS = "prefix.hits"  # cycle.state key: endpoint name -> matched fraction, for the P/D handler
 
@@ -146,7 +150,7 @@ class PrecisePrefixCacheScorer(Scorer):
     def setup(self) -> None:
         self.block = _check_block_size(self, "blockSize")
         self.holders: dict[int, set[str]] = {}
-        self._tokenizer = None
+        self._tokenizer: Tokenizer | None = None
 
     def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is None:
@@ -156,7 +160,7 @@ class PrecisePrefixCacheScorer(Scorer):
             self._tokenizer = BuiltinTokenizer() if spec == "builtin" else HFTokenizer(spec)
         return self._tokenizer.encode(text)
 
-    def apply_event(self, pod: str, event: list) -> None:
+    def apply_event(self, pod: str, event: list[Any]) -> None:
         kind = event[0]
         if kind == "BlockStored":
             for h in event[1]:
