@@ -53,7 +53,9 @@ def serve(service: LocalService) -> ThreadingHTTPServer:
     return server
 
 
-def request(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def request(
+    port: int, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Call a supervisor's control server; scaling vLLM engines can take minutes."""
     import httpx
 
