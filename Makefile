@@ -39,6 +39,7 @@ up: install engines
 
 test: install engines
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
 	$(BIN)/python -m pytest -ra
 
