@@ -15,7 +15,7 @@ from pdserve.errors import UserError
 from pdserve.logs import event, setup
 
 if TYPE_CHECKING:
-    from pdserve.engines.sim.server import EngineConfig
+    from pdserve.engines.sim.engine import EngineConfig
     from pdserve.engines.sim.tokens import Tokenizer
 
 # vLLM arguments that change behaviour here; any other vLLM flag is accepted and ignored.
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     tokenizer = _tokenizer(model_dir if model_dir and os.path.isdir(model_dir) else None)
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise UserError("--ssl-certfile and --ssl-keyfile go together")
-    from pdserve.engines.sim.server import EngineConfig
+    from pdserve.engines.sim.engine import EngineConfig
 
     cfg = EngineConfig(
         served_model_name=names[0],
@@ -240,7 +240,8 @@ async def _serve(
 ) -> None:
     from aiohttp import web
 
-    from pdserve.engines.sim.server import Api, SimEngine
+    from pdserve.engines.sim.engine import SimEngine
+    from pdserve.engines.sim.server import Api
 
     engine = SimEngine(cfg)
     try:

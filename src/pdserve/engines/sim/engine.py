@@ -1,0 +1,405 @@
+"""The engine on a real clock: the scheduler driven by one asyncio task, KV pulls beside it.
+
+One task runs engine steps: it asks the scheduler for a step, sleeps for the step's
+modelled duration, then hands each request its token. P/D pulls run as separate tasks so
+the engine keeps stepping while KV moves. The HTTP API (server.py) only submits requests
+and reads their token queues; a virtual-time driver would use the scheduler directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+from pdserve.engines.sim import kv_transfer
+from pdserve.engines.sim.block_manager import BlockManager
+from pdserve.engines.sim.kv_events import KVEventPublisher
+from pdserve.engines.sim.metrics import EngineMetrics
+from pdserve.engines.sim.openai_api import ApiError, Params
+from pdserve.engines.sim.profile import Profile
+from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
+from pdserve.engines.sim.tokens import Generator, Tokenizer, token_bytes
+from pdserve.logs import event
+
+log = logging.getLogger("pdserve.sim")
+
+
+@dataclass
+class EngineConfig:
+    served_model_name: str
+    profile: Profile
+    tokenizer: Tokenizer
+    aliases: tuple[str, ...] = ()  # further --served-model-name values, also accepted
+    enable_prefix_caching: bool = True
+    tp_size: int = 1
+    model_path: str | None = None
+    kv_transfer: dict[str, Any] | None = None  # parsed --kv-transfer-config
+    kv_events: dict[str, Any] | None = None  # parsed --kv-events-config
+    side_channel_host: str = "127.0.0.1"
+    side_channel_port: int = 0
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path), as --lora-modules
+    max_loras: int = 1
+
+    def lora_id(self, name: str) -> int | None:
+        """vLLM numbers adapters from 1 in the order given."""
+        names = [n for n, _ in self.lora_modules]
+        return names.index(name) + 1 if name in names else None
+
+
+class SimEngine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        p = cfg.profile
+        self.engine_id = str(uuid.uuid4())
+        self.publisher = KVEventPublisher(cfg.kv_events, p.block_size) if cfg.kv_events else None
+        self.blocks = BlockManager(
+            p.num_blocks,
+            p.block_size,
+            self.publisher.add if self.publisher else None,
+            enable_caching=cfg.enable_prefix_caching,
+        )
+        self.gen = Generator(cfg.tokenizer)
+        # As vLLM, a sequence must fit in the KV cache: a smaller cache lowers the limit.
+        self.max_model_len = min(p.max_model_len, p.num_blocks * p.block_size)
+        if self.max_model_len < p.max_model_len:
+            event(log, "max_model_len_capped", max_model_len=self.max_model_len)
+        kv = kv_transfer.KVConfig.parse(cfg.kv_transfer, os.environ)
+        self.pull_timeout = kv.pull_timeout
+        self.sched = Scheduler(
+            p, self.gen, self.blocks, kv.lease_seconds, kv.policy == "fail", cfg.max_loras
+        )
+        self.arena = kv_transfer.KVArena(p.num_blocks, p.block_bytes)
+        self.nixl = None
+        if cfg.kv_transfer and kv.transport == "nixl" and p.block_bytes:
+            self.nixl = kv_transfer.make_nixl(self.arena)
+        self.side = kv_transfer.SideChannelServer(
+            self.arena, self._leased, self._release, self.nixl, kv.fault
+        )
+        self.metrics = EngineMetrics(
+            cfg.served_model_name,
+            {
+                "block_size": str(p.block_size),
+                "num_gpu_blocks": str(p.num_blocks),
+                "enable_prefix_caching": str(cfg.enable_prefix_caching),
+                "cache_dtype": "auto",
+            },
+        )
+        self.queues: dict[str, asyncio.Queue[int | None]] = {}
+        self.wake = asyncio.Event()
+        self.ids = itertools.count()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.lease_checksums: dict[str, int] = {}
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.cfg.kv_transfer:
+            self.cfg.side_channel_port = await self.side.start(
+                self.cfg.side_channel_host, self.cfg.side_channel_port
+            )
+        self._spawn(self._engine_loop())
+        self._spawn(self._lease_reaper())
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.side.close()
+        if self.publisher:
+            self.publisher.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # --- the engine loop ----------------------------------------------------------------
+    async def _engine_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.sched.has_work:
+                self._observe()
+                self.wake.clear()
+                await self.wake.wait()
+            out = self.sched.step(loop.time())
+            for req in out.kv_pulls:
+                self._spawn(self._pull(req))
+            if not (out.duration or out.tokens or out.finished or out.kv_pulls or out.preempted):
+                # Work is queued but cannot run (its blocks are held by leases or pulls):
+                # sleep until something frees space instead of spinning.
+                self._observe()
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            await asyncio.sleep(out.duration)
+            for req, token in out.tokens:
+                self._deliver(req, token)
+            for req in out.finished:
+                self._finished(req)
+            if out.prefill_tokens:
+                self.metrics.computed_tokens.inc(out.prefill_tokens)
+            if out.tokens:
+                self.metrics.generation_tokens.inc(len(out.tokens))
+            if out.preempted:
+                self.metrics.preemptions.inc(len(out.preempted))
+            self._observe()
+
+    def _deliver(self, req: Request, token: int) -> None:
+        if len(req.output) == 1:
+            self.metrics.prompt_tokens.inc(len(req.prompt))
+        queue = self.queues.get(req.id)
+        if queue is not None:
+            queue.put_nowait(token)
+
+    def _finished(self, req: Request) -> None:
+        if req.remote_decode and self.arena.block_bytes and req.id in self.sched.leases:
+            blocks = self._prompt_blocks(req)
+            self._fill_blocks(req, len(blocks))
+            self.lease_checksums[req.id] = self.arena.checksum(blocks)
+        queue = self.queues.get(req.id)
+        if queue is not None:
+            queue.put_nowait(None)
+
+    def _fill_blocks(self, req: Request, count: int) -> None:
+        """Give a producer's blocks their bytes (derived from each block's prefix). Only KV
+        that may leave the engine is materialised, so aggregated serving pays nothing."""
+        for i in range(count):
+            self.arena.fill(req.blocks[i], self._block_seed(req, i))
+
+    def _block_seed(self, req: Request, i: int) -> int:
+        if i < len(req.hashes):
+            return req.hashes[i]
+        bs = self.cfg.profile.block_size
+        parent = req.hashes[-1] if req.hashes else 0
+        tail = req.prompt[i * bs : (i + 1) * bs]
+        return xxhash.xxh64_intdigest(token_bytes(tail), seed=parent)
+
+    def _observe(self) -> None:
+        s = self.sched.stats()
+        self.metrics.observe_state(
+            int(s["running"]), int(s["waiting"]), s["kv_usage"], len(self.sched.leases)
+        )
+        if self.cfg.lora_modules:
+            names = [n for n, _ in self.cfg.lora_modules]
+            waiting = {r.lora_id for r in self.sched.waiting if r.lora_id}
+            self.metrics.observe_loras(
+                [names[i - 1] for i in sorted(self.sched.active_loras())],
+                [names[i - 1] for i in sorted(waiting)],
+                self.cfg.max_loras,
+            )
+        if self.publisher:
+            self.publisher.flush()
+
+    async def _lease_reaper(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.5)
+            for rid in self.sched.expire_leases(loop.time()):
+                self.lease_checksums.pop(rid, None)
+                event(log, "kv_lease_expired", request_id=rid)
+                self._observe()
+                self.wake.set()
+
+    # --- P/D ------------------------------------------------------------------------------
+    def _leased(self, rid: str) -> kv_transfer.Leased | None:
+        lease = self.sched.leases.get(rid)
+        if lease is None:
+            return None
+        blocks = lease.blocks[: self.blocks.blocks_for(lease.num_tokens)]
+        return kv_transfer.Leased(blocks, self.lease_checksums.get(rid))
+
+    def _prompt_blocks(self, req: Request) -> list[int]:
+        return req.blocks[: self.blocks.blocks_for(len(req.prompt))]
+
+    def _release(self, rid: str) -> None:
+        self.lease_checksums.pop(rid, None)
+        if self.sched.release_lease(rid):
+            event(log, "kv_lease_released", request_id=rid)
+            self._observe()
+            self.wake.set()
+
+    async def _pull(self, req: Request) -> None:
+        params = req.remote_prefill or {}
+        if req.phase is not Phase.WAITING_FOR_KV:
+            await self._release_remote(req, params)  # all of it was cached here
+            return
+        bs = self.cfg.profile.block_size
+        skip = req.cached_tokens // bs
+        remote = list(params.get("remote_block_ids") or [])[skip:]
+        local = req.blocks[skip : skip + len(remote)]
+        remote = remote[: len(local)]
+        start = time.perf_counter()
+        ok, error, transport, nbytes = False, None, "none", 0
+        try:
+            host, port = params.get("remote_host"), params.get("remote_port")
+            if not host or not port or not params.get("remote_request_id"):
+                raise kv_transfer.TransferError("kv_transfer_params lack remote host/port/request")
+            result = await kv_transfer.pull(
+                str(host),
+                int(port),
+                str(params["remote_request_id"]),
+                remote,
+                local,
+                self.arena,
+                self.nixl,
+                self.pull_timeout,
+            )
+            ok, transport, nbytes = True, result.transport, result.nbytes
+            # Model the transfer of a real model's KV when that is slower than these bytes.
+            modelled = self.cfg.profile.kv_pull_seconds(len(req.prompt) - req.cached_tokens)
+            await asyncio.sleep(max(0.0, modelled - (time.perf_counter() - start)))
+        except (kv_transfer.TransferError, ValueError, TypeError) as err:
+            error = str(err)
+        self.metrics.kv_pulls.labels(
+            **self.metrics.values, transport=transport, outcome="ok" if ok else "failed"
+        ).inc()
+        self.metrics.kv_pull_bytes.inc(nbytes)
+        event(
+            log,
+            "kv_pull",
+            logging.INFO if ok else logging.WARNING,
+            request_id=req.id,
+            x_request_id=req.external_id,
+            remote_engine_id=params.get("remote_engine_id"),
+            remote_request_id=params.get("remote_request_id"),
+            blocks=len(local),
+            bytes=nbytes,
+            transport=transport,
+            ok=ok,
+            error=error,
+            policy="fail" if self.sched.fail_on_kv_error else "recompute",
+            ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+        # What the pulled blocks cover (a producer may have held fewer tokens than asked).
+        held = int(params.get("remote_num_tokens") or 0) or len(req.prompt)
+        upto = min((skip + len(local)) * bs, held)
+        finished = self.sched.kv_loaded(req.id, ok, error, upto)
+        if finished is not None and finished.done:
+            self._finished(finished)
+        self.wake.set()
+
+    async def _release_remote(self, req: Request, params: dict[str, Any]) -> None:
+        """Free the producer's lease without pulling (vLLM notifies the producer likewise)."""
+        host, port, rid = (
+            params.get(k) for k in ("remote_host", "remote_port", "remote_request_id")
+        )
+        error = None
+        try:
+            await kv_transfer.release(str(host), int(str(port)), str(rid), self.pull_timeout)
+        except (kv_transfer.TransferError, ValueError, TypeError) as err:
+            error = str(err)
+        event(
+            log,
+            "kv_pull_skipped",
+            request_id=req.id,
+            remote_request_id=rid,
+            x_request_id=req.external_id,
+            reason="prompt fully cached locally",
+            release_error=error,
+        )
+
+    # --- requests ---------------------------------------------------------------------------
+    def tokenize(self, p: Params) -> list[int]:
+        if isinstance(p.prompt, list):
+            bad = next((t for t in p.prompt if not 0 <= t < 2**31), None)
+            if bad is not None:
+                raise ApiError(400, f"Token id {bad} is out of vocabulary", "prompt")
+            return list(p.prompt)
+        try:
+            text = self.cfg.tokenizer.chat_prompt(p.messages) if p.chat else p.prompt
+        except ValueError as err:
+            raise ApiError(400, str(err), "messages") from err
+        return self.cfg.tokenizer.encode(text)
+
+    def new_request(self, p: Params, prompt: list[int], base_id: str) -> Request:
+        limit = self.max_model_len
+        if len(prompt) >= limit or (p.max_tokens and len(prompt) + p.max_tokens > limit):
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, "
+                f"you requested {len(prompt) + (p.max_tokens or 0)} tokens "
+                f"({len(prompt)} in the messages, {p.max_tokens or 0} in the "
+                "completion). Please reduce the length of the messages or "
+                "completion.",
+                "messages" if p.chat else "prompt",
+            )
+        if not prompt:
+            raise ApiError(400, "The prompt is empty.", "prompt")
+        kv = p.kv_transfer_params if self.cfg.kv_transfer else None
+        prefix = "chatcmpl" if p.chat else "cmpl"
+        req = Request(
+            id=f"{prefix}-{base_id}-{next(self.ids)}",
+            external_id=base_id,
+            prompt=prompt,
+            max_tokens=p.max_tokens or (limit - len(prompt)),
+            arrival=asyncio.get_running_loop().time(),
+            ignore_eos=p.ignore_eos,
+            remote_decode=bool(kv and kv.get("do_remote_decode")),
+            remote_prefill=kv if kv and kv.get("do_remote_prefill") else None,
+        )
+        if req.remote_decode:
+            req.max_tokens = 1
+        return req
+
+    def submit(self, req: Request) -> asyncio.Queue[int | None]:
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self.queues[req.id] = queue
+        self.sched.add(req)
+        self.wake.set()
+        return queue
+
+    def forget(self, req: Request) -> None:
+        self.queues.pop(req.id, None)
+        if req.done:
+            return
+        answered = req.finish_reason is not None  # a stop string ended it in the handler
+        self.sched.abort(req)
+        if not answered:  # the client went away first
+            self.metrics.success.labels(**self.metrics.values, finished_reason="abort").inc()
+            event(
+                log,
+                "request_aborted",
+                request_id=req.id,
+                x_request_id=req.external_id,
+                completion_tokens=len(req.output),
+            )
+        self._observe()
+        self.wake.set()  # its blocks may let a waiting request in
+
+    def producer_params(self, req: Request) -> dict[str, Any]:
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_block_ids": self._prompt_blocks(req),
+            "remote_engine_id": self.engine_id,
+            "remote_request_id": req.id,
+            "remote_host": self.cfg.side_channel_host,
+            "remote_port": self.cfg.side_channel_port,
+            "remote_num_tokens": len(req.prompt),
+            "tp_size": self.cfg.tp_size,
+        }
+
+    def record_finish(self, req: Request, now: float, token_times: list[float]) -> None:
+        m, v = self.metrics, self.metrics.values
+        if req.first_token_at is not None:
+            m.ttft.observe(max(token_times[0] - req.arrival, 0) if token_times else 0)
+        for a, b in itertools.pairwise(token_times):
+            m.itl.observe(b - a)
+        if len(token_times) > 1:  # per request, the mean gap (vLLM's newer definition)
+            m.tpot.observe((token_times[-1] - token_times[0]) / (len(token_times) - 1))
+        m.e2e.observe(now - req.arrival)
+        if req.scheduled_at is not None:
+            m.queue_time.observe(req.scheduled_at - req.arrival)
+            if token_times:
+                m.prefill_time.observe(max(token_times[0] - req.scheduled_at, 0))
+                m.decode_time.observe(token_times[-1] - token_times[0])
+        m.success.labels(**v, finished_reason=req.finish_reason or "abort").inc()
+        m.prefix_queries.inc(len(req.prompt))
+        m.prefix_hits.inc(req.cached_tokens)
