@@ -47,7 +47,7 @@ class KVEventPublisher:
         self.block_size = block_size
         self.dp_rank = dp_rank
         self.topic = str(cfg.get("topic", "")).encode()
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         endpoint = str(cfg.get("endpoint", "tcp://*:5557"))
