@@ -24,6 +24,12 @@ ROLE_PREFILL = "prefill"
 ROLE_DECODE = "decode"
 ROLE_BOTH = "both"
 
+# --- InferencePool API (the one we render; GA's group is read as a fallback) ---
+POOL_GROUP = "inference.networking.x-k8s.io"
+POOL_VERSION = "v1alpha2"
+POOL_GROUP_GA = "inference.networking.k8s.io"
+POOL_VERSION_GA = "v1"
+
 # --- Ports -----------------------------------------------------------------
 SIDECAR_PORT = 8000
 DECODE_ENGINE_PORT = 8001

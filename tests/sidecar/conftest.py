@@ -88,8 +88,11 @@ class Recorder:
     seen: list[dict[str, Any]] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    content_types: list[list[str]] = field(default_factory=list)  # every value, in order
     fail_with: int | None = None
     stall: bool = False
+    break_off: str | None = None  # "sse" | "whole": answer part of the body, then hang up
+    answer_with: Any = None  # answer 200 with this JSON instead of forwarding
 
     @property
     def hostport(self) -> str:
@@ -107,8 +110,13 @@ class Recorder:
         body = await request.json()
         self.seen.append(body)
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        self.content_types.append(request.headers.getall("content-type", []))
         if self.stall:
             await asyncio.sleep(3600)
+        if self.break_off:
+            return await self._break_off(request)
+        if self.answer_with is not None:
+            return web.json_response(self.answer_with)
         if self.fail_with:
             return web.json_response(
                 {
@@ -141,6 +149,20 @@ class Recorder:
                 await resp.write(chunk)
             await resp.write_eof()
             return resp
+
+    async def _break_off(self, request: web.Request) -> web.StreamResponse:
+        """An engine that dies mid-answer: headers and a first piece, then the socket closes."""
+        sse = self.break_off == "sse"
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream" if sse else "application/json"}
+        )
+        if not sse:
+            resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": []}\n\n' if sse else b'{"id": "cmpl-')
+        assert request.transport is not None
+        request.transport.close()
+        return resp
 
 
 @pytest.fixture

@@ -1,5 +1,9 @@
-"""The nixlv2 request rewriting, as pure functions."""
+"""The nixlv2 request rewriting and the SSRF allow-list, as pure functions."""
 
+from collections.abc import Iterator
+from typing import Any
+
+from pdserve import kube
 from pdserve.sidecar.allowlist import PoolAllowList
 from pdserve.sidecar.legs import decode_body, prefill_body
 
@@ -41,21 +45,27 @@ def test_lmcache_legs_carry_no_kv_params() -> None:
 
 
 class FakePods:
-    def __init__(self, events):
-        self._events = events
+    """A PodSource replaying scripts of events; an exception in place of a script breaks
+    the stream there, as a lost API connection does, and the next call resumes after it."""
 
-    def selector(self):
-        return {"app": "x"}
+    def __init__(self, *scripts: list[tuple[str, dict[str, Any]]] | Exception) -> None:
+        self.scripts = list(scripts)
 
-    def events(self, selector):
-        assert selector == {"app": "x"}
-        yield from self._events
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        while self.scripts:
+            script = self.scripts.pop(0)
+            if isinstance(script, Exception):
+                raise script
+            yield from script
+
+
+def pod(name: str, ip: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"podIP": ip}}
 
 
 def test_pool_allow_list_follows_pod_events() -> None:
-    pod = lambda name, ip: {"metadata": {"name": name}, "status": {"podIP": ip}}  # noqa: E731
     events = [
-        ("ADDED", pod("a", "10.0.0.1")),
+        ("SYNC", {"items": [pod("a", "10.0.0.1"), pod("pending", "")]}),
         ("ADDED", pod("b", "10.0.0.2")),
         ("MODIFIED", pod("a", "10.0.0.3")),
         ("DELETED", pod("b", "")),
@@ -64,3 +74,32 @@ def test_pool_allow_list_follows_pod_events() -> None:
     allow.run()
     assert allow.allows("10.0.0.3")
     assert not allow.allows("10.0.0.1") and not allow.allows("10.0.0.2")
+    assert allow.ips == {"a": "10.0.0.3"}
+
+
+def test_a_failed_watch_is_retried_and_the_resync_drops_pods_deleted_meanwhile() -> None:
+    first = [("SYNC", {"items": [pod("a", "10.0.0.1"), pod("b", "10.0.0.2")]})]
+    again = [("SYNC", {"items": [pod("a", "10.0.0.1")]})]  # b went away while disconnected
+    allow = PoolAllowList(FakePods(first, ConnectionError("api server gone"), again), 0)
+    allow.run()
+    assert allow.allows("10.0.0.1") and not allow.allows("10.0.0.2")
+
+
+def test_pool_spec_reads_both_inference_pool_versions() -> None:
+    old = {"spec": {"selector": {"app": "x"}, "targetPortNumber": 8000}}
+    ga = {"spec": {"selector": {"matchLabels": {"app": "x"}}, "targetPorts": [{"number": 8200}]}}
+    assert kube.pool_spec(old) == kube.PoolSpec({"app": "x"}, 8000)
+    assert kube.pool_spec(ga) == kube.PoolSpec({"app": "x"}, 8200)
+
+
+def test_pods_come_back_in_the_api_servers_json_shape() -> None:
+    """The allow-list reads status.podIP: the client's snake_case models must not reach it."""
+    from kubernetes import client
+
+    model = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p"), status=client.V1PodStatus(pod_ip="10.1.2.3")
+    )
+    as_json = client.ApiClient().sanitize_for_serialization(model)
+    allow = PoolAllowList(FakePods([("ADDED", as_json)]))
+    allow.run()
+    assert allow.allows("10.1.2.3")

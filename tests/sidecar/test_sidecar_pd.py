@@ -195,6 +195,70 @@ def test_ssrf_protection(sim, sidecar, recorder) -> None:
     assert resp.status_code == 200 and len(rp.seen) == 1
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10.9.9.9:8000@{evil}",  # allowed host as the user part, the request would go to evil
+        "http://{evil}",
+        "{evil}/path",
+        "10.9.9.9",  # no port
+    ],
+)
+def test_a_prefill_target_other_than_host_port_is_400_and_nothing_is_sent(
+    sim, sidecar, recorder, value
+) -> None:
+    evil = recorder(sim("--zero-cost").url)
+    s = sidecar(free_port(), "--enable-ssrf-protection", "--allowed-prefill-hosts", "10.9.9.9")
+    body = {"prompt": "x", "max_tokens": 2}
+    header = value.format(evil=evil.hostport)
+    resp = httpx.post(s.url + "/v1/completions", json=body, headers={HDR: header})
+    assert resp.status_code == 400 and not evil.seen
+    assert resp.json()["object"] == "error" and HDR in resp.json()["message"]
+    ok = httpx.get(s.url + "/health")
+    assert ok.status_code == 200  # still serving
+
+
+def test_both_legs_send_one_json_content_type_whatever_the_client_declared(pd) -> None:
+    _, _, rp, rd, s = pd
+    resp = httpx.post(
+        s.url + "/v1/completions",
+        content=json.dumps({"prompt": "x", "max_tokens": 2}),
+        headers={HDR: rp.hostport, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status_code == 200
+    assert rp.content_types == [["application/json"]]
+    assert rd.content_types == [["application/json"]]
+
+
+@pytest.mark.parametrize("mode", ["whole", "sse"])
+def test_a_decoder_dying_mid_answer_gives_a_vllm_shaped_error(sim, sidecar, recorder, mode):
+    p = sim("--zero-cost")
+    rp, rd = recorder(p.url), recorder(p.url)
+    rd.break_off = mode
+    s = sidecar(rd.port)
+    body = {"prompt": "x", "max_tokens": 2, "stream": mode == "sse"}
+    resp = httpx.post(s.url + "/v1/completions", json=body, headers={HDR: rp.hostport})
+    if mode == "whole":
+        assert resp.status_code == 502 and resp.json()["object"] == "error"
+    else:  # the 200 is already sent: the stream ends with an error event and [DONE]
+        events = [line for line in resp.text.splitlines() if line.startswith("data: ")]
+        assert json.loads(events[-2][6:])["error"]["object"] == "error"
+        assert events[-1] == "data: [DONE]"
+    assert httpx.get(s.url + "/health").status_code == 200
+
+
+def test_a_prefill_answer_that_is_not_an_object_falls_back_to_decode_only(pd) -> None:
+    _, _, rp, rd, s = pd
+    rp.answer_with = [1, 2]
+    resp = httpx.post(
+        s.url + "/v1/completions",
+        json={"prompt": "x", "max_tokens": 2},
+        headers={HDR: rp.hostport},
+    )
+    assert resp.status_code == 200
+    assert "kv_transfer_params" not in rd.seen[0]
+
+
 def test_tls_on_both_legs_with_self_signed_certs(sim, sidecar, tmp_path) -> None:
     cert, key = self_signed(tmp_path)
     tls = ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))

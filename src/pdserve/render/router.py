@@ -10,8 +10,6 @@ from pdserve import wire
 from pdserve.render import names
 from pdserve.render.workload import meta, rbac
 
-POOL_GROUP = "inference.networking.x-k8s.io"
-
 
 def epp_deployment(service: dict[str, Any], namespace: str, config: str) -> dict[str, Any]:
     name = service["metadata"]["name"]
@@ -77,7 +75,7 @@ def epp_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
     rules = [
         {"apiGroups": [""], "resources": ["pods"], "verbs": read},
         {
-            "apiGroups": [POOL_GROUP, "inference.networking.k8s.io"],
+            "apiGroups": [wire.POOL_GROUP, wire.POOL_GROUP_GA],
             "resources": ["inferencepools", "inferencemodels", "inferenceobjectives"],
             "verbs": read,
         },
@@ -88,7 +86,7 @@ def epp_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
 
 def inference_pool(name: str, namespace: str) -> dict[str, Any]:
     return {
-        "apiVersion": f"{POOL_GROUP}/v1alpha2",
+        "apiVersion": f"{wire.POOL_GROUP}/{wire.POOL_VERSION}",
         "kind": "InferencePool",
         "metadata": meta(f"{name}-inference-pool", namespace, names.owner(name)),
         "spec": {
@@ -107,14 +105,14 @@ def inference_pool(name: str, namespace: str) -> dict[str, Any]:
 def inference_model(service: dict[str, Any], namespace: str) -> dict[str, Any]:
     name, model = service["metadata"]["name"], service["spec"]["model"]
     return {
-        "apiVersion": f"{POOL_GROUP}/v1alpha2",
+        "apiVersion": f"{wire.POOL_GROUP}/{wire.POOL_VERSION}",
         "kind": "InferenceModel",
         "metadata": meta(f"{name}-inference-model", namespace, names.owner(name)),
         "spec": {
             "modelName": model.get("name") or name,
             "criticality": model.get("criticality") or "Critical",
             "poolRef": {
-                "group": POOL_GROUP,
+                "group": wire.POOL_GROUP,
                 "kind": "InferencePool",
                 "name": f"{name}-inference-pool",
             },

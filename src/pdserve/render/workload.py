@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pdserve import wire
 from pdserve.render import names
 
 MODEL_DIR = "/mnt/models"
@@ -206,7 +207,7 @@ def workload_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
     rules = [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {
-            "apiGroups": ["inference.networking.x-k8s.io", "inference.networking.k8s.io"],
+            "apiGroups": [wire.POOL_GROUP, wire.POOL_GROUP_GA],
             "resources": ["inferencepools"],
             "verbs": ["get", "list", "watch"],
         },

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
+
+from pdserve.logs import event
 
 log = logging.getLogger("pdserve.sidecar")
 
@@ -33,17 +36,23 @@ class StaticAllowList:
 
 
 class PodSource(Protocol):
-    """Pod events for an InferencePool's selector: ("ADDED"|"MODIFIED"|"DELETED", pod)."""
+    """The pool's pods as a stream of ("SYNC", {"items": [pod, ...]}) (first, and again after
+    every reconnect, so deletions missed in between are dropped) and then
+    ("ADDED"|"MODIFIED"|"DELETED", pod); pods as the API serves them (camelCase JSON)."""
 
-    def selector(self) -> dict[str, str]: ...
-    def events(self, selector: dict[str, str]) -> Iterable[tuple[str, dict[str, Any]]]: ...
+    def events(self) -> Iterable[tuple[str, dict[str, Any]]]: ...
 
 
 class PoolAllowList:
-    """The IPs of the InferencePool's ready pods, kept current by a background watch."""
+    """The IPs of the InferencePool's pods, kept current by a background watch.
 
-    def __init__(self, source: PodSource) -> None:
+    A pod with an IP is allowed whether or not it is Ready: the EPP only picks ready pods,
+    and a pod that just turned unready may still be finishing a prefill it was sent.
+    """
+
+    def __init__(self, source: PodSource, retry_seconds: float = 5.0) -> None:
         self.source = source
+        self.retry_seconds = retry_seconds
         self.ips: dict[str, str] = {}  # pod name -> IP
         self.lock = threading.Lock()
 
@@ -51,51 +60,62 @@ class PoolAllowList:
         with self.lock:
             return host in self.ips.values()
 
-    def apply(self, kind: str, pod: dict[str, Any]) -> None:
-        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        name, ip = meta.get("name", ""), status.get("podIP")
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "SYNC":
+            ips = dict(filter(None, map(_name_ip, obj.get("items") or [])))
+            with self.lock:
+                self.ips = ips
+            return
+        name_ip = _name_ip(obj)
+        name = (obj.get("metadata") or {}).get("name", "")
         with self.lock:
-            if kind == "DELETED" or not ip:
+            if kind == "DELETED" or name_ip is None:
                 self.ips.pop(name, None)
             else:
-                self.ips[name] = ip
+                self.ips[name] = name_ip[1]
 
     def run(self) -> None:
-        for kind, pod in self.source.events(self.source.selector()):
-            self.apply(kind, pod)
+        """Follows the source until it ends (never, in a cluster); API errors are logged and
+        retried, the list keeps its last known contents meanwhile."""
+        while True:
+            try:
+                for kind, obj in self.source.events():
+                    self.apply(kind, obj)
+                return
+            except Exception as err:  # the API server, the network, RBAC: all worth a retry
+                event(
+                    log,
+                    "allowlist_watch_failed",
+                    logging.WARNING,
+                    error=f"{type(err).__name__}: {err}",
+                    allowed=len(self.ips),
+                    retry_s=self.retry_seconds,
+                )
+                time.sleep(self.retry_seconds)
 
     def start(self) -> None:
         threading.Thread(target=self.run, name="inferencepool-watch", daemon=True).start()
 
 
+def _name_ip(pod: dict[str, Any]) -> tuple[str, str] | None:
+    name = (pod.get("metadata") or {}).get("name", "")
+    ip = (pod.get("status") or {}).get("podIP")
+    return (name, ip) if ip else None
+
+
 class KubernetesPods:
-    """PodSource over the Kubernetes API (in-cluster config), for InferencePool v1."""
+    """PodSource over the Kubernetes API: the pool's selector is read again on each
+    reconnect, so a changed InferencePool is followed too."""
 
     def __init__(self, namespace: str, pool: str) -> None:
-        from kubernetes import client, config
+        from pdserve import kube
 
-        config.load_incluster_config()
         self.namespace, self.pool = namespace, pool
-        self.core = client.CoreV1Api()
-        self.custom = client.CustomObjectsApi()
+        self.cluster = kube.Cluster()
 
-    def selector(self) -> dict[str, str]:
-        obj = self.custom.get_namespaced_custom_object(
-            "inference.networking.k8s.io", "v1", self.namespace, "inferencepools", self.pool
-        )
-        sel = obj["spec"]["selector"]
-        return dict(sel.get("matchLabels", sel))
-
-    def events(self, selector: dict[str, str]) -> Iterable[tuple[str, dict[str, Any]]]:
-        from kubernetes import watch
-
-        labels = ",".join(f"{k}={v}" for k, v in selector.items())
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         while True:
-            stream = watch.Watch().stream(
-                self.core.list_namespaced_pod,
-                self.namespace,
-                label_selector=labels,
-                timeout_seconds=300,
-            )
-            for ev in stream:
-                yield ev["type"], ev["object"].to_dict()
+            labels = self.cluster.inference_pool(self.namespace, self.pool).selector
+            pods, version = self.cluster.list_pods(self.namespace, labels)
+            yield "SYNC", {"items": pods}
+            yield from self.cluster.watch_pods(self.namespace, labels, version)

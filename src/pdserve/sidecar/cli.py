@@ -58,9 +58,17 @@ def main(argv: list[str]) -> int:
         if args.allowed_prefill_hosts:
             allow = allowlist.StaticAllowList(args.allowed_prefill_hosts.split(","))
         elif args.inference_pool_name and args.inference_pool_namespace:
-            pool = allowlist.PoolAllowList(
-                allowlist.KubernetesPods(args.inference_pool_namespace, args.inference_pool_name)
-            )
+            try:
+                pods = allowlist.KubernetesPods(
+                    args.inference_pool_namespace, args.inference_pool_name
+                )
+            except Exception as err:  # kubernetes.config.ConfigException outside a pod
+                raise UserError(
+                    "--enable-ssrf-protection with --inference-pool-name needs the pod's "
+                    f"Kubernetes service account ({err}); outside Kubernetes use "
+                    "--allowed-prefill-hosts"
+                ) from None
+            pool = allowlist.PoolAllowList(pods)
             pool.start()
             allow = pool
         else:

@@ -150,8 +150,12 @@ class Sidecar:
         except (aiohttp.ClientError, OSError) as err:
             return _error(502, f"decoder at {self.decoder} unreachable: {err}")
         async with upstream:
-            if upstream.content_type != "text/event-stream" and upstream.content_length is not None:
-                body = await upstream.read()  # a whole answer: one write, no chunked framing
+            sse = upstream.content_type == "text/event-stream"
+            if not sse and upstream.content_length is not None:
+                try:
+                    body = await upstream.read()  # a whole answer: one write, no chunked framing
+                except (aiohttp.ClientError, OSError) as err:
+                    return self._broke_off(path, err)
                 if started is not None:
                     self.metrics.ttft.observe(time.perf_counter() - started)
                 return web.Response(
@@ -160,25 +164,40 @@ class Sidecar:
             resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
             await resp.prepare(request)
             first = True
-            async for data in upstream.content.iter_any():
-                if first and started is not None:
-                    self.metrics.ttft.observe(time.perf_counter() - started)
-                first = False
-                await resp.write(data)
+            try:
+                async for data in upstream.content.iter_any():
+                    if first and started is not None:
+                        self.metrics.ttft.observe(time.perf_counter() - started)
+                    first = False
+                    await resp.write(data)
+            except aiohttp.ClientPayloadError as err:  # the engine died mid-answer
+                self._broke_off(path, err)
+                if sse:  # the status is sent: end the stream as vLLM ends a failed one
+                    error = wire.error_body(f"decoder broke off: {err}", 502)
+                    await resp.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+                    await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
+
+    def _broke_off(self, path: str, err: BaseException) -> web.Response:
+        event(log, "decoder_broke_off", logging.WARNING, path=path, error=str(err))
+        return _error(502, f"decoder at {self.decoder} broke off mid-answer: {err}")
 
     # --- P/D --------------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         raw = await request.read()
-        target = _prefill_target(request.headers)
+        try:
+            named = _prefill_target(request.headers)
+        except ValueError as err:
+            self.metrics.requests.labels(request.path_qs, "rejected").inc()
+            return _error(400, str(err))
         headers = _headers(request.headers)
         rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
         headers = {k: v for k, v in headers.items() if k.lower() != wire.REQUEST_ID_HEADER}
         headers[wire.REQUEST_ID_HEADER] = rid
         path = request.path_qs
-        if target is None:
+        if named is None:
             self.metrics.requests.labels(path, "decode-only").inc()
             resp = await self._relay(request, "POST", path, raw, headers, started)
             event(
@@ -198,7 +217,7 @@ class Sidecar:
         except (ValueError, UnicodeDecodeError) as err:
             self.metrics.requests.labels(path, "rejected").inc()
             return _error(400, f"invalid JSON body: {err}")
-        host = target.rsplit(":", 1)[0].strip("[]")
+        host, target = named
         if not self.opts.allow.allows(host):
             self.metrics.requests.labels(path, "rejected").inc()
             event(
@@ -235,7 +254,8 @@ class Sidecar:
             async with self.http.post(
                 url,
                 json=prefill,
-                headers={**headers, "content-type": "application/json"},
+                headers=_json_headers(headers),
+                allow_redirects=False,
                 ssl=self._ssl(self.opts.prefiller_tls, self.opts.prefiller_insecure),
                 timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
             ) as pre:
@@ -261,6 +281,8 @@ class Sidecar:
                     reason = f"prefiller answered {pre.status}"
                 else:
                     answer = json.loads(payload)
+                    if not isinstance(answer, dict):
+                        answer, reason = {}, "prefiller answered JSON that is not an object"
         except TimeoutError:
             reason = "prefiller timed out"
         except (aiohttp.ClientError, OSError, ValueError) as err:
@@ -277,9 +299,7 @@ class Sidecar:
         self.metrics.requests.labels(path, outcome).inc()
         t1 = time.perf_counter()
         raw = json.dumps(decode_body).encode()
-        resp = await self._relay(
-            request, "POST", path, raw, {**headers, "content-type": "application/json"}, started
-        )
+        resp = await self._relay(request, "POST", path, raw, _json_headers(headers), started)
         self.metrics.decode.observe(time.perf_counter() - t1)
         event(
             log,
@@ -298,15 +318,37 @@ class Sidecar:
         return resp
 
 
-def _prefill_target(headers: Any) -> str | None:
-    target = headers.get(wire.PREFILLER_HEADER)
-    if target:
-        return target.strip()
-    url = headers.get(wire.PREFILLER_URL_HEADER)
-    if url:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        return parts.netloc or None
-    return None
+def _prefill_target(headers: Any) -> tuple[str, str] | None:
+    """(host, "host:port") of the prefill pod the EPP named, or None for decode-only.
+
+    Only a bare host:port is taken (the legacy URL header may add a scheme): with a user
+    part, `10.0.0.5:8000@elsewhere` would pass an allow-list check on 10.0.0.5 and then
+    connect elsewhere. ValueError names the header and the value when it is anything else.
+    """
+    name, value = wire.PREFILLER_HEADER, headers.get(wire.PREFILLER_HEADER, "").strip()
+    if not value:
+        name, value = wire.PREFILLER_URL_HEADER, headers.get(wire.PREFILLER_URL_HEADER, "").strip()
+        if not value:
+            return None
+    parts = urlsplit(
+        value if name == wire.PREFILLER_URL_HEADER and "://" in value else "//" + value
+    )
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    extra = parts.username is not None or parts.path not in ("", "/") or parts.query
+    if port is None or not parts.hostname or extra or parts.fragment:
+        raise ValueError(f"{name}: expected host:port, got {value!r}")
+    host = parts.hostname
+    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _json_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The legs send JSON whatever the client declared (curl -d says form-urlencoded)."""
+    out = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+    out["content-type"] = "application/json"
+    return out
 
 
 def _ms(start: float) -> float:
