@@ -129,6 +129,8 @@ def run(fleet: Fleet, args: argparse.Namespace) -> None:
         [
             *PDSERVE,
             "epp",
+            "--host",
+            "127.0.0.1",
             "--endpoints",
             ",".join(dests),
             "--grpc-port",

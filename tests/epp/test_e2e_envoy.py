@@ -81,6 +81,8 @@ class Cluster:
             [
                 *PDSERVE,
                 "epp",
+                "--host",
+                "127.0.0.1",
                 "--config-text",
                 config,
                 "--endpoints",

@@ -30,6 +30,8 @@ def test_body_mode_routes_through_envoy(spawn: Spawn, tmp_path: Path, mode: str)
         [
             *PDSERVE,
             "epp",
+            "--host",
+            "127.0.0.1",
             "--endpoints",
             ",".join(f"127.0.0.1:{p}" for p in engines),
             "--grpc-port",

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import msgpack
+import pytest
 import zmq
 import zmq.asyncio
 
@@ -14,8 +16,15 @@ from pdserve.epp.framework import make
 from pdserve.epp.kv_events import subscribe
 from pdserve.process import free_port
 
+BAD = [
+    [b"kv@10.0.0.7@m", b"\0" * 8, b"not msgpack \xc1"],
+    [b"kv@10.0.0.7@m", b"\0" * 8, msgpack.packb([3.0, [["BlockStored"]], 0])],  # short event
+    [b"kv@10.0.0.7@m", b"\0" * 8, msgpack.packb([3.0, 7])],  # events not a list
+    [b"kv@10.0.0.7@m", msgpack.packb([3.0, []])],  # no sequence frame
+]
 
-async def test_subscriber_applies_engine_batches() -> None:
+
+async def test_subscriber_applies_engine_batches(caplog: pytest.LogCaptureFixture) -> None:
     scorer = make("precise-prefix-cache-scorer", "pp", {})
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     task = asyncio.create_task(subscribe(scorer, endpoint))
@@ -33,14 +42,18 @@ async def test_subscriber_applies_engine_batches() -> None:
                 break
             await asyncio.sleep(0.01)
         assert scorer.holders[11] == {"10.0.0.7"} and scorer.holders[12] == {"10.0.0.7"}
-        await pub.send_multipart([b"kv@10.0.0.7@m", b"\0" * 8, b"not msgpack \xc1"])
+        caplog.set_level(logging.WARNING, "pdserve.epp")
+        for frames in BAD:
+            await pub.send_multipart(frames)
         await pub.send_multipart([b"kv@10.0.0.7@m", b"\0" * 8, removed])
         for _ in range(200):
             if not scorer.holders[12]:
                 break
             await asyncio.sleep(0.01)
         assert scorer.holders[12] == set() and scorer.holders[11] == {"10.0.0.7"}
-        assert not task.done()  # a malformed batch was skipped, the subscriber goes on
+        assert not task.done()  # malformed batches were skipped, the subscriber goes on
+        bad = [r for r in caplog.records if r.getMessage() == "kv_events_bad_batch"]
+        assert len(bad) == len(BAD) and bad[0].fields["topic"] == "kv@10.0.0.7@m"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -258,7 +258,7 @@ def test_decider_ref_must_name_a_decider() -> None:
         load(
             "plugins: [{type: pd-profile-handler, parameters: {deciderPluginName: q}},"
             " {type: queue-scorer, name: q}]\n"
-            "schedulingProfiles: [{name: decode, plugins: [{pluginRef: q}]}]"
+            "schedulingProfiles: [{name: decode, plugins: [{pluginRef: q}]}, {name: prefill}]"
         )
 
 
@@ -314,3 +314,28 @@ def test_precise_prefix_scorer_follows_kv_events() -> None:
     assert scorer.score(cycle(), req(prompt), [a])[a.name] == 1 / total
     scorer.apply_event(b.name, ["AllBlocksCleared"])
     assert scorer.score(cycle(), req(prompt), [b])[b.name] == 0.0
+
+
+@pytest.mark.parametrize("handler", ["pd-profile-handler", "disagg-profile-handler"])
+@pytest.mark.parametrize("key", ["decodeProfile", "prefillProfile"])
+def test_pd_handler_profile_names_are_checked_at_load(handler: str, key: str) -> None:
+    text = PD.replace("type: pd-profile-handler", f"type: {handler}").replace(
+        "{threshold: 100,", f"{{{key}: missing, threshold: 100,"
+    )
+    with pytest.raises(ConfigError) as err:
+        load(text, "cfg.yaml")
+    assert str(err.value) == (
+        f"cfg.yaml: plugin {handler}: parameter {key}: no scheduling profile named 'missing'"
+    )
+
+
+def test_prefix_hit_ratio_counts_one_hit_per_request() -> None:
+    """P/D chooses two endpoints per request; both holding the prefix is still one hit."""
+    sched = Scheduler(load(PD.replace("threshold: 100", "threshold: 0")))
+    scorer = sched.config.plugins["prefix-cache-scorer"]
+    d, p = ep(1, "decode"), ep(2, "prefill")
+    scorer.index.add(d.name, prompt_hashes("m", "y" * 400, 4, 256))
+    scorer.index.add(p.name, prompt_hashes("m", "y" * 400, 4, 256))
+    result = sched.schedule(cycle(), req("y" * 400), [d, p])
+    assert result.endpoint is d and result.headers[PREFILLER_HEADER] == p.name
+    assert (scorer.hits, scorer.lookups) == (1, 1)

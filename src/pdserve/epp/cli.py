@@ -57,7 +57,9 @@ def epp_parser() -> argparse.ArgumentParser:
         "--default-criticality", default="Critical", choices=("Critical", "Standard", "Sheddable")
     )
     ap.add_argument("--kv-events-endpoint", default="tcp://*:5557")
-    ap.add_argument("--host", default="127.0.0.1", help="address the servers bind")
+    # All interfaces, as the upstream EPP: in a pod, Envoy and the kubelet's gRPC probes
+    # reach the pod IP. Local runs (runner, tests, benches) pass --host 127.0.0.1.
+    ap.add_argument("--host", default="0.0.0.0", help="address the servers bind")
     ap.add_argument("--log-level", default="info")
     add_bool(ap, "--check", False, "load the config, print it resolved, and exit")
     for flag in _IGNORED:

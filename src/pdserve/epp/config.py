@@ -89,14 +89,14 @@ def load(text: str, source: str = "config") -> Config:
             plugins[name] = make(entry["type"], name, params)
         except ConfigError as err:
             raise _err(path, str(err)) from None
+    profiles = _profiles(doc, plugins, source)
     for plugin in plugins.values():
         bind = getattr(plugin, "bind", None)
         if bind is not None:
             try:
-                bind(plugins)
+                bind(plugins, list(profiles))
             except ConfigError as err:
                 raise _err(f"{source}: plugin {plugin.name}", str(err)) from None
-    profiles = _profiles(doc, plugins, source)
     handlers = [p for p in plugins.values() if isinstance(p, ProfileHandler)]
     if len(handlers) > 1:
         raise _err(f"{source}: plugins", "more than one profile handler")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ import aiohttp
 from pdserve import wire
 from pdserve.epp.types import Endpoint, Metrics
 from pdserve.errors import UserError
+from pdserve.logs import event
 
 log = logging.getLogger("pdserve.epp")
 
@@ -85,17 +87,33 @@ class PoolSource:
         self.namespace, self.pool = namespace, pool
         self.lister = lister or self._kubernetes
         self.last: list[tuple[str, int, tuple[tuple[str, str], ...]]] | None = None
+        self._apis: tuple[Any, Any] | None = None
+
+    def _clients(self) -> tuple[Any, Any]:
+        """The API clients, made on first use: the in-cluster config is read once, not on
+        every poll, and a failure to read it is retried by the next poll."""
+        if self._apis is None:
+            from kubernetes import client, config
+
+            config.load_incluster_config()
+            self._apis = (client.CustomObjectsApi(), client.CoreV1Api())
+        return self._apis
 
     def _kubernetes(self) -> list[dict[str, Any]]:
-        from kubernetes import client, config
-
-        config.load_incluster_config()
-        pool = client.CustomObjectsApi().get_namespaced_custom_object(
-            "inference.networking.x-k8s.io", "v1alpha2", self.namespace, "inferencepools", self.pool
+        custom, core = self._clients()
+        pool = custom.get_namespaced_custom_object(
+            "inference.networking.x-k8s.io",
+            "v1alpha2",
+            self.namespace,
+            "inferencepools",
+            self.pool,
+            _request_timeout=_API_TIMEOUT,
         )
         selector = ",".join(f"{k}={v}" for k, v in pool["spec"]["selector"].items())
         port = pool["spec"]["targetPortNumber"]
-        pods = client.CoreV1Api().list_namespaced_pod(self.namespace, label_selector=selector)
+        pods = core.list_namespaced_pod(
+            self.namespace, label_selector=selector, _request_timeout=_API_TIMEOUT
+        )
         return [
             {"address": p.status.pod_ip, "port": port, "labels": p.metadata.labels or {}}
             for p in pods.items
@@ -111,6 +129,9 @@ class PoolSource:
             return None
         self.last = key
         return [Endpoint(i["address"], int(i["port"]), dict(i["labels"])) for i in items]
+
+
+_API_TIMEOUT = 10.0  # seconds; a hung API server must not hold the poller's thread forever
 
 
 def _ready(pod: Any) -> bool:
@@ -132,8 +153,9 @@ def parse_metrics(text: str, into: Metrics, now: float) -> None:
     for line in text.splitlines():
         if not line.startswith("vllm:") or not line.startswith(_WANTED):
             continue
-        name, _, rest = line.partition("{") if "{" in line else line.partition(" ")
-        value = float(line.rsplit(" ", 1)[1])
+        name, rest, value = _sample(line)
+        if value is None:
+            continue  # no usable value (missing, malformed, NaN, Inf): keep the last one
         if name == wire.METRIC_WAITING:
             into.waiting = int(value)
         elif name == wire.METRIC_RUNNING:
@@ -145,9 +167,26 @@ def parse_metrics(text: str, into: Metrics, now: float) -> None:
         elif name == wire.METRIC_LORA_INFO:
             into.loras_running = frozenset(_label(rest, "running_lora_adapters").split(",")) - {""}
             into.loras_waiting = frozenset(_label(rest, "waiting_lora_adapters").split(",")) - {""}
-            into.max_loras = int(_label(rest, "max_lora") or 0)
+            max_lora = _label(rest, "max_lora")
+            into.max_loras = int(max_lora) if max_lora.isdigit() else 0
     into.kv_usage = kv_new if kv_new is not None else (kv_old or 0.0)
     into.updated = now
+
+
+def _sample(line: str) -> tuple[str, str, float | None]:
+    """`name{labels} value [timestamp]` -> name, labels text, value if finite."""
+    if "{" in line:
+        name, _, rest = line.partition("{")
+        labels, _, tail = rest.rpartition("}")
+    else:
+        name, _, tail = line.partition(" ")
+        labels = ""
+    fields = tail.split()
+    try:
+        value = float(fields[0]) if fields else math.nan
+    except ValueError:
+        value = math.nan
+    return name, labels, value if math.isfinite(value) else None
 
 
 def _label(text: str, key: str) -> str:
@@ -165,12 +204,34 @@ class Datastore:
         self.endpoints: dict[str, Endpoint] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
+        self.source_failures = 0
 
     def list(self) -> list[Endpoint]:
         return list(self.endpoints.values())
 
     def refresh(self) -> None:
-        new = self.source.current()
+        """Follow the source once, blocking; for callers without an event loop."""
+        self.apply(self.source.current())
+
+    async def poll(self) -> None:
+        """Follow the source once, off the event loop (a Kubernetes list can take seconds).
+        A failing source keeps the last endpoints and their scrapers: routing goes on while
+        the API server is away. A run of failures logs its first error and its end, not a
+        line per poll."""
+        try:
+            new = await asyncio.to_thread(self.source.current)
+        except Exception as err:
+            self.source_failures += 1
+            if self.source_failures == 1:
+                error = f"{type(err).__name__}: {err}"
+                event(log, "endpoints_source_error", logging.WARNING, error=error)
+            return
+        if self.source_failures:
+            event(log, "endpoints_source_recovered", failures=self.source_failures)
+            self.source_failures = 0
+        self.apply(new)
+
+    def apply(self, new: Iterable[Endpoint] | None) -> None:
         if new is None:
             return
         wanted = {e.name: e for e in new}
@@ -199,7 +260,7 @@ class Datastore:
             self.tasks[ep.name] = asyncio.create_task(self._scrape(ep))
         try:
             while True:
-                self.refresh()
+                await self.poll()
                 await asyncio.sleep(0.25)
         finally:
             for task in self.tasks.values():

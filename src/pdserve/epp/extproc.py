@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import time
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +35,9 @@ from pdserve.logs import event
 
 log = logging.getLogger("pdserve.epp")
 FULL_DUPLEX = 4  # ProcessingMode.BodySendMode.FULL_DUPLEX_STREAMED
+# Headers only the EPP may choose: a client's copy is removed unless the EPP set its own, or
+# a gateway client could pick the prefill host the decode sidecar calls (SSRF).
+EPP_ONLY_HEADERS = (wire.PREFILLER_HEADER, wire.PREFILLER_URL_HEADER)
 
 
 class Decision(Exception):
@@ -132,8 +136,11 @@ class Picker:
 
 
 def _headers(msg: pb.HttpHeaders) -> dict[str, str]:
+    """Header values as text; Envoy passes bytes through, and a non-UTF-8 value from a client
+    must not end the stream."""
     return {
-        h.key.lower(): h.raw_value.decode() if h.raw_value else h.value for h in msg.headers.headers
+        h.key.lower(): h.raw_value.decode(errors="replace") if h.raw_value else h.value
+        for h in msg.headers.headers
     }
 
 
@@ -148,7 +155,8 @@ def _mutation(result: Result) -> tuple[pb.CommonResponse, struct_pb2.Struct]:
                     append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
                 )
                 for k, v in added.items()
-            ]
+            ],
+            remove_headers=[h for h in EPP_ONLY_HEADERS if h not in added],
         ),
         clear_route_cache=True,
     )
@@ -211,12 +219,32 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             elif kind == "response_body":
                 yield pb.ProcessingResponse(response_body=pb.BodyResponse())
 
-    def _answer(self, headers: dict[str, str], body: bytes, phase: str) -> pb.ProcessingResponse:
+    def _route(
+        self, headers: dict[str, str], body: bytes
+    ) -> tuple[pb.CommonResponse, struct_pb2.Struct]:
+        """The routing mutation and metadata; every failure comes out as a Decision, so a bug
+        hit by one request is that request's 500, not the end of Envoy's stream."""
         try:
             result, _ = self.picker.decide(headers, body)
+            return _mutation(result)
+        except Decision:
+            raise
+        except Exception as err:
+            event(
+                log,
+                "internal_error",
+                logging.ERROR,
+                request_id=headers.get(wire.REQUEST_ID_HEADER),
+                error=repr(err),
+                traceback=traceback.format_exc(),
+            )
+            raise Decision(500, "internal error in the endpoint picker") from None
+
+    def _answer(self, headers: dict[str, str], body: bytes, phase: str) -> pb.ProcessingResponse:
+        try:
+            common, meta = self._route(headers, body)
         except Decision as err:
             return _immediate(err)
-        common, meta = _mutation(result)
         if phase == "headers":
             return pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(response=common), dynamic_metadata=meta
@@ -227,10 +255,9 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
 
     def _answer_duplex(self, headers: dict[str, str], body: bytes) -> list[pb.ProcessingResponse]:
         try:
-            result, _ = self.picker.decide(headers, body)
+            common, meta = self._route(headers, body)
         except Decision as err:
             return [_immediate(err)]
-        common, meta = _mutation(result)
         streamed = pb.CommonResponse(
             body_mutation=pb.BodyMutation(
                 streamed_response=pb.StreamedBodyResponse(body=body, end_of_stream=True)

@@ -9,6 +9,7 @@ import zmq
 import zmq.asyncio
 
 from pdserve.epp.plugins.prefix import PrecisePrefixCacheScorer
+from pdserve.logs import event
 
 log = logging.getLogger("pdserve.epp")
 
@@ -23,14 +24,23 @@ async def subscribe(scorer: PrecisePrefixCacheScorer, endpoint: str) -> None:
     log.info("kv_events_listening", extra={"fields": {"endpoint": endpoint}})
     try:
         while True:
-            topic, _seq, payload = await sock.recv_multipart()
-            parts = topic.decode(errors="replace").split("@")
-            pod = parts[1] if len(parts) > 1 else ""
+            frames = await sock.recv_multipart()
             try:
-                _ts, events, *_ = msgpack.unpackb(payload)
-            except (ValueError, msgpack.UnpackException):
-                continue
-            for ev in events:
-                scorer.apply_event(pod, ev)
+                _apply(scorer, frames)
+            except Exception as err:
+                # Any engine may publish here; one it cannot parse (another vLLM version, a
+                # stray publisher) is logged and skipped, never the end of precise routing.
+                topic = frames[0].decode(errors="replace") if frames else ""
+                event(log, "kv_events_bad_batch", logging.WARNING, topic=topic, error=repr(err))
     finally:
         sock.close(0)
+
+
+def _apply(scorer: PrecisePrefixCacheScorer, frames: list[bytes]) -> None:
+    """One message: topic `kv@<pod>@<model>`, sequence, msgpack [ts, [events], dp_rank?]."""
+    topic, _seq, payload = frames
+    parts = topic.decode(errors="replace").split("@")
+    pod = parts[1] if len(parts) > 1 else ""
+    _ts, events, *_ = msgpack.unpackb(payload)
+    for ev in events:
+        scorer.apply_event(pod, ev)

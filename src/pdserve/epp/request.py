@@ -25,9 +25,19 @@ def prompt_text(body: dict[str, Any]) -> str:
         return chatml([m for m in messages if isinstance(m, dict)])[
             : -len("<|im_start|>assistant\n")
         ]
-    prompt = body.get("prompt", "")
+    return _prompt_field(body.get("prompt", ""))
+
+
+def _prompt_field(prompt: Any) -> str:
+    """vLLM's `prompt`: a string, token ids, or a batch of either. Token ids become their
+    decimal text, each followed by a space, so equal id prefixes hash to equal text prefixes
+    and a batch's items cannot run together."""
+    if isinstance(prompt, str):
+        return prompt
     if isinstance(prompt, list):
-        return "".join(p if isinstance(p, str) else " ".join(map(str, p)) for p in prompt)
+        if all(isinstance(t, int) for t in prompt):
+            return "".join(f"{t} " for t in prompt)
+        return "".join(_prompt_field(p) for p in prompt)
     return str(prompt)
 
 

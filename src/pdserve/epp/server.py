@@ -29,7 +29,7 @@ async def serve(
 
     metrics = EppMetrics()
     picker = Picker(Scheduler(config), store, metrics, args.pool_name, args.default_criticality)
-    store.refresh()
+    await store.poll()
     tasks = [asyncio.create_task(store.run())]
     for plugin in config.plugins.values():
         if isinstance(plugin, PrecisePrefixCacheScorer):

@@ -69,7 +69,13 @@ class PDProfileHandler(ProfileHandler):
         self.threshold = self.number("threshold")
         self.decider: Decider | None = None
 
-    def bind(self, plugins: dict[str, Plugin]) -> None:
+    def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
+        """Resolve references at load time: a wrong name would otherwise fail every request."""
+        for key in ("decodeProfile", "prefillProfile"):
+            if self.params[key] not in profiles:
+                raise ConfigError(
+                    f"parameter {key}: no scheduling profile named {self.params[key]!r}"
+                )
         name = self.params["deciderPluginName"] or self.params["decider"]
         if name:
             decider = plugins.get(name)

@@ -124,11 +124,13 @@ class PrefixCacheScorer(Scorer, PreRequest):
         matched = cycle.state.get(f"prefix.matched.{self.name}")
         if matched is None:
             matched = self.index.matched(hashes)
-        for profile in result.profiles.values():
-            if profile.endpoint is not None:
-                if matched.get(profile.endpoint.name):
-                    self.hits += 1
-                self.index.add(profile.endpoint.name, hashes)
+        chosen = [p.endpoint.name for p in result.profiles.values() if p.endpoint is not None]
+        # One hit per lookup, however many profiles (decode and prefill) chose a holder, so
+        # the hit ratio stays a ratio.
+        if any(matched.get(name) for name in chosen):
+            self.hits += 1
+        for name in chosen:
+            self.index.add(name, hashes)
 
 
 @register("precise-prefix-cache-scorer")
@@ -142,15 +144,27 @@ class PrecisePrefixCacheScorer(Scorer):
     defaults = {
         "kvEventsConfig": {},
         "indexerConfig": {},
-        "blockSize": 16,
-        "hashSeed": "",
+        "blockSize": None,
+        "hashSeed": None,
         "tokenizer": "builtin",
     }
 
     def setup(self) -> None:
+        self._token_processor_fallback({"blockSize": 16, "hashSeed": ""})
         self.block = _check_block_size(self, "blockSize")
         self.holders: dict[int, set[str]] = {}
         self._tokenizer: Tokenizer | None = None
+
+    def _token_processor_fallback(self, defaults: dict[str, Any]) -> None:
+        """Upstream configs (llm-d's precise prefix sample) give the block size and hash seed
+        under indexerConfig.tokenProcessorConfig; a top-level key still wins. The seed is only
+        reported (`--check`): the builtin block hashing, like the sim engine's, takes none."""
+        indexer = self.params["indexerConfig"]
+        nested = indexer.get("tokenProcessorConfig") if isinstance(indexer, dict) else None
+        nested = nested if isinstance(nested, dict) else {}
+        for key, default in defaults.items():
+            if self.params[key] is None:
+                self.params[key] = nested.get(key, default)
 
     def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is None:

@@ -1,0 +1,105 @@
+"""The datastore's edges: an endpoint source that fails, and /metrics text that is odd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from pdserve import wire
+from pdserve.epp.datastore import Datastore, PoolSource, parse_metrics
+from pdserve.epp.types import Metrics
+from pdserve.process import free_port
+
+ODD_METRICS = """\
+# HELP vllm:num_requests_waiting Number of requests waiting.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting
+vllm:num_requests_waiting{model_name="m"} +Inf
+vllm:num_requests_waiting{model_name="m"} not-a-number
+vllm:num_requests_running{model_name="m",engine="0"} 3 1700000000000
+vllm:kv_cache_usage_perc{model_name="m"} NaN
+vllm:gpu_cache_usage_perc{model_name="m"} 0.25
+vllm:lora_requests_info{max_lora="x",running_lora_adapters="a,b",waiting_lora_adapters=""} 1
+"""
+
+
+def test_odd_metrics_lines_are_skipped_not_fatal() -> None:
+    m = Metrics(waiting=4, running=0, kv_usage=0.0, updated=0.0)
+    parse_metrics(ODD_METRICS, m, now=5.0)
+    assert m.waiting == 4  # no line gave a usable value: the last one stays
+    assert m.running == 3  # a sample timestamp is not the value
+    assert m.kv_usage == 0.25  # NaN is no reading; the older name fills in
+    assert m.loras_running == {"a", "b"} and m.max_loras == 0
+    assert m.updated == 5.0
+
+
+async def test_a_failing_pool_source_is_logged_and_polling_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Errors from the Kubernetes lister (run in a thread) neither end run() nor its
+    scrapers; a run of failures logs its first error and its end."""
+    caplog.set_level(logging.INFO, "pdserve.epp")
+    loop = asyncio.get_running_loop()
+    fifth_call = asyncio.Event()
+    pod = {"address": "127.0.0.1", "port": free_port(), "labels": {wire.ROLE_LABEL: "decode"}}
+    calls = 0
+
+    def lister() -> list[dict[str, Any]]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ApiException(status=503, reason="Service Unavailable")
+        if calls == 3:
+            raise TimeoutError("read timed out")
+        if calls == 5:
+            loop.call_soon_threadsafe(fifth_call.set)
+        return [pod]
+
+    store = Datastore(PoolSource("ns", "pool", lister), interval=60)
+    task = asyncio.create_task(store.run())
+    try:
+        await asyncio.wait_for(fifth_call.wait(), 10)
+        name = f"127.0.0.1:{pod['port']}"
+        assert [e.name for e in store.list()] == [name]
+        assert not task.done() and not store.tasks[name].done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    errors = [r for r in caplog.records if r.getMessage() == "endpoints_source_error"]
+    assert len(errors) == 1 and errors[0].fields["error"].startswith("ApiException: (503)")
+    recovered = [r for r in caplog.records if r.getMessage() == "endpoints_source_recovered"]
+    assert len(recovered) == 1 and recovered[0].fields["failures"] == 2
+
+
+def test_pool_source_reads_the_kube_config_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[None] = []
+    ready = SimpleNamespace(type="Ready", status="True")
+    pod = SimpleNamespace(
+        status=SimpleNamespace(pod_ip="10.1.0.5", conditions=[ready]),
+        metadata=SimpleNamespace(labels={wire.ROLE_LABEL: "decode"}),
+    )
+
+    class Custom:
+        def get_namespaced_custom_object(self, *args: object, **kw: object) -> dict[str, Any]:
+            return {"spec": {"selector": {"app": "llm"}, "targetPortNumber": 8000}}
+
+    class Core:
+        def list_namespaced_pod(self, *args: object, **kw: object) -> SimpleNamespace:
+            return SimpleNamespace(items=[pod])
+
+    monkeypatch.setattr(kubernetes.config, "load_incluster_config", lambda: loads.append(None))
+    monkeypatch.setattr(kubernetes.client, "CustomObjectsApi", Custom)
+    monkeypatch.setattr(kubernetes.client, "CoreV1Api", Core)
+    source = PoolSource("ns", "pool")
+    first = source.current()
+    assert first is not None and [e.name for e in first] == ["10.1.0.5:8000"]
+    assert source.current() is None  # unchanged
+    assert len(loads) == 1

@@ -1,0 +1,134 @@
+"""The ext_proc servicer in process: the ProcessingResponse messages it builds for Envoy, from
+the headers and body Envoy would send (no gRPC server, no Envoy)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from pdserve import wire
+from pdserve.epp.config import load
+from pdserve.epp.datastore import Datastore, StaticSource
+from pdserve.epp.extproc import FULL_DUPLEX, ExtProc, Picker
+from pdserve.epp.metrics import EppMetrics
+from pdserve.epp.request import prompt_text
+from pdserve.epp.scheduler import Scheduler
+from pdserve.epp.types import Endpoint
+from pdserve.render.epp_defaults import PD
+
+DECODE = Endpoint("10.0.0.1", 8000, {wire.ROLE_LABEL: wire.ROLE_DECODE})
+PREFILL = Endpoint("10.0.0.2", 8000, {wire.ROLE_LABEL: wire.ROLE_PREFILL})
+SPOOFED = {wire.PREFILLER_HEADER: b"169.254.169.254:80", wire.PREFILLER_URL_HEADER: b"http://x"}
+
+
+def servicer() -> ExtProc:
+    """The default P/D config (prefill from 256 uncached characters) over one pod per role."""
+    store = Datastore(StaticSource([DECODE, PREFILL]))
+    store.refresh()
+    return ExtProc(Picker(Scheduler(load(PD)), store, EppMetrics()))
+
+
+async def process(
+    ext: ExtProc, headers: dict[str, bytes], body: object, duplex: bool = True
+) -> list[pb.ProcessingResponse]:
+    """One HTTP request as Envoy streams it: headers, then the whole body in one chunk."""
+    mode = FULL_DUPLEX if duplex else ProcessingMode.BUFFERED
+    raw = json.dumps(body).encode()
+    header_map = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v) for k, v in headers.items()]
+    )
+
+    async def stream() -> AsyncIterator[pb.ProcessingRequest]:
+        yield pb.ProcessingRequest(
+            request_headers=pb.HttpHeaders(headers=header_map),
+            protocol_config=pb.ProtocolConfiguration(request_body_mode=mode),
+        )
+        yield pb.ProcessingRequest(request_body=pb.HttpBody(body=raw, end_of_stream=True))
+
+    return [out async for out in ext.Process(stream(), None)]
+
+
+def mutation(answers: list[pb.ProcessingResponse]) -> pb.HeaderMutation:
+    """The decision's mutation: on the headers answer (duplex) or the body answer (buffered)."""
+    for answer in answers:
+        kind = answer.WhichOneof("response")
+        if kind in ("request_headers", "request_body"):
+            common = getattr(answer, kind).response
+            if common.HasField("header_mutation"):
+                return common.header_mutation
+    raise AssertionError(f"no routing decision in {answers}")
+
+
+def set_headers(m: pb.HeaderMutation) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in m.set_headers}
+
+
+async def test_client_prefill_headers_are_removed_when_decode_only() -> None:
+    answers = await process(servicer(), SPOOFED, {"model": "m", "prompt": "short"})
+    m = mutation(answers)
+    assert set_headers(m)[wire.DESTINATION_HEADER] == DECODE.name
+    assert wire.PREFILLER_HEADER not in set_headers(m)
+    assert set(m.remove_headers) == {wire.PREFILLER_HEADER, wire.PREFILLER_URL_HEADER}
+
+
+@pytest.mark.parametrize("duplex", [True, False])
+async def test_epp_prefill_header_overrides_the_client_and_the_legacy_one_goes(
+    duplex: bool,
+) -> None:
+    answers = await process(servicer(), SPOOFED, {"model": "m", "prompt": "p" * 400}, duplex)
+    m = mutation(answers)
+    assert set_headers(m)[wire.PREFILLER_HEADER] == PREFILL.name
+    assert list(m.remove_headers) == [wire.PREFILLER_URL_HEADER]
+
+
+@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3, 4]], [[1, 2], "text"]])
+async def test_token_id_prompts_are_routed(prompt: object) -> None:
+    answers = await process(servicer(), {}, {"model": "m", "prompt": prompt})
+    assert set_headers(mutation(answers))[wire.DESTINATION_HEADER] == DECODE.name
+
+
+def test_token_id_prompt_text_is_deterministic_and_prefix_preserving() -> None:
+    text = prompt_text({"prompt": [11, 2, 3]})
+    assert text == prompt_text({"prompt": [11, 2, 3]}) == "11 2 3 "
+    assert prompt_text({"prompt": [11, 2, 3, 4]}).startswith(text)
+    assert prompt_text({"prompt": [1, 12, 3]}) != text
+    assert prompt_text({"prompt": [[11, 2], [3]]}) == text  # a batch hashes as its tokens
+
+
+async def test_non_utf8_header_value_does_not_end_the_stream() -> None:
+    answers = await process(servicer(), {"x-note": b"caf\xe9"}, {"model": "m", "prompt": "hi"})
+    assert set_headers(mutation(answers))[wire.DESTINATION_HEADER] == DECODE.name
+
+
+@pytest.mark.parametrize("duplex", [True, False])
+async def test_an_unexpected_error_is_a_logged_500_in_vllm_shape(
+    duplex: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ext = servicer()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("plugin bug")
+
+    monkeypatch.setattr(ext.picker.scheduler, "schedule", broken)
+    headers = {wire.REQUEST_ID_HEADER: b"req-500"}
+    answers = await process(ext, headers, {"model": "m", "prompt": "hi"}, duplex)
+    immediate = answers[-1].immediate_response
+    assert immediate.status.code == 500
+    assert json.loads(immediate.body) == wire.error_body(
+        "internal error in the endpoint picker", 500
+    )
+    assert json.loads(immediate.body)["type"] == "InternalServerError"
+    logged = [r for r in caplog.records if r.getMessage() == "internal_error"]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR
+    assert logged[0].fields["request_id"] == "req-500"
+    assert "plugin bug" in logged[0].fields["error"]
+    # The servicer is still usable: the next stream is decided normally.
+    monkeypatch.undo()
+    answers = await process(ext, headers, {"model": "m", "prompt": "hi"}, duplex)
+    assert answers[-1].WhichOneof("response") != "immediate_response"
