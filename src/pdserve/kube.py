@@ -14,6 +14,8 @@ from typing import Any
 
 from pdserve import wire
 
+API_TIMEOUT = 10.0  # seconds; a hung API server must not hold a poller's thread forever
+
 
 @dataclass(frozen=True)
 class PoolSpec:
@@ -59,19 +61,31 @@ class Cluster:
 
         try:
             obj = self.custom.get_namespaced_custom_object(
-                wire.POOL_GROUP, wire.POOL_VERSION, namespace, "inferencepools", name
+                wire.POOL_GROUP,
+                wire.POOL_VERSION,
+                namespace,
+                "inferencepools",
+                name,
+                _request_timeout=API_TIMEOUT,
             )
         except ApiException as err:
             if err.status != 404:
                 raise
             obj = self.custom.get_namespaced_custom_object(
-                wire.POOL_GROUP_GA, wire.POOL_VERSION_GA, namespace, "inferencepools", name
+                wire.POOL_GROUP_GA,
+                wire.POOL_VERSION_GA,
+                namespace,
+                "inferencepools",
+                name,
+                _request_timeout=API_TIMEOUT,
             )
         return pool_spec(obj)
 
     def list_pods(self, namespace: str, labels: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
         """The pods now and the resourceVersion to watch from."""
-        pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector(labels))
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=label_selector(labels), _request_timeout=API_TIMEOUT
+        )
         return [self._json(p) for p in pods.items], pods.metadata.resource_version
 
     def watch_pods(

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from types import SimpleNamespace
 from typing import Any
 
-import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from pdserve import wire
+from pdserve import kube, wire
 from pdserve.epp.datastore import Datastore, PoolSource, parse_metrics
 from pdserve.epp.types import Metrics
 from pdserve.process import free_port
@@ -79,27 +77,30 @@ async def test_a_failing_pool_source_is_logged_and_polling_goes_on(
     assert len(recovered) == 1 and recovered[0].fields["failures"] == 2
 
 
-def test_pool_source_reads_the_kube_config_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    loads: list[None] = []
-    ready = SimpleNamespace(type="Ready", status="True")
-    pod = SimpleNamespace(
-        status=SimpleNamespace(pod_ip="10.1.0.5", conditions=[ready]),
-        metadata=SimpleNamespace(labels={wire.ROLE_LABEL: "decode"}),
-    )
+def test_pool_source_reads_the_kube_config_once_and_keeps_ready_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[None] = []
 
-    class Custom:
-        def get_namespaced_custom_object(self, *args: object, **kw: object) -> dict[str, Any]:
-            return {"spec": {"selector": {"app": "llm"}, "targetPortNumber": 8000}}
+    def pod(ip: str, ready: str) -> dict[str, Any]:
+        return {
+            "metadata": {"labels": {wire.ROLE_LABEL: "decode"}},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
+        }
 
-    class Core:
-        def list_namespaced_pod(self, *args: object, **kw: object) -> SimpleNamespace:
-            return SimpleNamespace(items=[pod])
+    class Cluster:
+        def __init__(self) -> None:
+            made.append(None)
 
-    monkeypatch.setattr(kubernetes.config, "load_incluster_config", lambda: loads.append(None))
-    monkeypatch.setattr(kubernetes.client, "CustomObjectsApi", Custom)
-    monkeypatch.setattr(kubernetes.client, "CoreV1Api", Core)
+        def inference_pool(self, namespace: str, name: str) -> kube.PoolSpec:
+            return kube.PoolSpec({"app": "llm"}, 8000)
+
+        def list_pods(self, namespace: str, labels: dict[str, str]) -> tuple[list[Any], str]:
+            return [pod("10.1.0.5", "True"), pod("10.1.0.6", "False")], "1"
+
+    monkeypatch.setattr(kube, "Cluster", Cluster)
     source = PoolSource("ns", "pool")
     first = source.current()
     assert first is not None and [e.name for e in first] == ["10.1.0.5:8000"]
     assert source.current() is None  # unchanged
-    assert len(loads) == 1
+    assert len(made) == 1

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from pdserve import wire
+from pdserve import kube, wire
 from pdserve.epp.types import Endpoint, Metrics
 from pdserve.errors import UserError
 from pdserve.logs import event
@@ -79,7 +79,7 @@ class FileSource:
 
 
 class PoolSource:
-    """An InferencePool's ready pods (kubernetes client), on the pool's target port."""
+    """An InferencePool's ready pods, on the pool's target port."""
 
     def __init__(
         self, namespace: str, pool: str, lister: Callable[[], list[dict[str, Any]]] | None = None
@@ -87,37 +87,22 @@ class PoolSource:
         self.namespace, self.pool = namespace, pool
         self.lister = lister or self._kubernetes
         self.last: list[tuple[str, int, tuple[tuple[str, str], ...]]] | None = None
-        self._apis: tuple[Any, Any] | None = None
-
-    def _clients(self) -> tuple[Any, Any]:
-        """The API clients, made on first use: the in-cluster config is read once, not on
-        every poll, and a failure to read it is retried by the next poll."""
-        if self._apis is None:
-            from kubernetes import client, config
-
-            config.load_incluster_config()
-            self._apis = (client.CustomObjectsApi(), client.CoreV1Api())
-        return self._apis
+        self._cluster: kube.Cluster | None = None
 
     def _kubernetes(self) -> list[dict[str, Any]]:
-        custom, core = self._clients()
-        pool = custom.get_namespaced_custom_object(
-            "inference.networking.x-k8s.io",
-            "v1alpha2",
-            self.namespace,
-            "inferencepools",
-            self.pool,
-            _request_timeout=_API_TIMEOUT,
-        )
-        selector = ",".join(f"{k}={v}" for k, v in pool["spec"]["selector"].items())
-        port = pool["spec"]["targetPortNumber"]
-        pods = core.list_namespaced_pod(
-            self.namespace, label_selector=selector, _request_timeout=_API_TIMEOUT
-        )
+        # Made on first use: the in-cluster config is read once, not on every poll, and a
+        # failure to read it is retried by the next poll.
+        self._cluster = self._cluster or kube.Cluster()
+        spec = self._cluster.inference_pool(self.namespace, self.pool)
+        pods, _ = self._cluster.list_pods(self.namespace, spec.selector)
         return [
-            {"address": p.status.pod_ip, "port": port, "labels": p.metadata.labels or {}}
-            for p in pods.items
-            if p.status.pod_ip and _ready(p)
+            {
+                "address": pod["status"]["podIP"],
+                "port": spec.target_port,
+                "labels": pod["metadata"].get("labels") or {},
+            }
+            for pod in pods
+            if pod.get("status", {}).get("podIP") and kube.pod_ready(pod)
         ]
 
     def current(self) -> list[Endpoint] | None:
@@ -129,13 +114,6 @@ class PoolSource:
             return None
         self.last = key
         return [Endpoint(i["address"], int(i["port"]), dict(i["labels"])) for i in items]
-
-
-_API_TIMEOUT = 10.0  # seconds; a hung API server must not hold the poller's thread forever
-
-
-def _ready(pod: Any) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 _WANTED = (
