@@ -33,11 +33,20 @@ class EppMetrics:
             buckets=(64, 256, 1024, 4096, 16384, 65536),
             registry=r,
         )
+        # Registered under the upstream names for dashboards, but not fed: both need the
+        # response side of ext_proc, and Envoy ends the stream once the request is routed
+        # because we ask for no response processing (it would cost a round trip a request).
         self.output_tokens = Histogram(
-            "inference_model_output_tokens", "Completion tokens (when known).", model, registry=r
+            "inference_model_output_tokens",
+            "Completion tokens (not fed: needs response processing).",
+            model,
+            registry=r,
         )
         self.running = Gauge(
-            "inference_model_running_requests", "Requests in flight.", ["model_name"], registry=r
+            "inference_model_running_requests",
+            "Requests in flight (not fed: needs response processing).",
+            ["model_name"],
+            registry=r,
         )
         self.pool_kv = Gauge(
             "inference_pool_average_kv_cache_utilization",
