@@ -149,6 +149,14 @@ def test_bad_input_gets_vllm_error_and_engine_keeps_serving(engine, path, body, 
     assert ok.status_code == 200
 
 
+def test_a_prompt_longer_than_the_token_budget_finishes_at_zero_cost(sim_engine) -> None:
+    """Chunked prefill steps cost nothing at --zero-cost: they are still progress."""
+    engine = sim_engine("--zero-cost", "--max-num-batched-tokens", "16")
+    body = {"prompt": list(range(100, 200)), "max_tokens": 3}
+    resp = httpx.post(f"{engine.url}/v1/completions", json=body, timeout=20)
+    assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 3
+
+
 def test_missing_model_uses_served_model_like_vllm(engine) -> None:
     resp = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "x", "max_tokens": 1})
     assert resp.status_code == 200 and resp.json()["model"] == "sim"

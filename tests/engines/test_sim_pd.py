@@ -197,6 +197,34 @@ def test_params_naming_a_dead_or_unknown_engine(sim_engine, target, policy) -> N
     assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200  # still serving
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"remote_block_ids": 5},
+        {"remote_block_ids": ["a"]},
+        {"remote_num_tokens": "x"},
+        {"remote_port": "http"},
+    ],
+)
+def test_malformed_consumer_params_are_a_400_not_a_request_stuck_waiting(sim_engine, bad):
+    d = sim_engine("--zero-cost", kv=_kv("recompute"))
+    params = {
+        "do_remote_prefill": True,
+        "remote_engine_id": "e",
+        "remote_block_ids": [1, 2],
+        "remote_request_id": "cmpl-x",
+        "remote_host": "127.0.0.1",
+        "remote_port": 1,
+        **bad,
+    }
+    body = {"prompt": "who " * 40, "max_tokens": 2}
+    resp = decode(d.url, body, params)
+    assert resp.status_code == 400
+    assert resp.json()["object"] == "error" and "kv_transfer_params" in resp.json()["message"]
+    assert metric(d.url, "vllm:num_requests_waiting") == 0
+    assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200  # still serving
+
+
 def test_consumer_with_prompt_cached_skips_pull_and_frees_producer_lease(sim_engine) -> None:
     p, d = sim_engine("--zero-cost"), sim_engine("--zero-cost")
     # 8 full blocks of 16 plus one token: once cached, only the last token is left to compute.

@@ -23,7 +23,7 @@ from pdserve.engines.sim import kv_transfer
 from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.kv_events import KVEventPublisher
 from pdserve.engines.sim.metrics import EngineMetrics
-from pdserve.engines.sim.openai_api import ApiError, Params
+from pdserve.engines.sim.openai_api import ApiError, Params, check_kv_params
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
 from pdserve.engines.sim.tokens import Generator, Tokenizer, token_bytes
@@ -131,7 +131,8 @@ class SimEngine:
             out = self.sched.step(loop.time())
             for req in out.kv_pulls:
                 self._spawn(self._pull(req))
-            if not (out.duration or out.tokens or out.finished or out.kv_pulls or out.preempted):
+            progress = out.tokens or out.finished or out.kv_pulls or out.preempted
+            if not (out.duration or out.prefill_tokens or progress):
                 # Work is queued but cannot run (its blocks are held by leases or pulls):
                 # sleep until something frees space instead of spinning.
                 self._observe()
@@ -232,12 +233,15 @@ class SimEngine:
             return
         bs = self.cfg.profile.block_size
         skip = req.cached_tokens // bs
-        remote = list(params.get("remote_block_ids") or [])[skip:]
-        local = req.blocks[skip : skip + len(remote)]
-        remote = remote[: len(local)]
         start = time.perf_counter()
         ok, error, transport, nbytes = False, None, "none", 0
+        local: list[int] = []
         try:
+            # The API checked these types; anything odd still ends in kv_loaded below, never
+            # in a request left waiting for KV.
+            remote = [int(b) for b in params.get("remote_block_ids") or []][skip:]
+            local = req.blocks[skip : skip + len(remote)]
+            remote = remote[: len(local)]
             host, port = params.get("remote_host"), params.get("remote_port")
             if not host or not port or not params.get("remote_request_id"):
                 raise kv_transfer.TransferError("kv_transfer_params lack remote host/port/request")
@@ -278,7 +282,10 @@ class SimEngine:
             ms=round((time.perf_counter() - start) * 1000, 3),
         )
         # What the pulled blocks cover (a producer may have held fewer tokens than asked).
-        held = int(params.get("remote_num_tokens") or 0) or len(req.prompt)
+        try:
+            held = int(params.get("remote_num_tokens") or 0) or len(req.prompt)
+        except (TypeError, ValueError):
+            held = len(req.prompt)
         upto = min((skip + len(local)) * bs, held)
         finished = self.sched.kv_loaded(req.id, ok, error, upto)
         if finished is not None and finished.done:
@@ -333,6 +340,8 @@ class SimEngine:
         if not prompt:
             raise ApiError(400, "The prompt is empty.", "prompt")
         kv = p.kv_transfer_params if self.cfg.kv_transfer else None
+        if kv:
+            check_kv_params(kv)
         prefix = "chatcmpl" if p.chat else "cmpl"
         req = Request(
             id=f"{prefix}-{base_id}-{next(self.ids)}",
