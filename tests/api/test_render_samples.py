@@ -184,6 +184,49 @@ def test_multinode_renders_leaderworkersets_and_rdma_passes_through() -> None:
         check(obj)
 
 
+def test_leaderworkerset_workers_are_outside_the_pool_and_service() -> None:
+    """Workers run headless ranks (no HTTP server): only leaders may be selected."""
+    doc = {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "LLMInferenceService",
+        "metadata": {"name": "dp"},
+        "spec": {
+            "model": {"uri": "hf://org/model"},
+            "parallelism": {"data": 4, "dataLocal": 2},
+            "template": {"containers": [{"name": "main"}]},
+            "worker": {"containers": [{"name": "main"}]},
+            "prefill": {
+                "parallelism": {"data": 4, "dataLocal": 2},
+                "template": {"containers": [{"name": "main"}]},
+                "worker": {"containers": [{"name": "main"}]},
+            },
+            "router": {"scheduler": {}, "route": {}},
+        },
+    }
+    from pdserve.api.loader import parse
+
+    service = api.resolve(parse(doc, "dp"))
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in render.render(service)}
+    selectors = [
+        objs[("InferencePool", "dp-inference-pool")]["spec"]["selector"],
+        objs[("Service", "dp-kserve-workload-svc")]["spec"]["selector"],
+    ]
+    for name, component in [("dp-kserve-mn", ""), ("dp-kserve-mn-prefill", "-prefill")]:
+        group = objs[("LeaderWorkerSet", name)]["spec"]["leaderWorkerTemplate"]
+        leader = group["leaderTemplate"]["metadata"]["labels"]
+        worker = group["workerTemplate"]["metadata"]["labels"]
+        assert leader["app.kubernetes.io/component"] == (
+            f"llminferenceservice-workload-leader{component}"
+        )
+        assert worker["app.kubernetes.io/component"] == (
+            f"llminferenceservice-workload-worker{component}"
+        )
+        assert "llm-d.ai/role" not in worker
+        for selector in selectors:
+            assert selector.items() <= leader.items()
+            assert not selector.items() <= worker.items()
+
+
 def test_render_cli_json_and_self_signed_secret() -> None:
     import base64
     import json

@@ -162,6 +162,24 @@ BAD: dict[str, tuple[str, str]] = {
     ),
     "spec not a mapping": (GOOD.split("spec:")[0] + "spec: 3\n", "spec: must be an object"),
     "duplicate yaml indent error": ("apiVersion: a\n  kind: b\n", "YAML syntax error"),
+    "label overrides a selector label": (
+        _sub(
+            "  replicas: 1\n  template",
+            "  labels: {app.kubernetes.io/name: x}\n  replicas: 1\n  template",
+        ),
+        "spec.labels.app.kubernetes.io/name: cannot override a selector label",
+    ),
+    "prefill label overrides the role": (
+        _sub(
+            "    replicas: 1\n  router",
+            "    replicas: 1\n    labels: {llm-d.ai/role: decode}\n  router",
+        ),
+        "spec.prefill.labels.llm-d.ai/role: cannot override a selector label",
+    ),
+    "scheduler label overrides the component": (
+        _sub("    scheduler: {}\n", "    scheduler: {labels: {app.kubernetes.io/component: x}}\n"),
+        "spec.router.scheduler.labels.app.kubernetes.io/component: cannot override",
+    ),
 }
 
 
@@ -210,3 +228,50 @@ def test_config_dir_supplies_base_refs(tmp_path) -> None:
     [svc] = api.resolve_file(str(path), str(cfgdir))
     [main_c] = api.dump(svc)["spec"]["template"]["containers"]
     assert main_c["args"] == ["--x=svc"]  # the baseRef's args, templated with the model name
+
+
+def test_user_labels_that_do_not_collide_reach_the_pods(tmp_path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(
+        _sub("  replicas: 1\n  template", "  labels: {team: a}\n  replicas: 1\n  template")
+    )
+    from pdserve import api, render
+
+    [svc] = api.resolve_file(str(path))
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in render.render(svc)}
+    decode = objs[("Deployment", "svc-kserve")]
+    assert decode["spec"]["template"]["metadata"]["labels"]["team"] == "a"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PDSERVE, *args], capture_output=True, text=True)
+
+
+def test_missing_config_dir_is_one_line_exit_2(tmp_path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(GOOD)
+    missing = tmp_path / "nonexistent"
+    for cmd in ("validate", "render"):
+        proc = _cli(cmd, str(path), "--config-dir", str(missing))
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"{missing}: cannot read config dir"), line
+
+
+def test_non_utf8_manifest_is_one_line_exit_2(tmp_path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(GOOD.replace("name: svc", "name: caf\xe9").encode("latin-1"))
+    proc = _cli("validate", str(bad))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"{bad}: not UTF-8"), line
+    cfgdir = tmp_path / "configs"
+    cfgdir.mkdir()
+    (cfgdir / "extra.yaml").write_bytes(b"\xff\xfe" + CONFIG.encode())
+    good = tmp_path / "svc.yaml"
+    good.write_text(GOOD)
+    proc = _cli("validate", str(good), "--config-dir", str(cfgdir))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"{cfgdir / 'extra.yaml'}: not UTF-8"), line

@@ -72,10 +72,11 @@ def _message(err: ErrorDetails) -> str:
     return err["msg"]
 
 
-def validation_problems(where: str, err: ValidationError) -> list[str]:
+def validation_problems(where: str, err: ValidationError, under: str = "") -> list[str]:
+    """One line per error; `under` prefixes paths when a part (a spec) was validated alone."""
     problems = []
     for e in err.errors():
-        path = path_of(e["loc"])
+        path = ".".join(p for p in (under, path_of(e["loc"])) if p)
         msg = _message(e)
         if msg.startswith("uri: ") and path.endswith("model"):
             path, msg = path + ".uri", msg[5:]
@@ -116,9 +117,11 @@ def read_documents(path: str | Path) -> list[tuple[Any, str]]:
     """Raw YAML documents with a label for messages (`FILE` or `FILE#N`)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ManifestError([f"{path}: cannot read: {err.strerror}"]) from None
+    except UnicodeDecodeError as err:  # YAML manifests are UTF-8 text
+        raise ManifestError([f"{path}: not UTF-8 text (byte {err.start})"]) from None
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
@@ -139,9 +142,11 @@ def load(path: str | Path, config_dir: str | Path | None = None) -> list[Documen
     problems: list[str] = []
     sources = [path]
     if config_dir is not None:
-        sources += sorted(
-            p for p in Path(config_dir).iterdir() if p.suffix in (".yaml", ".yml", ".json")
-        )
+        try:
+            entries = list(Path(config_dir).iterdir())
+        except OSError as err:
+            raise ManifestError([f"{config_dir}: cannot read config dir: {err.strerror}"]) from None
+        sources += sorted(p for p in entries if p.suffix in (".yaml", ".yml", ".json"))
     for source in sources:
         try:
             docs = read_documents(source)

@@ -1,7 +1,9 @@
 """Kubernetes strategic merge, as far as LLMInferenceService specs need it.
 
 Maps merge recursively; lists of named things (containers, env, volumes, volumeMounts,
-ports) merge element by element on their key; any other list is replaced. `null` in the
+ports) merge element by element on their key; any other list is replaced, as Kubernetes
+does for lists without a patch merge key (tolerations among them: a config's tolerations
+are replaced by the service's, not combined). `null` in the
 overlay deletes the key, as in a strategic merge patch.
 """
 
@@ -20,7 +22,6 @@ MERGE_KEYS = {
     "volumeDevices": "devicePath",
     "ports": "containerPort",
     "imagePullSecrets": "name",
-    "tolerations": "key",
     "hostAliases": "ip",
 }
 

@@ -1,10 +1,10 @@
 """From a service and its configs to the merged spec the workloads are rendered from.
 
-Order, later wins: the well-known presets the spec enables, the user's baseRefs in order,
-then the service itself; each step a strategic merge; then templating with missing keys as
-errors. Configs are looked up by name among the documents given (same file, --config-dir),
-then among the built-in presets, as KServe looks in the service's namespace, then the
-system namespace.
+Order, later wins: the well-known presets the spec enables (judged on the service merged
+with its baseRefs, as KServe does), the user's baseRefs in order, then the service itself;
+each step a strategic merge; then templating with missing keys as errors. Configs are
+looked up by name among the documents given (same file, --config-dir), then among the
+built-in presets, as KServe looks in the service's namespace, then the system namespace.
 """
 
 from __future__ import annotations
@@ -64,6 +64,52 @@ def well_known(spec: Spec) -> list[str]:
     return [PREFIX + n for n in names]
 
 
+def _config(ref_name: str, i: int, by_name: dict[str | None, Any], where: str) -> dict[str, Any]:
+    """A baseRef's config: the documents given first, then the built-in presets."""
+    doc = by_name.get(ref_name) or presets().get(ref_name)
+    if doc is None:
+        raise ManifestError(
+            [f"{where}: spec.baseRefs[{i}].name: LLMInferenceServiceConfig {ref_name!r} not found"]
+        )
+    return doc
+
+
+def _enabled(spec: dict[str, Any], refs: list[dict[str, Any]], where: str) -> Spec:
+    """What the service turns on once its baseRefs are in: a config may be the one that
+    sets `prefill` or `router.scheduler`, and then its presets must apply too. KServe
+    merges the baseRefs over the service's spec for this decision, before any preset."""
+    for doc in refs:
+        spec = merge(spec, doc.get("spec") or {})
+    try:
+        return Spec.model_validate(spec)
+    except ValidationError as err:
+        raise ManifestError(
+            validation_problems(f"{where} (after merging configs)", err, under="spec")
+        ) from None
+
+
+def _check_labels(spec: dict[str, Any], where: str) -> None:
+    """A user label over a key the pods are selected by would leave a Deployment whose
+    selector does not match its own pod template (the API server rejects it), or move
+    pods in or out of the InferencePool; say which label, before anything is rendered."""
+    from pdserve.render.names import SELECTOR_KEYS  # render imports the API, not back
+
+    sched = ((spec.get("router") or {}).get("scheduler")) or {}
+    places = [
+        ("spec.labels", spec.get("labels")),
+        ("spec.prefill.labels", (spec.get("prefill") or {}).get("labels")),
+        ("spec.router.scheduler.labels", sched.get("labels")),
+    ]
+    problems = [
+        f"{where}: {path}.{key}: cannot override a selector label"
+        for path, labels in places
+        for key in labels or {}
+        if key in SELECTOR_KEYS
+    ]
+    if problems:
+        raise ManifestError(problems)
+
+
 def resolve(
     service: LLMInferenceService,
     configs: Iterable[Any] = (),
@@ -75,23 +121,15 @@ def resolve(
     by_name = {
         c.metadata.name: dump(c) for c in configs if isinstance(c, LLMInferenceServiceConfig)
     }
-    chain = [(n, presets()[n]) for n in well_known(service.spec)]
-    for i, ref in enumerate(service.spec.base_refs or []):
-        doc = by_name.get(ref.name) or presets().get(ref.name)
-        if doc is None:
-            raise ManifestError(
-                [
-                    f"{where}: spec.baseRefs[{i}].name: LLMInferenceServiceConfig "
-                    f"{ref.name!r} not found"
-                ]
-            )
-        chain.append((ref.name, doc))
     obj = dump(service)
+    refs = [_config(r.name, i, by_name, where) for i, r in enumerate(service.spec.base_refs or [])]
+    enabled = _enabled(obj["spec"], refs, where)
     spec: dict[str, Any] = {}
-    for _, doc in chain:
+    for doc in [presets()[n] for n in well_known(enabled)] + refs:
         spec = merge(spec, doc.get("spec") or {})
     spec = merge(spec, obj["spec"])
     spec.pop("baseRefs", None)
+    _check_labels(spec, where)
     meta = dict(obj["metadata"])
     meta["namespace"] = namespace or meta.get("namespace") or "default"
     spec.setdefault("model", {}).setdefault("name", meta["name"])

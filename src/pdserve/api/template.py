@@ -27,13 +27,31 @@ class _Missing:
         return False
 
 
+# Kubernetes object names (DNS labels) are at most 63 characters; knative's kmeta.ChildName,
+# which KServe uses for every child resource and as the `ChildName` template function,
+# keeps that bound by splicing in the 32-character md5 hex of the parent.
+_LONGEST = 63
+_HEAD = _LONGEST - 32
+
+
 def child_name(parent: str, suffix: str) -> str:
-    """KServe's ChildName: parent + suffix, shortened with a hash past 63 characters."""
-    name = parent + suffix
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{parent[: 63 - len(suffix) - 9]}-{digest}{suffix}"
+    """knative's kmeta.ChildName: `parent + suffix`, hashed down to 63 characters.
+
+    Every rendered object and every reference to one (secretName, --pool-name, the
+    HTTPRoute backend, ...) goes through this one function, and it must agree with the
+    operator's names byte for byte, so it follows knative exactly: a parent too long for
+    the suffix keeps its first `31 - len(suffix)` characters plus md5(parent); a suffix of
+    31 characters or more hashes parent + suffix and pads with the suffix's start.
+    """
+    if len(parent) <= _LONGEST - len(suffix):
+        return parent + suffix
+    if _HEAD - len(suffix) <= 0:
+        digest = hashlib.md5((parent + suffix).encode(), usedforsecurity=False).hexdigest()
+        name = parent[:_HEAD] + digest
+        name += suffix[: max(0, _LONGEST - len(name))]
+        return re.sub(r"[^a-zA-Z0-9]+$", "", name)  # a DNS label ends alphanumeric
+    digest = hashlib.md5(parent.encode(), usedforsecurity=False).hexdigest()
+    return parent[: _HEAD - len(suffix)] + digest + suffix
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -1,44 +1,118 @@
-"""Child resource names and labels, exactly as KServe's controller derives them."""
+"""Child resource names and labels, exactly as KServe's controller derives them.
+
+Every name is `child_name(service, suffix)` (knative's kmeta.ChildName), the same function
+the presets call as `ChildName`, so an object and each reference to it (a pod's secretName,
+the sidecar's INFERENCE_POOL_NAME, the EPP's --pool-name, the HTTPRoute backend) agree even
+when a long service name has to be hashed down to 63 characters.
+"""
 
 from __future__ import annotations
 
 from pdserve.api.template import child_name
 from pdserve.wire import ROLE_BOTH, ROLE_DECODE, ROLE_LABEL, ROLE_PREFILL
 
+COMPONENT = "app.kubernetes.io/component"
+NAME = "app.kubernetes.io/name"
+PART_OF = "app.kubernetes.io/part-of"
+KSERVE_COMPONENT = "kserve.io/component"
+PART_OF_VALUE = "llminferenceservice"
+# The keys the renderer sets on pods and selects them by (Deployments, the workload
+# Service, the InferencePool, the EPP Service); a user label may not replace one.
+SELECTOR_KEYS = (COMPONENT, NAME, PART_OF, KSERVE_COMPONENT, ROLE_LABEL)
+
 
 def workload(name: str, prefill: bool = False, multinode: bool = False) -> str:
-    base = child_name(name, "-kserve-mn" if multinode else "-kserve")
-    return base + "-prefill" if prefill else base
+    suffix = "-kserve-mn" if multinode else "-kserve"
+    return child_name(name, suffix + "-prefill" if prefill else suffix)
 
 
-def workload_labels(name: str, prefill: bool, pd: bool) -> dict[str, str]:
+def workload_sa(name: str) -> str:
+    return child_name(name, "-kserve")
+
+
+def workload_role(name: str) -> str:
+    return child_name(name, "-kserve-role")
+
+
+def workload_rb(name: str) -> str:
+    return child_name(name, "-kserve-rb")
+
+
+def workload_service(name: str) -> str:
+    return child_name(name, "-kserve-workload-svc")
+
+
+def tls_secret(name: str) -> str:
+    return child_name(name, "-kserve-self-signed-certs")
+
+
+def scheduler(name: str) -> str:
+    return child_name(name, "-kserve-router-scheduler")
+
+
+def epp_service(name: str) -> str:
+    return child_name(name, "-epp-service")
+
+
+def epp_sa(name: str) -> str:
+    return child_name(name, "-epp-sa")
+
+
+def epp_role(name: str) -> str:
+    return child_name(name, "-epp-role")
+
+
+def epp_rb(name: str) -> str:
+    return child_name(name, "-epp-rb")
+
+
+def inference_pool(name: str) -> str:
+    return child_name(name, "-inference-pool")
+
+
+def inference_model(name: str) -> str:
+    return child_name(name, "-inference-model")
+
+
+def http_route(name: str) -> str:
+    return child_name(name, "-kserve-route")
+
+
+def workload_labels(name: str, prefill: bool, pd: bool, multinode: bool = False) -> dict[str, str]:
+    """Labels of the pods that serve HTTP: Deployment pods, or LeaderWorkerSet leaders."""
     role = ROLE_PREFILL if prefill else (ROLE_DECODE if pd else ROLE_BOTH)
+    component = "llminferenceservice-workload" + ("-leader" if multinode else "")
     return {
-        "app.kubernetes.io/component": "llminferenceservice-workload"
-        + ("-prefill" if prefill else ""),
-        "app.kubernetes.io/name": name,
-        "app.kubernetes.io/part-of": "llminferenceservice",
-        "kserve.io/component": "workload",
+        COMPONENT: component + ("-prefill" if prefill else ""),
+        NAME: name,
+        PART_OF: PART_OF_VALUE,
+        KSERVE_COMPONENT: "workload",
         ROLE_LABEL: role,
+    }
+
+
+def worker_labels(name: str, prefill: bool) -> dict[str, str]:
+    """LeaderWorkerSet workers run headless engine ranks with no HTTP server, so they
+    carry no `kserve.io/component` or role: the pool and Service selectors skip them."""
+    return {
+        COMPONENT: "llminferenceservice-workload-worker" + ("-prefill" if prefill else ""),
+        NAME: name,
+        PART_OF: PART_OF_VALUE,
     }
 
 
 def pool_selector(name: str) -> dict[str, str]:
     """Both pools: the EPP filters by role; prefill and decode pods share the pool."""
-    return {
-        "app.kubernetes.io/name": name,
-        "app.kubernetes.io/part-of": "llminferenceservice",
-        "kserve.io/component": "workload",
-    }
+    return {NAME: name, PART_OF: PART_OF_VALUE, KSERVE_COMPONENT: "workload"}
 
 
 def scheduler_labels(name: str) -> dict[str, str]:
     return {
-        "app.kubernetes.io/component": "llminferenceservice-router-scheduler",
-        "app.kubernetes.io/name": name,
-        "app.kubernetes.io/part-of": "llminferenceservice",
+        COMPONENT: "llminferenceservice-router-scheduler",
+        NAME: name,
+        PART_OF: PART_OF_VALUE,
     }
 
 
 def owner(name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/part-of": "llminferenceservice", "app.kubernetes.io/name": name}
+    return {PART_OF: PART_OF_VALUE, NAME: name}

@@ -21,17 +21,17 @@ def epp_deployment(service: dict[str, Any], namespace: str, config: str) -> dict
             args = c.setdefault("args", [])
             if "--config-text" not in args and "--config-file" not in args:
                 args += ["--config-text", config]
-    pod.setdefault("serviceAccountName", f"{name}-epp-sa")
+    pod.setdefault("serviceAccountName", names.epp_sa(name))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(f"{name}-kserve-router-scheduler", namespace, labels),
+        "metadata": meta(names.scheduler(name), namespace, labels),
         "spec": {
             "replicas": scheduler.get("replicas") or 1,
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {
-                    "labels": {**labels, **(scheduler.get("labels") or {})},
+                    "labels": {**(scheduler.get("labels") or {}), **labels},
                     **(
                         {"annotations": scheduler["annotations"]}
                         if scheduler.get("annotations")
@@ -53,7 +53,7 @@ def epp_service(name: str, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": meta(f"{name}-epp-service", namespace, names.scheduler_labels(name)),
+        "metadata": meta(names.epp_service(name), namespace, names.scheduler_labels(name)),
         "spec": {
             "selector": names.scheduler_labels(name),
             "ports": [
@@ -81,19 +81,21 @@ def epp_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
         },
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
     ]
-    return rbac(name, namespace, rules, f"{name}-epp-sa", f"{name}-epp-role", f"{name}-epp-rb")
+    return rbac(
+        name, namespace, rules, names.epp_sa(name), names.epp_role(name), names.epp_rb(name)
+    )
 
 
 def inference_pool(name: str, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{wire.POOL_GROUP}/{wire.POOL_VERSION}",
         "kind": "InferencePool",
-        "metadata": meta(f"{name}-inference-pool", namespace, names.owner(name)),
+        "metadata": meta(names.inference_pool(name), namespace, names.owner(name)),
         "spec": {
             "selector": names.pool_selector(name),
             "targetPortNumber": wire.SIDECAR_PORT,
             "extensionRef": {
-                "name": f"{name}-epp-service",
+                "name": names.epp_service(name),
                 "kind": "Service",
                 "portNumber": wire.EPP_GRPC_PORT,
                 "failureMode": "FailOpen",
@@ -107,14 +109,14 @@ def inference_model(service: dict[str, Any], namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{wire.POOL_GROUP}/{wire.POOL_VERSION}",
         "kind": "InferenceModel",
-        "metadata": meta(f"{name}-inference-model", namespace, names.owner(name)),
+        "metadata": meta(names.inference_model(name), namespace, names.owner(name)),
         "spec": {
             "modelName": model.get("name") or name,
             "criticality": model.get("criticality") or "Critical",
             "poolRef": {
                 "group": wire.POOL_GROUP,
                 "kind": "InferencePool",
-                "name": f"{name}-inference-pool",
+                "name": names.inference_pool(name),
             },
         },
     }
@@ -142,6 +144,6 @@ def http_route(service: dict[str, Any], namespace: str) -> dict[str, Any] | None
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
-        "metadata": meta(f"{name}-kserve-route", namespace, names.owner(name)),
+        "metadata": meta(names.http_route(name), namespace, names.owner(name)),
         "spec": spec,
     }

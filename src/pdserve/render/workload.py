@@ -90,12 +90,14 @@ def pod_template(
         workload.get("parallelism") or spec.get("parallelism") or {},
         bool(workload.get("worker")),
     )
-    pod.setdefault("serviceAccountName", names.workload(service["metadata"]["name"]))
+    pod.setdefault("serviceAccountName", names.workload_sa(service["metadata"]["name"]))
     annotations = dict(workload.get("annotations") or {})
     network = (service["metadata"].get("annotations") or {}).get(NETWORK_ANNOTATION)
     if network:
         annotations.setdefault(NETWORK_ANNOTATION, network)
-    pod_meta: dict[str, Any] = {"labels": {**labels, **(workload.get("labels") or {})}}
+    # the selector labels last: validation rejects a user label over one, and the pods
+    # must match their Deployment's selector whatever reaches here
+    pod_meta: dict[str, Any] = {"labels": {**(workload.get("labels") or {}), **labels}}
     if annotations:
         pod_meta["annotations"] = annotations
     return {"metadata": pod_meta, "spec": pod}
@@ -105,13 +107,13 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
     name, spec = service["metadata"]["name"], service["spec"]
     workload = spec["prefill"] if prefill else spec
     pd = spec.get("prefill") is not None
-    labels = names.workload_labels(name, prefill, pd)
     replicas = workload.get("replicas")
     if replicas is None:
         replicas = (workload.get("scaling") or {}).get("minReplicas", 1)
     multinode = bool(workload.get("worker"))
-    obj_meta = meta(names.workload(name, prefill, multinode), namespace, labels)
+    labels = names.workload_labels(name, prefill, pd, multinode)
     if not multinode:
+        obj_meta = meta(names.workload(name, prefill), namespace, labels)
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -124,10 +126,11 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
         }
     par = workload.get("parallelism") or {}
     size = max(1, int(par.get("data") or 1) // int(par.get("dataLocal") or 1))
+    workers = names.worker_labels(name, prefill)
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
-        "metadata": obj_meta,
+        "metadata": meta(names.workload(name, prefill, multinode), namespace, workers),
         "spec": {
             "replicas": replicas,
             "startupPolicy": "LeaderCreated",
@@ -135,7 +138,7 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
                 "size": size,
                 "restartPolicy": "RecreateGroupOnPodRestart",
                 "leaderTemplate": pod_template(service, workload, "template", labels),
-                "workerTemplate": pod_template(service, workload, "worker", labels),
+                "workerTemplate": pod_template(service, workload, "worker", workers),
             },
         },
     }
@@ -145,7 +148,7 @@ def workload_service(name: str, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": meta(f"{name}-kserve-workload-svc", namespace, names.owner(name)),
+        "metadata": meta(names.workload_service(name), namespace, names.owner(name)),
         "spec": {
             "selector": names.pool_selector(name),
             "ports": [{"name": "https", "port": 8000, "targetPort": 8000, "protocol": "TCP"}],
@@ -167,7 +170,7 @@ def tls_secret(name: str, namespace: str, certs: tuple[str, str] | None) -> dict
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
-        "metadata": meta(f"{name}-kserve-self-signed-certs", namespace, names.owner(name)),
+        "metadata": meta(names.tls_secret(name), namespace, names.owner(name)),
         "data": {"tls.crt": enc(crt), "tls.key": enc(key)},
     }
 
@@ -212,5 +215,11 @@ def workload_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
             "verbs": ["get", "list", "watch"],
         },
     ]
-    base = names.workload(name)
-    return rbac(name, namespace, rules, base, f"{base}-role", f"{base}-rb")
+    return rbac(
+        name,
+        namespace,
+        rules,
+        names.workload_sa(name),
+        names.workload_role(name),
+        names.workload_rb(name),
+    )
