@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -76,13 +78,39 @@ def test_stop_string_and_ignore_eos(engine) -> None:
     assert word not in stopped["choices"][0]["text"]
     # Ended by the server, not the client: not counted as an abort.
     assert metric(engine.url, "vllm:request_success_total", finished_reason="abort") == 0
-    natural = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "count"}).json()
+    natural = httpx.post(
+        f"{engine.url}/v1/completions", json={"prompt": "count", "max_tokens": 300}
+    ).json()
     assert natural["choices"][0]["finish_reason"] == "stop"  # EOS at its natural length
+    default = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "count"}).json()
+    assert default["usage"]["completion_tokens"] == 16  # vLLM's completions default
     forced = httpx.post(
         f"{engine.url}/v1/completions",
         json={"prompt": "count", "ignore_eos": True, "max_tokens": 300},
     ).json()
     assert forced["usage"]["completion_tokens"] == 300
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_spanning_two_tokens_is_cut_where_it_starts(engine, stream) -> None:
+    body = {"prompt": "span", "max_tokens": 12, "ignore_eos": True}
+    text = httpx.post(f"{engine.url}/v1/completions", json=body).json()["choices"][0]["text"]
+    words = text.split(" ")  # " w1 w2 ...": the tokens are whole words with a space
+    k = 3
+    stop = words[k][-2:] + " " + words[k + 1][:2]  # the end of one token, the start of the next
+    expected = text[: text.index(stop)]
+    resp = httpx.post(
+        f"{engine.url}/v1/completions", json={**body, "stop": [stop], "stream": stream}
+    )
+    if stream:
+        got = "".join(
+            json.loads(line[6:])["choices"][0]["text"]
+            for line in resp.text.splitlines()
+            if line.startswith("data: {")
+        )
+    else:
+        got = resp.json()["choices"][0]["text"]
+    assert got == expected
 
 
 def test_models_health_metrics(engine) -> None:

@@ -13,6 +13,10 @@ class ApiError(Exception):
         self.status, self.message, self.param = status, message, param
 
 
+# vLLM's /v1/completions default (chat has none: it runs to EOS or the context limit).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
 @dataclass
 class Params:
     chat: bool
@@ -72,6 +76,8 @@ def parse(body: Any, chat: bool) -> Params:
             )
     max_tokens = _int(body, "max_completion_tokens", 1) if chat else None
     p.max_tokens = max_tokens if max_tokens is not None else _int(body, "max_tokens", 1)
+    if p.max_tokens is None and not chat:
+        p.max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
     n = _int(body, "n", 1)
     if n not in (None, 1):
         raise ApiError(400, "n > 1 is not supported by this engine.", "n")

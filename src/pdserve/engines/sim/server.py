@@ -143,20 +143,29 @@ class Api:
     async def _tokens(
         self, p: Params, req: Request, queue: asyncio.Queue[int | None], times: list[float]
     ) -> AsyncIterator[str]:
-        """Yield text deltas until the request ends or a stop string appears."""
+        """Yield text deltas until the request ends or a stop string appears.
+
+        As vLLM does, the last len(longest stop) - 1 characters are held back while
+        streaming: a stop string may span tokens, and what was sent cannot be taken back.
+        """
         loop = asyncio.get_running_loop()
         tok = self.engine.cfg.tokenizer
-        text = ""
+        hold = max((len(s) for s in p.stop), default=1) - 1
+        text, sent = "", 0
         while (token := await queue.get()) is not None:
             times.append(loop.time())
-            piece = tok.decode([token])
-            cut = _stop_index(text + piece, p.stop)
+            text += tok.decode([token])
+            cut = _stop_index(text, p.stop)
             if cut is not None:
                 req.finish_reason = "stop"
-                yield (text + piece)[len(text) : cut]
+                yield text[sent:cut]
                 return
-            text += piece
-            yield piece
+            upto = len(text) - hold
+            if upto > sent or not hold:
+                yield text[sent:upto]
+                sent = upto
+        if len(text) > sent:
+            yield text[sent:]
         if req.error:
             raise ApiError(
                 500, f"KV transfer failed and kv_load_failure_policy is fail: {req.error}"
