@@ -58,3 +58,18 @@ def test_tolerations_are_replaced_not_merged_by_key() -> None:
     overlay = {"template": {"tolerations": [{"key": "gpu", "operator": "Equal", "value": "a"}]}}
     merged = merge(base, overlay)
     assert merged["template"]["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "a"}]
+
+
+def test_volume_mounts_merge_on_mount_path_as_kubernetes_does() -> None:
+    """One volume mounted at two paths is two mounts; the same path is one, overlaid."""
+    base = {"volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}
+    overlay = {
+        "volumeMounts": [
+            {"name": "cache", "mountPath": "/models", "readOnly": True},
+            {"name": "other", "mountPath": "/cache"},
+        ]
+    }
+    assert merge(base, overlay)["volumeMounts"] == [
+        {"name": "other", "mountPath": "/cache"},
+        {"name": "cache", "mountPath": "/models", "readOnly": True},
+    ]

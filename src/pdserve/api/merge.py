@@ -1,10 +1,10 @@
 """Kubernetes strategic merge, as far as LLMInferenceService specs need it.
 
 Maps merge recursively; lists of named things (containers, env, volumes, volumeMounts,
-ports) merge element by element on their key; any other list is replaced, as Kubernetes
-does for lists without a patch merge key (tolerations among them: a config's tolerations
-are replaced by the service's, not combined). `null` in the
-overlay deletes the key, as in a strategic merge patch.
+ports) merge element by element on Kubernetes' patch merge key for them; any other list is
+replaced, as Kubernetes does for lists without a patch merge key (tolerations among them:
+a config's tolerations are replaced by the service's, not combined). `null` in the overlay
+deletes the key, as in a strategic merge patch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ MERGE_KEYS = {
     "ephemeralContainers": "name",
     "env": "name",
     "volumes": "name",
-    "volumeMounts": "name",
+    "volumeMounts": "mountPath",  # as Kubernetes keys them: two mounts of one volume differ here
     "volumeDevices": "devicePath",
     "ports": "containerPort",
     "imagePullSecrets": "name",

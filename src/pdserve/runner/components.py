@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pdserve.engines import vllm
 from pdserve.engines.vllm import EngineCommand
+from pdserve.render import names
 from pdserve.runner.plan import Plan, Pool
 
 PDSERVE = [sys.executable, "-m", "pdserve"]
@@ -71,7 +72,7 @@ def epp(
     """ports: gRPC ext_proc, gRPC health, metrics, KV events (all bound on loopback)."""
     grpc, health, metrics, kv_events = ports
     argv = [*PDSERVE, "epp", "--host", "127.0.0.1", "--config-file", str(config_file)]
-    argv += ["--pool-name", f"{plan.name}-inference-pool", "--pool-namespace", plan.namespace]
+    argv += ["--pool-name", names.inference_pool(plan.name), "--pool-namespace", plan.namespace]
     argv += ["--kv-events-endpoint", f"tcp://127.0.0.1:{kv_events}"]
     argv += ["--endpoints-file", str(endpoints_file)]
     argv += ["--grpc-port", str(grpc), "--grpc-health-port", str(health)]
