@@ -91,3 +91,30 @@ def test_component_dying_at_start_is_reported_and_the_rest_stopped(
     data = json.loads((state / "state.json").read_text())
     assert data["status"] == "failed"
     assert all_dead([data["pid"], *(r["pid"] for r in data["components"] if r.get("pid"))])
+
+
+def test_a_model_that_cannot_be_downloaded_is_one_line_and_nothing_is_left(
+    tmp_path: Path, port: Callable[[], int], monkeypatch, request
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here: fail fast, as without network
+    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    service = next(d for d in docs if d.get("kind") == "LLMInferenceService")
+    service["spec"]["model"]["uri"] = "hf://pdserve-tests/no-such-model"
+    manifest = tmp_path / "hf.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    state = tmp_path / "s"
+    # vLLM engines need the weights (sim engines only a tokenizer): resolution fails before
+    # any engine starts. `down` afterwards in case it did not.
+    request.addfinalizer(lambda: pdserve("down", "--state-dir", str(state)))
+    done = pdserve(
+        "up", str(manifest), "--engine", "vllm", "--detach", "--port", str(port()),
+        "--state-dir", str(state),
+    )  # fmt: skip
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "hf://pdserve-tests/no-such-model: cannot download" in done.stderr, done.stderr
+    import json
+
+    data = json.loads((state / "state.json").read_text())
+    assert data["status"] == "failed"
+    assert all_dead([data["pid"], *(r["pid"] for r in data["components"] if r.get("pid"))])

@@ -138,7 +138,14 @@ def _huggingface(spec: str, cache: Path, progress: Progress) -> Path:
         from huggingface_hub import snapshot_download
 
         progress(f"downloading {repo} from the Hugging Face hub")
-        snapshot_download(repo, revision=revision or None, local_dir=tmp)
+        try:
+            snapshot_download(repo, revision=revision or None, local_dir=tmp)
+        except Exception as err:  # the hub's errors: offline, 401/404, bad revision, disk
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise UserError(
+                f"model hf://{spec}: cannot download from the Hugging Face hub "
+                f"({type(err).__name__}: {reason}); a local folder or pvc:// needs no network"
+            ) from None
 
     _publish(out, download)
     return out

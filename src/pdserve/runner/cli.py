@@ -129,14 +129,24 @@ def _detach(argv: list[str], state: StateDir) -> int:
                 reason = data.get("error") or _tail(log)
                 print(f"pdserve up: failed to start: {reason}", file=sys.stderr)
                 if code is None:
-                    proc.wait(timeout=120)
+                    _reap(proc)
                 return 1
             time.sleep(0.2)
     except KeyboardInterrupt:
         follower.close()
         os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
+        _reap(proc)
         return 130
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Give the supervisor its time to stop everything, then stop what is left by PID."""
+    from pdserve.process import stop_group
+
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        stop_group(proc.pid, timeout=10, popen=proc)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -59,8 +59,11 @@ def request(
     """Call a supervisor's control server; scaling vLLM engines can take minutes."""
     import httpx
 
-    resp = httpx.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=1800)
-    data = resp.json()
+    try:
+        resp = httpx.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=1800)
+        data: dict[str, Any] = resp.json()
+    except (httpx.HTTPError, ValueError) as err:
+        raise RuntimeError(f"the service's control port {port} did not answer: {err}") from None
     if resp.status_code != 200:
         raise RuntimeError(data.get("error", resp.text))
     return data

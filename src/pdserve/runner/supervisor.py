@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from pdserve.errors import UserError
 from pdserve.process import ProcessDied
 from pdserve.runner.board import Board
 from pdserve.runner.plan import Plan
@@ -64,7 +65,7 @@ def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source
         while True:
             service.check()
             time.sleep(WATCH_INTERVAL)  # watching for crashes, not waiting for readiness
-    except (ProcessDied, TimeoutError, RuntimeError) as err:
+    except (ProcessDied, TimeoutError, RuntimeError, UserError, OSError) as err:
         code = 1
         save(status="failed", error=str(err))
         if follower is not None:
