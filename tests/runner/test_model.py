@@ -66,3 +66,23 @@ def test_builtin_converts_once_to_an_hf_folder(tmp_path: Path) -> None:
     again: list[str] = []
     assert model.resolve("builtin://smollm2-135m-instruct", again.append, cache=tmp_path) == out
     assert again == []  # cached: no second conversion
+
+
+def test_a_stop_during_conversion_takes_the_converter_with_it(tmp_path: Path) -> None:
+    """`down` raises in the supervisor mid-conversion: the converter must not outlive it."""
+    from pdserve.runner.state import pid_alive
+
+    pidfile = tmp_path / "converter.pid"
+    fake = tmp_path / "python"  # stands in for the engines venv's python and the script
+    fake.write_text(
+        f'#!/bin/sh\necho $$ > {pidfile}\necho \'{{"stage": "reading"}}\'\nexec sleep 600\n'
+    )
+    fake.chmod(0o755)
+
+    def stop(_: str) -> None:
+        raise KeyboardInterrupt  # what the supervisor's SIGTERM handler raises, in effect
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        model._convert(fake, tmp_path / "model.gguf", out, stop)
+    assert not pid_alive(int(pidfile.read_text()))

@@ -116,12 +116,17 @@ def _convert(python: Path, gguf: Path, out: Path, progress: Progress) -> None:
             text=True,
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                progress(f"converting: {json.loads(line)['stage']}")
-            except (ValueError, KeyError):
-                continue
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                try:
+                    progress(f"converting: {json.loads(line)['stage']}")
+                except (ValueError, KeyError):
+                    continue
+            code = proc.wait()
+        finally:  # `down` or Ctrl-C while converting: the converter goes with us
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
         raise RuntimeError(f"converting {gguf.name} failed (status {code}):\n{tail}")
