@@ -91,6 +91,19 @@ def test_stop_string_and_ignore_eos(engine) -> None:
     assert forced["usage"]["completion_tokens"] == 300
 
 
+def test_a_natural_eos_counts_as_a_completion_token_and_adds_no_text(engine) -> None:
+    body = {"prompt": "count", "max_tokens": 300}
+    natural = httpx.post(f"{engine.url}/v1/completions", json=body).json()
+    assert natural["choices"][0]["finish_reason"] == "stop"
+    n = natural["usage"]["completion_tokens"]
+    # The same continuation without the EOS: one token fewer, the same text (as vLLM counts).
+    forced = httpx.post(
+        f"{engine.url}/v1/completions", json={**body, "max_tokens": n - 1, "ignore_eos": True}
+    ).json()
+    assert forced["choices"][0]["finish_reason"] == "length"
+    assert forced["choices"][0]["text"] == natural["choices"][0]["text"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_stop_string_spanning_two_tokens_is_cut_where_it_starts(engine, stream) -> None:
     body = {"prompt": "span", "max_tokens": 12, "ignore_eos": True}

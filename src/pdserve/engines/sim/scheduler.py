@@ -302,12 +302,12 @@ class Scheduler:
             token = self.gen.eos
         if req.first_token_at is None:
             req.first_token_at = end
-        if token == self.gen.eos and not req.ignore_eos:
-            self._finish(req, "stop", end, out)
-            return
+        # EOS is a generated token, as in vLLM: counted in completion_tokens, decoded to "".
         req.output.append(token)
         out.tokens.append((req, token))
-        if req.remote_decode or len(req.output) >= req.max_tokens:
+        if token == self.gen.eos and not req.ignore_eos:
+            self._finish(req, "stop", end, out)
+        elif req.remote_decode or len(req.output) >= req.max_tokens:
             self._finish(req, "length", end, out)
 
     def _finish(self, req: Request, reason: str, end: float, out: StepOutput) -> None:
