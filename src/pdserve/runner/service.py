@@ -79,7 +79,11 @@ class LocalService:
         self.epp: ManagedProcess | None = None
         self.envoy: ManagedProcess | None = None
         self.epp_metrics_port = 0
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # one scale at a time; held while engines start
+        # Who is running, and whether we are stopping: held only for moments, never across a
+        # wait, so `down` during a minutes-long scale stops at once and misses no engine.
+        self._members = threading.Lock()
+        self._retiring: list[Replica] = []
         self._next_index = {ROLE_PREFILL: 0, ROLE_DECODE: 0}
         self._stopping = False
 
@@ -110,12 +114,9 @@ class LocalService:
 
     def stop(self) -> None:
         """Stop everything: the gateway first so no new request enters, engines last."""
-        with self.lock:
+        with self._members:
             self._stopping = True
-            procs = [p for p in (self.envoy, self.epp) if p is not None]
-            for pool in self.pools.values():
-                for replica in pool:
-                    procs += replica.processes()
+            procs = self._processes() + [p for r in self._retiring for p in r.processes()]
         for proc in procs:
             if proc.alive():
                 self.board.set(proc.name, status="stopping")
@@ -124,17 +125,21 @@ class LocalService:
 
     def check(self) -> None:
         """Raise ProcessDied when a component exited while it should be running."""
-        with self.lock:
+        with self._members:
             if self._stopping:
                 return
-            procs = [p for p in (self.envoy, self.epp) if p is not None]
-            for pool in self.pools.values():
-                for replica in pool:
-                    procs += replica.processes()
-            for proc in procs:
-                if not proc.alive():
-                    self.board.set(proc.name, status="failed", detail="exited")
-                    proc.check_alive()
+            procs = self._processes()
+        for proc in procs:
+            if not proc.alive():
+                self.board.set(proc.name, status="failed", detail="exited")
+                proc.check_alive()
+
+    def _processes(self) -> list[ManagedProcess]:
+        procs = [p for p in (self.envoy, self.epp) if p is not None]
+        for pool in self.pools.values():
+            for replica in pool:
+                procs += replica.processes()
+        return procs
 
     # --- scaling -------------------------------------------------------------
 
@@ -146,24 +151,29 @@ class LocalService:
         with self.lock:
             pool = self.pools[role]
             while len(pool) < replicas:
-                replica = self._launch(role, len(pool) + 1)
+                with self._members:
+                    if self._stopping:
+                        raise RuntimeError("the service is stopping")
+                    replica = self._launch(role, len(pool) + 1)
                 progress(f"started {replica.name}")
                 try:
                     self._await(replica)
                 except (ProcessDied, TimeoutError):
-                    pool.remove(replica)  # the service keeps serving with the pool it had
+                    with self._members:
+                        pool.remove(replica)  # the service keeps serving with the pool it had
                     for proc in replica.processes():
                         proc.stop()
                         self.board.drop(proc.name)
                     raise
                 self._write_endpoints()
                 progress(f"{replica.name} ready and routed")
-            while len(pool) > replicas:
+            while len(pool) > replicas and not self._stopping:
                 self._retire(pool[-1], progress)
 
     def _retire(self, replica: Replica, progress: Callable[[str], None]) -> None:
-        pool = self.pools[replica.role]
-        pool.remove(replica)
+        with self._members:
+            self.pools[replica.role].remove(replica)
+            self._retiring.append(replica)  # still ours to stop if `down` comes meanwhile
         self._write_endpoints()
         self._await_epp_endpoints()
         progress(f"{replica.name} out of the endpoint list; draining")
@@ -172,6 +182,8 @@ class LocalService:
         for proc in replica.processes():  # sidecar first: it finishes its in-flight requests
             proc.stop(timeout=DRAIN_TIMEOUT)
             self.board.drop(proc.name)
+        with self._members:
+            self._retiring.remove(replica)
         progress(f"{replica.name} stopped")
 
     # --- parts -------------------------------------------------------------
