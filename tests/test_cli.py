@@ -1,3 +1,4 @@
+import os
 import subprocess
 
 from testkit import PDSERVE
@@ -12,3 +13,15 @@ def test_unknown_command_exits_2() -> None:
     proc = subprocess.run([*PDSERVE, "frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown command 'frobnicate'" in proc.stderr
+
+
+def test_sidecar_pool_allow_list_outside_kubernetes_is_one_line_exit_2() -> None:
+    argv = [*PDSERVE, "sidecar", "--port", "0", "--enable-ssrf-protection"]
+    argv += ["--inference-pool-name", "p", "--inference-pool-namespace", "ns"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--allowed-prefill-hosts" in lines[0], lines
+    assert "service account" in lines[0]
