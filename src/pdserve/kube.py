@@ -57,29 +57,21 @@ class Cluster:
         self.custom = client.CustomObjectsApi(self._api)
 
     def inference_pool(self, namespace: str, name: str) -> PoolSpec:
+        """The version we render first; the GA one when that is not there (404)."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            obj = self.custom.get_namespaced_custom_object(
-                wire.POOL_GROUP,
-                wire.POOL_VERSION,
-                namespace,
-                "inferencepools",
-                name,
-                _request_timeout=API_TIMEOUT,
-            )
+            return pool_spec(self._pool(wire.POOL_GROUP, wire.POOL_VERSION, namespace, name))
         except ApiException as err:
             if err.status != 404:
                 raise
-            obj = self.custom.get_namespaced_custom_object(
-                wire.POOL_GROUP_GA,
-                wire.POOL_VERSION_GA,
-                namespace,
-                "inferencepools",
-                name,
-                _request_timeout=API_TIMEOUT,
-            )
-        return pool_spec(obj)
+        return pool_spec(self._pool(wire.POOL_GROUP_GA, wire.POOL_VERSION_GA, namespace, name))
+
+    def _pool(self, group: str, version: str, namespace: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            group, version, namespace, "inferencepools", name, _request_timeout=API_TIMEOUT
+        )
+        return obj
 
     def list_pods(self, namespace: str, labels: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
         """The pods now and the resourceVersion to watch from."""

@@ -46,9 +46,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     can collide, and within this process no port is handed out twice.
     """
     low, _ = ephemeral_range()
-    candidates = range(LOWEST_PORT, low)
-    for _ in range(200 if len(candidates) > 0 else 0):
-        port = random.choice(candidates)
+    for _ in range(200 if low > LOWEST_PORT else 0):
+        port = random.randrange(LOWEST_PORT, low)
         if port not in _handed_out and not port_in_use(port, host):
             _handed_out.add(port)
             return port

@@ -23,6 +23,13 @@ ROLE_LABEL = "llm-d.ai/role"
 ROLE_PREFILL = "prefill"
 ROLE_DECODE = "decode"
 ROLE_BOTH = "both"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+NAME_LABEL = "app.kubernetes.io/name"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+KSERVE_COMPONENT_LABEL = "kserve.io/component"
+# What rendered pods are selected by (Deployments, the workload Service, the InferencePool,
+# the EPP Service): the API refuses a user label over one of these.
+SELECTOR_LABELS = (COMPONENT_LABEL, NAME_LABEL, PART_OF_LABEL, KSERVE_COMPONENT_LABEL, ROLE_LABEL)
 
 # --- InferencePool API (the one we render; GA's group is read as a fallback) ---
 POOL_GROUP = "inference.networking.x-k8s.io"

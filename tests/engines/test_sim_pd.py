@@ -166,6 +166,19 @@ def test_stalled_pull_times_out_and_recomputes(sim_engine) -> None:
     assert "timed out" in d.proc.log_path.read_text()
 
 
+def unleased_params(**over: object) -> dict:
+    """Consumer params for request cmpl-x, which no engine leased; port 1: nothing listens."""
+    return {
+        "do_remote_prefill": True,
+        "remote_engine_id": "nope",
+        "remote_block_ids": [1, 2],
+        "remote_request_id": "cmpl-x",
+        "remote_host": "127.0.0.1",
+        "remote_port": 1,
+        **over,
+    }
+
+
 @pytest.mark.parametrize("policy", ["recompute", "fail"])
 @pytest.mark.parametrize("target", ["dead", "live"])
 def test_params_naming_a_dead_or_unknown_engine(sim_engine, target, policy) -> None:
@@ -174,16 +187,8 @@ def test_params_naming_a_dead_or_unknown_engine(sim_engine, target, policy) -> N
     if target == "live":  # a real engine's side channel, which never leased request cmpl-x
         live = sim_engine("--zero-cost", kv=_kv(policy))
         port = prefill(live.url, {"prompt": "other " * 40, "max_tokens": 2})["remote_port"]
-    bogus = {
-        "do_remote_prefill": True,
-        "remote_engine_id": "nope",
-        "remote_block_ids": [1, 2],
-        "remote_request_id": "cmpl-x",
-        "remote_host": "127.0.0.1",
-        "remote_port": port,
-    }
     body = {"prompt": "who " * 40, "max_tokens": 2}
-    resp = decode(d.url, body, bogus)
+    resp = decode(d.url, body, unleased_params(remote_port=port))
     if policy == "recompute":
         assert resp.status_code == 200
         local = httpx.post(f"{d.url}/v1/completions", json=body).json()
@@ -208,17 +213,8 @@ def test_params_naming_a_dead_or_unknown_engine(sim_engine, target, policy) -> N
 )
 def test_malformed_consumer_params_are_a_400_not_a_request_stuck_waiting(sim_engine, bad):
     d = sim_engine("--zero-cost", kv=_kv("recompute"))
-    params = {
-        "do_remote_prefill": True,
-        "remote_engine_id": "e",
-        "remote_block_ids": [1, 2],
-        "remote_request_id": "cmpl-x",
-        "remote_host": "127.0.0.1",
-        "remote_port": 1,
-        **bad,
-    }
     body = {"prompt": "who " * 40, "max_tokens": 2}
-    resp = decode(d.url, body, params)
+    resp = decode(d.url, body, unleased_params(**bad))
     assert resp.status_code == 400
     assert resp.json()["object"] == "error" and "kv_transfer_params" in resp.json()["message"]
     assert metric(d.url, "vllm:num_requests_waiting") == 0

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pdserve import wire
 from pdserve.api.loader import ManifestError, validation_problems
 from pdserve.api.merge import merge
 from pdserve.api.models import LLMInferenceService, LLMInferenceServiceConfig, Spec, dump
@@ -92,8 +93,6 @@ def _check_labels(spec: dict[str, Any], where: str) -> None:
     """A user label over a key the pods are selected by would leave a Deployment whose
     selector does not match its own pod template (the API server rejects it), or move
     pods in or out of the InferencePool; say which label, before anything is rendered."""
-    from pdserve.render.names import SELECTOR_KEYS  # render imports the API, not back
-
     sched = ((spec.get("router") or {}).get("scheduler")) or {}
     places = [
         ("spec.labels", spec.get("labels")),
@@ -104,7 +103,7 @@ def _check_labels(spec: dict[str, Any], where: str) -> None:
         f"{where}: {path}.{key}: cannot override a selector label"
         for path, labels in places
         for key in labels or {}
-        if key in SELECTOR_KEYS
+        if key in wire.SELECTOR_LABELS
     ]
     if problems:
         raise ManifestError(problems)

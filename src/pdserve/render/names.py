@@ -9,16 +9,18 @@ when a long service name has to be hashed down to 63 characters.
 from __future__ import annotations
 
 from pdserve.api.template import child_name
-from pdserve.wire import ROLE_BOTH, ROLE_DECODE, ROLE_LABEL, ROLE_PREFILL
+from pdserve.wire import (
+    COMPONENT_LABEL,
+    KSERVE_COMPONENT_LABEL,
+    NAME_LABEL,
+    PART_OF_LABEL,
+    ROLE_BOTH,
+    ROLE_DECODE,
+    ROLE_LABEL,
+    ROLE_PREFILL,
+)
 
-COMPONENT = "app.kubernetes.io/component"
-NAME = "app.kubernetes.io/name"
-PART_OF = "app.kubernetes.io/part-of"
-KSERVE_COMPONENT = "kserve.io/component"
 PART_OF_VALUE = "llminferenceservice"
-# The keys the renderer sets on pods and selects them by (Deployments, the workload
-# Service, the InferencePool, the EPP Service); a user label may not replace one.
-SELECTOR_KEYS = (COMPONENT, NAME, PART_OF, KSERVE_COMPONENT, ROLE_LABEL)
 
 
 def workload(name: str, prefill: bool = False, multinode: bool = False) -> str:
@@ -83,10 +85,10 @@ def workload_labels(name: str, prefill: bool, pd: bool, multinode: bool = False)
     role = ROLE_PREFILL if prefill else (ROLE_DECODE if pd else ROLE_BOTH)
     component = "llminferenceservice-workload" + ("-leader" if multinode else "")
     return {
-        COMPONENT: component + ("-prefill" if prefill else ""),
-        NAME: name,
-        PART_OF: PART_OF_VALUE,
-        KSERVE_COMPONENT: "workload",
+        COMPONENT_LABEL: component + ("-prefill" if prefill else ""),
+        NAME_LABEL: name,
+        PART_OF_LABEL: PART_OF_VALUE,
+        KSERVE_COMPONENT_LABEL: "workload",
         ROLE_LABEL: role,
     }
 
@@ -95,24 +97,24 @@ def worker_labels(name: str, prefill: bool) -> dict[str, str]:
     """LeaderWorkerSet workers run headless engine ranks with no HTTP server, so they
     carry no `kserve.io/component` or role: the pool and Service selectors skip them."""
     return {
-        COMPONENT: "llminferenceservice-workload-worker" + ("-prefill" if prefill else ""),
-        NAME: name,
-        PART_OF: PART_OF_VALUE,
+        COMPONENT_LABEL: "llminferenceservice-workload-worker" + ("-prefill" if prefill else ""),
+        NAME_LABEL: name,
+        PART_OF_LABEL: PART_OF_VALUE,
     }
 
 
 def pool_selector(name: str) -> dict[str, str]:
     """Both pools: the EPP filters by role; prefill and decode pods share the pool."""
-    return {NAME: name, PART_OF: PART_OF_VALUE, KSERVE_COMPONENT: "workload"}
+    return {NAME_LABEL: name, PART_OF_LABEL: PART_OF_VALUE, KSERVE_COMPONENT_LABEL: "workload"}
 
 
 def scheduler_labels(name: str) -> dict[str, str]:
     return {
-        COMPONENT: "llminferenceservice-router-scheduler",
-        NAME: name,
-        PART_OF: PART_OF_VALUE,
+        COMPONENT_LABEL: "llminferenceservice-router-scheduler",
+        NAME_LABEL: name,
+        PART_OF_LABEL: PART_OF_VALUE,
     }
 
 
 def owner(name: str) -> dict[str, str]:
-    return {PART_OF: PART_OF_VALUE, NAME: name}
+    return {PART_OF_LABEL: PART_OF_VALUE, NAME_LABEL: name}

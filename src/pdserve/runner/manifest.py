@@ -7,12 +7,11 @@ from pathlib import Path
 from pdserve.errors import UserError
 from pdserve.runner.plan import Plan, make_plan
 
-SERVICE_KIND = "LLMInferenceService"
-
 
 def load_plan(path: Path, namespace: str | None = None) -> Plan:
     """Parse, validate and merge the manifest (UserError with the validate message if bad)."""
     from pdserve import api, render
+    from pdserve.api.models import SERVICE_KIND
 
     docs = api.load(str(path))
     services = [d for d in docs if isinstance(d, api.LLMInferenceService)]

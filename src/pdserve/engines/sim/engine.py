@@ -233,15 +233,14 @@ class SimEngine:
             return
         bs = self.cfg.profile.block_size
         skip = req.cached_tokens // bs
+        # Types were checked on arrival (check_kv_params): a bad one here would leave the
+        # request waiting for KV forever.
+        remote = list(params.get("remote_block_ids") or [])[skip:]
+        local = req.blocks[skip : skip + len(remote)]
+        remote = remote[: len(local)]
         start = time.perf_counter()
         ok, error, transport, nbytes = False, None, "none", 0
-        local: list[int] = []
         try:
-            # The API checked these types; anything odd still ends in kv_loaded below, never
-            # in a request left waiting for KV.
-            remote = [int(b) for b in params.get("remote_block_ids") or []][skip:]
-            local = req.blocks[skip : skip + len(remote)]
-            remote = remote[: len(local)]
             host, port = params.get("remote_host"), params.get("remote_port")
             if not host or not port or not params.get("remote_request_id"):
                 raise kv_transfer.TransferError("kv_transfer_params lack remote host/port/request")
@@ -282,10 +281,7 @@ class SimEngine:
             ms=round((time.perf_counter() - start) * 1000, 3),
         )
         # What the pulled blocks cover (a producer may have held fewer tokens than asked).
-        try:
-            held = int(params.get("remote_num_tokens") or 0) or len(req.prompt)
-        except (TypeError, ValueError):
-            held = len(req.prompt)
+        held = int(params.get("remote_num_tokens") or 0) or len(req.prompt)
         upto = min((skip + len(local)) * bs, held)
         finished = self.sched.kv_loaded(req.id, ok, error, upto)
         if finished is not None and finished.done:

@@ -109,12 +109,12 @@ def parse(body: Any, chat: bool) -> Params:
     return p
 
 
-def check_kv_params(kv: dict[str, Any]) -> dict[str, Any]:
+def check_kv_params(kv: dict[str, Any]) -> None:
     """A consumer's params are read later, in the pull task: a wrong type found there would
     leave the request waiting for KV forever, so an engine with a connector makes it a 400
     up front (one without a connector ignores the params, as vLLM does)."""
     if not kv.get("do_remote_prefill"):
-        return kv
+        return
     blocks = kv.get("remote_block_ids")
     if blocks is not None and not (
         isinstance(blocks, list) and all(isinstance(b, int) and b >= 0 for b in blocks)
@@ -130,7 +130,6 @@ def check_kv_params(kv: dict[str, Any]) -> dict[str, Any]:
             raise ApiError(
                 400, f"kv_transfer_params.{key} must be an integer.", "kv_transfer_params"
             )
-    return kv
 
 
 def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
