@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -13,10 +16,15 @@ from testkit import REFERENCE, Spawn
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """Start a child process; every one started is stopped (its whole group) at teardown."""
+    """Start a child process; every one started is stopped (its whole group) at teardown.
+
+    Children get a TMPDIR of their own (short: vLLM binds sockets in it), removed at teardown.
+    """
     started: list[ManagedProcess] = []
+    scratch = tempfile.mkdtemp(prefix="spawn-", dir="/tmp")
 
     def _spawn(name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        env = {**(os.environ if env is None else env), "TMPDIR": scratch}
         proc = ManagedProcess(name, list(argv), tmp_path / f"{name}.log", env=env)
         started.append(proc.start())
         return proc
@@ -24,6 +32,7 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     yield _spawn
     for proc in reversed(started):
         proc.stop(timeout=5)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture

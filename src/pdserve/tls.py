@@ -49,13 +49,17 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def server_context(cert_dir: str) -> ssl.SSLContext:
-    """From --cert-path (a folder with tls.crt and tls.key), or a fresh self-signed pair."""
-    if cert_dir:
-        cert, key = Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key"
-    else:
-        cert, key = self_signed(Path(tempfile.mkdtemp(prefix="pdserve-tls-")))
+    """From --cert-path (a folder with tls.crt and tls.key), or a fresh self-signed pair.
+
+    ssl loads a key only from a file, so a generated pair is written to a private temporary
+    folder and removed once loaded: no key is left behind on disk.
+    """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    if cert_dir:
+        ctx.load_cert_chain(Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key")
+        return ctx
+    with tempfile.TemporaryDirectory(prefix="pdserve-tls-") as tmp:
+        ctx.load_cert_chain(*self_signed(Path(tmp)))
     return ctx
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,8 +14,12 @@ from upkit import EXAMPLE, Service, all_dead, pdserve
 
 @pytest.fixture
 def up(tmp_path: Path, port: Callable[[], int]) -> Iterator[Callable[..., Service]]:
-    """Start `pdserve up --detach`; every service started is downed and checked empty."""
+    """Start `pdserve up --detach`; every service started is downed and checked empty.
+
+    The runner and its children get a TMPDIR of their own, which `down` must leave empty.
+    """
     started: list[tuple[Service, list[int]]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="up-", dir="/tmp"))  # short: vLLM binds sockets in it
 
     def _up(*args: str, manifest: Path = EXAMPLE, timeout: float = 600) -> Service:
         service = Service(tmp_path / f"state{len(started)}", port())
@@ -26,6 +33,7 @@ def up(tmp_path: Path, port: Callable[[], int]) -> Iterator[Callable[..., Servic
             str(service.state_dir),
             *args,
             timeout=timeout,
+            env={**os.environ, "TMPDIR": str(tmp)},
         )
         if (service.state_dir / "state.json").exists():
             started.append((service, service.pids()))
@@ -38,3 +46,6 @@ def up(tmp_path: Path, port: Callable[[], int]) -> Iterator[Callable[..., Servic
     for service, pids in started:
         service.cli("down", timeout=300)
         assert all_dead(pids + service.pids()), "pdserve down left processes running"
+    left = list(tmp.iterdir())
+    shutil.rmtree(tmp)
+    assert left == [], "pdserve down left temporary files"

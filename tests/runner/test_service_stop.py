@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from pdserve.process import ManagedProcess, ProcessDied
 from pdserve.runner.board import Board
 from pdserve.runner.components import EngineSlot
 from pdserve.runner.manifest import load_plan
-from pdserve.runner.service import LocalService, Replica
+from pdserve.runner.service import LocalService, Replica, scratch_dir
 from pdserve.runner.state import StateDir, pid_alive
 
 
@@ -61,3 +63,20 @@ def test_stop_during_a_slow_scale_up_is_prompt_and_stops_the_new_engine(
         for proc in engines:
             proc.stop(1)
     assert errors and isinstance(errors[0], ProcessDied)
+
+
+def test_scratch_is_in_tmpdir_unless_too_deep_for_a_socket_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short, deep = Path(tempfile.mkdtemp(dir="/tmp")), tmp_path / ("d" * 80)
+    deep.mkdir()
+    try:
+        for tmpdir, parent in ((short, short), (deep, Path("/tmp"))):
+            monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+            scratch = scratch_dir()
+            scratch.rmdir()
+            assert scratch.parent == parent
+            assert len(str(scratch / str(uuid.uuid4()))) <= 107
+        assert list(deep.iterdir()) == []
+    finally:
+        short.rmdir()

@@ -49,9 +49,11 @@ class Service:
         return [data["pid"], *(r["pid"] for r in data["components"] if r.get("pid"))]
 
 
-def pdserve(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def pdserve(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*PDSERVE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [*PDSERVE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
     )
 
 

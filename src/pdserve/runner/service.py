@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +67,19 @@ class Replica:
         return [p for p in (self.sidecar, self.engine) if p is not None]
 
 
+# vLLM binds ZMQ IPC sockets at TMPDIR/<uuid4>; a Unix socket path holds at most 107 bytes.
+SOCKET_DIR_MAX = 107 - len("/") - 36
+
+
+def scratch_dir() -> Path:
+    """A fresh folder in TMPDIR, or in /tmp when TMPDIR is too deep for vLLM's sockets."""
+    path = Path(tempfile.mkdtemp(prefix="pdserve-"))
+    if len(os.fsencode(path)) <= SOCKET_DIR_MAX:
+        return path
+    path.rmdir()
+    return Path(tempfile.mkdtemp(prefix="pdserve-", dir="/tmp"))
+
+
 class LocalService:
     def __init__(
         self, plan: Plan, kind: str, state: StateDir, gateway_port: int, board: Board
@@ -86,6 +101,7 @@ class LocalService:
         self._retiring: list[Replica] = []
         self._next_index = {ROLE_PREFILL: 0, ROLE_DECODE: 0}
         self._stopping = False
+        self._scratch: Path | None = None
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -96,6 +112,13 @@ class LocalService:
     @property
     def endpoints_file(self) -> Path:
         return self.state.path / "endpoints.json"
+
+    @property
+    def scratch(self) -> Path:
+        """The children's TMPDIR, removed on stop: vLLM leaves IPC sockets and files in it."""
+        if self._scratch is None:
+            self._scratch = scratch_dir()
+        return self._scratch
 
     def start(self) -> None:
         self.state.logs.mkdir(parents=True, exist_ok=True)
@@ -122,6 +145,8 @@ class LocalService:
                 self.board.set(proc.name, status="stopping")
             proc.stop(timeout=15)
             self.board.set(proc.name, status="stopped")
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def check(self) -> None:
         """Raise ProcessDied when a component exited while it should be running."""
@@ -232,7 +257,7 @@ class LocalService:
         return placement.choose_cores(sorted(os.sched_getaffinity(0)), taken, lone)
 
     def _spawn(self, name: str, kind: str, cmd: EngineCommand, port: int) -> ManagedProcess:
-        env = {**os.environ, **cmd.env}
+        env = {**os.environ, **cmd.env, "TMPDIR": str(self.scratch)}
         proc = ManagedProcess(name, cmd.argv, self.state.log(name), env=env)
         proc.log_path.unlink(missing_ok=True)
         proc.start()
