@@ -121,6 +121,9 @@ def test_prefill_failures_fall_back_to_decode_only(sim, sidecar, recorder, failu
     assert _text(resp.json()) == _text(httpx.post(d.url + "/v1/completions", json=body).json())
     assert "kv_transfer_params" not in rd.seen[-1]
     assert metric(s.url, "pdserve_sidecar_requests_total", outcome="fallback") == 1
+    reason = {"5xx": "prefiller answered 500", "refused": "prefiller unreachable"}
+    fallbacks = "pdserve_sidecar_prefill_fallbacks_total"
+    assert metric(s.url, fallbacks, reason=reason.get(failure, "prefiller timed out")) == 1
 
 
 def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None:
@@ -257,6 +260,8 @@ def test_a_prefill_answer_that_is_not_an_object_falls_back_to_decode_only(pd) ->
     )
     assert resp.status_code == 200
     assert "kv_transfer_params" not in rd.seen[0]
+    reason = "prefiller answered JSON that is not an object"
+    assert metric(s.url, "pdserve_sidecar_prefill_fallbacks_total", reason=reason) == 1
 
 
 def test_tls_on_both_legs_with_self_signed_certs(sim, sidecar, tmp_path) -> None:

@@ -243,50 +243,11 @@ class Sidecar:
         rid: str,
         started: float,
     ) -> web.StreamResponse:
-        assert self.http is not None
-        scheme = "https" if self.opts.prefiller_tls else "http"
-        url = f"{scheme}://{target}{path}"
-        prefill = legs.prefill_body(body, self.opts.connector)
         t0 = time.perf_counter()
-        reason = None
-        answer: dict[str, Any] = {}
-        try:
-            async with self.http.post(
-                url,
-                json=prefill,
-                headers=_json_headers(headers),
-                allow_redirects=False,
-                ssl=self._ssl(self.opts.prefiller_tls, self.opts.prefiller_insecure),
-                timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
-            ) as pre:
-                payload = await pre.read()
-                if 400 <= pre.status < 500:
-                    self.metrics.requests.labels(path, "rejected").inc()
-                    event(
-                        log,
-                        "request",
-                        logging.WARNING,
-                        request_id=rid,
-                        path=path,
-                        outcome="prefill-rejected",
-                        prefill_target=target,
-                        status=pre.status,
-                    )
-                    return web.Response(
-                        status=pre.status,
-                        body=payload,
-                        content_type=pre.content_type or "application/json",
-                    )
-                if pre.status >= 500:
-                    reason = f"prefiller answered {pre.status}"
-                else:
-                    answer = json.loads(payload)
-                    if not isinstance(answer, dict):
-                        answer, reason = {}, "prefiller answered JSON that is not an object"
-        except TimeoutError:
-            reason = "prefiller timed out"
-        except (aiohttp.ClientError, OSError, ValueError) as err:
-            reason = f"prefiller unreachable: {err}"
+        prefilled = await self._prefill(path, body, headers, target, rid)
+        if isinstance(prefilled, web.Response):
+            return prefilled  # the prefiller's 4xx, passed on
+        answer, reason = prefilled
         prefill_s = time.perf_counter() - t0
         self.metrics.prefill.observe(prefill_s)
         if reason is not None:
@@ -316,6 +277,54 @@ class Sidecar:
             total_ms=_ms(started),
         )
         return resp
+
+    async def _prefill(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], target: str, rid: str
+    ) -> tuple[dict[str, Any], str | None] | web.Response:
+        """The prefill leg: (the prefiller's answer, None), or ({}, why decode-only must do
+        it all) when the prefiller failed on its side, or the prefiller's own 4xx response:
+        a request it rejects would be rejected by the decoder too."""
+        assert self.http is not None
+        scheme = "https" if self.opts.prefiller_tls else "http"
+        try:
+            async with self.http.post(
+                f"{scheme}://{target}{path}",
+                json=legs.prefill_body(body, self.opts.connector),
+                headers=_json_headers(headers),
+                allow_redirects=False,
+                ssl=self._ssl(self.opts.prefiller_tls, self.opts.prefiller_insecure),
+                timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
+            ) as pre:
+                payload = await pre.read()
+                if pre.status >= 500:
+                    return {}, f"prefiller answered {pre.status}"
+                if pre.status >= 400:
+                    self.metrics.requests.labels(path, "rejected").inc()
+                    event(
+                        log,
+                        "request",
+                        logging.WARNING,
+                        request_id=rid,
+                        path=path,
+                        outcome="prefill-rejected",
+                        prefill_target=target,
+                        status=pre.status,
+                    )
+                    return web.Response(
+                        status=pre.status,
+                        body=payload,
+                        content_type=pre.content_type or "application/json",
+                    )
+                answer = json.loads(payload)
+        except TimeoutError:
+            return {}, "prefiller timed out"
+        except (aiohttp.ClientError, OSError) as err:
+            return {}, f"prefiller unreachable: {err}"
+        except ValueError as err:
+            return {}, f"prefiller answered invalid JSON: {err}"
+        if not isinstance(answer, dict):
+            return {}, "prefiller answered JSON that is not an object"
+        return answer, None
 
 
 def _prefill_target(headers: Any) -> tuple[str, str] | None:
