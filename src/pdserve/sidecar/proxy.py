@@ -219,13 +219,9 @@ class Sidecar:
             return _error(400, f"invalid JSON body: {err}")
         host, target = named
         if not self.opts.allow.allows(host):
-            self.metrics.requests.labels(path, "rejected").inc()
-            event(
-                log,
-                "request",
-                logging.WARNING,
+            self._rejected(
+                path,
                 request_id=rid,
-                path=path,
                 outcome="rejected",
                 prefill_target=target,
                 reason="prefill host not in the allow-list",
@@ -299,13 +295,9 @@ class Sidecar:
                 if pre.status >= 500:
                     return {}, f"prefiller answered {pre.status}"
                 if pre.status >= 400:
-                    self.metrics.requests.labels(path, "rejected").inc()
-                    event(
-                        log,
-                        "request",
-                        logging.WARNING,
+                    self._rejected(
+                        path,
                         request_id=rid,
-                        path=path,
                         outcome="prefill-rejected",
                         prefill_target=target,
                         status=pre.status,
@@ -325,6 +317,10 @@ class Sidecar:
         if not isinstance(answer, dict):
             return {}, "prefiller answered JSON that is not an object"
         return answer, None
+
+    def _rejected(self, path: str, **fields: Any) -> None:
+        self.metrics.requests.labels(path, "rejected").inc()
+        event(log, "request", logging.WARNING, path=path, **fields)
 
 
 def _prefill_target(headers: Any) -> tuple[str, str] | None:
