@@ -21,6 +21,7 @@ from pdserve.logs import event
 from pdserve.sidecar import legs
 from pdserve.sidecar.allowlist import AllowAll, AllowList
 from pdserve.sidecar.metrics import SidecarMetrics
+from pdserve.tls import client_context
 
 log = logging.getLogger("pdserve.sidecar")
 
@@ -66,6 +67,9 @@ class Sidecar:
         self.metrics = SidecarMetrics()
         scheme = "https" if opts.decoder_tls else "http"
         self.decoder = f"{scheme}://127.0.0.1:{opts.vllm_port}"
+        # Built once: a client context loads the system's CA store, milliseconds per request.
+        self.decoder_ssl = _client_ssl(opts.decoder_tls, opts.decoder_insecure)
+        self.prefiller_ssl = _client_ssl(opts.prefiller_tls, opts.prefiller_insecure)
         self.http: aiohttp.ClientSession | None = None
 
     async def start(self, _: web.Application) -> None:
@@ -101,7 +105,7 @@ class Sidecar:
         try:
             async with self.http.get(
                 f"{self.decoder}/metrics",
-                ssl=self._ssl(self.opts.decoder_tls, self.opts.decoder_insecure),
+                ssl=self.decoder_ssl,
                 timeout=aiohttp.ClientTimeout(total=2),
             ) as resp:
                 if resp.status == 200:
@@ -112,13 +116,6 @@ class Sidecar:
             body=engine + generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
-
-    def _ssl(self, tls: bool, insecure: bool) -> ssl.SSLContext | bool:
-        if not tls:
-            return False
-        from pdserve.tls import client_context
-
-        return client_context(insecure)
 
     # --- plain proxy ----------------------------------------------------------------------
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
@@ -145,7 +142,7 @@ class Sidecar:
                 url,
                 data=body,
                 headers=headers,
-                ssl=self._ssl(self.opts.decoder_tls, self.opts.decoder_insecure),
+                ssl=self.decoder_ssl,
             )
         except (aiohttp.ClientError, OSError) as err:
             return _error(502, f"decoder at {self.decoder} unreachable: {err}")
@@ -288,7 +285,7 @@ class Sidecar:
                 json=legs.prefill_body(body, self.opts.connector),
                 headers=_json_headers(headers),
                 allow_redirects=False,
-                ssl=self._ssl(self.opts.prefiller_tls, self.opts.prefiller_insecure),
+                ssl=self.prefiller_ssl,
                 timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
             ) as pre:
                 payload = await pre.read()
@@ -347,6 +344,10 @@ def _prefill_target(headers: Any) -> tuple[str, str] | None:
         raise ValueError(f"{name}: expected host:port, got {value!r}")
     host = parts.hostname
     return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_ssl(tls: bool, insecure: bool) -> ssl.SSLContext | bool:
+    return client_context(insecure) if tls else False
 
 
 def _json_headers(headers: dict[str, str]) -> dict[str, str]:
