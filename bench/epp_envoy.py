@@ -147,7 +147,15 @@ def run(fleet: Fleet, args: argparse.Namespace) -> None:
     wait_tcp("127.0.0.1", grpc, 60, epp.check_alive)
     epp.wait_http(f"http://127.0.0.1:{metrics}/metrics", 60)
     gw_epp, gw_plain = free_port(), free_port()
-    fleet.envoy("envoy-epp", gw_epp, envoy.bootstrap(gw_epp, grpc, free_port(), [], args.body_mode))
+    gw_watch = free_port()
+    fleet.envoy(
+        "envoy-epp",
+        gw_epp,
+        envoy.bootstrap(gw_epp, grpc, free_port(), [], args.body_mode, watch=False),
+    )
+    fleet.envoy(
+        "envoy-watch", gw_watch, envoy.bootstrap(gw_watch, grpc, free_port(), [], args.body_mode)
+    )
     fleet.envoy(
         "envoy-plain", gw_plain, envoy.bootstrap(gw_plain, grpc, free_port(), [], ext_proc=False)
     )
@@ -180,6 +188,7 @@ def run(fleet: Fleet, args: argparse.Namespace) -> None:
         ),
         f"envoy + pdserve epp ({args.body_mode})": poster(f"http://127.0.0.1:{gw_epp}", dict),
         "vllm-router round_robin": poster(f"http://127.0.0.1:{router}", dict),
+        "envoy + pdserve epp + watching filter": poster(f"http://127.0.0.1:{gw_watch}", dict),
     }
     print(
         f"== completions (8 tokens) over 2 zero-cost sim engines: {args.sequential} sequential "
@@ -201,7 +210,7 @@ def run(fleet: Fleet, args: argparse.Namespace) -> None:
             f"  {mean_rps:7.0f} req/s  (runs: {', '.join(f'{x:.0f}' for x in rps[name])})"
         )
     names = list(paths)
-    base, plain, epp_name, vr = (p50[n] for n in names)
+    base, plain, epp_name, vr, watched = (p50[n] for n in names)
     mean = {k: sum(v) / len(v) for k, v in rps.items()}
     added_epp, added_vr, added_plain = epp_name - base, vr - base, plain - base
     print(
@@ -214,6 +223,11 @@ def run(fleet: Fleet, args: argparse.Namespace) -> None:
     print(
         f"throughput envoy+epp / vllm-router = {mean[names[2]] / mean[names[3]]:.2f} "
         f"(goal >= 0.5); envoy+epp / envoy alone = {mean[names[2]] / mean[names[1]]:.2f}"
+    )
+    print(
+        f"the watching filter (as `pdserve up` and gateway-config deploy it): p50 "
+        f"{(watched - epp_name) * 1e3:+.2f} ms, throughput x{mean[names[4]] / mean[names[2]]:.2f} "
+        "against the routing filter alone"
     )
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 
@@ -25,3 +26,17 @@ def test_sidecar_pool_allow_list_outside_kubernetes_is_one_line_exit_2() -> None
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--allowed-prefill-hosts" in lines[0], lines
     assert "service account" in lines[0]
+
+
+def test_gateway_config_has_the_watching_filter_unless_turned_off() -> None:
+    def filters(*flags: str) -> list[dict]:
+        argv = [*PDSERVE, "gateway-config", "--port", "8080", *flags]
+        boot = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+        hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        return hcm["typed_config"]["http_filters"]
+
+    watching = [f for f in filters() if f["typed_config"].get("observability_mode")]
+    assert len(watching) == 1
+    assert watching[0]["typed_config"]["processing_mode"]["response_body_mode"] == "STREAMED"
+    assert not [f for f in filters("--watch=false") if f["typed_config"].get("observability_mode")]
+    assert len(filters("--watch=false")) == len(filters()) - 1

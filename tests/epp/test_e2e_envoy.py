@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,3 +332,53 @@ def test_request_without_id_gets_one_that_reaches_the_sidecar(cluster: Cluster) 
         p.log_path.read_text() for p in cluster.procs if p.name.startswith("sidecar")
     )
     assert f'"request_id":"{rid}"' in sidecar_logs
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """The watching filter reports without Envoy waiting for the EPP: poll for its effect."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_the_watching_filter_feeds_in_flight_and_output_tokens(cluster: Cluster) -> None:
+    """Token counts of 20 and 48 fall in histogram buckets no other test here reaches
+    through the gateway, so a late report of an earlier request cannot be mistaken."""
+    epp = cluster.epp_metrics
+
+    def in_bucket(low: str, high: str) -> float:
+        name = "inference_model_output_tokens_bucket"
+        return metric(epp, name, model_name="sim", le=high) - metric(
+            epp, name, model_name="sim", le=low
+        )
+
+    def running() -> float:
+        return metric(epp, "inference_model_running_requests", model_name="sim")
+
+    assert in_bucket("8.0", "32.0") == in_bucket("32.0", "128.0") == 0
+    whole = httpx.post(
+        f"{cluster.url}/v1/completions",
+        json={
+            "model": "sim",
+            "prompt": "count my tokens " * 20,
+            "max_tokens": 20,
+            "ignore_eos": True,
+        },
+    )
+    assert whole.json()["usage"]["completion_tokens"] == 20
+    client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key="x", max_retries=0)
+    chunks = client.chat.completions.create(
+        model="sim",
+        max_tokens=48,
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "stream and count " * 20}],
+        extra_body={"ignore_eos": True},
+    )
+    assert next(iter(chunks)).choices
+    _until(lambda: running() == 1, "the streaming request to count as in flight")
+    assert [c.usage.completion_tokens for c in chunks if c.usage] == [48]
+    _until(lambda: in_bucket("8.0", "32.0") == 1, "the whole answer's 20 tokens")
+    _until(lambda: in_bucket("32.0", "128.0") == 1, "the stream's 48 tokens")
+    _until(lambda: running() == 0, "no request in flight")

@@ -141,14 +141,26 @@ def gateway_config(argv: list[str]) -> int:
         default="FULL_DUPLEX_STREAMED",
         help="how Envoy sends the request body to the EPP (duplex saves a round trip)",
     )
+    add_bool(
+        ap,
+        "--watch",
+        default=True,
+        help="a second, non-blocking ext_proc filter that copies answers to the EPP for its "
+        "in-flight and output-token metrics (--watch=false leaves them empty)",
+    )
     ap.add_argument("-o", "--output", help="file to write (default: stdout)")
     args = ap.parse_args(argv)
     from pdserve.epp.envoy import binary, bootstrap
 
-    text = json.dumps(
-        bootstrap(args.port, args.epp_port, args.admin_port, args.route_prefix, args.body_mode),
-        indent=2,
+    boot = bootstrap(
+        args.port,
+        args.epp_port,
+        args.admin_port,
+        args.route_prefix,
+        args.body_mode,
+        watch=args.watch,
     )
+    text = json.dumps(boot, indent=2)
     if args.output:
         Path(args.output).write_text(text)
         print(

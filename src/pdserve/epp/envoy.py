@@ -28,6 +28,29 @@ def _socket(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
+def _watching_filter() -> dict[str, Any]:
+    return {
+        "name": "pdserve.watch",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
+            "ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "30s"},
+            "observability_mode": True,
+            "processing_mode": {
+                "request_header_mode": "SEND",  # the request id the routing decision logged
+                "response_header_mode": "SEND",  # the content type: JSON or SSE
+                "request_body_mode": "NONE",
+                "response_body_mode": "STREAMED",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "failure_mode_allow": True,  # losing a metric must never fail a request
+            # Envoy keeps a finished stream open this long so the last chunk reaches us.
+            "deferred_close_timeout": "1s",
+        },
+    }
+
+
 def bootstrap(
     listen_port: int,
     epp_port: int,
@@ -35,12 +58,16 @@ def bootstrap(
     route_prefixes: list[str] | None = None,
     body_mode: str = "FULL_DUPLEX_STREAMED",
     ext_proc: bool = True,
+    watch: bool = True,
 ) -> dict[str, Any]:
     """Prefixes such as "/ns/name" are routed with the prefix rewritten to "/"; everything
     else as is. FULL_DUPLEX_STREAMED by default: Envoy sends the body without waiting for
     the answer to the headers, one gRPC round trip fewer than BUFFERED (~0.8 ms here).
-    `ext_proc=False` is plain Envoy (the benchmark's baseline): it then needs the
-    destination header from the client."""
+    `watch` adds a second ext_proc filter in observability mode: Envoy copies each answer
+    to the EPP without waiting for it, which feeds the EPP's in-flight and output-token
+    metrics while no request waits on the EPP for them (upstream's EPP has the routing
+    filter wait for every response chunk instead); its cost is the EPP's CPU. `ext_proc=False` is plain Envoy (the benchmark's baseline): it
+    then needs the destination header from the client."""
     routes: list[dict[str, Any]] = []
     for prefix in route_prefixes or []:
         p = "/" + prefix.strip("/")
@@ -77,6 +104,8 @@ def bootstrap(
                 },
             }
         )
+    if ext_proc and watch:
+        filters.append(_watching_filter())
     filters.append(
         {
             "name": "envoy.filters.http.router",

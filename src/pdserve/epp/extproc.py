@@ -13,6 +13,7 @@ import logging
 import random
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +32,7 @@ from pdserve.epp.plugins.prefix import PrefixCacheScorer
 from pdserve.epp.request import BadRequest, parse
 from pdserve.epp.scheduler import Scheduler, Trace
 from pdserve.epp.types import Cycle, Result
+from pdserve.epp.usage import ResponseUsage
 from pdserve.logs import event
 
 log = logging.getLogger("pdserve.epp")
@@ -38,6 +40,22 @@ FULL_DUPLEX = 4  # ProcessingMode.BodySendMode.FULL_DUPLEX_STREAMED
 # Headers only the EPP may choose: a client's copy is removed unless the EPP set its own, or
 # a gateway client could pick the prefill host the decode sidecar calls (SSRF).
 EPP_ONLY_HEADERS = (wire.PREFILLER_HEADER, wire.PREFILLER_URL_HEADER)
+
+
+ROUTED_MAX = 65536
+
+
+class BoundedDict(OrderedDict[str, str]):
+    """Insertion-ordered; the oldest entry goes once `limit` is reached."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.limit:
+            self.popitem(last=False)
 
 
 class Decision(Exception):
@@ -60,6 +78,9 @@ class Picker:
         self.scheduler, self.store, self.metrics = scheduler, store, metrics
         self.pool, self.default_criticality = pool, default_criticality
         self.rng = random.Random()
+        # Request id -> model of recently routed requests, for the watching filter to pick up
+        # (bounded: a gateway without that filter never collects them).
+        self.routed: BoundedDict = BoundedDict(ROUTED_MAX)
 
     def decide(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
         start = time.perf_counter()
@@ -101,6 +122,7 @@ class Picker:
         if result.endpoint is None:
             self.metrics.errors.labels(req.model, req.model, "503").inc()
             raise Decision(503, "no endpoint available for this request")
+        self.routed[req.request_id] = req.model
         if wire.REQUEST_ID_HEADER not in headers:
             # The id this decision was logged under travels on, so the sidecar and engines
             # log the same one and the routing trace can join them.
@@ -133,6 +155,14 @@ class Picker:
             self.metrics.pool_queue.labels(self.pool).set(
                 sum(e.metrics.waiting for e in fresh) / len(fresh)
             )
+
+
+async def _chain(
+    first: pb.ProcessingRequest, rest: AsyncIterator[pb.ProcessingRequest]
+) -> AsyncIterator[pb.ProcessingRequest]:
+    yield first
+    async for msg in rest:
+        yield msg
 
 
 def _headers(msg: pb.HttpHeaders) -> dict[str, str]:
@@ -192,10 +222,23 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
     async def Process(
         self, requests: AsyncIterator[pb.ProcessingRequest], context: Any
     ) -> AsyncIterator[pb.ProcessingResponse]:
+        stream = aiter(requests)
+        first = await anext(stream, None)
+        if first is None:
+            return
+        if first.observability_mode:  # the gateway's second, watching filter: no answers
+            await self._watch(first, stream)
+            return
+        async for out in self._route_stream(first, stream):
+            yield out
+
+    async def _route_stream(
+        self, first: pb.ProcessingRequest, rest: AsyncIterator[pb.ProcessingRequest]
+    ) -> AsyncIterator[pb.ProcessingResponse]:
         headers: dict[str, str] = {}
         body = bytearray()
         duplex = False
-        async for msg in requests:
+        async for msg in _chain(first, rest):
             kind = msg.WhichOneof("request")
             if kind == "request_headers":
                 headers = _headers(msg.request_headers)
@@ -218,6 +261,36 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
             elif kind == "response_body":
                 yield pb.ProcessingResponse(response_body=pb.BodyResponse())
+
+    async def _watch(
+        self, first: pb.ProcessingRequest, rest: AsyncIterator[pb.ProcessingRequest]
+    ) -> None:
+        """A routed request's life as the watching filter reports it (Envoy does not wait
+        for us): in flight from its headers to the end of its answer, and the completion
+        tokens its answer reports."""
+        metrics, model, usage = self.picker.metrics, "", ResponseUsage("")
+        try:
+            async for msg in _chain(first, rest):
+                kind = msg.WhichOneof("request")
+                if kind == "request_headers":
+                    rid = _headers(msg.request_headers).get(wire.REQUEST_ID_HEADER, "")
+                    model = self.picker.routed.pop(rid, "")
+                    if model:
+                        metrics.running.labels(model).inc()
+                elif kind == "response_headers":
+                    usage = ResponseUsage(_headers(msg.response_headers).get("content-type", ""))
+                    if msg.response_headers.end_of_stream:
+                        break
+                elif kind == "response_body":
+                    usage.feed(msg.response_body.body)
+                    if msg.response_body.end_of_stream:
+                        tokens = usage.finish()
+                        if model and tokens is not None:
+                            metrics.output_tokens.labels(model, model).observe(tokens)
+                        break
+        finally:
+            if model:
+                metrics.running.labels(model).dec()
 
     def _route(
         self, headers: dict[str, str], body: bytes

@@ -33,18 +33,18 @@ class EppMetrics:
             buckets=(64, 256, 1024, 4096, 16384, 65536),
             registry=r,
         )
-        # Registered under the upstream names for dashboards, but not fed: both need the
-        # response side of ext_proc, and Envoy ends the stream once the request is routed
-        # because we ask for no response processing (it would cost a round trip a request).
+        # These two are fed by the gateway's watching filter (epp/envoy.py), which copies
+        # each answer to the EPP; behind a gateway without it they stay empty.
         self.output_tokens = Histogram(
             "inference_model_output_tokens",
-            "Completion tokens (not fed: needs response processing).",
+            "Completion tokens, as the answer's usage reports them.",
             model,
+            buckets=(1, 8, 32, 128, 512, 2048, 8192),
             registry=r,
         )
         self.running = Gauge(
             "inference_model_running_requests",
-            "Requests in flight (not fed: needs response processing).",
+            "Routed requests whose answer has not ended.",
             ["model_name"],
             registry=r,
         )
