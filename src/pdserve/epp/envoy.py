@@ -66,8 +66,9 @@ def bootstrap(
     `watch` adds a second ext_proc filter in observability mode: Envoy copies each answer
     to the EPP without waiting for it, which feeds the EPP's in-flight and output-token
     metrics while no request waits on the EPP for them (upstream's EPP has the routing
-    filter wait for every response chunk instead); its cost is the EPP's CPU. `ext_proc=False` is plain Envoy (the benchmark's baseline): it
-    then needs the destination header from the client."""
+    filter wait for every response chunk instead); its cost is the EPP's CPU.
+    `ext_proc=False` is plain Envoy (the benchmark's baseline): it then needs the
+    destination header from the client."""
     routes: list[dict[str, Any]] = []
     for prefix in route_prefixes or []:
         p = "/" + prefix.strip("/")
