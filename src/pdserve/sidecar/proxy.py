@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import wire
-from pdserve.logs import event
+from pdserve.logs import event, now_ms
 from pdserve.sidecar import legs
 from pdserve.sidecar.allowlist import AllowAll, AllowList
 from pdserve.sidecar.metrics import SidecarMetrics
@@ -204,7 +204,7 @@ class Sidecar:
                 path=path,
                 outcome="decode-only",
                 status=resp.status,
-                ms=_ms(started),
+                ms=now_ms(started),
             )
             return resp
         try:
@@ -266,8 +266,8 @@ class Sidecar:
             fallback_reason=reason,
             status=resp.status,
             prefill_ms=round(prefill_s * 1000, 3),
-            decode_ms=_ms(t1),
-            total_ms=_ms(started),
+            decode_ms=now_ms(t1),
+            total_ms=now_ms(started),
         )
         return resp
 
@@ -355,10 +355,6 @@ def _json_headers(headers: dict[str, str]) -> dict[str, str]:
     out = {k: v for k, v in headers.items() if k.lower() != "content-type"}
     out["content-type"] = "application/json"
     return out
-
-
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
 
 
 async def serve(
