@@ -121,13 +121,17 @@ class SimEngine:
         return task
 
     # --- the engine loop ----------------------------------------------------------------
+    async def _idle(self) -> None:
+        """Report the gauges as they stand, then sleep until a request or a freed block."""
+        self._observe()
+        self.wake.clear()
+        await self.wake.wait()
+
     async def _engine_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self.sched.has_work:
-                self._observe()
-                self.wake.clear()
-                await self.wake.wait()
+                await self._idle()
             out = self.sched.step(loop.time())
             for req in out.kv_pulls:
                 self._spawn(self._pull(req))
@@ -135,9 +139,7 @@ class SimEngine:
             if not (out.duration or out.prefill_tokens or progress):
                 # Work is queued but cannot run (its blocks are held by leases or pulls):
                 # sleep until something frees space instead of spinning.
-                self._observe()
-                self.wake.clear()
-                await self.wake.wait()
+                await self._idle()
                 continue
             await asyncio.sleep(out.duration)
             for req, token in out.tokens:

@@ -154,8 +154,9 @@ class Api:
         text, sent = "", 0
         while (token := await queue.get()) is not None:
             times.append(loop.time())
+            new_from = max(0, len(text) - hold)  # a stop ending in this token starts here or after
             text += tok.decode([token])
-            cut = _stop_index(text, p.stop)
+            cut = _stop_index(text, p.stop, new_from)
             if cut is not None:
                 req.finish_reason = "stop"
                 yield text[sent:cut]
@@ -244,6 +245,6 @@ class Api:
         )
 
 
-def _stop_index(text: str, stops: list[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+def _stop_index(text: str, stops: list[str], start: int = 0) -> int | None:
+    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
     return min(hits) if hits else None
