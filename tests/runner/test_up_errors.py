@@ -118,3 +118,9 @@ def test_a_model_that_cannot_be_downloaded_is_one_line_and_nothing_is_left(
     data = json.loads((state / "state.json").read_text())
     assert data["status"] == "failed"
     assert all_dead([data["pid"], *(r["pid"] for r in data["components"] if r.get("pid"))])
+
+
+def test_down_with_nothing_running_says_so_and_succeeds(tmp_path: Path) -> None:
+    done = pdserve("down", "--state-dir", str(tmp_path / "empty"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"nothing running in {tmp_path / 'empty'}"

@@ -29,9 +29,14 @@ BUILTIN: dict[str, tuple[str, str]] = {
 Progress = Callable[[str], None]
 
 
-def cache_root() -> Path:
+def cache_home() -> Path:
+    """pdserve's persistent cache folder: converted models, the engines' compile caches."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(os.environ.get("PDSERVE_MODEL_CACHE", Path(base) / "pdserve" / "models"))
+    return Path(base) / "pdserve"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PDSERVE_MODEL_CACHE", cache_home() / "models"))
 
 
 def pvc_root() -> Path:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdserve.engines.model import cache_home
 from pdserve.engines.venv import engines_python
 from pdserve.wire import NIXL_CONNECTOR
 
@@ -38,6 +39,19 @@ DROPPED_SWITCHES = {"--enable-ssl-refresh", "--disable-log-requests"}
 # node's RAM minus the worker's own RSS, which goes negative for small shares on a
 # small node (seen here with 0.12 of 10.7 GiB); a fixed size is predictable.
 CPU_KV_CACHE_GIB = "1"
+
+
+# Compile caches, by the variable that moves each. torch inductor's default is
+# TMPDIR/torchinductor_USER, which the runner's per-run TMPDIR would throw away with every
+# `down` (and which a cold machine fills with a folder the tests then find left behind);
+# in pdserve's cache beside the converted model, a second `up` reuses the compiled graphs.
+COMPILE_CACHES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "VLLM_CACHE_ROOT": "vllm"}
+
+
+def compile_cache_env() -> dict[str, str]:
+    """Where the engine keeps what it compiles; a variable the user set wins."""
+    root = cache_home() / "compile"
+    return {var: os.environ.get(var, str(root / sub)) for var, sub in COMPILE_CACHES.items()}
 
 
 @dataclass
@@ -105,7 +119,7 @@ def command(
     if not any(a.split("=", 1)[0] == "--dtype" for a in extra):
         argv += ["--dtype", dtype]
     argv += extra
-    env = {"VLLM_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    env = {"VLLM_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **compile_cache_env()}
     env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
     if pd:
         argv += ["--kv-transfer-config", kv_transfer_config()]

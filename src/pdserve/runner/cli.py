@@ -175,9 +175,14 @@ def status(argv: list[str]) -> int:
 
         print(json.dumps(data, indent=1))
         return 0 if alive else 1
+    from pdserve.runner.progress import pools_text
+
     info = data.get("summary", {})
     shown = data.get("status") if alive else "not running"
-    print(f"{info.get('name', '?')}: {shown}  {info.get('url', '')}/v1  pools {info.get('pools')}")
+    pools = pools_text(info.get("pools"))
+    print(f"{info.get('name', '?')}: {shown}  {info.get('url', '')}/v1  {pools}")
+    if info.get("model_dir"):
+        print(f"  tokenizer: {info['model_dir']}")
     for row in data.get("components", []):
         live = ("up" if pid_alive(row.get("pid")) else "down") if row.get("pid") else "-"
         print(
@@ -228,9 +233,11 @@ def down(argv: list[str]) -> int:
     _state_arg(ap)
     args = ap.parse_args(argv)
     state = _state(args)
-    data = state.read()
-    if not data:
-        raise UserError(f"no service in {state.path}")
+    data = state.read() or {}
+    pids = [data.get("pid"), *(r.get("pid") for r in data.get("components", []))]
+    if not any(pid_alive(p) for p in pids):
+        print(f"nothing running in {state.path}")
+        return 0
     pid = data.get("pid")
     if pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
@@ -266,5 +273,7 @@ def scale(argv: list[str]) -> int:
         raise UserError(str(err)) from err
     for step in out.get("steps", []):
         print(step)
-    print(f"pools now {out.get('pools')}")
+    from pdserve.runner.progress import pools_text
+
+    print(f"pools now {pools_text(out.get('pools'))}")
     return 0

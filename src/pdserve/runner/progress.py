@@ -3,7 +3,10 @@ one line per change otherwise (logs, CI, a detached `up` piped somewhere)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -58,6 +61,23 @@ class Follower:
         return table
 
 
+def pools_text(pools: dict[str, int] | None) -> str:
+    """`1 prefill, 2 decode`: how a person reads replica counts."""
+    return ", ".join(f"{n} {role}" for role, n in (pools or {}).items()) or "no pools"
+
+
+def pdserve_command() -> str:
+    """How to run this pdserve from the user's shell: `make up` does not put it on PATH."""
+    here = Path(sys.executable).parent / "pdserve"
+    found = shutil.which("pdserve")
+    if found and Path(found).resolve() == here.resolve():
+        return "pdserve"
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
+
+
 def print_ready(data: dict[str, Any]) -> None:
     info = data.get("summary", {})
     url = info.get("url", "")
@@ -65,9 +85,25 @@ def print_ready(data: dict[str, Any]) -> None:
         f'{{"model":"{info.get("model")}","max_tokens":32,'
         '"messages":[{"role":"user","content":"What is the capital of France?"}]}'
     )
-    print(f"ready: {info.get('name')} ({info.get('engine')} engines, pools {info.get('pools')})")
+    pools = pools_text(info.get("pools"))
+    print(f"ready: {info.get('name')} ({info.get('engine')} engines: {pools})")
     print(f"  OpenAI API: {url}/v1   route path: {info.get('route')}")
+    if info.get("model_dir"):
+        print(f"  tokenizer (for load generators): {info['model_dir']}")
     print(
         f"  try: curl -s {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'"
     )
-    print("  pdserve status | logs [COMPONENT] | scale prefill|decode N | down")
+    cmd = pdserve_command()
+    state = state_flag(data)
+    print(f"  then: {cmd} status{state} | {cmd} logs{state} [COMPONENT]")
+    print(f"        {cmd} scale{state} prefill|decode N | {cmd} down{state}")
+
+
+def state_flag(data: dict[str, Any]) -> str:
+    """` --state-dir DIR` when the service is not in the default folder, so commands work."""
+    from pdserve.runner.state import default_dir
+
+    path = data.get("state_dir")
+    if not path or Path(path) == default_dir().expanduser().resolve():
+        return ""
+    return f" --state-dir {os.path.relpath(path) if path.startswith(os.getcwd()) else path}"

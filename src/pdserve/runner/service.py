@@ -355,6 +355,8 @@ class LocalService:
             "route": f"{self.url}{self.plan.route_prefix}/v1",
             "pools": {role: len(pool) for role, pool in self.pools.items() if pool or self.plan.pd},
             "endpoints_file": str(self.endpoints_file),
+            # The served name is not a hub id: load generators need the tokenizer's folder.
+            "model_dir": str(self.model_dir) if self.model_dir else None,
         }
 
 

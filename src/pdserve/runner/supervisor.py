@@ -33,7 +33,12 @@ def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source
     from pdserve.runner.control import serve
     from pdserve.runner.service import LocalService
 
-    record: dict[str, Any] = {"pid": os.getpid(), "status": "starting", "file": source}
+    record: dict[str, Any] = {
+        "pid": os.getpid(),
+        "status": "starting",
+        "file": source,
+        "state_dir": str(state.path),
+    }
     lock = threading.Lock()
     follower = Follower() if live else None
 
