@@ -38,6 +38,19 @@ def test_odd_metrics_lines_are_skipped_not_fatal() -> None:
     assert m.updated == 5.0
 
 
+def test_the_newest_lora_series_is_the_current_one() -> None:
+    """vLLM keeps one series per adapter set it has seen, valued with the time it was set."""
+    text = (
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a",waiting_lora_adapters=""}'
+        " 1700000009.0\n"
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters="b"}'
+        " 1700000001.0\n"
+    )
+    m = Metrics()
+    parse_metrics(text, m, now=1.0)
+    assert (m.loras_running, m.loras_waiting, m.max_loras) == ({"a"}, frozenset(), 2)
+
+
 async def test_a_failing_pool_source_is_logged_and_polling_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

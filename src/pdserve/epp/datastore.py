@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+from prometheus_client.samples import Sample
 
-from pdserve import kube, wire
+from pdserve import kube, promtext, wire
 from pdserve.epp.types import Endpoint, Metrics
 from pdserve.errors import UserError
 from pdserve.logs import event
@@ -116,63 +116,44 @@ class PoolSource:
         return [Endpoint(i["address"], int(i["port"]), dict(i["labels"])) for i in items]
 
 
-_WANTED = (
-    wire.METRIC_WAITING,
-    wire.METRIC_RUNNING,
-    wire.METRIC_KV_USAGE,
-    wire.METRIC_KV_USAGE_OLD,
-    wire.METRIC_LORA_INFO,
+_WANTED = frozenset(
+    {
+        wire.METRIC_WAITING,
+        wire.METRIC_RUNNING,
+        wire.METRIC_KV_USAGE,
+        wire.METRIC_KV_USAGE_OLD,
+        wire.METRIC_LORA_INFO,
+    }
 )
 
 
 def parse_metrics(text: str, into: Metrics, now: float) -> None:
-    """Read the few vLLM gauges the scorers need; cheap line scan, not a full parser."""
+    """Read the few vLLM gauges the scorers need; a gauge without a usable sample keeps its
+    last value."""
     kv_new = kv_old = None
-    for line in text.splitlines():
-        if not line.startswith("vllm:") or not line.startswith(_WANTED):
-            continue
-        name, rest, value = _sample(line)
-        if value is None:
-            continue  # no usable value (missing, malformed, NaN, Inf): keep the last one
-        if name == wire.METRIC_WAITING:
-            into.waiting = int(value)
-        elif name == wire.METRIC_RUNNING:
-            into.running = int(value)
-        elif name == wire.METRIC_KV_USAGE:
-            kv_new = value
-        elif name == wire.METRIC_KV_USAGE_OLD:
-            kv_old = value
-        elif name == wire.METRIC_LORA_INFO:
-            into.loras_running = frozenset(_label(rest, "running_lora_adapters").split(",")) - {""}
-            into.loras_waiting = frozenset(_label(rest, "waiting_lora_adapters").split(",")) - {""}
-            max_lora = _label(rest, "max_lora")
-            into.max_loras = int(max_lora) if max_lora.isdigit() else 0
+    lora: Sample | None = None
+    for sample in promtext.samples(text, _WANTED):
+        if sample.name == wire.METRIC_WAITING:
+            into.waiting = int(sample.value)
+        elif sample.name == wire.METRIC_RUNNING:
+            into.running = int(sample.value)
+        elif sample.name == wire.METRIC_KV_USAGE:
+            kv_new = sample.value
+        elif sample.name == wire.METRIC_KV_USAGE_OLD:
+            kv_old = sample.value
+        elif lora is None or sample.value >= lora.value:
+            lora = sample  # one series per adapter set seen; the newest (its value) is current
+    if lora is not None:
+        into.loras_running = _adapters(lora, "running_lora_adapters")
+        into.loras_waiting = _adapters(lora, "waiting_lora_adapters")
+        max_lora = lora.labels.get("max_lora", "")
+        into.max_loras = int(max_lora) if max_lora.isdigit() else 0
     into.kv_usage = kv_new if kv_new is not None else (kv_old or 0.0)
     into.updated = now
 
 
-def _sample(line: str) -> tuple[str, str, float | None]:
-    """`name{labels} value [timestamp]` -> name, labels text, value if finite."""
-    if "{" in line:
-        name, _, rest = line.partition("{")
-        labels, _, tail = rest.rpartition("}")
-    else:
-        name, _, tail = line.partition(" ")
-        labels = ""
-    fields = tail.split()
-    try:
-        value = float(fields[0]) if fields else math.nan
-    except ValueError:
-        value = math.nan
-    return name, labels, value if math.isfinite(value) else None
-
-
-def _label(text: str, key: str) -> str:
-    start = text.find(f'{key}="')
-    if start < 0:
-        return ""
-    start += len(key) + 2
-    return text[start : text.find('"', start)]
+def _adapters(sample: Sample, label: str) -> frozenset[str]:
+    return frozenset(sample.labels.get(label, "").split(",")) - {""}
 
 
 class Datastore:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pdserve import promtext
 from pdserve.engines import model as models
 from pdserve.engines import placement
 from pdserve.engines.vllm import EngineCommand
@@ -366,15 +367,9 @@ def _metric(url: str, name: str) -> float | None:
 
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
+            return promtext.total(resp.read().decode(), name)
     except OSError:
         return None
-    total, found = 0.0, False
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-            found = True
-            total += float(line.rsplit(" ", 1)[-1])
-    return total if found else None
 
 
 def _drain(engine_url: str) -> None:
