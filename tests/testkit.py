@@ -9,11 +9,10 @@ from pathlib import Path
 from pdserve.process import ManagedProcess
 
 REPO = Path(__file__).resolve().parents[1]
+# Upstream files (samples, CRDs, EPP configs), read where they lie and never copied into the
+# repository. Only tests marked `conformance` may read them; tests/conftest.py runs that
+# group when the folder is there and says why not when it is missing.
 REFERENCE = REPO.parent / "shared" / "reference"
-if not REFERENCE.is_dir():  # tests read upstream files where they lie; never skip silently
-    raise RuntimeError(
-        f"upstream reference files expected at {REFERENCE} (../shared beside the repository)"
-    )
 PDSERVE = [sys.executable, "-m", "pdserve"]
 
 Spawn = Callable[..., ManagedProcess]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_render_samples import check
+from schemas import check, check_core
 
 from pdserve import api, render
 from pdserve.api.loader import parse
@@ -35,16 +35,6 @@ def test_child_name_matches_knative(parent: str, suffix: str, want: str) -> None
 
 
 LONG = "a-very-long-llm-inference-service-name-for-the-team-ml-prod1"
-
-
-def _service(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    doc = {
-        "apiVersion": "serving.kserve.io/v1alpha1",
-        "kind": "LLMInferenceService",
-        "metadata": {"name": LONG},
-        "spec": {"model": {"uri": "hf://org/model"}, **spec},
-    }
-    return render.render(api.resolve(parse(doc, "svc")), certs=("crt", "key"))
 
 
 def _pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,9 +76,8 @@ def _references(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return refs
 
 
-@pytest.mark.parametrize("multinode", [False, True], ids=["deployments", "leaderworkersets"])
-def test_long_service_name_renders_consistent_names(multinode: bool) -> None:
-    assert len(LONG) == 60
+def long_named(multinode: bool) -> list[dict[str, Any]]:
+    """Every child of a P/D service whose name is too long for most suffixes."""
     spec: dict[str, Any] = {
         "replicas": 1,
         "prefill": {"replicas": 1},
@@ -97,7 +86,24 @@ def test_long_service_name_renders_consistent_names(multinode: bool) -> None:
     if multinode:
         spec["parallelism"] = {"data": 4, "dataLocal": 2}
         spec["worker"] = {"containers": [{"name": "main"}]}
-    objs = _service(spec)
+    doc = {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "LLMInferenceService",
+        "metadata": {"name": LONG},
+        "spec": {"model": {"uri": "hf://org/model"}, **spec},
+    }
+    return render.render(api.resolve(parse(doc, "svc")), certs=("crt", "key"))
+
+
+SHAPES = pytest.mark.parametrize(
+    "multinode", [False, True], ids=["deployments", "leaderworkersets"]
+)
+
+
+@SHAPES
+def test_long_service_name_renders_consistent_names(multinode: bool) -> None:
+    assert len(LONG) == 60
+    objs = long_named(multinode)
     rendered = {(o["kind"], o["metadata"]["name"]) for o in objs}
     assert len(rendered) == len(objs), "two objects share a kind and name"
     for kind, name in rendered:
@@ -105,7 +111,7 @@ def test_long_service_name_renders_consistent_names(multinode: bool) -> None:
     pools = [p for o in objs for p in _pods(o)]
     seen: set[str] = set()
     for obj in objs:
-        check(obj)
+        check_core(obj)  # CRD kinds: tests/render/test_conformance.py
         for ref in _references(obj):
             assert ref in rendered, f"{obj['kind']} {obj['metadata']['name']} -> {ref}"
             seen.add(ref[0])
@@ -116,3 +122,10 @@ def test_long_service_name_renders_consistent_names(multinode: bool) -> None:
             labels = obj["spec"]["template"]["metadata"]["labels"]
             assert selector["matchLabels"].items() <= labels.items()
     assert seen >= {"ServiceAccount", "Secret", "InferencePool", "Role", "Service"}
+
+
+@pytest.mark.conformance
+@SHAPES
+def test_long_service_name_renders_objects_the_crds_accept(multinode: bool) -> None:
+    for obj in long_named(multinode):
+        check(obj)

@@ -1,61 +1,36 @@
-"""Every upstream sample renders to objects that the Kubernetes schemas and CRDs accept."""
+"""Rendering: the child resources PROTOCOLS.md's table lists, multi-node pools, the CLI."""
 
 from __future__ import annotations
 
-from functools import cache
+import base64
+import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
-import yaml
+from schemas import check, check_core
 
 from pdserve import api, render
-from testkit import REFERENCE
+from testkit import PDSERVE, REFERENCE, REPO
 
-SAMPLES = sorted((REFERENCE / "kserve-v0.16-samples").glob("*.yaml"))
-CORE = {"Deployment", "Service", "Secret", "ServiceAccount", "Role", "RoleBinding"}
-
-
-@cache
-def crd_schemas() -> dict[tuple[str, str], dict]:
-    out = {}
-    for path in (REFERENCE / "crds").glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
-        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-        for version in crd["spec"]["versions"]:
-            out[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
-    return out
+DATA = Path(__file__).parent / "data"
+UPSTREAM_PD = REFERENCE / "kserve-v0.16-samples/llm-inference-service-pd-facebook-opt-125m-cpu.yaml"
 
 
-def check(obj: dict) -> None:
-    if obj["kind"] in CORE:
-        kubernetes_validate.validate(obj, "1.33.0", strict=True)
-        return
-    schema = crd_schemas().get((obj["apiVersion"], obj["kind"]))
-    assert schema is not None, f"no CRD for {obj['apiVersion']} {obj['kind']}"
-    jsonschema.validate(obj, schema)
+def _objects(service: api.LLMInferenceService) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in render.render(service)}
 
 
-@pytest.mark.parametrize("sample", SAMPLES, ids=[p.name for p in SAMPLES])
-def test_sample_renders_valid_objects(sample: Path) -> None:
-    [service] = api.resolve_file(str(sample))
-    objs = render.render(service, certs=("crt", "key"))
-    assert objs
-    for obj in objs:
-        check(obj)
-    # The service itself, merged, still satisfies the LLMInferenceService CRD.
-    merged = api.dump(service)
-    jsonschema.validate(merged, crd_schemas()[(merged["apiVersion"], merged["kind"])])
-
-
-def test_pd_sample_matches_the_protocol_table() -> None:
-    path = (
-        REFERENCE / "kserve-v0.16-samples" / "llm-inference-service-pd-facebook-opt-125m-cpu.yaml"
-    )
+@pytest.mark.parametrize(
+    "path",
+    [DATA / "pd-cpu.yaml", pytest.param(UPSTREAM_PD, marks=pytest.mark.conformance)],
+    ids=["ours", "kserve-v0.16-sample"],
+)
+def test_pd_service_matches_the_protocol_table(path: Path) -> None:
     [service] = api.resolve_file(str(path))
-    objs = {(o["kind"], o["metadata"]["name"]): o for o in render.render(service)}
-    n = "facebook-opt-125m-pd"
+    objs = _objects(service)
+    n = service.name
     decode = objs[("Deployment", f"{n}-kserve")]
     prefill = objs[("Deployment", f"{n}-kserve-prefill")]
     labels = decode["spec"]["template"]["metadata"]["labels"]
@@ -132,36 +107,8 @@ def test_pd_sample_matches_the_protocol_table() -> None:
 
 
 def test_multinode_renders_leaderworkersets_and_rdma_passes_through() -> None:
-    doc = {
-        "apiVersion": "serving.kserve.io/v1alpha1",
-        "kind": "LLMInferenceService",
-        "metadata": {"name": "moe", "annotations": {"k8s.v1.cni.cncf.io/networks": "roce-p2"}},
-        "spec": {
-            "model": {"uri": "hf://deepseek-ai/DeepSeek-V2-Lite"},
-            "replicas": 2,
-            "parallelism": {"data": 16, "dataLocal": 8, "expert": True, "tensor": 1},
-            "template": {
-                "containers": [
-                    {
-                        "name": "main",
-                        "resources": {"limits": {"nvidia.com/gpu": "8", "rdma/roce_gdr": "1"}},
-                    }
-                ]
-            },
-            "worker": {"containers": [{"name": "main"}]},
-            "prefill": {
-                "replicas": 1,
-                "parallelism": {"data": 8, "dataLocal": 8},
-                "template": {"containers": [{"name": "main"}]},
-                "worker": {"containers": [{"name": "main"}]},
-            },
-            "router": {"scheduler": {}, "route": {}, "gateway": {}},
-        },
-    }
-    from pdserve.api.loader import parse
-
-    service = api.resolve(parse(doc, "moe"))
-    objs = {(o["kind"], o["metadata"]["name"]): o for o in render.render(service)}
+    [service] = api.resolve_file(str(DATA / "moe-multinode.yaml"))
+    objs = _objects(service)
     lws = objs[("LeaderWorkerSet", "moe-kserve-mn")]
     assert ("LeaderWorkerSet", "moe-kserve-mn-prefill") in objs
     assert lws["spec"]["replicas"] == 2 and lws["spec"]["leaderWorkerTemplate"]["size"] == 2
@@ -181,32 +128,13 @@ def test_multinode_renders_leaderworkersets_and_rdma_passes_through() -> None:
     assert main["resources"]["limits"]["rdma/roce_gdr"] == "1"
     assert {"name": "VLLM_ALL2ALL_BACKEND", "value": "deepep_high_throughput"} in main["env"]
     for obj in objs.values():
-        check(obj)
+        check_core(obj)  # CRD kinds: tests/render/test_conformance.py
 
 
 def test_leaderworkerset_workers_are_outside_the_pool_and_service() -> None:
     """Workers run headless ranks (no HTTP server): only leaders may be selected."""
-    doc = {
-        "apiVersion": "serving.kserve.io/v1alpha1",
-        "kind": "LLMInferenceService",
-        "metadata": {"name": "dp"},
-        "spec": {
-            "model": {"uri": "hf://org/model"},
-            "parallelism": {"data": 4, "dataLocal": 2},
-            "template": {"containers": [{"name": "main"}]},
-            "worker": {"containers": [{"name": "main"}]},
-            "prefill": {
-                "parallelism": {"data": 4, "dataLocal": 2},
-                "template": {"containers": [{"name": "main"}]},
-                "worker": {"containers": [{"name": "main"}]},
-            },
-            "router": {"scheduler": {}, "route": {}},
-        },
-    }
-    from pdserve.api.loader import parse
-
-    service = api.resolve(parse(doc, "dp"))
-    objs = {(o["kind"], o["metadata"]["name"]): o for o in render.render(service)}
+    [service] = api.resolve_file(str(DATA / "dp-multinode.yaml"))
+    objs = _objects(service)
     selectors = [
         objs[("InferencePool", "dp-inference-pool")]["spec"]["selector"],
         objs[("Service", "dp-kserve-workload-svc")]["spec"]["selector"],
@@ -228,12 +156,6 @@ def test_leaderworkerset_workers_are_outside_the_pool_and_service() -> None:
 
 
 def test_render_cli_json_and_self_signed_secret() -> None:
-    import base64
-    import json
-    import subprocess
-
-    from testkit import PDSERVE
-
     out = subprocess.run(
         [
             *PDSERVE,
@@ -254,4 +176,16 @@ def test_render_cli_json_and_self_signed_secret() -> None:
     [secret] = [o for o in objs if o["kind"] == "Secret"]
     assert base64.b64decode(secret["data"]["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE")
     for obj in objs:
-        check(obj)
+        check_core(obj)
+
+
+OURS = sorted(DATA.glob("*.yaml")) + sorted((REPO / "examples").glob("*.yaml"))
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize("path", OURS, ids=[p.name for p in OURS])
+def test_our_manifests_render_objects_the_crds_accept(path: Path) -> None:
+    for service in api.resolve_file(str(path)):
+        for obj in render.render(service, certs=("crt", "key")):
+            check(obj)
+        check(api.dump(service))
