@@ -51,10 +51,15 @@ def test_builtin_needs_the_engines_venv(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.slow
-def test_builtin_converts_once_to_an_hf_folder(tmp_path: Path) -> None:
+def test_builtin_converts_once_to_an_hf_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert venv.find() is not None, "the engines venv is built by `make engines`"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # torch, imported by the converter, writes here
     steps: list[str] = []
-    out = model.resolve("builtin://smollm2-135m-instruct", steps.append, cache=tmp_path)
+    out = model.resolve("builtin://smollm2-135m-instruct", steps.append, cache=tmp_path / "c")
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert "quantization_config" not in config
@@ -63,14 +68,17 @@ def test_builtin_converts_once_to_an_hf_folder(tmp_path: Path) -> None:
     assert "<|im_start|>" in template
     assert any("converting" in s for s in steps)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp folder left
+    assert list(scratch.iterdir()) == []  # its compile cache is in pdserve's cache folder
     again: list[str] = []
-    assert model.resolve("builtin://smollm2-135m-instruct", again.append, cache=tmp_path) == out
+    assert (
+        model.resolve("builtin://smollm2-135m-instruct", again.append, cache=tmp_path / "c") == out
+    )
     assert again == []  # cached: no second conversion
 
 
 def test_a_stop_during_conversion_takes_the_converter_with_it(tmp_path: Path) -> None:
     """`down` raises in the supervisor mid-conversion: the converter must not outlive it."""
-    from pdserve.runner.state import pid_alive
+    from pdserve.process import pid_alive
 
     pidfile = tmp_path / "converter.pid"
     fake = tmp_path / "python"  # stands in for the engines venv's python and the script

@@ -9,6 +9,7 @@ import xxhash
 
 from pdserve.epp.config import load
 from pdserve.epp.framework import ConfigError, make
+from pdserve.epp.plugins.handlers import REASON
 from pdserve.epp.plugins.prefix import prompt_hashes
 from pdserve.epp.scheduler import Scheduler
 from pdserve.epp.types import Cycle, Endpoint, Metrics, Request
@@ -169,6 +170,27 @@ def test_pd_handler_threshold_and_prefix_hits() -> None:
     # No prefill pod: decode-only, still served.
     alone = sched.schedule(cycle(), req("z" * 400), [d1])
     assert alone.endpoint is d1 and PREFILLER_HEADER not in alone.headers
+
+
+def test_pd_reason_names_the_uncached_part_and_the_threshold() -> None:
+    sched = Scheduler(load(PD))
+    d1, p1 = ep(1, "decode"), ep(3, "prefill")
+
+    def reason(prompt: str, eps: list[Endpoint]) -> str:
+        c = cycle()
+        sched.schedule(c, req(prompt), eps)
+        return c.state[REASON]
+
+    assert reason("y" * 400, [d1, p1]) == "disaggregated: 400 uncached characters >= threshold 100"
+    assert reason("x" * 40, [d1, p1]) == "decode-only: 40 uncached characters < threshold 100"
+    assert reason("z" * 400, [d1, ep(4, "other")]) == (
+        "decode-only: no endpoint passed profile 'prefill' "
+        "(wanted 400 uncached characters >= threshold 100)"
+    )
+    tokens = disagg("type: prefix-based-pd-decider, parameters: {nonCachedTokens: 8}")
+    c = cycle()
+    tokens.schedule(c, req("w" * 100), [d1, p1])
+    assert c.state[REASON] == "disaggregated: 25 uncached tokens >= nonCachedTokens 8"
 
 
 def test_scores_are_clamped_and_weighted() -> None:

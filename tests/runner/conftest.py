@@ -21,8 +21,11 @@ def up(tmp_path: Path, port: Callable[[], int]) -> Iterator[Callable[..., Servic
     started: list[tuple[Service, list[int]]] = []
     tmp = Path(tempfile.mkdtemp(prefix="up-", dir="/tmp"))  # short: vLLM binds sockets in it
 
-    def _up(*args: str, manifest: Path = EXAMPLE, timeout: float = 600) -> Service:
-        service = Service(tmp_path / f"state{len(started)}", port())
+    def _up(
+        *args: str, manifest: Path = EXAMPLE, timeout: float = 600, state: Path | None = None
+    ) -> Service:
+        """`state`: a state folder to reuse (default: a new one per service)."""
+        service = Service(state or tmp_path / f"state{len(started)}", port())
         done = pdserve(
             "up",
             str(manifest),

@@ -98,16 +98,3 @@ def test_sim_engine_command_aggregated_has_no_connector() -> None:
     assert cmd.argv[cmd.argv.index("--port") + 1] == "9000"
     assert "--max-model-len=2048" in cmd.argv and not cmd.env
 
-
-def test_vllm_compile_caches_live_in_pdserve_cache(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Not TMPDIR: the runner removes its TMPDIR on down, and a cold inductor cache lands there."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.setenv("VLLM_CACHE_ROOT", "/mine")
-    env = vllm.compile_cache_env()
-    assert env == {
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "pdserve" / "compile" / "torchinductor"),
-        "VLLM_CACHE_ROOT": "/mine",  # the user's choice wins
-    }

@@ -9,6 +9,7 @@ be identical, since the decode engine only skipped the prefill it pulled.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Callable
@@ -59,6 +60,34 @@ def affinities(pid: int) -> set[frozenset[int]]:
     return out
 
 
+def check_trace(service: Service) -> None:
+    """The first P/D request's trace: the EPP's choice and why, prefill-0, the KV handle
+    whole, decode-0's own view (its request and NIXL lines), and the outcome."""
+    rows = [json.loads(line) for line in service.cli("logs", "--json").stdout.splitlines()]
+    first = rows[0]
+    sidecar = next(e for e in first["events"] if e["component"] == "sidecar")
+    handle = sidecar["kv_handle"]
+    assert handle["blocks"] >= 1 and handle["tokens"] > 0, handle
+    text = service.cli("logs", "--last", "0").stdout
+    block = text.split(f"request {first['request_id']}", 1)[1].split("\nrequest ", 1)[0]
+    flat = " ".join(line.strip() for line in block.splitlines())
+    assert block.splitlines()[0].endswith("-> pd 200"), block
+    assert re.search(r"reason=disaggregated: \d+ uncached characters >= threshold 256", flat)
+    assert "decode=decode-0 prefill=prefill-0" in flat, block
+    assert "prefill_target=prefill-0" in flat, block
+    whole = "".join(line.strip() for line in block.splitlines()).replace(" ", "")
+    assert json.dumps(handle, separators=(",", ":")).replace(" ", "") in whole, block
+    sources = [
+        line.split()[0]
+        for line in block.splitlines()[1:]
+        if line.startswith("  ") and not line.startswith("   ")
+    ]
+    assert {"epp", "sidecar-0", "prefill-0", "decode-0"} <= set(sources), sources
+    assert f"Received request chatcmpl-{first['request_id']}" in flat, block
+    assert "start_load_kv for request chatcmpl-" in flat, block  # decode-0 pulled over NIXL
+    assert "127.0.0.1:" not in block.split("kv_handle=")[0], block  # components by name
+
+
 @pytest.mark.timeout(2400)  # two engine start-ups of up to 900 s each on a busy machine
 def test_pd_with_vllm_equals_aggregated(
     up: Callable[..., Service], spawn: Spawn, port: Callable[[], int], tmp_path: Path
@@ -96,8 +125,7 @@ def test_pd_with_vllm_equals_aggregated(
     prefill = f"http://127.0.0.1:{service.component('prefill-0')['port']}"
     assert metric(decode, "vllm:nixl_xfer_time_seconds_count") >= len(PROMPTS)
     assert metric(prefill, "vllm:prompt_tokens_total") > 0
-    trace = service.cli("logs").stdout
-    assert "outcome=pd" in trace and "sidecar-0" in trace and "epp" in trace, trace
+    check_trace(service)
 
     out = service.cli("down", timeout=300)
     assert out.returncode == 0, out.stderr

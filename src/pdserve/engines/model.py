@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pdserve.engines.cache import cache_home, compile_cache_env
 from pdserve.engines.venv import engines_python
 from pdserve.errors import UserError
 
@@ -27,12 +28,6 @@ BUILTIN: dict[str, tuple[str, str]] = {
 }
 
 Progress = Callable[[str], None]
-
-
-def cache_home() -> Path:
-    """pdserve's persistent cache folder: converted models, the engines' compile caches."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pdserve"
 
 
 def cache_root() -> Path:
@@ -119,6 +114,7 @@ def _convert(python: Path, gguf: Path, out: Path, progress: Progress) -> None:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            env={**os.environ, **compile_cache_env()},  # torch makes its cache on import
         )
         assert proc.stdout is not None
         try:

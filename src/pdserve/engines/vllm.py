@@ -15,8 +15,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pdserve.engines.model import cache_home
+from pdserve.engines.cache import compile_cache_env
 from pdserve.engines.venv import engines_python
 from pdserve.wire import NIXL_CONNECTOR
 
@@ -41,17 +42,42 @@ DROPPED_SWITCHES = {"--enable-ssl-refresh", "--disable-log-requests"}
 CPU_KV_CACHE_GIB = "1"
 
 
-# Compile caches, by the variable that moves each. torch inductor's default is
-# TMPDIR/torchinductor_USER, which the runner's per-run TMPDIR would throw away with every
-# `down` (and which a cold machine fills with a folder the tests then find left behind);
-# in pdserve's cache beside the converted model, a second `up` reuses the compiled graphs.
-COMPILE_CACHES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "VLLM_CACHE_ROOT": "vllm"}
+# vLLM's own log format, with the year and milliseconds (its default has neither), so the
+# routing trace can order its lines among the other components' JSON lines; and its
+# NixlConnector's per-request lines (transfers, lease release), which it logs at debug.
+LOG_LINE = (
+    "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s.%(msecs)03d "
+    "[%(fileinfo)s:%(lineno)d] %(message)s"
+)
+LOG_DATE = "%Y-%m-%d %H:%M:%S"
+NIXL_LOGGER = "vllm.distributed.kv_transfer.kv_connector.v1.nixl"
 
 
-def compile_cache_env() -> dict[str, str]:
-    """Where the engine keeps what it compiles; a variable the user set wins."""
-    root = cache_home() / "compile"
-    return {var: os.environ.get(var, str(root / sub)) for var, sub in COMPILE_CACHES.items()}
+def logging_config() -> dict[str, Any]:
+    """vLLM's logging config (VLLM_LOGGING_CONFIG_PATH): its formatter, our format."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "vllm": {
+                "()": "vllm.logging_utils.NewLineFormatter",
+                "format": LOG_LINE,
+                "datefmt": LOG_DATE,
+            }
+        },
+        "handlers": {
+            "vllm": {
+                "class": "logging.StreamHandler",
+                "formatter": "vllm",
+                "level": "DEBUG",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "loggers": {
+            "vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False},
+            NIXL_LOGGER: {"level": "DEBUG"},
+        },
+    }
 
 
 @dataclass
@@ -97,10 +123,13 @@ def command(
     side_channel_port: int | None = None,
     cores: str | None = None,
     dtype: str = "float32",
+    log_config: Path | None = None,
 ) -> EngineCommand:
     """vLLM's OpenAI server on 127.0.0.1:port serving `model_dir` as `served_name`.
 
     float32 by default: on CPU, vLLM 0.32 in bfloat16 answered SmolLM2 with nonsense.
+    `log_config` is a file holding `logging_config()`; with it the engine also logs each
+    request it receives, so the routing trace shows the engine's view.
     """
     argv = [
         str(engines_python()),
@@ -120,6 +149,10 @@ def command(
         argv += ["--dtype", dtype]
     argv += extra
     env = {"VLLM_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **compile_cache_env()}
+    if log_config is not None:
+        env["VLLM_LOGGING_CONFIG_PATH"] = str(log_config)
+        if "--enable-log-requests" not in extra:
+            argv.append("--enable-log-requests")
     env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
     if pd:
         argv += ["--kv-transfer-config", kv_transfer_config()]

@@ -31,8 +31,14 @@ class EngineSlot:
 
 
 def engine(
-    kind: str, plan: Plan, pool: Pool, model_dir: Path | None, slot: EngineSlot
+    kind: str,
+    plan: Plan,
+    pool: Pool,
+    model_dir: Path | None,
+    slot: EngineSlot,
+    log_config: Path | None = None,
 ) -> EngineCommand:
+    """`log_config`: vLLM's logging config file (vllm.logging_config()); the sim logs JSON."""
     if kind == "vllm":
         assert model_dir is not None
         return vllm.command(
@@ -43,6 +49,7 @@ def engine(
             pd=plan.pd,
             side_channel_port=slot.side_channel_port,
             cores=slot.cores,
+            log_config=log_config,
         )
     argv = [*PDSERVE, "sim-engine", "--host", "127.0.0.1", "--port", str(slot.port)]
     argv += ["--served-model-name", plan.served_name]

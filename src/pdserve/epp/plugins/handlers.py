@@ -4,6 +4,7 @@ pre-request hook that tells the decode sidecar where to prefill."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from pdserve.epp.framework import ConfigError, Plugin, PreRequest, ProfileHandler, register
 from pdserve.epp.plugins.prefix import HITS
@@ -11,6 +12,24 @@ from pdserve.epp.types import Cycle, ProfileResult, Request, Result
 from pdserve.wire import PREFILLER_HEADER
 
 DECISION = "pd.decision"  # cycle.state: "prefill-decode" | "decode-only"
+REASON = "pd.reason"  # cycle.state: why, in words, for the routing trace
+
+
+class Verdict(NamedTuple):
+    """A P/D choice and its reason, as a person debugging routing reads it."""
+
+    disaggregate: bool
+    reason: str
+
+
+def _threshold_verdict(uncached: float, threshold: float, unit: str, param: str) -> Verdict:
+    if threshold == 0:
+        return Verdict(True, f"disaggregated: {param} 0 (always)")
+    if uncached >= threshold:
+        return Verdict(
+            True, f"disaggregated: {uncached:.0f} uncached {unit} >= {param} {threshold:g}"
+        )
+    return Verdict(False, f"decode-only: {uncached:.0f} uncached {unit} < {param} {threshold:g}")
 
 
 @register("single-profile-handler")
@@ -27,7 +46,7 @@ class SingleProfileHandler(ProfileHandler):
 class Decider(Plugin):
     """Whether a request whose decode pod is chosen should also be prefilled elsewhere."""
 
-    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> bool:
+    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> Verdict:
         raise NotImplementedError
 
 
@@ -38,15 +57,17 @@ class PrefixBasedDecider(Decider):
 
     defaults = {"nonCachedTokens": 0}
 
-    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> bool:
-        threshold = self.number("nonCachedTokens")
-        return threshold == 0 or (1 - hit) * len(req.prompt) / 4 >= threshold
+    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> Verdict:
+        uncached = (1 - hit) * len(req.prompt) / 4
+        return _threshold_verdict(
+            uncached, self.number("nonCachedTokens"), "tokens", "nonCachedTokens"
+        )
 
 
 @register("always-disagg-pd-decider")
 class AlwaysDisaggDecider(Decider):
-    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> bool:
-        return True
+    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> Verdict:
+        return Verdict(True, "disaggregated: always-disagg-pd-decider")
 
 
 @register("pd-profile-handler", "disagg-profile-handler")
@@ -96,15 +117,25 @@ class PDProfileHandler(ProfileHandler):
             return []
         hit = cycle.state.get(HITS, {}).get(chosen.name, 0.0)
         if self.decider is not None:
-            wants = self.decider.disaggregate(cycle, req, hit)
+            verdict = self.decider.disaggregate(cycle, req, hit)
         else:
-            wants = self.threshold == 0 or (1 - hit) * len(req.prompt) >= self.threshold
-        return [prefill] if wants else []
+            uncached = (1 - hit) * len(req.prompt)
+            verdict = _threshold_verdict(uncached, self.threshold, "characters", "threshold")
+        cycle.state[REASON] = verdict.reason
+        return [prefill] if verdict.disaggregate else []
 
     def results(self, cycle: Cycle, req: Request, done: dict[str, ProfileResult]) -> Result:
         prefill = done.get(self.params["prefillProfile"])
         pd = prefill is not None and prefill.endpoint is not None
         cycle.state[DECISION] = "prefill-decode" if pd else "decode-only"
+        if prefill is not None and prefill.endpoint is None:
+            wanted = cycle.state.get(REASON, "")
+            cycle.state[REASON] = (
+                f"decode-only: no endpoint passed profile {self.params['prefillProfile']!r}"
+                f" (wanted {wanted.removeprefix('disaggregated: ')})"
+            )
+        elif done[self.params["decodeProfile"]].endpoint is None:
+            cycle.state[REASON] = "no decode endpoint"
         return Result(done, self.params["decodeProfile"])
 
 
