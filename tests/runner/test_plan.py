@@ -97,4 +97,3 @@ def test_sim_engine_command_aggregated_has_no_connector() -> None:
     assert "sim-engine" in cmd.argv and "--kv-transfer-config" not in cmd.argv
     assert cmd.argv[cmd.argv.index("--port") + 1] == "9000"
     assert "--max-model-len=2048" in cmd.argv and not cmd.env
-

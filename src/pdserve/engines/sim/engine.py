@@ -19,10 +19,13 @@ from typing import Any
 
 import xxhash
 
-from pdserve.engines.sim import kv_transfer
+from pdserve.engines.sim import side_channel
 from pdserve.engines.sim.block_manager import BlockManager
+from pdserve.engines.sim.kv_arena import KVArena
+from pdserve.engines.sim.kv_config import KVConfig
 from pdserve.engines.sim.kv_events import KVEventPublisher
 from pdserve.engines.sim.metrics import EngineMetrics
+from pdserve.engines.sim.nixl_transport import make_nixl
 from pdserve.engines.sim.openai_api import ApiError, Params, check_kv_params
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
@@ -71,16 +74,16 @@ class SimEngine:
         self.max_model_len = min(p.max_model_len, p.num_blocks * p.block_size)
         if self.max_model_len < p.max_model_len:
             event(log, "max_model_len_capped", max_model_len=self.max_model_len)
-        kv = kv_transfer.KVConfig.parse(cfg.kv_transfer, os.environ)
+        kv = KVConfig.parse(cfg.kv_transfer, os.environ)
         self.pull_timeout = kv.pull_timeout
         self.sched = Scheduler(
             p, self.gen, self.blocks, kv.lease_seconds, kv.policy == "fail", cfg.max_loras
         )
-        self.arena = kv_transfer.KVArena(p.num_blocks, p.block_bytes)
+        self.arena = KVArena(p.num_blocks, p.block_bytes)
         self.nixl = None
         if cfg.kv_transfer and kv.transport == "nixl" and p.block_bytes:
-            self.nixl = kv_transfer.make_nixl(self.arena)
-        self.side = kv_transfer.SideChannelServer(
+            self.nixl = make_nixl(self.arena)
+        self.side = side_channel.SideChannelServer(
             self.arena, self._leased, self._release, self.nixl, kv.fault
         )
         self.metrics = EngineMetrics(
@@ -204,27 +207,28 @@ class SimEngine:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.5)
-            for rid in self.sched.expire_leases(loop.time()):
+            for rid, lease in self.sched.expire_leases(loop.time()):
                 self.lease_checksums.pop(rid, None)
-                event(log, "kv_lease_expired", request_id=rid)
+                event(log, "kv_lease_expired", request_id=rid, x_request_id=lease.external_id)
                 self._observe()
                 self.wake.set()
 
     # --- P/D ------------------------------------------------------------------------------
-    def _leased(self, rid: str) -> kv_transfer.Leased | None:
+    def _leased(self, rid: str) -> side_channel.Leased | None:
         lease = self.sched.leases.get(rid)
         if lease is None:
             return None
         blocks = lease.blocks[: self.blocks.blocks_for(lease.num_tokens)]
-        return kv_transfer.Leased(blocks, self.lease_checksums.get(rid))
+        return side_channel.Leased(blocks, self.lease_checksums.get(rid))
 
     def _prompt_blocks(self, req: Request) -> list[int]:
         return req.blocks[: self.blocks.blocks_for(len(req.prompt))]
 
     def _release(self, rid: str) -> None:
         self.lease_checksums.pop(rid, None)
-        if self.sched.release_lease(rid):
-            event(log, "kv_lease_released", request_id=rid)
+        lease = self.sched.leases.get(rid)
+        if lease is not None and self.sched.release_lease(rid):
+            event(log, "kv_lease_released", request_id=rid, x_request_id=lease.external_id)
             self._observe()
             self.wake.set()
 
@@ -245,8 +249,8 @@ class SimEngine:
         try:
             host, port = params.get("remote_host"), params.get("remote_port")
             if not host or not port or not params.get("remote_request_id"):
-                raise kv_transfer.TransferError("kv_transfer_params lack remote host/port/request")
-            result = await kv_transfer.pull(
+                raise side_channel.TransferError("kv_transfer_params lack remote host/port/request")
+            result = await side_channel.pull(
                 str(host),
                 int(port),
                 str(params["remote_request_id"]),
@@ -260,7 +264,7 @@ class SimEngine:
             # Model the transfer of a real model's KV when that is slower than these bytes.
             modelled = self.cfg.profile.kv_pull_seconds(len(req.prompt) - req.cached_tokens)
             await asyncio.sleep(max(0.0, modelled - (time.perf_counter() - start)))
-        except (kv_transfer.TransferError, ValueError, TypeError) as err:
+        except (side_channel.TransferError, ValueError, TypeError) as err:
             error = str(err)
         self.metrics.kv_pulls.labels(
             **self.metrics.values, transport=transport, outcome="ok" if ok else "failed"
@@ -297,8 +301,8 @@ class SimEngine:
         )
         error = None
         try:
-            await kv_transfer.release(str(host), int(str(port)), str(rid), self.pull_timeout)
-        except (kv_transfer.TransferError, ValueError, TypeError) as err:
+            await side_channel.release(str(host), int(str(port)), str(rid), self.pull_timeout)
+        except (side_channel.TransferError, ValueError, TypeError) as err:
             error = str(err)
         event(
             log,

@@ -85,6 +85,7 @@ class Lease:
     blocks: list[int]
     expires: float
     num_tokens: int
+    external_id: str = ""  # the caller's x-request-id, for logs only
 
 
 class Scheduler:
@@ -161,9 +162,9 @@ class Scheduler:
         self.blocks.release(lease.blocks)
         return True
 
-    def expire_leases(self, now: float) -> list[str]:
-        gone = [rid for rid, lease in self.leases.items() if lease.expires <= now]
-        for rid in gone:
+    def expire_leases(self, now: float) -> list[tuple[str, Lease]]:
+        gone = [(rid, lease) for rid, lease in self.leases.items() if lease.expires <= now]
+        for rid, _ in gone:
             self.release_lease(rid)
         return gone
 
@@ -314,7 +315,9 @@ class Scheduler:
         self.running.remove(req)
         req.phase, req.finish_reason = Phase.FINISHED, reason
         if req.remote_decode:
-            self.leases[req.id] = Lease(req.blocks, end + self.lease_seconds, len(req.prompt))
+            self.leases[req.id] = Lease(
+                req.blocks, end + self.lease_seconds, len(req.prompt), req.external_id
+            )
         else:
             self.blocks.release(req.blocks)
         out.finished.append(req)
