@@ -20,7 +20,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from pdserve.engines.sim import kv_transfer
+from pdserve.engines.sim import side_channel
+from pdserve.engines.sim.kv_arena import KVArena
+from pdserve.engines.sim.nixl_transport import make_nixl
 from pdserve.process import ManagedProcess, free_port
 
 PDSERVE = [sys.executable, "-m", "pdserve"]
@@ -122,20 +124,20 @@ async def _pull_rate(
     """Bytes/s of whole pulls (request, transfer, checksum, release), or of the READ alone,
     and of a numpy memcpy of the same bytes timed between them (same conditions)."""
     blocks = 16
-    src = kv_transfer.KVArena(blocks, nbytes // blocks)
-    dst = kv_transfer.KVArena(blocks, nbytes // blocks)
+    src = KVArena(blocks, nbytes // blocks)
+    dst = KVArena(blocks, nbytes // blocks)
     for b in range(blocks):
         src.fill(b, b + 1)
     ids = list(range(blocks))
-    lease = kv_transfer.Leased(ids, src.checksum(ids))
-    server = kv_transfer.SideChannelServer(
-        src, lambda rid: lease, lambda rid: None, kv_transfer.make_nixl(src) if nixl else None
+    lease = side_channel.Leased(ids, src.checksum(ids))
+    server = side_channel.SideChannelServer(
+        src, lambda rid: lease, lambda rid: None, make_nixl(src) if nixl else None
     )
     port = await server.start("127.0.0.1", 0)
-    local = kv_transfer.make_nixl(dst) if nixl else None
+    local = make_nixl(dst) if nixl else None
     if nixl and local is None:
         raise SystemExit("NIXL unavailable")
-    await kv_transfer.pull("127.0.0.1", port, "r", ids, ids, dst, local, 30)  # warm-up
+    await side_channel.pull("127.0.0.1", port, "r", ids, ids, dst, local, 30)  # warm-up
 
     async def poll_producer() -> None:  # the passive side must progress UCX notifications
         while server.nixl is not None:
@@ -152,7 +154,7 @@ async def _pull_rate(
         if read_only:
             await local.read(meta, descs, ids)
         else:
-            res = await kv_transfer.pull("127.0.0.1", port, "r", ids, ids, dst, local, 30)
+            res = await side_channel.pull("127.0.0.1", port, "r", ids, ids, dst, local, 30)
             assert res.nbytes == nbytes
         times.append(time.perf_counter() - t)
         t = time.perf_counter()
