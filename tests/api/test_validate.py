@@ -30,9 +30,13 @@ spec:
 """
 
 
-def _sub(old: str, new: str) -> str:
-    assert old in GOOD, old
-    return GOOD.replace(old, new, 1)
+def _sub(old: str, new: str, base: str = GOOD) -> str:
+    assert old in base, old
+    return base.replace(old, new, 1)
+
+
+# A service without a router, as one that joins another service's pool would be.
+NO_ROUTER = _sub("  router:\n    scheduler: {}\n    route: {}\n", "")
 
 
 CONFIG = """\
@@ -162,12 +166,33 @@ BAD: dict[str, tuple[str, str]] = {
     ),
     "spec not a mapping": (GOOD.split("spec:")[0] + "spec: 3\n", "spec: must be an object"),
     "duplicate yaml indent error": ("apiVersion: a\n  kind: b\n", "YAML syntax error"),
-    "label overrides a selector label": (
+    "label takes the pods out of the service's own pool": (
         _sub(
             "  replicas: 1\n  template",
             "  labels: {app.kubernetes.io/name: x}\n  replicas: 1\n  template",
         ),
-        "spec.labels.app.kubernetes.io/name: cannot override a selector label",
+        "spec.labels.app.kubernetes.io/name: cannot override a selector label (the service's "
+        "own InferencePool selects its pods by it",
+    ),
+    "prefill label takes the pods out of the service's own pool": (
+        _sub(
+            "    replicas: 1\n  router",
+            "    replicas: 1\n    labels: {kserve.io/component: none}\n  router",
+        ),
+        "spec.prefill.labels.kserve.io/component: cannot override a selector label (the "
+        "service's own InferencePool selects its pods by it",
+    ),
+    "role label on a service without a router": (
+        _sub("  replicas: 1\n", "  replicas: 1\n  labels: {llm-d.ai/role: prefill}\n", NO_ROUTER),
+        "spec.labels.llm-d.ai/role: cannot override a selector label (the endpoint picker",
+    ),
+    "component label on a service without a router": (
+        _sub(
+            "  replicas: 1\n",
+            "  replicas: 1\n  labels: {app.kubernetes.io/component: x}\n",
+            NO_ROUTER,
+        ),
+        "spec.labels.app.kubernetes.io/component: cannot override a selector label",
     ),
     "prefill label overrides the role": (
         _sub(
@@ -275,3 +300,38 @@ def test_non_utf8_manifest_is_one_line_exit_2(tmp_path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"{cfgdir / 'extra.yaml'}: not UTF-8"), line
+
+
+POOL_LABELS = (
+    "  labels:\n"
+    "    app.kubernetes.io/name: other\n"
+    "    app.kubernetes.io/part-of: llminferenceservice\n"
+    "    kserve.io/component: workload\n"
+)
+
+
+POOL_REF = "  router:\n    scheduler:\n      pool: {ref: {name: other-inference-pool}}\n"
+
+
+@pytest.mark.parametrize("router", ["", POOL_REF], ids=["no router", "scheduler with pool.ref"])
+def test_a_service_without_a_pool_may_join_another_services_pool(tmp_path, router) -> None:
+    """KServe v0.19+: its pods carry the other's pool labels, so that pool selects them."""
+    path = tmp_path / "svc.yaml"
+    path.write_text(_sub("  replicas: 1\n", "  replicas: 1\n" + POOL_LABELS + router, NO_ROUTER))
+    proc = _cli("validate", str(path))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "1 file(s) valid\n", "")
+
+
+def test_a_service_with_its_own_pool_may_not_leave_it(tmp_path) -> None:
+    """Its scheduler's InferencePool would select none of its pods: one line, exit 2."""
+    path = tmp_path / "svc.yaml"
+    path.write_text(
+        _sub("  replicas: 1\n", "  replicas: 1\n  labels: {app.kubernetes.io/name: other}\n")
+    )
+    proc = _cli("validate", str(path))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        f"{path}: spec.labels.app.kubernetes.io/name: cannot override a selector label (the "
+        "service's own InferencePool selects its pods by it; only a service without a "
+        "scheduler may set it, to join another's pool)\n"
+    )

@@ -89,21 +89,63 @@ def _enabled(spec: dict[str, Any], refs: list[dict[str, Any]], where: str) -> Sp
         ) from None
 
 
+# Keys of the pods' labels a user label may not replace, and why. The pool keys are left
+# out: a service without an InferencePool of its own may set them to another service's
+# (KServe's multi-GPU-vendor pattern), so that the other's pool selects its pods too.
+_WORKLOAD_KEYS = {
+    wire.ROLE_LABEL: "the endpoint picker tells prefill from decode pods by it",
+    wire.COMPONENT_LABEL: "it tells a service's workload, prefill and scheduler pods apart",
+}
+_POOL_KEYS = (wire.NAME_LABEL, wire.PART_OF_LABEL, wire.KSERVE_COMPONENT_LABEL)
+
+
+def _has_own_pool(spec: dict[str, Any]) -> bool:
+    """The service renders an InferencePool (a managed scheduler not pointed at another's)."""
+    scheduler = (spec.get("router") or {}).get("scheduler")
+    return scheduler is not None and not (scheduler.get("pool") or {}).get("ref")
+
+
+def _workload_label_problem(key: str, own_pool: bool) -> str | None:
+    if key in _WORKLOAD_KEYS:
+        return f"cannot override a selector label ({_WORKLOAD_KEYS[key]})"
+    if key in _POOL_KEYS and own_pool:
+        return (
+            "cannot override a selector label (the service's own InferencePool selects its "
+            "pods by it; only a service without a scheduler may set it, to join another's pool)"
+        )
+    return None
+
+
+def _scheduler_label_problem(key: str) -> str | None:
+    if key in (wire.COMPONENT_LABEL, wire.NAME_LABEL, wire.PART_OF_LABEL):
+        return "cannot override a selector label (the scheduler's Service selects its pods by it)"
+    if key in wire.SELECTOR_LABELS:
+        return "cannot override a selector label (scheduler pods must not pass for workload pods)"
+    return None
+
+
 def _check_labels(spec: dict[str, Any], where: str) -> None:
-    """A user label over a key the pods are selected by would leave a Deployment whose
-    selector does not match its own pod template (the API server rejects it), or move
-    pods in or out of the InferencePool; say which label, before anything is rendered."""
-    sched = ((spec.get("router") or {}).get("scheduler")) or {}
-    places = [
+    """Reject a user label that would break a selector of the service's own, before anything
+    is rendered: pods out of their own InferencePool, decode pods passing for prefill ones,
+    scheduler pods out of their Service or inside the pool. The renderer lets user labels
+    win on the pods and selects each Deployment's pods by what they end up carrying, as
+    KServe does, so any other label is safe."""
+    own_pool = _has_own_pool(spec)
+    workloads = [
         ("spec.labels", spec.get("labels")),
         ("spec.prefill.labels", (spec.get("prefill") or {}).get("labels")),
-        ("spec.router.scheduler.labels", sched.get("labels")),
     ]
     problems = [
-        f"{where}: {path}.{key}: cannot override a selector label"
-        for path, labels in places
+        f"{where}: {path}.{key}: {problem}"
+        for path, labels in workloads
         for key in labels or {}
-        if key in wire.SELECTOR_LABELS
+        if (problem := _workload_label_problem(key, own_pool)) is not None
+    ]
+    sched = ((spec.get("router") or {}).get("scheduler")) or {}
+    problems += [
+        f"{where}: spec.router.scheduler.labels.{key}: {problem}"
+        for key in sched.get("labels") or {}
+        if (problem := _scheduler_label_problem(key)) is not None
     ]
     if problems:
         raise ManifestError(problems)

@@ -95,12 +95,26 @@ def pod_template(
     network = (service["metadata"].get("annotations") or {}).get(NETWORK_ANNOTATION)
     if network:
         annotations.setdefault(NETWORK_ANNOTATION, network)
-    # the selector labels last: validation rejects a user label over one, and the pods
-    # must match their Deployment's selector whatever reaches here
-    pod_meta: dict[str, Any] = {"labels": {**(workload.get("labels") or {}), **labels}}
+    pod_meta: dict[str, Any] = {"labels": labels}
     if annotations:
         pod_meta["annotations"] = annotations
     return {"metadata": pod_meta, "spec": pod}
+
+
+def serving_labels(workload: dict[str, Any], ours: dict[str, str]) -> dict[str, str]:
+    """The user's labels over ours, as KServe applies `labels` after its own: that is how a
+    service without a pool of its own puts its pods in another service's InferencePool.
+    The API refuses a user label that would break a selector of the service's own."""
+    return {**ours, **(workload.get("labels") or {})}
+
+
+def worker_pod_labels(workload: dict[str, Any], ours: dict[str, str]) -> dict[str, str]:
+    """Workers run headless ranks with no HTTP server, so no user label may give them a key
+    a pool or Service selects by (KServe's would): they keep ours and only the others."""
+    user = {
+        k: v for k, v in (workload.get("labels") or {}).items() if k not in wire.SELECTOR_LABELS
+    }
+    return {**user, **ours}
 
 
 def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, Any]:
@@ -111,16 +125,18 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
     if replicas is None:
         replicas = (workload.get("scaling") or {}).get("minReplicas", 1)
     multinode = bool(workload.get("worker"))
-    labels = names.workload_labels(name, prefill, pd, multinode)
+    ours = names.workload_labels(name, prefill, pd, multinode)
+    labels = serving_labels(workload, ours)
     if not multinode:
-        obj_meta = meta(names.workload(name, prefill), namespace, labels)
+        # selected by what the pods carry on our keys, so the selector always matches them
+        selector = {k: labels[k] for k in ours}
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": obj_meta,
+            "metadata": meta(names.workload(name, prefill), namespace, selector),
             "spec": {
                 "replicas": replicas,
-                "selector": {"matchLabels": labels},
+                "selector": {"matchLabels": selector},
                 "template": pod_template(service, workload, "template", labels),
             },
         }
@@ -138,7 +154,9 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
                 "size": size,
                 "restartPolicy": "RecreateGroupOnPodRestart",
                 "leaderTemplate": pod_template(service, workload, "template", labels),
-                "workerTemplate": pod_template(service, workload, "worker", workers),
+                "workerTemplate": pod_template(
+                    service, workload, "worker", worker_pod_labels(workload, workers)
+                ),
             },
         },
     }
