@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -11,6 +10,9 @@ from collections.abc import Callable
 import httpx
 import openai
 from upkit import Service, all_dead, chat
+
+from pdserve import endpoints, promtext
+from pdserve.wire import ROLE_LABEL
 
 MODEL = "smollm2"
 CHAT = chat("What is the capital of France?")
@@ -50,10 +52,15 @@ def test_serves_openai_at_v1_and_route_path(up: Callable[..., Service]) -> None:
         time.sleep(0.1)
     assert "epp" in section and "sidecar-0" in section, trace
     assert "outcome=pd" in trace and "kv_handle=" in trace, trace
-    # The decode engine pulled the prompt's KV from the prefill engine.
+    # The decode engine pulled the prompt's KV from the prefill engine once, over NIXL: the
+    # EPP then knows decode-0 holds the prompt and sends the repeats to it alone.
     decode = service.component("decode-0")["port"]
     metrics = httpx.get(f"http://127.0.0.1:{decode}/metrics").text
-    assert "nixl" in metrics.lower() or "kv_transfer" in metrics.lower()
+    pulls = {
+        (s.labels["transport"], s.labels["outcome"]): s.value
+        for s in promtext.samples(metrics, {"pdserve_sim:kv_pulls_total"})
+    }
+    assert pulls == {("nixl", "ok"): 1.0}, pulls
 
 
 def test_status_and_component_logs(up: Callable[..., Service]) -> None:
@@ -94,7 +101,7 @@ def test_scale_under_load_loses_no_request(up: Callable[..., Service]) -> None:
             before = counts["ok"]
             out = service.cli("scale", pool, str(n))
             assert out.returncode == 0, out.stderr
-            roles = [e["labels"]["llm-d.ai/role"] for e in _endpoints(service)]
+            roles = [e.labels[ROLE_LABEL] for e in _endpoints(service)]
             assert roles.count(pool) == n, roles
             assert service.state()["summary"]["pools"][pool] == n
             _wait_for_more(counts, before + 8, failures)
@@ -117,8 +124,8 @@ def test_down_stops_everything(up: Callable[..., Service]) -> None:
     assert again.returncode == 2 and "no service is running" in again.stderr
 
 
-def _endpoints(service: Service) -> list[dict]:
-    return json.loads((service.state_dir / "endpoints.json").read_text())
+def _endpoints(service: Service) -> list[endpoints.Entry]:
+    return endpoints.read(service.state_dir / "endpoints.json")
 
 
 def _wait_for_more(counts: dict[str, int], target: int, failures: list[str]) -> None:

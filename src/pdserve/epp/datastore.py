@@ -9,7 +9,6 @@ last values and never waits on a pod.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client.samples import Sample
 
-from pdserve import kube, promtext, wire
+from pdserve import endpoints, kube, promtext, wire
 from pdserve.epp.types import Endpoint, Metrics
 from pdserve.errors import UserError
 from pdserve.logs import event
@@ -55,7 +54,7 @@ class StaticSource:
 
 
 class FileSource:
-    """A JSON list of {address, port, labels}, re-read whenever the file changes."""
+    """The endpoints file (pdserve.endpoints), re-read whenever it changes."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -70,12 +69,12 @@ class FileSource:
         if stamp == self.stamp:
             return None
         try:
-            items = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            entries = endpoints.read(self.path)
+        except (OSError, ValueError) as err:
             log.warning("endpoints_file_unreadable", extra={"fields": {"error": str(err)}})
             return None
         self.stamp = stamp
-        return [Endpoint(i["address"], int(i["port"]), dict(i.get("labels") or {})) for i in items]
+        return [Endpoint(e.address, e.port, dict(e.labels)) for e in entries]
 
 
 class PoolSource:
