@@ -1,4 +1,9 @@
-"""From YAML files to typed objects, with every problem as one line naming where it is."""
+"""From YAML files to typed objects, with every problem as one line naming where it is.
+
+A document is checked against the models of the version it is written in (so a message
+names the user's own field), then converted to v1alpha2, the one version the rest of
+pdserve works on.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from pdserve.api.models import (
-    API_VERSION,
-    CONFIG_KIND,
-    SERVICE_KIND,
-    LLMInferenceService,
-    LLMInferenceServiceConfig,
-)
+from pdserve.api import models
+from pdserve.api.convert import V1ALPHA1, V1ALPHA2, VERSIONS, to_v1alpha2
+from pdserve.api.models import CONFIG_KIND, SERVICE_KIND, dump
+from pdserve.api.v1alpha2 import LLMInferenceService, LLMInferenceServiceConfig
 from pdserve.errors import UserError
 
-KINDS: dict[str, type[LLMInferenceService] | type[LLMInferenceServiceConfig]] = {
-    SERVICE_KIND: LLMInferenceService,
-    CONFIG_KIND: LLMInferenceServiceConfig,
+Model = type[BaseModel]
+KINDS: dict[tuple[str, str], Model] = {
+    (V1ALPHA1, SERVICE_KIND): models.LLMInferenceService,
+    (V1ALPHA1, CONFIG_KIND): models.LLMInferenceServiceConfig,
+    (V1ALPHA2, SERVICE_KIND): LLMInferenceService,
+    (V1ALPHA2, CONFIG_KIND): LLMInferenceServiceConfig,
 }
 Document = LLMInferenceService | LLMInferenceServiceConfig
 
@@ -38,7 +43,7 @@ def path_of(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_replicas_or_scaling()]", "function-after[_scheme()]"):
+        elif str(part).startswith("function-"):  # a model validator's frame, not a field
             continue
         else:
             out += ("." if out else "") + str(part)
@@ -84,33 +89,56 @@ def validation_problems(where: str, err: ValidationError, under: str = "") -> li
     return problems
 
 
-def parse(doc: Any, where: str) -> Document:
+def check(doc: Any, where: str) -> BaseModel:
+    """`doc` validated against the models of its own apiVersion and kind."""
     if not isinstance(doc, dict):
         raise ManifestError(
             [f"{where}: expected a mapping (a Kubernetes object), got {type(doc).__name__}"]
         )
-    kind = doc.get("kind")
-    if kind not in KINDS:
+    kind, version = doc.get("kind"), doc.get("apiVersion")
+    if kind not in (SERVICE_KIND, CONFIG_KIND):
         raise ManifestError(
             [f"{where}: kind: expected {SERVICE_KIND} or {CONFIG_KIND}, got {kind!r}"]
         )
-    if doc.get("apiVersion") != API_VERSION:
+    if version not in VERSIONS:
         raise ManifestError(
-            [f"{where}: apiVersion: expected {API_VERSION}, got {doc.get('apiVersion')!r}"]
+            [f"{where}: apiVersion: expected {' or '.join(VERSIONS)}, got {version!r}"]
         )
     try:
-        obj = KINDS[kind].model_validate(doc)
+        obj = KINDS[(version, kind)].model_validate(doc)
     except ValidationError as err:
         raise ManifestError(validation_problems(where, err)) from None
     problems = []
     if kind == SERVICE_KIND:
-        if not obj.metadata.name:
+        meta, model = doc.get("metadata") or {}, (doc.get("spec") or {}).get("model") or {}
+        if not meta.get("name"):
             problems.append(f"{where}: metadata.name: required field is missing")
-        if obj.spec.model is None or not obj.spec.model.uri:
+        if not model.get("uri"):
             problems.append(f"{where}: spec.model.uri: required field is missing")
     if problems:
         raise ManifestError(problems)
     return obj
+
+
+def to_hub(doc: dict[str, Any], where: str) -> Document:
+    """A validated document (as dumped) in v1alpha2, remembering the version it came in."""
+    written_as = doc["apiVersion"]
+    if written_as == V1ALPHA1:
+        doc = to_v1alpha2(doc)
+    model = KINDS[(V1ALPHA2, doc["kind"])]
+    try:
+        obj = model.model_validate(doc)
+    except ValidationError as err:  # v1alpha1 that v1alpha2 cannot hold
+        raise ManifestError(validation_problems(f"{where} (as {V1ALPHA2})", err)) from None
+    if isinstance(obj, LLMInferenceService):
+        return obj.as_written(written_as)
+    assert isinstance(obj, LLMInferenceServiceConfig)
+    return obj
+
+
+def parse(doc: Any, where: str) -> Document:
+    """One document, of either version, as v1alpha2."""
+    return to_hub(dump(check(doc, where)), where)
 
 
 def read_documents(path: str | Path) -> list[tuple[Any, str]]:

@@ -1,7 +1,10 @@
-"""LLMInferenceService and LLMInferenceServiceConfig, serving.kserve.io/v1alpha1.
+"""LLMInferenceService and LLMInferenceServiceConfig, serving.kserve.io/v1alpha1, and the
+structures v1alpha2 (`api/v1alpha2.py`) shares with it.
 
-Our own structures reject unknown fields (a typo in a manifest is the commonest user
-error, so it must fail like `kubectl --validate=strict`); the Kubernetes PodSpec is typed
+Fields follow KServe v0.20's CRD, plus the ones its main branch added to both versions
+since (`rolloutStrategy`, `router.scheduler.tokenizer`, `scaling.keda`). Our own structures
+reject unknown fields (a typo in a manifest is the commonest user error, so it must fail
+like `kubectl --validate=strict`); the Kubernetes PodSpec is typed
 only as far as strategic merge needs (containers, env, ports, volumes, volumeMounts by key)
 and round-trips every other field unchanged.
 """
@@ -14,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "serving.kserve.io/v1alpha1"
+_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+QUANTITY = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
 SERVICE_KIND = "LLMInferenceService"
 CONFIG_KIND = "LLMInferenceServiceConfig"
 URI_SCHEMES = ("hf://", "pvc://", "s3://", "oci://", "file://", "builtin://")
@@ -77,11 +82,60 @@ class Parallelism(Strict):
     expert: bool | None = None
 
 
+class HPAScaling(Strict):
+    behavior: dict[str, Any] | None = None
+
+
+class KEDAScaling(Strict):
+    polling_interval: int | None = Field(None, ge=1)
+    cooldown_period: int | None = Field(None, ge=0)
+    initial_cooldown_period: int | None = Field(None, ge=0)
+    idle_replica_count: int | None = Field(None, ge=1)
+    fallback: dict[str, Any] | None = None
+    advanced: dict[str, Any] | None = None
+
+
+class DirectKEDAScaling(KEDAScaling):
+    """KEDA driven by the user's own triggers rather than WVA's (KServe main, not v0.20)."""
+
+    triggers: list[dict[str, Any]]
+
+
+class WVA(Strict):
+    variant_cost: str | None = Field(None, pattern=r"^\d+(\.\d+)?$")
+    hpa: HPAScaling | None = None
+    keda: KEDAScaling | None = None
+
+    @model_validator(mode="after")
+    def _one_actuator(self) -> WVA:
+        if (self.hpa is None) == (self.keda is None):
+            raise ValueError("wva needs exactly one actuator backend: hpa or keda")
+        return self
+
+
 class Scaling(Strict):
-    min_replicas: int | None = Field(None, ge=0)
-    max_replicas: int | None = Field(None, ge=1)
-    wva: dict[str, Any] | None = None
-    keda: dict[str, Any] | None = None
+    min_replicas: int | None = Field(None, ge=1)
+    max_replicas: int = Field(ge=1)
+    wva: WVA | None = None
+    keda: DirectKEDAScaling | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        if self.wva is None and self.keda is None:
+            raise ValueError("scaling needs an autoscaler: wva (or keda)")
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas cannot exceed maxReplicas")
+        idle = self.wva.keda.idle_replica_count if self.wva and self.wva.keda else None
+        if idle is not None and (self.min_replicas is None or idle >= self.min_replicas):
+            raise ValueError("wva.keda.idleReplicaCount needs a larger minReplicas")
+        return self
+
+
+class RolloutStrategy(Strict):
+    """KServe main, not v0.20: the Deployment's rolling update bounds."""
+
+    max_unavailable: int | str | None = None
+    max_surge: int | str | None = None
 
 
 class Workload(Strict):
@@ -92,6 +146,7 @@ class Workload(Strict):
     scaling: Scaling | None = None
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    rollout_strategy: RolloutStrategy | None = None
 
     @model_validator(mode="after")
     def _replicas_or_scaling(self) -> Workload:
@@ -108,14 +163,13 @@ class LoRA(Strict):
     max_cpu_adapters: int | None = Field(None, ge=1)
 
 
-class Model(Strict):
+class ModelBase(Strict):
     uri: str | None = None
     name: str | None = None
-    criticality: Literal["Critical", "Standard", "Sheddable"] | None = None
     lora: LoRA | None = None
 
     @model_validator(mode="after")
-    def _scheme(self) -> Model:
+    def _scheme(self) -> ModelBase:
         uri = self.uri
         if uri and "://" in uri and not uri.startswith(URI_SCHEMES):
             scheme = uri.split("://", 1)[0]
@@ -126,6 +180,10 @@ class Model(Strict):
         return self
 
 
+class Model(ModelBase):
+    criticality: Literal["Critical", "Standard", "Sheddable"] | None = None
+
+
 # --- router ----------------------------------------------------------------------------------
 class Ref(Strict):
     name: str
@@ -133,8 +191,17 @@ class Ref(Strict):
     section_name: str | None = None
 
 
+class LocalRef(Strict):
+    name: str
+
+
+class IngressRef(Strict):
+    name: str
+    namespace: str | None = None
+
+
 class HTTPRouteRef(Strict):
-    refs: list[Ref] | None = None
+    refs: list[LocalRef] | None = None
     spec: dict[str, Any] | None = None
 
 
@@ -148,29 +215,68 @@ class Refs(Strict):
     refs: list[Ref] | None = None
 
 
-class PoolRef(Strict):
-    ref: Ref | None = None
-    spec: dict[str, Any] | None = None
+class IngressRefs(Strict):
+    refs: list[IngressRef] | None = None
+
+
+class ConfigMapKeyRef(Strict):
+    key: str
+    name: str | None = None
+    optional: bool | None = None
 
 
 class SchedulerConfig(Strict):
     inline: str | dict[str, Any] | None = None
-    ref: dict[str, Any] | None = None
+    ref: ConfigMapKeyRef | None = None
 
 
-class Scheduler(Strict):
-    pool: PoolRef | None = None
+class Tokenizer(Strict):
+    """KServe main, not v0.20: the EPP's tokenizer sidecar."""
+
+    template: PodSpec | None = None
+
+
+class SchedulerBase(Strict):
     template: PodSpec | None = None
     config: SchedulerConfig | None = None
     replicas: int | None = Field(None, ge=0)
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    tokenizer: Tokenizer | None = None
+
+
+class NameRef(Strict):
+    name: str | None = None
+
+
+# --- the InferencePool the scheduler may be given: inference.networking.x-k8s.io/v1alpha2
+class ExtensionRef(Strict):
+    name: str = Field(min_length=1)
+    group: str | None = None
+    kind: str | None = None
+    port_number: int | None = Field(None, ge=1, le=65535)
+    failure_mode: Literal["FailOpen", "FailClose"]
+
+
+class PoolSpec(Strict):
+    selector: dict[str, str]
+    target_port_number: int
+    extension_ref: ExtensionRef | None = None
+
+
+class PoolRef(Strict):
+    ref: NameRef | None = None
+    spec: PoolSpec | None = None
+
+
+class Scheduler(SchedulerBase):
+    pool: PoolRef | None = None
 
 
 class Router(Strict):
     route: Route | None = None
     gateway: Refs | None = None
-    ingress: Refs | None = None
+    ingress: IngressRefs | None = None
     scheduler: Scheduler | None = None
 
 
@@ -185,18 +291,13 @@ class StorageInitializer(Strict):
     enabled: bool | None = None
 
 
-class WorkloadExtras(Strict):
-    kv_cache_offloading: dict[str, Any] | None = None
-
-
 class Spec(Workload):
     model: Model | None = None
-    base_refs: list[Ref] | None = None
+    base_refs: list[LocalRef] | None = None
     prefill: Workload | None = None
     router: Router | None = None
     storage_initializer: StorageInitializer | None = None
     tracing: Tracing | None = None
-    workload: WorkloadExtras | None = None
 
 
 class ObjectMeta(Open):

@@ -18,10 +18,12 @@ import yaml
 from pydantic import ValidationError
 
 from pdserve import wire
+from pdserve.api.convert import V1ALPHA2, to_v1alpha2
 from pdserve.api.loader import ManifestError, validation_problems
 from pdserve.api.merge import merge
-from pdserve.api.models import LLMInferenceService, LLMInferenceServiceConfig, Spec, dump
+from pdserve.api.models import dump
 from pdserve.api.template import TemplateError, render_tree
+from pdserve.api.v1alpha2 import LLMInferenceService, LLMInferenceServiceConfig, Spec
 
 PREFIX = "kserve-config-llm-"
 GLOBAL_CONFIG = {
@@ -32,11 +34,13 @@ GLOBAL_CONFIG = {
 
 @cache
 def presets() -> dict[str, dict[str, Any]]:
-    """The built-in well-known configs, by name."""
+    """The built-in well-known configs, by name, in v1alpha2 (some are written in v1alpha1)."""
     out = {}
     for entry in resources.files("pdserve.api.presets").iterdir():
         if entry.name.endswith(".yaml"):
             doc = yaml.safe_load(entry.read_text())
+            if doc["apiVersion"] != V1ALPHA2:
+                doc = to_v1alpha2(doc)
             out[doc["metadata"]["name"]] = doc
     return out
 
@@ -181,9 +185,10 @@ def resolve(
         raise ManifestError([f"{where}: {err}"]) from None
     merged = {**obj, "metadata": meta, "spec": spec}
     try:
-        return LLMInferenceService.model_validate(merged)
+        resolved = LLMInferenceService.model_validate(merged)
     except ValidationError as err:
         raise ManifestError(validation_problems(f"{where} (after merging configs)", err)) from None
+    return resolved.as_written(service.written_as)
 
 
 def resolve_file(

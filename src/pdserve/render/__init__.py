@@ -10,12 +10,23 @@ from typing import Any
 
 import yaml
 
-from pdserve.api.models import LLMInferenceService, dump
+from pdserve.api.convert import V1ALPHA2
+from pdserve.api.models import dump
+from pdserve.api.v1alpha2 import LLMInferenceService
 from pdserve.render import epp_defaults, router, workload
 
 
 def _as_dict(service: LLMInferenceService | dict[str, Any]) -> dict[str, Any]:
     return dump(service) if isinstance(service, LLMInferenceService) else service
+
+
+def _ga_pool(service: LLMInferenceService | dict[str, Any]) -> bool:
+    """Whether the service's InferencePool is the GA one: a manifest written in v1alpha2
+    gets it, as KServe v0.20 renders; one written in v1alpha1 gets v0.16's x-k8s.io pool
+    and InferenceModel, which is what a cluster serving that version has installed."""
+    if isinstance(service, LLMInferenceService):
+        return service.written_as == V1ALPHA2
+    return service.get("apiVersion") == V1ALPHA2
 
 
 def epp_config(service: LLMInferenceService | dict[str, Any]) -> str:
@@ -40,6 +51,7 @@ def render(
     certs: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     svc = _as_dict(service)
+    ga = _ga_pool(service)
     name = svc["metadata"]["name"]
     ns = namespace or svc["metadata"].get("namespace") or "default"
     spec = svc["spec"]
@@ -58,10 +70,11 @@ def render(
             router.epp_deployment(svc, ns, epp_config(svc)),
             router.epp_service(name, ns),
             *router.epp_rbac(name, ns),
-            router.inference_pool(name, ns),
-            router.inference_model(svc, ns),
+            router.inference_pool(name, ns, ga),
         ]
-    route = router.http_route(svc, ns)
+        if not ga:  # GA has no InferenceModel; KServe v0.20 renders none
+            objs.append(router.inference_model(svc, ns))
+    route = router.http_route(svc, ns, ga)
     if route is not None:
         objs.append(route)
     return objs

@@ -6,7 +6,8 @@ from typing import Any
 
 import yaml
 
-from pdserve.api.models import LLMInferenceService, dump
+from pdserve.api.models import dump
+from pdserve.api.v1alpha2 import LLMInferenceService
 from pdserve.render import epp_config
 
 ACCELERATORS = ("nvidia.com/gpu", "amd.com/gpu", "google.com/tpu", "rdma/roce_gdr", "rdma/ib")

@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 from pdserve import wire
+from pdserve.api.convert import MODEL_CRITICALITY
 from pdserve.render import names
 from pdserve.render.workload import meta, rbac
 
@@ -86,12 +87,22 @@ def epp_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
     )
 
 
-def inference_pool(name: str, namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{wire.POOL_GROUP}/{wire.POOL_VERSION}",
-        "kind": "InferencePool",
-        "metadata": meta(names.inference_pool(name), namespace, names.owner(name)),
-        "spec": {
+def inference_pool(name: str, namespace: str, ga: bool = False) -> dict[str, Any]:
+    """The service's InferencePool: KServe v0.16's x-k8s.io v1alpha2 one, or with `ga` the
+    GA inference.networking.k8s.io/v1 one KServe v0.20 renders (same name and meaning)."""
+    if ga:
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": names.pool_selector(name)},
+            "targetPorts": [{"number": wire.SIDECAR_PORT}],
+            "endpointPickerRef": {
+                "kind": "Service",
+                "name": names.epp_service(name),
+                "port": {"number": wire.EPP_GRPC_PORT},
+                "failureMode": "FailOpen",
+            },
+        }
+    else:
+        spec = {
             "selector": names.pool_selector(name),
             "targetPortNumber": wire.SIDECAR_PORT,
             "extensionRef": {
@@ -100,19 +111,33 @@ def inference_pool(name: str, namespace: str) -> dict[str, Any]:
                 "portNumber": wire.EPP_GRPC_PORT,
                 "failureMode": "FailOpen",
             },
-        },
+        }
+    group, version = _pool_api(ga)
+    return {
+        "apiVersion": f"{group}/{version}",
+        "kind": "InferencePool",
+        "metadata": meta(names.inference_pool(name), namespace, names.owner(name)),
+        "spec": spec,
     }
+
+
+def _pool_api(ga: bool) -> tuple[str, str]:
+    return (
+        (wire.POOL_GROUP_GA, wire.POOL_VERSION_GA) if ga else (wire.POOL_GROUP, wire.POOL_VERSION)
+    )
 
 
 def inference_model(service: dict[str, Any], namespace: str) -> dict[str, Any]:
     name, model = service["metadata"]["name"], service["spec"]["model"]
+    annotations = service["metadata"].get("annotations") or {}
     return {
         "apiVersion": f"{wire.POOL_GROUP}/{wire.POOL_VERSION}",
         "kind": "InferenceModel",
         "metadata": meta(names.inference_model(name), namespace, names.owner(name)),
         "spec": {
             "modelName": model.get("name") or name,
-            "criticality": model.get("criticality") or "Critical",
+            # v1alpha1's model.criticality, kept by the conversion to v1alpha2
+            "criticality": annotations.get(MODEL_CRITICALITY) or "Critical",
             "poolRef": {
                 "group": wire.POOL_GROUP,
                 "kind": "InferencePool",
@@ -122,13 +147,25 @@ def inference_model(service: dict[str, Any], namespace: str) -> dict[str, Any]:
     }
 
 
-def http_route(service: dict[str, Any], namespace: str) -> dict[str, Any] | None:
+def _backend_group(spec: dict[str, Any], pool: str, ga: bool) -> None:
+    """Point the route's references to the service's own pool at the API group it is
+    rendered in: presets and configs written for one version serve both."""
+    group = _pool_api(ga)[0]
+    for rule in spec.get("rules") or []:
+        for ref in rule.get("backendRefs") or []:
+            ours = ref.get("kind") == "InferencePool" and ref.get("name") == pool
+            if ours and ref.get("group") in (wire.POOL_GROUP, wire.POOL_GROUP_GA):
+                ref["group"] = group
+
+
+def http_route(service: dict[str, Any], namespace: str, ga: bool = False) -> dict[str, Any] | None:
     name = service["metadata"]["name"]
     route = (service["spec"].get("router") or {}).get("route") or {}
     spec = (route.get("http") or {}).get("spec")
     if spec is None:
         return None
     spec = copy.deepcopy(spec)
+    _backend_group(spec, names.inference_pool(name), ga)
     refs = ((service["spec"].get("router") or {}).get("gateway") or {}).get("refs")
     if refs:  # the user's gateways replace the default parent
         spec["parentRefs"] = [
