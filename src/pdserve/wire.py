@@ -6,6 +6,7 @@ cannot drift apart on a header name or a label value.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 # --- HTTP headers -----------------------------------------------------------
@@ -73,24 +74,37 @@ def prefill_kv_transfer_params() -> dict[str, Any]:
 def error_body(
     message: str, status: int, type_: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
-    """An error in the shape vLLM's OpenAI server returns."""
+    """An error as vLLM 0.32's OpenAI server writes it, whole answers and SSE error events
+    alike: `{"error": {message, type, param, code}}`, `code` the HTTP status. Every error body
+    pdserve writes comes from here, so a client parses one shape whichever hop refused it."""
     return {
-        "object": "error",
-        "message": message,
-        "type": type_ or _ERROR_TYPES.get(status, "BadRequestError"),
-        "param": param,
-        "code": status,
+        "error": {
+            "message": message,
+            "type": type_ or error_type(status),
+            "param": param,
+            "code": status,
+        }
     }
 
 
+def error_type(status: int) -> str:
+    """The `type` vLLM writes for a status: its own names where it has one, else the status
+    phrase, as its handler for framework HTTP errors does ("Method Not Allowed")."""
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "InternalServerError" if status >= 500 else "BadRequestError"
+
+
+# The names vLLM 0.32 gives the errors it raises itself (entrypoints' create_error_response).
 _ERROR_TYPES = {
     400: "BadRequestError",
-    401: "AuthenticationError",
     403: "PermissionDeniedError",
     404: "NotFoundError",
-    429: "RateLimitError",
+    422: "UnprocessableEntityError",
     500: "InternalServerError",
-    502: "BadGatewayError",
+    501: "NotImplementedError",
     503: "ServiceUnavailableError",
-    504: "GatewayTimeoutError",
 }

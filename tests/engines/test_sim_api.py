@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from pdserve import wire
 from testkit import metric
 
 
@@ -178,16 +179,37 @@ def test_models_health_metrics(engine) -> None:
             400,
             "maximum context length",
         ),
+        ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
+        ("/v1/completions", b'{"prompt": "x", "temperature": -0.5}', 400, "temperature"),
+        ("/v1/completions", b'{"prompt": "x", "top_p": 0}', 400, "top_p"),
+        ("/v1/completions", b'{"prompt": "x", "top_p": 1.5}', 400, "top_p"),
+        ("/v1/completions", b'{"prompt": "x", "stream": "maybe"}', 400, "stream"),
+        ("/v1/completions", b'{"prompt": "x", "n": 1.5}', 400, "n"),
+        ("/v1/completions", b'{"prompt": "x", "stop": [""]}', 400, "stop"),
+        ("/v1/completions", b'{"prompt": "x", "max_tokens": 2, "min_tokens": 3}', 400, "min"),
+        ("/v1/nope", b"{}", 404, "Not Found"),
+        ("/v1/models", b"{}", 405, "Method Not Allowed"),
     ],
 )
 def test_bad_input_gets_vllm_error_and_engine_keeps_serving(engine, path, body, status, needle):
     resp = httpx.post(engine.url + path, content=body, headers={"content-type": "application/json"})
     assert resp.status_code == status
     err = resp.json()
-    assert err["object"] == "error" and err["code"] == status and needle in err["message"]
-    assert set(err) == {"object", "message", "type", "param", "code"}
+    assert set(err) == {"error"} and set(err["error"]) == {"message", "type", "param", "code"}
+    assert err["error"]["code"] == status and needle in err["error"]["message"]
+    assert err["error"]["type"] == wire.error_type(status)
     ok = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "still alive", "max_tokens": 2})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"temperature": "0.5"}, {"top_p": 1}, {"stream": "false"}, {"n": 1.0}, {"max_tokens": "2"}],
+)
+def test_sampling_fields_vllm_accepts_are_accepted(engine, fields) -> None:
+    """vLLM reads its fields with pydantic's lax types: a numeric string is a number."""
+    resp = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "x", **fields})
+    assert resp.status_code == 200, resp.text
 
 
 def test_a_prompt_longer_than_the_token_budget_finishes_at_zero_cost(sim_engine) -> None:
@@ -205,7 +227,7 @@ def test_missing_model_uses_served_model_like_vllm(engine) -> None:
 
 def test_out_of_vocabulary_token_ids_are_a_400(engine) -> None:
     resp = httpx.post(f"{engine.url}/v1/completions", json={"prompt": [1, 2**40], "max_tokens": 1})
-    assert resp.status_code == 400 and "out of vocabulary" in resp.json()["message"]
+    assert resp.status_code == 400 and "out of vocabulary" in resp.json()["error"]["message"]
     ok = httpx.post(f"{engine.url}/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 1})
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 3
 

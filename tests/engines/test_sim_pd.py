@@ -140,7 +140,7 @@ def test_checksum_mismatch_fails_request_with_policy_fail(sim_engine) -> None:
     d = sim_engine("--zero-cost", kv=_kv("fail"))
     body = {"prompt": "checksum " * 80, "max_tokens": 5}
     resp = decode(d.url, body, prefill(p.url, body))
-    assert resp.status_code == 500 and resp.json()["object"] == "error"
+    assert resp.status_code == 500 and resp.json()["error"]["code"] == 500
     assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200
 
 
@@ -195,8 +195,8 @@ def test_params_naming_a_dead_or_unknown_engine(sim_engine, target, policy) -> N
         assert resp.json()["choices"][0]["text"] == local["choices"][0]["text"]
     else:
         assert resp.status_code == 500
-        error = resp.json()
-        assert error["object"] == "error" and error["code"] == 500
+        error = resp.json()["error"]
+        assert error["code"] == 500 and error["type"] == "InternalServerError"
         assert "kv_load_failure_policy" in error["message"]
     assert metric(d.url, "pdserve_sim:kv_pulls_total", outcome="failed") == 1
     assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200  # still serving
@@ -216,7 +216,8 @@ def test_malformed_consumer_params_are_a_400_not_a_request_stuck_waiting(sim_eng
     body = {"prompt": "who " * 40, "max_tokens": 2}
     resp = decode(d.url, body, unleased_params(**bad))
     assert resp.status_code == 400
-    assert resp.json()["object"] == "error" and "kv_transfer_params" in resp.json()["message"]
+    error = resp.json()["error"]
+    assert error["code"] == 400 and "kv_transfer_params" in error["message"]
     assert metric(d.url, "vllm:num_requests_waiting") == 0
     assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200  # still serving
 
@@ -263,7 +264,7 @@ def test_prefiller_killed_mid_pull_is_handled_per_policy(sim_engine, policy) -> 
         assert result["r"].json()["choices"][0]["text"] == agg.json()["choices"][0]["text"]
     else:
         assert result["r"].status_code == 500
-        assert result["r"].json()["object"] == "error"
+        assert result["r"].json()["error"]["code"] == 500
 
 
 def _cpu_seconds(pid: int) -> float:

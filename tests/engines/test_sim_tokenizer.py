@@ -44,7 +44,7 @@ def test_chat_template_errors_are_400_and_content_parts_are_joined(sim_engine, t
     engine = sim_engine("--zero-cost", "--model", _model_dir(tmp_path), kv=None)
     url = f"{engine.url}/v1/chat/completions"
     bad = httpx.post(url, json={"messages": [{"role": "tool", "content": "x"}]})
-    assert bad.status_code == 400 and "no tool messages" in bad.json()["message"]
+    assert bad.status_code == 400 and "no tool messages" in bad.json()["error"]["message"]
     parts = [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]
     ok = httpx.post(url, json={"messages": [{"role": "user", "content": parts}], "max_tokens": 1})
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 6

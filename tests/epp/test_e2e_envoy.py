@@ -301,7 +301,12 @@ def test_sheddable_is_shed_when_saturated_and_critical_is_not(tmp_path) -> None:
                 time.sleep(0.1)  # polling the EPP's view, not waiting blindly
             r = http.post(f"{c.url}/v1/completions", json=body, headers=shed, timeout=10)
             assert r.status_code == 429
-            assert r.json()["object"] == "error"
+            assert r.json()["error"] == {
+                "message": "system saturated, sheddable request dropped",
+                "type": "Too Many Requests",
+                "param": None,
+                "code": 429,
+            }
             with http.stream(
                 "POST",
                 f"{c.url}/v1/completions",
@@ -382,3 +387,44 @@ def test_the_watching_filter_feeds_in_flight_and_output_tokens(cluster: Cluster)
     _until(lambda: in_bucket("8.0", "32.0") == 1, "the whole answer's 20 tokens")
     _until(lambda: in_bucket("32.0", "128.0") == 1, "the stream's 48 tokens")
     _until(lambda: running() == 0, "no request in flight")
+
+
+def _envoy_alone(c: Cluster, **options: object) -> str:
+    """An Envoy with the runner's bootstrap whose EPP port nothing listens on."""
+    gateway, admin = free_port(), free_port()
+    cfg = c.tmp / f"envoy-{gateway}.json"
+    cfg.write_text(json.dumps(envoy.bootstrap(gateway, free_port(), admin, **options)))
+    argv = [str(envoy.binary()), "-c", str(cfg), "--base-id", str(gateway)]
+    c.start(f"envoy-{gateway}", [*argv, "--disable-hot-restart", "--log-level", "error"])
+    c.procs[-1].wait_http(f"http://127.0.0.1:{admin}/ready", 60)
+    return f"http://127.0.0.1:{gateway}"
+
+
+def _vllm_error(resp: httpx.Response, status: int) -> dict:
+    assert resp.status_code == status and resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == status and body["error"]["param"] is None
+    return body["error"]
+
+
+def test_envoys_own_answers_are_in_the_engines_error_shape(tmp_path: Path) -> None:
+    """An EPP that is down was an empty 500, an unreachable engine a line of text."""
+    c = Cluster(tmp_path)
+    try:
+        url = _envoy_alone(c)
+        for resp in (
+            httpx.post(f"{url}/v1/completions", json={"prompt": "x"}, timeout=30),
+            httpx.get(f"{url}/v1/models", timeout=30),
+        ):
+            error = _vllm_error(resp, 500)
+            assert error["type"] == "InternalServerError"
+            assert error["message"].startswith("the endpoint picker failed: ext_proc_error")
+        plain = _envoy_alone(c, ext_proc=False)  # the destination comes from the client
+        dest = {"x-gateway-destination-endpoint": f"127.0.0.1:{free_port()}"}
+        resp = httpx.post(f"{plain}/v1/completions", json={}, headers=dest, timeout=30)
+        error = _vllm_error(resp, 503)
+        assert error["type"] == "ServiceUnavailableError"
+        assert error["message"].startswith("upstream connect error")
+    finally:
+        c.stop()

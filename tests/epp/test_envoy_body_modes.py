@@ -80,4 +80,5 @@ def test_body_mode_routes_through_envoy(spawn: Spawn, tmp_path: Path, mode: str)
         timeout=30,
     )
     assert bad.status_code == 400, bad.text
-    assert bad.json()["object"] == "error" and "invalid JSON" in bad.json()["message"]
+    error = bad.json()["error"]
+    assert error["code"] == 400 and error["message"].startswith("invalid JSON")

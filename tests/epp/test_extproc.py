@@ -39,7 +39,7 @@ async def process(
 ) -> list[pb.ProcessingResponse]:
     """One HTTP request as Envoy streams it: headers, then the whole body in one chunk."""
     mode = FULL_DUPLEX if duplex else ProcessingMode.BUFFERED
-    raw = json.dumps(body).encode()
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     header_map = base_pb2.HeaderMap(
         headers=[base_pb2.HeaderValue(key=k, raw_value=v) for k, v in headers.items()]
     )
@@ -120,10 +120,14 @@ async def test_an_unexpected_error_is_a_logged_500_in_vllm_shape(
     answers = await process(ext, headers, {"model": "m", "prompt": "hi"}, duplex)
     immediate = answers[-1].immediate_response
     assert immediate.status.code == 500
-    assert json.loads(immediate.body) == wire.error_body(
-        "internal error in the endpoint picker", 500
-    )
-    assert json.loads(immediate.body)["type"] == "InternalServerError"
+    assert json.loads(immediate.body) == {
+        "error": {
+            "message": "internal error in the endpoint picker",
+            "type": "InternalServerError",
+            "param": None,
+            "code": 500,
+        }
+    }
     logged = [r for r in caplog.records if r.getMessage() == "internal_error"]
     assert len(logged) == 1 and logged[0].levelno == logging.ERROR
     assert logged[0].fields["request_id"] == "req-500"
@@ -132,3 +136,29 @@ async def test_an_unexpected_error_is_a_logged_500_in_vllm_shape(
     monkeypatch.undo()
     answers = await process(ext, headers, {"model": "m", "prompt": "hi"}, duplex)
     assert answers[-1].WhichOneof("response") != "immediate_response"
+
+
+@pytest.mark.parametrize("duplex", [True, False])
+async def test_a_malformed_body_is_a_logged_400_in_vllm_shape(
+    duplex: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    ext = servicer()
+    headers = {wire.REQUEST_ID_HEADER: b"req-bad"}
+    with caplog.at_level(logging.INFO, logger="pdserve.epp"):
+        answers = await process(ext, headers, b'{"model": "m", "prompt": ', duplex)
+    immediate = answers[-1].immediate_response
+    assert immediate.status.code == 400
+    headers_set = {h.header.key: h.header.raw_value for h in immediate.headers.set_headers}
+    assert headers_set == {"content-type": b"application/json"}
+    error = json.loads(immediate.body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == 400 and error["type"] == "BadRequestError"
+    assert error["message"].startswith("invalid JSON body: ")
+    logged = [r for r in caplog.records if r.getMessage() == "bad_request"]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING
+    assert logged[0].fields == {"request_id": "req-bad", "status": 400, "reason": error["message"]}
+    labels = {"model_name": "", "target_model_name": "", "error_code": "400"}
+    sample = ext.picker.metrics.registry.get_sample_value(
+        "inference_model_request_error_total", labels
+    )
+    assert sample == 1

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from pdserve import wire
 from pdserve.process import ManagedProcess, free_port
 from testkit import PDSERVE, Spawn
 
@@ -118,16 +119,7 @@ class Recorder:
         if self.answer_with is not None:
             return web.json_response(self.answer_with)
         if self.fail_with:
-            return web.json_response(
-                {
-                    "object": "error",
-                    "message": "boom",
-                    "type": "x",
-                    "param": None,
-                    "code": self.fail_with,
-                },
-                status=self.fail_with,
-            )
+            return web.json_response(wire.error_body("boom", self.fail_with), status=self.fail_with)
         async with (
             aiohttp.ClientSession() as http,
             http.post(

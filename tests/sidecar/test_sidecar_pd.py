@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from pdserve import wire
 from pdserve.process import free_port
 from pdserve.tls import self_signed
 from testkit import metric
@@ -28,6 +29,15 @@ def pd(sim, sidecar, recorder):
 def _text(resp: dict) -> str:
     choice = resp["choices"][0]
     return choice["message"]["content"] if "message" in choice else choice["text"]
+
+
+def _error(resp: httpx.Response, status: int) -> dict:
+    """The error of a response in vLLM 0.32's shape, checked whole."""
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == status and body["error"]["type"] == wire.error_type(status)
+    return body["error"]
 
 
 def _sse_text(lines: list[str]) -> str:
@@ -99,7 +109,7 @@ def test_prefiller_4xx_is_returned_with_its_body(pd) -> None:
     resp = httpx.post(
         s.url + "/v1/completions", json={"model": "nope", "prompt": "x"}, headers={HDR: rp.hostport}
     )
-    assert resp.status_code == 404 and "does not exist" in resp.json()["message"]
+    assert "does not exist" in _error(resp, 404)["message"]
     assert not rd.seen  # nothing was sent to the decoder
 
 
@@ -130,16 +140,13 @@ def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None
     p = sim("--zero-cost")
     s = sidecar(free_port())  # nothing listens on the engine port
     bad = httpx.post(s.url + "/v1/completions", content=b"{oops", headers={HDR: "127.0.0.1:1"})
-    assert bad.status_code == 400 and bad.json()["object"] == "error"
+    assert "invalid JSON" in _error(bad, 400)["message"]
     dead = httpx.post(s.url + "/v1/completions", json={"prompt": "x"})
-    assert dead.status_code == 502
-    error = dead.json()
-    assert error["object"] == "error" and error["code"] == 502 and error["type"]
+    error = _error(dead, 502)
     assert "decoder" in error["message"] and "unreachable" in error["message"]
     rp = recorder(p.url)
     pd = httpx.post(s.url + "/v1/completions", json={"prompt": "x"}, headers={HDR: rp.hostport})
-    assert pd.status_code == 502 and len(rp.seen) == 1  # prefill ran, the decoder is down
-    assert pd.json()["object"] == "error" and pd.json()["code"] == 502
+    assert _error(pd, 502) and len(rp.seen) == 1  # prefill ran, the decoder is down
     assert httpx.get(s.url + "/health").status_code == 200  # and the sidecar keeps serving
 
 
@@ -215,8 +222,7 @@ def test_a_prefill_target_other_than_host_port_is_400_and_nothing_is_sent(
     body = {"prompt": "x", "max_tokens": 2}
     header = value.format(evil=evil.hostport)
     resp = httpx.post(s.url + "/v1/completions", json=body, headers={HDR: header})
-    assert resp.status_code == 400 and not evil.seen
-    assert resp.json()["object"] == "error" and HDR in resp.json()["message"]
+    assert HDR in _error(resp, 400)["message"] and not evil.seen
     ok = httpx.get(s.url + "/health")
     assert ok.status_code == 200  # still serving
 
@@ -242,10 +248,11 @@ def test_a_decoder_dying_mid_answer_gives_a_vllm_shaped_error(sim, sidecar, reco
     body = {"prompt": "x", "max_tokens": 2, "stream": mode == "sse"}
     resp = httpx.post(s.url + "/v1/completions", json=body, headers={HDR: rp.hostport})
     if mode == "whole":
-        assert resp.status_code == 502 and resp.json()["object"] == "error"
+        assert "broke off" in _error(resp, 502)["message"]
     else:  # the 200 is already sent: the stream ends with an error event and [DONE]
         events = [line for line in resp.text.splitlines() if line.startswith("data: ")]
-        assert json.loads(events[-2][6:])["error"]["object"] == "error"
+        error = json.loads(events[-2][6:])
+        assert set(error) == {"error"} and error["error"]["code"] == 502
         assert events[-1] == "data: [DONE]"
     assert httpx.get(s.url + "/health").status_code == 200
 
@@ -288,3 +295,46 @@ def test_tls_on_both_legs_with_self_signed_certs(sim, sidecar, tmp_path) -> None
     with httpx.Client(verify=False) as c:
         text = c.get(f"{s.url}/metrics").text
     assert 'pdserve_sidecar_requests_total{outcome="pd",path="/v1/completions"} 1.0' in text
+
+
+def test_what_the_decoder_would_refuse_is_refused_before_any_prefill(sim, sidecar) -> None:
+    """max_tokens beyond the context, or a sampling field vLLM refuses: a vLLM-shaped 400
+    from the sidecar, and the prefill engine never sees the request."""
+    p, d = (
+        sim("--zero-cost", "--max-model-len", "256"),
+        sim("--zero-cost", "--max-model-len", "256"),
+    )
+    s = sidecar(d.port)
+    target = {HDR: f"127.0.0.1:{p.port}"}
+    body = {"model": "sim", "prompt": "Explain prefill " * 30}
+    refused = [
+        (json.dumps({**body, "max_tokens": 257}).encode(), "max_tokens"),
+        (json.dumps(body).encode()[:-1] + b', "temperature": NaN}', "temperature"),
+        (json.dumps({**body, "top_p": 1.5}).encode(), "top_p"),
+        (json.dumps({**body, "stream": "maybe"}).encode(), "stream"),
+        (json.dumps({**body, "n": 1.5}).encode(), "n"),
+    ]
+    for i, (raw, param) in enumerate(refused):
+        headers = {**target, "content-type": "application/json", "x-request-id": f"refused-{i}"}
+        resp = httpx.post(s.url + "/v1/completions", content=raw, headers=headers)
+        assert _error(resp, 400)["param"] == param
+    assert (
+        "max_model_len=256"
+        in _error(
+            httpx.post(s.url + "/v1/completions", json={**body, "max_tokens": 257}, headers=target),
+            400,
+        )["message"]
+    )
+    assert metric(p.url, "vllm:request_success_total") == 0
+    assert metric(p.url, "vllm:prompt_tokens_total") == 0
+    assert metric(s.url, "pdserve_sidecar_requests_total", outcome="rejected") == 6
+    lines = [json.loads(ln) for ln in s.proc.log_path.read_text().splitlines() if ln[:1] == "{"]
+    logged = {e["request_id"]: e for e in lines if e["event"] == "request"}
+    for i, (_, param) in enumerate(refused):
+        line = logged[f"refused-{i}"]
+        assert line["level"] == "warning" and line["outcome"] == "rejected"
+        assert line["status"] == 400 and line["param"] == param
+    ok = httpx.post(s.url + "/v1/completions", json={**body, "max_tokens": 4}, headers=target)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+    assert metric(p.url, "vllm:request_success_total") == 1  # within the context: P/D
+    assert metric(s.url, "pdserve_sidecar_requests_total", outcome="pd") == 1

@@ -51,6 +51,43 @@ def _watching_filter() -> dict[str, Any]:
     }
 
 
+# The statuses Envoy answers with on its own: an EPP that fails or times out, an upstream it
+# cannot reach or that times out, a request over a limit.
+_LOCAL_STATUSES = (400, 403, 404, 408, 413, 431, 500, 502, 503, 504)
+_EPP_FAILED = 'response.code_details.startsWith("ext_proc")'
+_EPP_ANSWERED = 'response.code_details.startsWith("pdserve_epp_")'  # extproc._immediate
+
+
+def _mapper(expression: str, message: str, status: int) -> dict[str, Any]:
+    return {
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3."
+                    "ExpressionFilter",
+                    "expression": f"response.code == {status} && {expression}",
+                },
+            }
+        },
+        "body_format_override": {"json_format": wire.error_body(message, status)},
+    }
+
+
+def local_replies() -> dict[str, Any]:
+    """Envoy's own answers in the engines' error shape: an EPP that is down is an empty 500
+    otherwise, an unreachable upstream a line of text. The EPP's answers already have that
+    shape (they carry its details string) and pass untouched."""
+    mappers = [
+        _mapper(_EPP_FAILED, "the endpoint picker failed: %RESPONSE_CODE_DETAILS%", status)
+        for status in _LOCAL_STATUSES
+    ]
+    mappers += [
+        _mapper(f"!{_EPP_ANSWERED}", "%LOCAL_REPLY_BODY%", status) for status in _LOCAL_STATUSES
+    ]
+    return {"mappers": mappers}
+
+
 def bootstrap(
     listen_port: int,
     epp_port: int,
@@ -129,6 +166,7 @@ def bootstrap(
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
         "http_filters": filters,
+        "local_reply_config": local_replies(),
     }
     h2 = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

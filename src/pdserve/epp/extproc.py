@@ -87,6 +87,7 @@ class Picker:
         try:
             req = parse(headers, raw, self.default_criticality)
         except BadRequest as err:
+            self._rejected(headers, str(err))
             raise Decision(400, str(err)) from None
         now = time.monotonic()
         endpoints = self.store.list()
@@ -128,6 +129,19 @@ class Picker:
             # log the same one and the routing trace can join them.
             result.headers[wire.REQUEST_ID_HEADER] = req.request_id
         return result, req.model
+
+    def _rejected(self, headers: dict[str, str], reason: str) -> None:
+        """A body the EPP cannot read never reaches an engine, so this line is the only trace
+        of it: under the id Envoy gave the request, which is in the gateway's access log."""
+        self.metrics.errors.labels("", "", "400").inc()
+        event(
+            log,
+            "bad_request",
+            logging.WARNING,
+            request_id=headers.get(wire.REQUEST_ID_HEADER),
+            status=400,
+            reason=reason,
+        )
 
     def _observe(self, model: str, chars: int, elapsed: float, trace: Trace) -> None:
         m = self.metrics

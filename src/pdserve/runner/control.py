@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pdserve import wire
 from pdserve.runner.service import LocalService
 
 
@@ -28,22 +29,25 @@ def serve(service: LocalService) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(data)
 
+        def _fail(self, status: int, message: str) -> None:
+            self._reply(status, wire.error_body(message, status))
+
         def do_GET(self) -> None:
             self._reply(200, service.summary())
 
         def do_POST(self) -> None:
             if self.path != "/scale":
-                self._reply(404, {"error": f"unknown path {self.path}"})
+                self._fail(404, f"unknown path {self.path}")
                 return
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 steps: list[str] = []
                 service.scale(str(body["pool"]), int(body["replicas"]), steps.append)
             except (ValueError, KeyError, TypeError) as err:
-                self._reply(400, {"error": str(err)})
+                self._fail(400, str(err))
                 return
             except Exception as err:
-                self._reply(500, {"error": f"{type(err).__name__}: {err}"})
+                self._fail(500, f"{type(err).__name__}: {err}")
                 return
             self._reply(200, {"steps": steps, **service.summary()})
 
@@ -65,5 +69,11 @@ def request(
     except (httpx.HTTPError, ValueError) as err:
         raise RuntimeError(f"the service's control port {port} did not answer: {err}") from None
     if resp.status_code != 200:
-        raise RuntimeError(data.get("error", resp.text))
+        raise RuntimeError(_message(data) or resp.text)
     return data
+
+
+def _message(data: dict[str, Any]) -> str | None:
+    """The message of an error body in vLLM's shape (wire.error_body)."""
+    error = data.get("error")
+    return str(error.get("message")) if isinstance(error, dict) else None

@@ -17,9 +17,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import wire
+from pdserve.engines.sim.openai_api import ApiError
 from pdserve.logs import event, now_ms
 from pdserve.sidecar import legs
 from pdserve.sidecar.allowlist import AllowAll, AllowList
+from pdserve.sidecar.checks import ContextLimits, check
 from pdserve.sidecar.metrics import SidecarMetrics
 from pdserve.tls import client_context
 
@@ -57,8 +59,8 @@ def _headers(src: Any) -> dict[str, str]:
     return {k: v for k, v in src.items() if k.lower() not in _SKIP}
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response(wire.error_body(message, status), status=status)
+def _error(status: int, message: str, param: str | None = None) -> web.Response:
+    return web.json_response(wire.error_body(message, status, param=param), status=status)
 
 
 class Sidecar:
@@ -71,6 +73,7 @@ class Sidecar:
         self.decoder_ssl = _client_ssl(opts.decoder_tls, opts.decoder_insecure)
         self.prefiller_ssl = _client_ssl(opts.prefiller_tls, opts.prefiller_insecure)
         self.http: aiohttp.ClientSession | None = None
+        self.limits = ContextLimits(self._model_cards)
 
     async def start(self, _: web.Application) -> None:
         self.http = aiohttp.ClientSession(
@@ -116,6 +119,18 @@ class Sidecar:
             body=engine + generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
+
+    async def _model_cards(self) -> list[dict[str, Any]]:
+        """The local engine's model cards: the decode engine's limits are the ones to meet."""
+        assert self.http is not None
+        async with self.http.get(
+            f"{self.decoder}/v1/models",
+            ssl=self.decoder_ssl,
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as resp:
+            resp.raise_for_status()
+            cards: list[dict[str, Any]] = (await resp.json())["data"]
+            return cards
 
     # --- plain proxy ----------------------------------------------------------------------
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
@@ -171,7 +186,7 @@ class Sidecar:
                 self._broke_off(path, err)
                 if sse:  # the status is sent: end the stream as vLLM ends a failed one
                     error = wire.error_body(f"decoder broke off: {err}", 502)
-                    await resp.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+                    await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                     await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
@@ -184,13 +199,13 @@ class Sidecar:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         raw = await request.read()
+        rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
         try:
             named = _prefill_target(request.headers)
         except ValueError as err:
-            self.metrics.requests.labels(request.path_qs, "rejected").inc()
+            self._rejected(request.path_qs, request_id=rid, status=400, reason=str(err))
             return _error(400, str(err))
         headers = _headers(request.headers)
-        rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
         headers = {k: v for k, v in headers.items() if k.lower() != wire.REQUEST_ID_HEADER}
         headers[wire.REQUEST_ID_HEADER] = rid
         path = request.path_qs
@@ -212,19 +227,40 @@ class Sidecar:
             if not isinstance(body, dict):
                 raise ValueError("request body must be a JSON object")
         except (ValueError, UnicodeDecodeError) as err:
-            self.metrics.requests.labels(path, "rejected").inc()
+            self._rejected(path, request_id=rid, status=400, reason=f"invalid JSON body: {err}")
             return _error(400, f"invalid JSON body: {err}")
         host, target = named
         if not self.opts.allow.allows(host):
             self._rejected(
                 path,
                 request_id=rid,
-                outcome="rejected",
                 prefill_target=target,
+                status=403,
                 reason="prefill host not in the allow-list",
             )
             return _error(403, f"prefill target {target} is not an allowed prefill host")
+        refused = await self._refusal(request.path, body)
+        if refused is not None:
+            self._rejected(
+                path,
+                request_id=rid,
+                prefill_target=target,
+                status=refused.status,
+                reason=refused.message,
+                param=refused.param,
+            )
+            return _error(refused.status, refused.message, refused.param)
         return await self._pd(request, path, body, headers, target, rid, started)
+
+    async def _refusal(self, path: str, body: dict[str, Any]) -> ApiError | None:
+        """What the decode engine would refuse, found before the prefill leg is spent on it."""
+        model = body.get("model")
+        limit = await self.limits.get(model if isinstance(model, str) else None)
+        try:
+            check(body, path == "/v1/chat/completions", limit)
+        except ApiError as err:
+            return err
+        return None
 
     async def _pd(
         self,
@@ -295,9 +331,10 @@ class Sidecar:
                     self._rejected(
                         path,
                         request_id=rid,
-                        outcome="prefill-rejected",
                         prefill_target=target,
                         status=pre.status,
+                        reason="the prefiller refused the request",
+                        outcome="prefill-rejected",
                     )
                     return web.Response(
                         status=pre.status,
@@ -315,9 +352,11 @@ class Sidecar:
             return {}, "prefiller answered JSON that is not an object"
         return answer, None
 
-    def _rejected(self, path: str, **fields: Any) -> None:
+    def _rejected(self, path: str, outcome: str = "rejected", **fields: Any) -> None:
+        """A request answered with an error before any leg ran (or by the prefiller's): counted
+        as rejected, and one line under its request id."""
         self.metrics.requests.labels(path, "rejected").inc()
-        event(log, "request", logging.WARNING, path=path, **fields)
+        event(log, "request", logging.WARNING, path=path, outcome=outcome, **fields)
 
 
 def _prefill_target(headers: Any) -> tuple[str, str] | None:

@@ -212,7 +212,7 @@ class Api:
                 use = usage(len(req.prompt), len(times), req.cached_tokens)
                 await send(make_usage_chunk(p, req.id, model, created, use))
         except ApiError as err:
-            await send({"error": wire.error_body(err.message, err.status)})
+            await send(wire.error_body(err.message, err.status))
         await resp.write(b"data: [DONE]\n\n")
         self.engine.record_finish(req, asyncio.get_running_loop().time(), times)
         self._log(req, times)
