@@ -306,3 +306,55 @@ def test_lora_adapters_are_served_listed_and_reported(sim_engine) -> None:
     assert any(s.labels["running_lora_adapters"] == "sql" for s in info)
     unknown = httpx.post(f"{engine.url}/v1/completions", json={**body, "model": "nope"})
     assert unknown.status_code == 404
+
+
+async def test_a_client_gone_between_two_writes_is_one_info_line(caplog) -> None:
+    """A write can find the client gone before aiohttp's handler cancellation lands (here it
+    never does: the app runs without it): one info line, the request aborted, no traceback."""
+    import asyncio
+    import logging
+    import socket
+    import struct
+
+    from aiohttp import web
+
+    from pdserve.engines.sim.engine import EngineConfig, SimEngine
+    from pdserve.engines.sim.profile import load_profile
+    from pdserve.engines.sim.server import Api
+    from pdserve.engines.sim.tokens import BuiltinTokenizer
+
+    caplog.set_level(logging.INFO)
+    engine = SimEngine(EngineConfig("sim", load_profile(None), BuiltinTokenizer()))
+    await engine.start()
+    runner = web.AppRunner(Api(engine).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        body = json.dumps({"prompt": "long", "max_tokens": 300, "ignore_eos": True, "stream": True})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+            + f"x-request-id: gone-1\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        while not (line := await asyncio.wait_for(reader.readline(), 10)).startswith(b"data: {"):
+            assert line, "the stream ended before its first event"
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()  # a reset, as a client killed mid-answer sends
+
+        def named(name: str) -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.getMessage() == name]
+
+        async with asyncio.timeout(10):
+            while not named("request_aborted"):
+                await asyncio.sleep(0.01)  # polling the log for the abort
+    finally:
+        await runner.cleanup()
+        await engine.stop()
+    gone = named("client_disconnected")
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO
+    assert gone[0].fields["x_request_id"] == "gone-1"
+    assert named("request_aborted")[0].fields["x_request_id"] == "gone-1"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -338,3 +338,60 @@ def test_what_the_decoder_would_refuse_is_refused_before_any_prefill(sim, sideca
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
     assert metric(p.url, "vllm:request_success_total") == 1  # within the context: P/D
     assert metric(s.url, "pdserve_sidecar_requests_total", outcome="pd") == 1
+
+
+async def test_a_client_gone_between_two_writes_is_one_info_line(sim, caplog) -> None:
+    """A write can find the client gone before aiohttp's handler cancellation lands (here it
+    never does: the app runs without it): one info line, the engine's request aborted (the
+    sidecar drops its connection), no traceback."""
+    import asyncio
+    import logging
+    import socket
+    import struct
+
+    from aiohttp import web
+
+    from pdserve.sidecar.proxy import Options, Sidecar
+
+    caplog.set_level(logging.INFO)
+    d = sim()  # real timing: 300 tokens take seconds
+    runner = web.AppRunner(Sidecar(Options(vllm_port=d.port)).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        body = json.dumps({"prompt": "long", "max_tokens": 300, "ignore_eos": True, "stream": True})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+            + f"x-request-id: gone-2\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        while not (line := await asyncio.wait_for(reader.readline(), 10)).startswith(b"data: {"):
+            assert line, "the stream ended before its first event"
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()  # a reset, as a client killed mid-answer sends
+        async with asyncio.timeout(10), httpx.AsyncClient() as http:
+            while True:  # polling the engine's metrics for the abort
+                text = (await http.get(f"{d.url}/metrics")).text
+                if _sample(text, "abort") == 1:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    gone = [r for r in caplog.records if r.getMessage() == "client_disconnected"]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO
+    assert gone[0].fields == {"request_id": "gone-2", "path": "/v1/completions"}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _sample(text: str, reason: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "vllm:request_success_total" and s.labels.get("finished_reason") == reason
+    )

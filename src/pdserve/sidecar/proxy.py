@@ -174,22 +174,47 @@ class Sidecar:
                     status=upstream.status, body=body, headers=_headers(upstream.headers)
                 )
             resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
-            await resp.prepare(request)
-            first = True
             try:
-                async for data in upstream.content.iter_any():
-                    if first and started is not None:
-                        self.metrics.ttft.observe(time.perf_counter() - started)
-                    first = False
-                    await resp.write(data)
-            except aiohttp.ClientPayloadError as err:  # the engine died mid-answer
-                self._broke_off(path, err)
-                if sse:  # the status is sent: end the stream as vLLM ends a failed one
-                    error = wire.error_body(f"decoder broke off: {err}", 502)
-                    await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-                    await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
+                await self._stream(resp, request, upstream, path, sse, started)
+            except ConnectionResetError:
+                if not _client_gone(request):
+                    raise
+                # The client left between two chunks, before aiohttp cancelled this handler:
+                # leaving the `async with` drops the engine's connection, which aborts there.
+                event(
+                    log,
+                    "client_disconnected",
+                    request_id=headers.get(wire.REQUEST_ID_HEADER),
+                    path=path,
+                )
             return resp
+
+    async def _stream(
+        self,
+        resp: web.StreamResponse,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        path: str,
+        sse: bool,
+        started: float | None,
+    ) -> None:
+        """Copy an answer as it arrives. A write to a client that has gone raises
+        ConnectionResetError; a read from an engine that died, ClientPayloadError."""
+        await resp.prepare(request)
+        first = True
+        try:
+            async for data in upstream.content.iter_any():
+                if first and started is not None:
+                    self.metrics.ttft.observe(time.perf_counter() - started)
+                first = False
+                await resp.write(data)
+        except aiohttp.ClientPayloadError as err:  # the engine died mid-answer
+            self._broke_off(path, err)
+            if sse:  # the status is sent: end the stream as vLLM ends a failed one
+                error = wire.error_body(f"decoder broke off: {err}", 502)
+                await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
 
     def _broke_off(self, path: str, err: BaseException) -> web.Response:
         event(log, "decoder_broke_off", logging.WARNING, path=path, error=str(err))
@@ -383,6 +408,13 @@ def _prefill_target(headers: Any) -> tuple[str, str] | None:
         raise ValueError(f"{name}: expected host:port, got {value!r}")
     host = parts.hostname
     return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether a reset is the client's: one from the engine's side must not be logged as a
+    client that left."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _client_ssl(tls: bool, insecure: bool) -> ssl.SSLContext | bool:

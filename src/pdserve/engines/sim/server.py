@@ -195,7 +195,6 @@ class Api:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await resp.prepare(request)
         model, created = self._model(p), int(time.time())
         times: list[float] = []
 
@@ -203,20 +202,27 @@ class Api:
             await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
 
         try:
-            if p.chat:
-                await send(chunk(p, req.id, model, created, None, role=True))
-            async for piece in self._tokens(p, req, queue, times):
-                await send(chunk(p, req.id, model, created, piece))
-            await send(chunk(p, req.id, model, created, None, finish=req.finish_reason))
-            if p.include_usage:
-                use = usage(len(req.prompt), len(times), req.cached_tokens)
-                await send(make_usage_chunk(p, req.id, model, created, use))
-        except ApiError as err:
-            await send(wire.error_body(err.message, err.status))
-        await resp.write(b"data: [DONE]\n\n")
+            await resp.prepare(request)
+            try:
+                if p.chat:
+                    await send(chunk(p, req.id, model, created, None, role=True))
+                async for piece in self._tokens(p, req, queue, times):
+                    await send(chunk(p, req.id, model, created, piece))
+                await send(chunk(p, req.id, model, created, None, finish=req.finish_reason))
+                if p.include_usage:
+                    use = usage(len(req.prompt), len(times), req.cached_tokens)
+                    await send(make_usage_chunk(p, req.id, model, created, use))
+            except ApiError as err:
+                await send(wire.error_body(err.message, err.status))
+            await resp.write(b"data: [DONE]\n\n")
+        except ConnectionResetError:
+            return _client_left(resp, req)
         self.engine.record_finish(req, asyncio.get_running_loop().time(), times)
         self._log(req, times)
-        await resp.write_eof()
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            return _client_left(resp, req)
         return resp
 
     def _model(self, p: Params) -> str:
@@ -243,6 +249,13 @@ class Api:
             finish_reason=req.finish_reason,
             blocks=len(req.blocks),
         )
+
+
+def _client_left(resp: web.StreamResponse, req: Request) -> web.StreamResponse:
+    """A client that left between two writes, before aiohttp cancelled the handler: one info
+    line, no traceback. An unfinished request is aborted by `forget`, as on cancellation."""
+    event(log, "client_disconnected", request_id=req.id, x_request_id=req.external_id)
+    return resp
 
 
 def _stop_index(text: str, stops: list[str], start: int = 0) -> int | None:
