@@ -27,11 +27,11 @@ from pdserve import wire
 from pdserve.epp import admission
 from pdserve.epp.datastore import Datastore
 from pdserve.epp.metrics import EppMetrics
-from pdserve.epp.plugins.handlers import DECISION
+from pdserve.epp.plugins.handlers import DECISION, REASON
 from pdserve.epp.plugins.prefix import PrefixCacheScorer
 from pdserve.epp.request import BadRequest, parse
 from pdserve.epp.scheduler import Scheduler, Trace
-from pdserve.epp.types import Cycle, Result
+from pdserve.epp.types import Cycle, ProfileResult, Result
 from pdserve.epp.usage import ResponseUsage
 from pdserve.logs import event
 
@@ -103,21 +103,23 @@ class Picker:
         self._observe(req.model, len(req.prompt), elapsed, trace)
         decision = cycle.state.get(DECISION, "decode-only")
         self.metrics.pd.labels(decision).inc()
-        prefill = result.headers.get(wire.PREFILLER_HEADER)
+        # A request without a body (GET /v1/models, /health) is routed but not scheduled on
+        # a prompt: logged at debug, so the routing trace shows only inference requests.
         event(
             log,
-            "decision",
+            "decision" if raw else "routed",
+            logging.INFO if raw else logging.DEBUG,
             request_id=req.request_id,
+            method=headers.get(":method"),
+            path=headers.get(":path"),
             model=req.model,
             prompt_chars=len(req.prompt),
-            candidates=len(endpoints),
-            scores={
-                p: {k: {e: round(s, 4) for e, s in v.items()} for k, v in r.scores.items()}
-                for p, r in result.profiles.items()
-            },
+            pool=len(endpoints),
+            profiles={name: _profile_log(r) for name, r in result.profiles.items()},
             decode=result.endpoint.name if result.endpoint else None,
-            prefill=prefill,
+            prefill=result.headers.get(wire.PREFILLER_HEADER),
             pd=decision,
+            reason=cycle.state.get(REASON),
             ms=round(elapsed * 1000, 3),
         )
         if result.endpoint is None:
@@ -185,6 +187,15 @@ def _headers(msg: pb.HttpHeaders) -> dict[str, str]:
     return {
         h.key.lower(): h.raw_value.decode(errors="replace") if h.raw_value else h.value
         for h in msg.headers.headers
+    }
+
+
+def _profile_log(result: ProfileResult) -> dict[str, Any]:
+    """One profile's run: what its filters left, each scorer's scores, whom it picked."""
+    return {
+        "candidates": result.candidates,
+        "picked": result.endpoint.name if result.endpoint else None,
+        "scores": {k: {e: round(s, 4) for e, s in v.items()} for k, v in result.scores.items()},
     }
 
 
