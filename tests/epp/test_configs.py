@@ -144,8 +144,7 @@ def test_check_rejects_a_pd_handler_naming_a_missing_profile(tmp_path, capsys, k
     assert main(["epp", "--config-file", str(bad), "--check"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"pdserve epp: {bad}: plugin pd-profile-handler: parameter {key}: "
-        "no scheduling profile named 'dec'"
+        f"pdserve epp: {bad}: plugins[0].parameters.{key}: no scheduling profile named 'dec'"
     )
 
 
@@ -153,6 +152,6 @@ def test_precise_scorer_takes_block_size_from_the_indexer_config() -> None:
     text = PRECISE_CONFIG.read_text()
     scorer = load(text, str(PRECISE_CONFIG)).plugins["precise-prefix-cache-scorer"]
     assert scorer.block == 64  # indexerConfig.tokenProcessorConfig.blockSize, not the default
-    assert scorer.params["hashSeed"] == "42"
+    assert scorer.params.indexerConfig.tokenProcessorConfig.hashSeed == "42"
     top = load(text.replace("indexerConfig:", "blockSize: 32\n    indexerConfig:"))
     assert top.plugins["precise-prefix-cache-scorer"].block == 32  # a top-level key wins

@@ -216,12 +216,12 @@ def test_scores_are_clamped_and_weighted() -> None:
         (
             "plugins: [{type: load-aware-scorer, parameters: {threshold: -1}}]\n"
             "schedulingProfiles: [{name: a}]",
-            "plugins[0]: parameter threshold",
+            "plugins[0].parameters.threshold: Input should be greater than or equal to 1",
         ),
         (
             "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: "
             "[{pluginRef: queue-scorer, weight: heavy}]}]",
-            "weight: must be a number",
+            "weight: Input should be a valid number",
         ),
         (
             "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a}, {name: b}]",
@@ -279,7 +279,9 @@ def test_always_disagg_decider_prefills_even_a_short_prompt() -> None:
 
 
 def test_decider_ref_must_name_a_decider() -> None:
-    with pytest.raises(ConfigError, match="'q' is not a decider plugin"):
+    with pytest.raises(
+        ConfigError, match="deciderPluginName: 'q' is a queue-scorer, not a decider"
+    ):
         load(
             "plugins: [{type: pd-profile-handler, parameters: {deciderPluginName: q}},"
             " {type: queue-scorer, name: q}]\n"
@@ -309,7 +311,8 @@ def test_lora_affinity_scorer_levels() -> None:
     room = lora_ep(3, {"chat"}, set(), 2)
     full = lora_ep(4, {"chat"}, set(), 1)
     scores = scorer.score(cycle(), req(model="sql"), [loaded, queued, room, full])
-    assert scores == {loaded.name: 1.0, queued.name: 0.8, room.name: 0.5, full.name: 0.0}
+    # upstream's order: active 1, room for one more 0.8, waiting 0.6, else 0
+    assert scores == {loaded.name: 1.0, queued.name: 0.6, room.name: 0.8, full.name: 0.0}
 
 
 def test_random_picker_is_uniform_and_seeded() -> None:
@@ -344,13 +347,14 @@ def test_precise_prefix_scorer_follows_kv_events() -> None:
 @pytest.mark.parametrize("handler", ["pd-profile-handler", "disagg-profile-handler"])
 @pytest.mark.parametrize("key", ["decodeProfile", "prefillProfile"])
 def test_pd_handler_profile_names_are_checked_at_load(handler: str, key: str) -> None:
+    params = "{threshold: 100," if handler == "pd-profile-handler" else "{"
     text = PD.replace("type: pd-profile-handler", f"type: {handler}").replace(
-        "{threshold: 100,", f"{{{key}: missing, threshold: 100,"
+        "{threshold: 100, hashBlockSize: 4}", f"{params} {key}: missing}}"
     )
     with pytest.raises(ConfigError) as err:
         load(text, "cfg.yaml")
     assert str(err.value) == (
-        f"cfg.yaml: plugin {handler}: parameter {key}: no scheduling profile named 'missing'"
+        f"cfg.yaml: plugins[0].parameters.{key}: no scheduling profile named 'missing'"
     )
 
 

@@ -62,6 +62,7 @@ def epp_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host", default="0.0.0.0", help="address the servers bind")
     ap.add_argument("--log-level", default="info")
     add_bool(ap, "--check", False, "load the config, print it resolved, and exit")
+    add_bool(ap, "--allow-experimental-plugins", False, "allow Alpha plugins in the config")
     for flag in _IGNORED:
         ap.add_argument(flag, help=argparse.SUPPRESS)
     for flag in _IGNORED_BOOL:
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> int:
     from pdserve.epp.config import load
 
     source = args.config_file or "--config-text"
-    config = load(_config_text(args), source)
+    config = load(_config_text(args), source, args.allow_experimental_plugins)
     if args.check:
         print(config.describe())
         return 0

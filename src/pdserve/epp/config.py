@@ -1,15 +1,20 @@
 """EndpointPickerConfig YAML to plugin instances and profiles, in one place.
 
+Both API groups (`llm-d.ai/v1alpha1`, and the deprecated `inference.networking.x-k8s.io/
+v1alpha1`) and every layout pdserve has met: v0.2-v0.4 (top-level saturationDetector with
+thresholds, flat plugin parameters) and v0.9+ (flowControl, dataLayer, requestHandler).
 Defaulting as upstream: a plugin's name defaults to its type; a profile entry's weight
-defaults to 1 (floats accepted); one profile and no handler means single-profile-handler;
-a profile without a picker gets max-score-picker."""
+defaults to 1 (floats accepted); one profile and no handler means single-profile-handler; a
+profile without a picker gets max-score-picker. Errors are one line starting with the path."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pdserve.epp.framework import (
     ConfigError,
@@ -18,11 +23,98 @@ from pdserve.epp.framework import (
     Plugin,
     PreRequest,
     ProfileHandler,
+    ProfileRef,
+    Ref,
     Scorer,
+    kind,
     make,
+    one_line,
+    plugin_class,
+    references,
 )
+from pdserve.epp.types import Endpoint
 
-API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
+API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PluginRefSpec(_Model):
+    pluginRef: str
+
+
+class SaturationDetectorSpec(_Model):
+    """v0.9+: a pluginRef. Before: the utilization thresholds inline (still accepted; they
+    configure an implicit utilization-detector)."""
+
+    pluginRef: str = ""
+    queueDepthThreshold: int | None = None
+    kvCacheUtilThreshold: float | None = None
+    metricsStalenessThreshold: str | None = None
+
+
+class PriorityBand(_Model):
+    priority: int
+    maxBytes: int | str | None = None
+    maxRequests: int | str | None = None
+    fairnessPolicyRef: str = ""
+    orderingPolicyRef: str = ""
+
+
+class FlowControl(_Model):
+    maxBytes: int | str | None = None
+    maxRequests: int | str | None = None
+    defaultRequestTTL: str | None = None
+    noEndpointRequestTTL: str | None = None
+    defaultPriorityBand: PriorityBand | None = None
+    defaultNegativePriorityBand: PriorityBand | None = None
+    priorityBands: list[PriorityBand] = Field(default_factory=list)
+    usageLimitPolicyPluginRef: str = ""
+    saturationDetector: SaturationDetectorSpec | None = None
+    enableEviction: bool = False
+
+
+class DataSource(_Model):
+    pluginRef: str
+    extractors: list[PluginRefSpec] = Field(default_factory=list)
+
+
+class DataLayer(_Model):
+    injectDefaults: bool | None = None
+    sources: list[DataSource] = Field(default_factory=list)
+    discovery: PluginRefSpec | None = None
+    crossReplicaSyncerPluginRef: str = ""
+    crossReplicaSyncInterval: str | None = None
+
+
+class RequestHandler(_Model):
+    parsers: list[PluginRefSpec] = Field(default_factory=list)
+
+
+class SchedulingPlugin(_Model):
+    pluginRef: str
+    weight: float = 1.0
+
+
+class SchedulingProfile(_Model):
+    name: str
+    plugins: list[SchedulingPlugin] = Field(default_factory=list)
+
+
+class Document(_Model):
+    apiVersion: str | None = None
+    kind: str = "EndpointPickerConfig"
+    featureGates: list[str] | dict[str, bool] = Field(default_factory=list)
+    plugins: list[dict[str, Any]] = Field(default_factory=list)
+    schedulingProfiles: list[SchedulingProfile] = Field(default_factory=list)
+    dataLayer: DataLayer | None = None
+    data: DataLayer | None = None  # the v0.5-v0.8 name of dataLayer
+    flowControl: FlowControl | None = None
+    requestHandler: RequestHandler | None = None
+    saturationDetector: SaturationDetectorSpec | None = None
+    parser: PluginRefSpec | None = None
 
 
 @dataclass
@@ -39,7 +131,35 @@ class Config:
     profiles: dict[str, Profile]
     handler: ProfileHandler
     pre_request: list[PreRequest]
-    extra: dict[str, Any] = field(default_factory=dict)  # featureGates, saturationDetector...
+    doc: Document = field(default_factory=Document)
+    detector: Any = None  # the saturation detector admission asks (plugins.admission)
+    admitters: list[Any] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)  # plugin name -> plugins[i]
+    rng: random.Random = field(default_factory=random.Random)
+
+    def shed(self, endpoints: list[Endpoint], now: float) -> str | None:
+        """Why a sheddable request is refused now, or None: the saturation detector (upstream
+        rejects at saturation >= 1 when flow control is off), then each admitter."""
+        from pdserve.epp.types import Cycle
+
+        if self.detector is not None and self.detector.saturation(endpoints, now) >= 1.0:
+            return f"{self.detector.name}: pool saturated"
+        cycle = Cycle(now=now, rng=self.rng)
+        for admitter in self.admitters:
+            reason = admitter.admit(cycle, endpoints)
+            if reason:
+                return str(reason)
+        return None
+
+    def ignored(self) -> list[str]:
+        """Every parameter accepted but not acted on, with the path a user would edit."""
+        out = []
+        for plugin in self.plugins.values():
+            where = self.paths.get(plugin.name, f"plugin {plugin.name}")
+            for key, why in plugin.inert().items():
+                out.append(f"{where}.parameters.{key}: {why}")
+        out += _flow_control_inert(self.doc.flowControl)
+        return out
 
     def describe(self) -> str:
         lines = [f"profile handler: {self.handler.name} ({self.handler.type_name})"]
@@ -49,102 +169,249 @@ class Config:
             parts.append(f"picker {p.picker.name if p.picker else '-'}")
             lines.append(f"profile {p.name}: " + ", ".join(parts))
         for plugin in self.plugins.values():
-            params = {k: v for k, v in plugin.params.items()}
-            ignored = f" (ignored: {', '.join(plugin.ignored)})" if plugin.ignored else ""
-            lines.append(f"plugin {plugin.name}: {plugin.type_name} {params}{ignored}")
+            params = plugin.params.model_dump(by_alias=True, exclude_unset=True)
+            lines.append(f"plugin {plugin.name}: {plugin.type_name} {params}")
+        if self.detector is not None:
+            lines.append(f"saturation detector: {self.detector.name}")
+        ignored = self.ignored()
+        lines.append(f"accepted, not acted on: {len(ignored) or 'none'}")
+        lines += [f"  {line}" for line in ignored]
         return "\n".join(lines)
 
 
+def _flow_control_inert(fc: FlowControl | None) -> list[str]:
+    """Flow control's queueing is a later slice: what it configures besides the saturation
+    detector (which admission uses) is only validated."""
+    if fc is None:
+        return []
+    return [
+        f"flowControl.{key}: queueing in the EPP is not implemented yet"
+        for key in sorted(fc.model_fields_set - {"saturationDetector"})
+    ]
+
+
 def _err(path: str, msg: str) -> ConfigError:
-    return ConfigError(f"{path}: {msg}")
+    """`path: msg`, or `path.parameters.x: ...` when the plugin's message is a path too."""
+    sep = "." if msg.startswith("parameters") else ": "
+    return ConfigError(f"{path}{sep}{msg}")
 
 
-def load(text: str, source: str = "config") -> Config:
+def _document(text: str, source: str) -> Document:
     try:
-        doc = yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(
             f"{source}:{where} YAML syntax error: {getattr(err, 'problem', None) or err}"
         ) from None
-    if not isinstance(doc, dict):
+    if not isinstance(raw, dict):
         raise _err(source, "expected an EndpointPickerConfig mapping")
-    if doc.get("kind", "EndpointPickerConfig") != "EndpointPickerConfig":
-        raise _err(f"{source}: kind", f"expected EndpointPickerConfig, got {doc.get('kind')!r}")
-    if doc.get("apiVersion") not in (None, *API_VERSIONS):
+    if raw.get("kind", "EndpointPickerConfig") != "EndpointPickerConfig":
+        raise _err(f"{source}: kind", f"expected EndpointPickerConfig, got {raw.get('kind')!r}")
+    if raw.get("apiVersion") not in (None, *API_VERSIONS):
         raise _err(f"{source}: apiVersion", f"expected one of {', '.join(API_VERSIONS)}")
+    try:
+        return Document.model_validate(raw)
+    except ValidationError as err:
+        line = one_line(err, "EndpointPickerConfig").removeprefix("parameters.")
+        raise _err(source, line.replace("unknown parameter of", "unknown field of")) from None
+
+
+def load(text: str, source: str = "config", allow_experimental: bool = False) -> Config:
+    doc = _document(text, source)
     plugins: dict[str, Plugin] = {}
-    for i, entry in enumerate(doc.get("plugins") or []):
-        path = f"{source}: plugins[{i}]"
-        if not isinstance(entry, dict) or "type" not in entry:
-            raise _err(path, "each plugin needs a type")
-        name = entry.get("name") or entry["type"]
-        if name in plugins:
-            raise _err(f"{path}.name", f"duplicate plugin name {name!r}")
-        params = entry.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise _err(f"{path}.parameters", "must be a mapping")
-        try:
-            plugins[name] = make(entry["type"], name, params)
-        except ConfigError as err:
-            raise _err(path, str(err)) from None
-    profiles = _profiles(doc, plugins, source)
-    for plugin in plugins.values():
-        bind = getattr(plugin, "bind", None)
-        if bind is not None:
-            try:
-                bind(plugins, list(profiles))
-            except ConfigError as err:
-                raise _err(f"{source}: plugin {plugin.name}", str(err)) from None
-    handlers = [p for p in plugins.values() if isinstance(p, ProfileHandler)]
-    if len(handlers) > 1:
-        raise _err(f"{source}: plugins", "more than one profile handler")
-    if not handlers:
-        if len(profiles) != 1:
-            raise _err(f"{source}: plugins", "several profiles need a profile handler")
-        handler = make("single-profile-handler", "single-profile-handler", {})
-        assert isinstance(handler, ProfileHandler)
-        handlers = [handler]
-        plugins[handler.name] = handler
-    pre = [p for p in plugins.values() if isinstance(p, PreRequest)]
-    extra = {
-        k: doc[k] for k in ("featureGates", "saturationDetector", "flowControl", "data") if k in doc
-    }
-    return Config(plugins, profiles, handlers[0], pre, extra)
-
-
-def _profiles(doc: dict[str, Any], plugins: dict[str, Plugin], source: str) -> dict[str, Profile]:
-    entries = doc.get("schedulingProfiles") or []
-    if not entries:
+    paths: dict[str, str] = {}
+    for i, entry in enumerate(doc.plugins):
+        path = f"plugins[{i}]"
+        name = _plugin(entry, path, source, plugins, allow_experimental)
+        paths[name] = path
+    if not doc.schedulingProfiles:
         raise _err(f"{source}: schedulingProfiles", "at least one profile is required")
+    names = [p.name for p in doc.schedulingProfiles]
+    for plugin in list(plugins.values()):
+        _resolve(plugin, plugins, names, f"{source}: {paths[plugin.name]}")
+    for plugin in list(plugins.values()):
+        try:
+            plugin.bind(plugins, names)
+        except ConfigError as err:
+            raise _err(f"{source}: {paths.get(plugin.name, plugin.name)}", str(err)) from None
+    profiles = _profiles(doc, plugins, source)
+    cfg = Config(plugins, profiles, _handler(plugins, profiles, source), [], doc, paths=paths)
+    cfg.pre_request = [p for p in plugins.values() if isinstance(p, PreRequest)]
+    _top_level(cfg, source)
+    return cfg
+
+
+def _plugin(
+    entry: dict[str, Any],
+    path: str,
+    source: str,
+    plugins: dict[str, Plugin],
+    allow_experimental: bool,
+) -> str:
+    if not isinstance(entry, dict) or not entry.get("type"):
+        raise _err(f"{source}: {path}", "each plugin needs a type")
+    extra = set(entry) - {"name", "type", "parameters"}
+    if extra:
+        raise _err(f"{source}: {path}.{sorted(extra)[0]}", "unknown field of a plugin")
+    try:
+        cls = plugin_class(entry["type"])
+    except ConfigError as err:
+        raise _err(f"{source}: {path}.type", str(err)) from None
+    if cls.stability == "alpha" and not allow_experimental:
+        raise _err(
+            f"{source}: {path}.type",
+            f"{entry['type']} is an Alpha plugin; pass --allow-experimental-plugins to use it",
+        )
+    name = entry.get("name") or entry["type"]
+    if name in plugins:
+        raise _err(f"{source}: {path}.name", f"duplicate plugin name {name!r}")
+    params = entry.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _err(f"{source}: {path}.parameters", "must be a mapping")
+    try:
+        plugins[name] = cls(name, params)
+    except ConfigError as err:
+        raise _err(f"{source}: {path}", str(err)) from None
+    return name
+
+
+def _resolve(plugin: Plugin, plugins: dict[str, Plugin], profiles: list[str], where: str) -> None:
+    """Each declared reference names a plugin of the declared kind, or a profile: checked at
+    load, since a wrong name would otherwise fail every request."""
+    for path, meta, value in references(plugin.params):
+        at = f"{where}.parameters.{path}"
+        if isinstance(meta, ProfileRef):
+            if value not in profiles:
+                raise _err(at, f"no scheduling profile named {value!r}")
+            continue
+        assert isinstance(meta, Ref)
+        plugin.refs[path] = _target(plugins, value, meta.kind, at)
+
+
+def _target(plugins: dict[str, Plugin], name: str, want: str, at: str) -> Plugin:
+    target = plugins.get(name)
+    if target is None:
+        raise _err(at, f"no plugin named {name!r} in plugins")
+    if not isinstance(target, kind(want)):
+        raise _err(at, f"{name!r} is a {target.type_name}, not a {_words(want)} plugin")
+    return target
+
+
+def _words(kind_name: str) -> str:
+    """PrefixProducer -> 'prefix producer' (and Decider -> 'decider')."""
+    return "".join(f" {c.lower()}" if c.isupper() else c for c in kind_name).strip()
+
+
+def _profiles(doc: Document, plugins: dict[str, Plugin], source: str) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(doc.schedulingProfiles):
         path = f"{source}: schedulingProfiles[{i}]"
-        name = entry.get("name")
-        if not name:
+        if not entry.name:
             raise _err(f"{path}.name", "required")
-        profile = Profile(name)
-        for j, ref in enumerate(entry.get("plugins") or []):
-            rpath = f"{path}.plugins[{j}]"
-            plugin = plugins.get(ref.get("pluginRef"))
+        profile = Profile(entry.name)
+        for j, ref in enumerate(entry.plugins):
+            plugin = plugins.get(ref.pluginRef)
             if plugin is None:
                 raise _err(
-                    f"{rpath}.pluginRef", f"no plugin named {ref.get('pluginRef')!r} in plugins"
+                    f"{path}.plugins[{j}].pluginRef",
+                    f"no plugin named {ref.pluginRef!r} in plugins",
                 )
-            weight = ref.get("weight", 1)
-            if isinstance(weight, bool) or not isinstance(weight, int | float):
-                raise _err(f"{rpath}.weight", f"must be a number, got {weight!r}")
             if isinstance(plugin, Filter):
                 profile.filters.append(plugin)
             if isinstance(plugin, Scorer):
-                profile.scorers.append((plugin, float(weight)))
+                profile.scorers.append((plugin, ref.weight))
             if isinstance(plugin, Picker):
                 profile.picker = plugin
         if profile.picker is None:
-            picker = make("max-score-picker", "max-score-picker", {})
-            assert isinstance(picker, Picker)
+            picker = plugins.get("max-score-picker")
+            if not isinstance(picker, Picker):
+                picker = make("max-score-picker", "max-score-picker")
+                assert isinstance(picker, Picker)
+                plugins.setdefault("max-score-picker", picker)
             profile.picker = picker
-            plugins.setdefault("max-score-picker", picker)
-        profiles[name] = profile
+        profiles[entry.name] = profile
     return profiles
+
+
+def _handler(
+    plugins: dict[str, Plugin], profiles: dict[str, Profile], source: str
+) -> ProfileHandler:
+    handlers = [p for p in plugins.values() if isinstance(p, ProfileHandler)]
+    if len(handlers) > 1:
+        raise _err(f"{source}: plugins", "more than one profile handler")
+    if handlers:
+        return handlers[0]
+    if len(profiles) != 1:
+        raise _err(f"{source}: plugins", "several profiles need a profile handler")
+    handler = make("single-profile-handler", "single-profile-handler")
+    assert isinstance(handler, ProfileHandler)
+    plugins[handler.name] = handler
+    return handler
+
+
+def _top_level(cfg: Config, source: str) -> None:
+    """The v0.9+ sections name plugins by pluginRef: each must exist and be of its kind."""
+    doc, plugins = cfg.doc, cfg.plugins
+    layer = doc.dataLayer or doc.data
+    section = "dataLayer" if doc.dataLayer else "data"
+    if layer is not None:
+        for i, src in enumerate(layer.sources):
+            at = f"{source}: {section}.sources[{i}]"
+            _target(plugins, src.pluginRef, "DataSource", f"{at}.pluginRef")
+            for j, ext in enumerate(src.extractors):
+                _target(plugins, ext.pluginRef, "Extractor", f"{at}.extractors[{j}].pluginRef")
+        if layer.discovery is not None:
+            _target(
+                plugins,
+                layer.discovery.pluginRef,
+                "Discovery",
+                f"{source}: {section}.discovery.pluginRef",
+            )
+    parsers = list(doc.requestHandler.parsers) if doc.requestHandler else []
+    for i, ref in enumerate(parsers):
+        _target(
+            plugins, ref.pluginRef, "Parser", f"{source}: requestHandler.parsers[{i}].pluginRef"
+        )
+    if doc.parser is not None:
+        _target(plugins, doc.parser.pluginRef, "Parser", f"{source}: parser.pluginRef")
+    fc = doc.flowControl
+    if fc is not None:
+        for i, band in enumerate(fc.priorityBands):
+            at = f"{source}: flowControl.priorityBands[{i}]"
+            if band.fairnessPolicyRef:
+                _target(
+                    plugins, band.fairnessPolicyRef, "FairnessPolicy", f"{at}.fairnessPolicyRef"
+                )
+            if band.orderingPolicyRef:
+                _target(
+                    plugins, band.orderingPolicyRef, "OrderingPolicy", f"{at}.orderingPolicyRef"
+                )
+        if fc.usageLimitPolicyPluginRef:
+            _target(
+                plugins,
+                fc.usageLimitPolicyPluginRef,
+                "UsageLimitPolicy",
+                f"{source}: flowControl.usageLimitPolicyPluginRef",
+            )
+    cfg.detector = _detector(cfg, source)
+    cfg.admitters = [p for p in plugins.values() if isinstance(p, kind("Admitter"))]
+
+
+def _detector(cfg: Config, source: str) -> Any:
+    doc = cfg.doc
+    spec, at = doc.saturationDetector, "saturationDetector"
+    if doc.flowControl is not None and doc.flowControl.saturationDetector is not None:
+        spec, at = doc.flowControl.saturationDetector, "flowControl.saturationDetector"
+    if spec is None:
+        return None
+    if spec.pluginRef:
+        return _target(
+            cfg.plugins, spec.pluginRef, "SaturationDetector", f"{source}: {at}.pluginRef"
+        )
+    thresholds = spec.model_dump(exclude={"pluginRef"}, exclude_none=True)
+    try:
+        return make("utilization-detector", "utilization-detector", thresholds)
+    except ConfigError as err:
+        raise _err(f"{source}: {at}", str(err).removeprefix("parameters.")) from None

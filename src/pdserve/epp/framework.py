@@ -1,38 +1,106 @@
-"""Plugin interfaces in the spirit of the GIE scheduler, and the registry by type name."""
+"""Plugin interfaces in the spirit of llm-d-router's scheduling framework: a registry by type
+name, one pydantic parameters model per plugin class, references between plugins declared on
+the parameter fields so the loader resolves them once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
 from pdserve.errors import UserError
+
+Stability = Literal["alpha", "beta"]
 
 
 class ConfigError(UserError):
     """A bad EndpointPickerConfig; the message starts with the path of the problem."""
 
 
+class Parameters(BaseModel):
+    """A plugin's parameters: upstream rejects unknown ones since v0.9, so do we."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Field metadata: the value names another plugin that must be a `kind`."""
+
+    kind: str  # a class name in this framework or plugins (resolved lazily: no import cycle)
+
+
+@dataclass(frozen=True)
+class ProfileRef:
+    """Field metadata: the value names a scheduling profile (checked only when given)."""
+
+
 class Plugin:
     type_name: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    Params: ClassVar[type[Parameters]] = Parameters
+    stability: ClassVar[Stability] = "beta"
 
-    def __init__(self, name: str, params: dict[str, Any]) -> None:
+    def __init__(self, name: str, params: Parameters | dict[str, Any] | None = None) -> None:
         self.name = name
-        # Upstream (Go) plugins ignore parameters they do not know, and shipped configs rely
-        # on it (a queue-scorer given hashBlockSize); they are kept and reported, not fatal.
-        self.ignored = sorted(set(params) - set(self.defaults))
-        self.params = {**self.defaults, **params}
+        self.params = params if isinstance(params, Parameters) else parse(self, params or {})
+        self.refs: dict[str, Plugin] = {}  # parameter path -> the plugin it names
         self.setup()
 
     def setup(self) -> None:
-        """Check and derive parameters; raise ConfigError on bad values."""
+        """Derive state from parameters; raise ConfigError on values the model cannot judge."""
 
-    def number(self, key: str, minimum: float = 0) -> float:
-        value = self.params[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise ConfigError(f"parameter {key}: must be a number >= {minimum}, got {value!r}")
-        return value
+    def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
+        """After references resolve: pick up implicit partners (e.g. the default producer)."""
+
+    def inert(self) -> dict[str, str]:
+        """Parameters given but not acted on here: path -> why. `--check` prints them."""
+        return {}
+
+
+def go_duration(text: str, key: str) -> float:
+    """Seconds from a Go duration (200ms, 1.5s, 2m, 1h30m), as upstream's parameters take."""
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(f"parameters.{key}: not a duration (e.g. 200ms, 2s), got {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def parse(cls: Plugin | type[Plugin], raw: dict[str, Any]) -> Parameters:
+    try:
+        return cls.Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(one_line(err, cls.type_name)) from None
+
+
+def one_line(err: ValidationError, type_name: str) -> str:
+    """Pydantic's first error as `parameters.<path>: <what>`: a config has one problem at a
+    time on screen, the way upstream's strict decoder reports it."""
+    e = err.errors()[0]
+    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"]).replace(".[", "[")
+    path = f"parameters.{loc}" if loc else "parameters"
+    if e["type"] == "extra_forbidden":
+        return f"{path}: unknown parameter of {type_name}"
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    return f"{path}: {msg}, got {e.get('input')!r}" if "input" in e else f"{path}: {msg}"
+
+
+def references(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """(path, metadata, value) of every set Ref/ProfileRef field, nested models included."""
+    for key, info in type(model).model_fields.items():
+        value = getattr(model, key)
+        path = f"{prefix}{info.alias or key}"
+        if isinstance(value, BaseModel):
+            yield from references(value, f"{path}.")
+        for meta in info.metadata:
+            if isinstance(meta, Ref | ProfileRef) and value:
+                if isinstance(meta, ProfileRef) and key not in model.model_fields_set:
+                    continue
+                yield path, meta, value
 
 
 class Filter(Plugin):
@@ -47,8 +115,12 @@ class Scorer(Plugin):
 
 
 class Picker(Plugin):
-    def pick(self, cycle: Cycle, scored: list[tuple[Endpoint, float]]) -> Endpoint | None:
+    def pick_many(self, cycle: Cycle, scored: list[tuple[Endpoint, float]]) -> list[Endpoint]:
         raise NotImplementedError
+
+    def pick(self, cycle: Cycle, scored: list[tuple[Endpoint, float]]) -> Endpoint | None:
+        chosen = self.pick_many(cycle, scored)
+        return chosen[0] if chosen else None
 
 
 class ProfileHandler(Plugin):
@@ -61,17 +133,25 @@ class ProfileHandler(Plugin):
     def results(self, cycle: Cycle, req: Request, done: dict[str, ProfileResult]) -> Result:
         raise NotImplementedError
 
+    def finish(self, cycle: Cycle, req: Request, result: Result) -> None:
+        """After the pre-request hooks: rewrite what they must not see (data-parallel port)."""
+
 
 class PreRequest(Plugin):
     def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
         raise NotImplementedError
 
 
+class Passive(Plugin):
+    """A plugin whose work is done outside the scheduling cycle (data sources, extractors,
+    parsers, discovery, flow-control policies): loaded, validated and referenced."""
+
+
 REGISTRY: dict[str, type[Plugin]] = {}
 
 
 def register(*names: str) -> Callable[[type[Plugin]], type[Plugin]]:
-    """Register a plugin class under its type name and any aliases."""
+    """Register a plugin class under its type name and any (deprecated) aliases."""
 
     def deco(cls: type[Plugin]) -> type[Plugin]:
         cls.type_name = names[0]
@@ -82,10 +162,27 @@ def register(*names: str) -> Callable[[type[Plugin]], type[Plugin]]:
     return deco
 
 
-def make(type_name: str, name: str, params: dict[str, Any]) -> Plugin:
+def plugin_class(type_name: str) -> type[Plugin]:
     from pdserve.epp import plugins  # noqa: F401  (registers the built-ins)
 
     cls = REGISTRY.get(type_name)
     if cls is None:
         raise ConfigError(f"unknown plugin type {type_name!r}")
-    return cls(name, params)
+    return cls
+
+
+def make(type_name: str, name: str, params: dict[str, Any] | None = None) -> Plugin:
+    return plugin_class(type_name)(name, params or {})
+
+
+def kind(name: str) -> type[Plugin]:
+    """A plugin base class by name, for Ref metadata (the plugins package defines some)."""
+    from pdserve.epp import plugins
+
+    for cls in (Filter, Scorer, Picker, ProfileHandler, PreRequest, Passive, Plugin):
+        if cls.__name__ == name:
+            return cls
+    found = plugins.KINDS.get(name)
+    if found is None:
+        raise KeyError(name)
+    return found

@@ -8,13 +8,13 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from pdserve.epp.plugins.prefix import PrecisePrefixCacheScorer
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer
 from pdserve.logs import event
 
 log = logging.getLogger("pdserve.epp")
 
 
-async def subscribe(scorer: PrecisePrefixCacheScorer, endpoint: str) -> None:
+async def subscribe(scorer: PrecisePrefixProducer, endpoint: str) -> None:
     """Bind a SUB socket (engines connect, as in llm-d) and apply every event batch."""
     ctx = zmq.asyncio.Context.instance()
     sock = ctx.socket(zmq.SUB)
@@ -36,7 +36,7 @@ async def subscribe(scorer: PrecisePrefixCacheScorer, endpoint: str) -> None:
         sock.close(0)
 
 
-def _apply(scorer: PrecisePrefixCacheScorer, frames: list[bytes]) -> None:
+def _apply(scorer: PrecisePrefixProducer, frames: list[bytes]) -> None:
     """One message: topic `kv@<pod>@<model>`, sequence, msgpack [ts, [events], dp_rank?]."""
     topic, _seq, payload = frames
     parts = topic.decode(errors="replace").split("@")

@@ -35,6 +35,7 @@ class Scheduler:
         if result.endpoint is not None:
             for hook in cfg.pre_request:
                 hook.pre_request(cycle, req, result)
+            cfg.handler.finish(cycle, req, result)
         return result
 
     def _run(
@@ -62,7 +63,10 @@ class Scheduler:
             for name in totals:
                 totals[name] += min(max(scores.get(name, 0.0), 0.0), 1.0) * weight
         assert profile.picker is not None
-        result.endpoint = profile.picker.pick(cycle, [(e, totals[e.name]) for e in candidates])
+        result.endpoints = profile.picker.pick_many(
+            cycle, [(e, totals[e.name]) for e in candidates]
+        )
+        result.endpoint = result.endpoints[0] if result.endpoints else None
         return result
 
 

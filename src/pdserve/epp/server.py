@@ -11,11 +11,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from pdserve.epp import admission
 from pdserve.epp.config import Config
 from pdserve.epp.datastore import Datastore
 from pdserve.epp.extproc import ExtProc, Picker
 from pdserve.epp.metrics import EppMetrics
-from pdserve.epp.plugins.prefix import PrecisePrefixCacheScorer
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer
 from pdserve.epp.scheduler import Scheduler
 from pdserve.logs import event
 
@@ -28,14 +29,17 @@ async def serve(
     from pdserve.epp.cli import _stop_on_signals
 
     metrics = EppMetrics()
+    if config.detector is not None or config.admitters:
+        admission.install(config.shed)
     picker = Picker(Scheduler(config), store, metrics, args.pool_name, args.default_criticality)
     await store.poll()
     tasks = [asyncio.create_task(store.run())]
     for plugin in config.plugins.values():
-        if isinstance(plugin, PrecisePrefixCacheScorer):
+        if isinstance(plugin, PrecisePrefixProducer):
             from pdserve.epp.kv_events import subscribe
 
-            tasks.append(asyncio.create_task(subscribe(plugin, args.kv_events_endpoint)))
+            endpoint = plugin.zmq_endpoint or args.kv_events_endpoint
+            tasks.append(asyncio.create_task(subscribe(plugin, endpoint)))
     server = grpc.aio.server()
     pb_grpc.add_ExternalProcessorServicer_to_server(ExtProc(picker), server)
     server.add_insecure_port(f"{args.host}:{args.grpc_port}")

@@ -71,6 +71,13 @@ class ProfileResult:
     endpoint: Endpoint | None
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # plugin -> endpoint -> s
     candidates: int = 0
+    # All the picker chose, best first (maxNumOfEndpoints); `endpoint` is the first.
+    endpoints: list[Endpoint] = field(default_factory=list)
+    skipped: bool = False  # a stage its decider declined (not run, not reported)
+
+    def __post_init__(self) -> None:
+        if not self.endpoints and self.endpoint is not None:
+            self.endpoints = [self.endpoint]
 
 
 @dataclass

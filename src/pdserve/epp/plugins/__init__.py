@@ -1,3 +1,33 @@
 """Built-in plugins; importing this package registers them."""
 
-from pdserve.epp.plugins import filters, handlers, pickers, prefix, scorers  # noqa: F401
+from pdserve.epp.framework import Plugin
+from pdserve.epp.plugins import datalayer, filters, flowcontrol, handlers, pickers, prefix, scorers
+
+# Plugin kinds a Ref may demand, by class name.
+KINDS: dict[str, type[Plugin]] = {
+    cls.__name__: cls
+    for cls in (
+        handlers.Decider,
+        prefix.PrefixProducer,
+        prefix.PrefixCacheScorer,
+        datalayer.DataSource,
+        datalayer.Extractor,
+        datalayer.Discovery,
+        datalayer.Parser,
+        flowcontrol.SaturationDetector,
+        flowcontrol.Admitter,
+        flowcontrol.FairnessPolicy,
+        flowcontrol.OrderingPolicy,
+        flowcontrol.UsageLimitPolicy,
+    )
+}
+__all__ = [
+    "KINDS",
+    "datalayer",
+    "filters",
+    "flowcontrol",
+    "handlers",
+    "pickers",
+    "prefix",
+    "scorers",
+]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pdserve.epp.framework import ConfigError, Filter, register
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from pdserve.epp.framework import Filter, Parameters, register
 from pdserve.epp.types import Cycle, Endpoint, Request
 from pdserve.wire import ROLE_BOTH, ROLE_DECODE, ROLE_LABEL, ROLE_PREFILL
 
@@ -21,52 +25,67 @@ class PrefillFilter(Filter):
         return [e for e in endpoints if e.role == ROLE_PREFILL]
 
 
+@register("encode-filter")
+class EncodeFilter(Filter):
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        return [e for e in endpoints if e.role == "encode"]
+
+
+class ByLabelParams(Parameters):
+    label: str = ROLE_LABEL
+    validValues: list[str] = Field(default_factory=list)
+    allowsNoLabel: bool = False
+
+
 @register("by-label")
 class ByLabel(Filter):
-    defaults = {"label": ROLE_LABEL, "validValues": [], "allowsNoLabel": False}
+    """Deprecated since v0.9 for label-selector-filter."""
 
-    def setup(self) -> None:
-        if not isinstance(self.params["validValues"], list):
-            raise ConfigError("parameter validValues: must be a list")
+    Params = ByLabelParams
+    params: ByLabelParams
 
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
-        key, valid = self.params["label"], set(self.params["validValues"])
+        p = self.params
+        valid = set(p.validValues)
         return [
             e
             for e in endpoints
-            if e.labels.get(key) in valid or (key not in e.labels and self.params["allowsNoLabel"])
+            if e.labels.get(p.label) in valid or (p.label not in e.labels and p.allowsNoLabel)
         ]
 
 
-@register("by-label-selector")
-class ByLabelSelector(Filter):
-    """A Kubernetes label selector: matchLabels and matchExpressions (In, NotIn, Exists,
-    DoesNotExist)."""
+class Requirement(BaseModel):
+    model_config = Parameters.model_config
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
 
-    defaults = {"matchLabels": {}, "matchExpressions": []}
 
-    def setup(self) -> None:
-        for i, expr in enumerate(self.params["matchExpressions"]):
-            if expr.get("operator") not in ("In", "NotIn", "Exists", "DoesNotExist"):
-                raise ConfigError(
-                    f"parameter matchExpressions[{i}].operator: "
-                    f"unknown operator {expr.get('operator')!r}"
-                )
+class SelectorParams(Parameters):
+    matchLabels: dict[str, str] = Field(default_factory=dict)
+    matchExpressions: list[Requirement] = Field(default_factory=list)
 
-    def _matches(self, labels: dict[str, str]) -> bool:
-        if any(labels.get(k) != v for k, v in self.params["matchLabels"].items()):
+
+def matches(sel: SelectorParams, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector: every matchLabels pair and every requirement."""
+    if any(labels.get(k) != v for k, v in sel.matchLabels.items()):
+        return False
+    for r in sel.matchExpressions:
+        present = r.key in labels
+        if (
+            (r.operator == "In" and labels.get(r.key) not in r.values)
+            or (r.operator == "NotIn" and present and labels[r.key] in r.values)
+            or (r.operator == "Exists" and not present)
+            or (r.operator == "DoesNotExist" and present)
+        ):
             return False
-        for expr in self.params["matchExpressions"]:
-            key, op, values = expr["key"], expr["operator"], set(expr.get("values") or [])
-            present = key in labels
-            if (
-                (op == "In" and labels.get(key) not in values)
-                or (op == "NotIn" and present and labels[key] in values)
-                or (op == "Exists" and not present)
-                or (op == "DoesNotExist" and present)
-            ):
-                return False
-        return True
+    return True
+
+
+@register("label-selector-filter", "by-label-selector")
+class LabelSelectorFilter(Filter):
+    Params = SelectorParams
+    params: SelectorParams
 
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
-        return [e for e in endpoints if self._matches(e.labels)]
+        return [e for e in endpoints if matches(self.params, e.labels)]

@@ -1,18 +1,37 @@
-"""Profile handlers (which profiles run, which result is primary), P/D deciders, and the
-pre-request hook that tells the decode sidecar where to prefill."""
+"""Profile handlers (which profiles run, which result is primary), the P/D deciders, and the
+pre-request hooks that tell the decode sidecar where to prefill (or encode)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
-from pdserve.epp.framework import ConfigError, Plugin, PreRequest, ProfileHandler, register
-from pdserve.epp.plugins.prefix import HITS
-from pdserve.epp.types import Cycle, ProfileResult, Request, Result
+from pydantic import BaseModel, Field, field_validator
+
+from pdserve.epp.framework import (
+    ConfigError,
+    Parameters,
+    Plugin,
+    PreRequest,
+    ProfileHandler,
+    ProfileRef,
+    Ref,
+    register,
+)
+from pdserve.epp.plugins.prefix import (
+    PrefixCacheScorer,
+    PrefixProducer,
+    default_producer,
+    estimated_tokens,
+    held,
+)
+from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
 from pdserve.wire import PREFILLER_HEADER
 
 DECISION = "pd.decision"  # cycle.state: "prefill-decode" | "decode-only"
 REASON = "pd.reason"  # cycle.state: why, in words, for the routing trace
+ENCODER_HEADER = "x-encoder-hosts-ports"
+DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
 
 
 class Verdict(NamedTuple):
@@ -23,8 +42,6 @@ class Verdict(NamedTuple):
 
 
 def _threshold_verdict(uncached: float, threshold: float, unit: str, param: str) -> Verdict:
-    if threshold == 0:
-        return Verdict(True, f"disaggregated: {param} 0 (always)")
     if uncached >= threshold:
         return Verdict(
             True, f"disaggregated: {uncached:.0f} uncached {unit} >= {param} {threshold:g}"
@@ -44,70 +61,243 @@ class SingleProfileHandler(ProfileHandler):
 
 
 class Decider(Plugin):
-    """Whether a request whose decode pod is chosen should also be prefilled elsewhere."""
+    """Whether a request whose decode endpoint is chosen should also run another stage."""
 
-    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> Verdict:
+    def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
+        self.producer: PrefixProducer = default_producer(plugins)
+
+    def disaggregate(self, cycle: Cycle, req: Request, endpoint: Endpoint | None) -> Verdict:
         raise NotImplementedError
 
 
 @register("prefix-based-pd-decider")
 class PrefixBasedDecider(Decider):
-    """P/D when the prompt's uncached part reaches `nonCachedTokens` (approximated as
-    characters / 4 when only text is known)."""
+    """P/D when the prompt's uncached tokens (prompt tokens - cached blocks x block tokens)
+    reach nonCachedTokens; 0 disables P/D, as upstream."""
 
-    defaults = {"nonCachedTokens": 0}
+    class Params(Parameters):
+        nonCachedTokens: int = Field(0, ge=0)
+        promptTokens: int = Field(0, ge=0)
 
-    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> Verdict:
-        uncached = (1 - hit) * len(req.prompt) / 4
-        return _threshold_verdict(
-            uncached, self.number("nonCachedTokens"), "tokens", "nonCachedTokens"
-        )
+    def disaggregate(self, cycle: Cycle, req: Request, endpoint: Endpoint | None) -> Verdict:
+        p = self.params
+        assert isinstance(p, PrefixBasedDecider.Params)
+        if p.nonCachedTokens == 0:
+            return Verdict(False, "decode-only: nonCachedTokens 0 (P/D disabled)")
+        tokens = estimated_tokens(req.prompt)
+        if p.promptTokens and tokens < p.promptTokens:
+            return Verdict(
+                False, f"decode-only: {tokens} prompt tokens < promptTokens {p.promptTokens}"
+            )
+        if tokens < p.nonCachedTokens:
+            return Verdict(
+                False, f"decode-only: {tokens} prompt tokens < nonCachedTokens {p.nonCachedTokens}"
+            )
+        cached = 0
+        if endpoint is not None:
+            m = self.producer.match(cycle, req)
+            cached = held(self.producer, m, endpoint) * m.block_tokens
+        return _threshold_verdict(tokens - cached, p.nonCachedTokens, "tokens", "nonCachedTokens")
 
 
-@register("always-disagg-pd-decider")
+@register("always-disagg-pd-decider", "always-disagg-multimodal-decider")
 class AlwaysDisaggDecider(Decider):
-    def disaggregate(self, cycle: Cycle, req: Request, hit: float) -> Verdict:
-        return Verdict(True, "disaggregated: always-disagg-pd-decider")
+    def disaggregate(self, cycle: Cycle, req: Request, endpoint: Endpoint | None) -> Verdict:
+        return Verdict(True, f"disaggregated: {self.type_name}")
 
 
-@register("pd-profile-handler", "disagg-profile-handler")
-class PDProfileHandler(ProfileHandler):
-    """Decode first; then prefill unless the uncached part of the prompt, (1 - hit) x
-    len(prompt), is under `threshold` characters (0: always). A prefill profile that finds no
-    endpoint degrades to decode-only."""
+class _Stages(BaseModel):
+    model_config = Parameters.model_config
+    decode: Annotated[str, ProfileRef()] = "decode"
+    prefill: Annotated[str, ProfileRef()] = "prefill"
+    encode: Annotated[str, ProfileRef()] = "encode"
 
-    defaults = {
-        "threshold": 0,
-        "hashBlockSize": 64,
-        "decodeProfile": "decode",
-        "prefillProfile": "prefill",
-        "prefixPluginName": "prefix-cache-scorer",
-        "deciderPluginName": "",
-        "decider": "",
-    }
+
+class _Deciders(BaseModel):
+    model_config = Parameters.model_config
+    prefill: Annotated[str, Ref("Decider")] = ""
+    encode: Annotated[str, Ref("Decider")] = ""
+
+
+class DisaggParams(Parameters):
+    stageOrder: Literal["decode-first", "prefill-first"] = "decode-first"
+    profiles: _Stages = Field(default_factory=_Stages)
+    deciders: _Deciders = Field(default_factory=_Deciders)
+    # the deprecated flat form (one or the other, as upstream)
+    decodeProfile: Annotated[str, ProfileRef()] = ""
+    prefillProfile: Annotated[str, ProfileRef()] = ""
+    encodeProfile: Annotated[str, ProfileRef()] = ""
+    deciderPluginName: Annotated[str, Ref("Decider")] = ""
+    prefillDeciderPluginName: Annotated[str, Ref("Decider")] = ""
+    encodeDeciderPluginName: Annotated[str, Ref("Decider")] = ""
+
+    @field_validator("stageOrder", mode="before")
+    @classmethod
+    def _order(cls, v: object) -> object:
+        """Upstream accepts decode/decodeFirst/decode_first and the prefill forms alike."""
+        flat = str(v).lower().replace("-", "").replace("_", "")
+        return {
+            "": "decode-first",
+            "decode": "decode-first",
+            "decodefirst": "decode-first",
+            "prefill": "prefill-first",
+            "prefillfirst": "prefill-first",
+        }.get(flat, v)
+
+
+@register("disagg-profile-handler")
+class DisaggProfileHandler(ProfileHandler, PreRequest):
+    """Decode first (or prefill first); a decider per extra stage; the prefill (and encode)
+    endpoints go to the sidecar in headers. A stage whose profile finds no endpoint leaves
+    the request on the decode endpoint."""
+
+    Params = DisaggParams
+    params: DisaggParams
 
     def setup(self) -> None:
-        self.threshold = self.number("threshold")
-        self.decider: Decider | None = None
+        p = self.params
+        flat = p.model_fields_set & {
+            "decodeProfile",
+            "prefillProfile",
+            "encodeProfile",
+            "deciderPluginName",
+            "prefillDeciderPluginName",
+            "encodeDeciderPluginName",
+        }
+        if flat and p.model_fields_set & {"profiles", "deciders"}:
+            raise ConfigError(
+                "parameters: use either profiles/deciders or the deprecated flat fields, not both"
+            )
+        self.decode = p.decodeProfile or p.profiles.decode
+        self.prefill = p.prefillProfile or p.profiles.prefill
+        self.encode = p.encodeProfile or p.profiles.encode
+        self.prefill_first = p.stageOrder == "prefill-first"
+        if self.prefill_first and (
+            p.deciders.prefill or p.prefillDeciderPluginName or p.deciderPluginName
+        ):
+            raise ConfigError(
+                "parameters.deciders.prefill: not supported with stageOrder prefill-first"
+            )
 
     def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
-        """Resolve references at load time: a wrong name would otherwise fail every request."""
-        for key in ("decodeProfile", "prefillProfile"):
-            if self.params[key] not in profiles:
-                raise ConfigError(
-                    f"parameter {key}: no scheduling profile named {self.params[key]!r}"
-                )
-        name = self.params["deciderPluginName"] or self.params["decider"]
-        if name:
-            decider = plugins.get(name)
-            if not isinstance(decider, Decider):
-                raise ConfigError(f"parameter deciderPluginName: {name!r} is not a decider plugin")
-            self.decider = decider
+        r = self.refs
+        self.pd = (
+            r.get("deciders.prefill")
+            or r.get("prefillDeciderPluginName")
+            or r.get("deciderPluginName")
+        )
+        self.enc = r.get("deciders.encode") or r.get("encodeDeciderPluginName")
+
+    def _stage(
+        self,
+        cycle: Cycle,
+        req: Request,
+        decider: Plugin | None,
+        endpoint: Endpoint | None,
+        profile: str,
+    ) -> bool:
+        if not isinstance(decider, Decider):
+            cycle.state.setdefault(REASON, f"decode-only: no decider for profile {profile!r}")
+            return False
+        verdict = decider.disaggregate(cycle, req, endpoint)
+        if profile == self.prefill:
+            cycle.state[REASON] = verdict.reason
+        return verdict.disaggregate
 
     def pick_profiles(
         self, cycle: Cycle, req: Request, profiles: Sequence[str], done: dict[str, ProfileResult]
     ) -> list[str]:
-        decode, prefill = self.params["decodeProfile"], self.params["prefillProfile"]
+        if self.prefill_first:
+            return self._prefill_first(cycle, req, profiles, done)
+        if self.decode not in done:
+            return [self.decode] if self.decode in profiles else []
+        chosen = done[self.decode].endpoint
+        if chosen is None:
+            return []
+        for stage, decider in ((self.encode, self.enc), (self.prefill, self.pd)):
+            if stage in profiles and stage not in done:
+                if self._stage(cycle, req, decider, chosen, stage):
+                    return [stage]
+                done[stage] = ProfileResult(None, skipped=True)
+        return []
+
+    def _prefill_first(
+        self, cycle: Cycle, req: Request, profiles: Sequence[str], done: dict[str, ProfileResult]
+    ) -> list[str]:
+        if self.decode in done:
+            return []
+        if self.prefill in profiles and self.prefill not in done:
+            cycle.state[REASON] = "disaggregated: stageOrder prefill-first"
+            return [self.prefill]
+        if self.encode in profiles and self.encode not in done:
+            if self._stage(cycle, req, self.enc, None, self.encode):
+                return [self.encode]
+            done[self.encode] = ProfileResult(None, skipped=True)
+        return [self.decode] if self.decode in profiles else []
+
+    def results(self, cycle: Cycle, req: Request, done: dict[str, ProfileResult]) -> Result:
+        kept = {k: v for k, v in done.items() if not v.skipped}
+        prefill = kept.get(self.prefill)
+        pd = prefill is not None and prefill.endpoint is not None
+        cycle.state[DECISION] = "prefill-decode" if pd else "decode-only"
+        if prefill is not None and prefill.endpoint is None:
+            wanted = cycle.state.get(REASON, "")
+            cycle.state[REASON] = (
+                f"decode-only: no endpoint passed profile {self.prefill!r}"
+                f" (wanted {wanted.removeprefix('disaggregated: ')})"
+            )
+        decode = kept.get(self.decode)
+        if decode is None or decode.endpoint is None:
+            cycle.state[REASON] = "no decode endpoint"
+            kept.setdefault(self.decode, ProfileResult(None))
+        return Result(kept, self.decode)
+
+    def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
+        prefill = result.profiles.get(self.prefill)
+        if prefill is not None and prefill.endpoint is not None:
+            result.headers[PREFILLER_HEADER] = prefill.endpoint.name
+        encode = result.profiles.get(self.encode)
+        if encode is not None and encode.endpoints:
+            result.headers[ENCODER_HEADER] = ",".join(e.name for e in encode.endpoints)
+
+
+class PDParams(Parameters):
+    threshold: int = Field(0, ge=0)  # v0.2-v0.4: characters; 0 = always P/D
+    hashBlockSize: int = Field(64, ge=1)
+    decodeProfile: Annotated[str, ProfileRef()] = "decode"
+    prefillProfile: Annotated[str, ProfileRef()] = "prefill"
+    prefixPluginName: Annotated[str, Ref("PrefixCacheScorer")] = ""
+    prefixPluginType: str = ""
+    deciderPluginName: Annotated[str, Ref("Decider")] = ""
+    primaryPort: int = Field(0, ge=0, le=65535)
+    prefixMatchInfoProducerName: Annotated[str, Ref("PrefixProducer")] = ""
+
+
+@register("pd-profile-handler")
+class PDProfileHandler(ProfileHandler):
+    """The deprecated handler. Without a decider (v0.2-v0.4) prefill is skipped when the
+    prompt's uncached characters, len - max(matched blocks - 1, 0) x hashBlockSize, are under
+    `threshold` (0: always P/D); upstream's -1 is its model-name block. With
+    deciderPluginName (v0.5-v0.8) the decider chooses."""
+
+    Params = PDParams
+    params: PDParams
+
+    def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
+        self.decider = self.refs.get("deciderPluginName")
+        scorer = self.refs.get("prefixPluginName")
+        if scorer is None:
+            found = plugins.get("prefix-cache-scorer")
+            scorer = found if isinstance(found, PrefixCacheScorer) else None
+        producer = self.refs.get("prefixMatchInfoProducerName")
+        if producer is None and isinstance(scorer, PrefixCacheScorer):
+            producer = scorer.source
+        self.producer = producer if isinstance(producer, PrefixProducer) else None
+
+    def pick_profiles(
+        self, cycle: Cycle, req: Request, profiles: Sequence[str], done: dict[str, ProfileResult]
+    ) -> list[str]:
+        decode, prefill = self.params.decodeProfile, self.params.prefillProfile
         if not done:
             return [decode]
         if prefill in done or prefill not in profiles:
@@ -115,35 +305,89 @@ class PDProfileHandler(ProfileHandler):
         chosen = done[decode].endpoint
         if chosen is None:
             return []
-        hit = cycle.state.get(HITS, {}).get(chosen.name, 0.0)
-        if self.decider is not None:
-            verdict = self.decider.disaggregate(cycle, req, hit)
-        else:
-            uncached = (1 - hit) * len(req.prompt)
-            verdict = _threshold_verdict(uncached, self.threshold, "characters", "threshold")
+        verdict = self._verdict(cycle, req, chosen)
         cycle.state[REASON] = verdict.reason
         return [prefill] if verdict.disaggregate else []
 
+    def _verdict(self, cycle: Cycle, req: Request, chosen: Endpoint) -> Verdict:
+        if isinstance(self.decider, Decider):
+            return self.decider.disaggregate(cycle, req, chosen)
+        threshold = self.params.threshold
+        if threshold == 0:
+            return Verdict(True, "disaggregated: threshold 0 (always)")
+        hit = 0
+        if self.producer is not None:
+            blocks = held(self.producer, self.producer.match(cycle, req), chosen)
+            hit = max(blocks - 1, 0) * self.params.hashBlockSize
+        uncached = max(len(req.prompt) - hit, 0)
+        return _threshold_verdict(uncached, threshold, "characters", "threshold")
+
     def results(self, cycle: Cycle, req: Request, done: dict[str, ProfileResult]) -> Result:
-        prefill = done.get(self.params["prefillProfile"])
+        decode, prefill_name = self.params.decodeProfile, self.params.prefillProfile
+        prefill = done.get(prefill_name)
         pd = prefill is not None and prefill.endpoint is not None
         cycle.state[DECISION] = "prefill-decode" if pd else "decode-only"
         if prefill is not None and prefill.endpoint is None:
             wanted = cycle.state.get(REASON, "")
             cycle.state[REASON] = (
-                f"decode-only: no endpoint passed profile {self.params['prefillProfile']!r}"
+                f"decode-only: no endpoint passed profile {prefill_name!r}"
                 f" (wanted {wanted.removeprefix('disaggregated: ')})"
             )
-        elif done[self.params["decodeProfile"]].endpoint is None:
+        elif done[decode].endpoint is None:
             cycle.state[REASON] = "no decode endpoint"
-        return Result(done, self.params["decodeProfile"])
+        return Result(done, decode)
+
+    def finish(self, cycle: Cycle, req: Request, result: Result) -> None:
+        if self.params.primaryPort:
+            _to_primary_port(result, self.params.primaryPort)
+
+    def inert(self) -> dict[str, str]:
+        if self.params.prefixPluginType:
+            return {
+                "prefixPluginType": "upstream ignores it too; prefixPluginName names the scorer"
+            }
+        return {}
 
 
-@register("prefill-header-handler", "disagg-headers-handler")
+def _to_primary_port(result: Result, port: int) -> None:
+    """Data parallel: the sidecar on `port` serves every rank; it learns the chosen rank's
+    own address from the header."""
+    primary = result.profiles[result.primary]
+    if primary.endpoint is None:
+        return
+    result.headers[DATA_PARALLEL_HEADER] = primary.endpoint.name
+    moved = [Endpoint(e.address, port, e.labels, e.metrics) for e in primary.endpoints]
+    primary.endpoints, primary.endpoint = moved, moved[0]
+
+
+@register("data-parallel-profile-handler")
+class DataParallelProfileHandler(SingleProfileHandler):
+    """One profile; the chosen rank's ip:port goes in x-data-parallel-host-port and the
+    request itself to primaryPort on the same address."""
+
+    class Params(Parameters):
+        primaryPort: int = Field(8000, ge=1, le=65535)
+
+    params: Params
+
+    def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
+        if len(profiles) != 1:
+            raise ConfigError("needs exactly one scheduling profile")
+
+    def finish(self, cycle: Cycle, req: Request, result: Result) -> None:
+        _to_primary_port(result, self.params.primaryPort)
+
+
+@register("disagg-headers-handler", "prefill-header-handler")
 class PrefillHeaderHandler(PreRequest):
-    defaults = {"prefillProfile": "prefill"}
+    """Deprecated since v0.9 (the disagg handler sets the header itself)."""
+
+    class Params(Parameters):
+        prefillProfile: Annotated[str, ProfileRef()] = "prefill"
+
+    params: Params
 
     def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
-        prefill = result.profiles.get(self.params["prefillProfile"])
+        prefill = result.profiles.get(self.params.prefillProfile)
         if prefill is not None and prefill.endpoint is not None:
             result.headers[PREFILLER_HEADER] = prefill.endpoint.name

@@ -1,30 +1,60 @@
-"""Prefix-cache affinity: send a prompt where its prefix was sent before (approximate), or
-where the engine reports the blocks are (precise, from vLLM KV events)."""
+"""Prefix-cache affinity. Producers compute, once per cycle, how many leading blocks of the
+prompt each endpoint holds: approximately (where earlier prompts were sent) or precisely
+(what the engines report in KV events). `prefix-cache-scorer` turns that into scores and the
+P/D deciders into a choice, as in llm-d-router v0.10.
+
+Without a tokenizer a token is 4 bytes of the prompt (upstream's estimate backend: the UTF-8
+bytes, zero-padded to a multiple of 4, read as little-endian uint32 words)."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import xxhash
+from pydantic import BaseModel, Field
 
-from pdserve.epp.framework import PreRequest, Scorer, register
-from pdserve.epp.plugins.scorers import _check_block_size
+from pdserve.epp.framework import Parameters, Plugin, PreRequest, Ref, Scorer, register
+from pdserve.epp.plugins.datalayer import Extractor
 from pdserve.epp.types import Cycle, Endpoint, Request, Result
 
 if TYPE_CHECKING:
     from pdserve.engines.sim.tokens import Tokenizer
 
-HITS = "prefix.hits"  # cycle.state key: endpoint name -> matched fraction, for the P/D handler
+HITS = "prefix.hits"  # cycle.state key: endpoint name -> matched fraction (routing trace)
+BYTES_PER_TOKEN = 4
+MIN_BLOCK_TOKENS = 64  # upstream raises smaller blockSizeTokens to this (llm-d-router #1158)
+
+
+def estimated_tokens(prompt: str) -> int:
+    return -(-len(prompt.encode()) // BYTES_PER_TOKEN)
 
 
 def prompt_hashes(model: str, prompt: str, block: int, limit: int) -> list[int]:
-    """Chained xxhash64 over full character blocks; block 0 is seeded with the model name."""
+    """v0.2-v0.4 scheme: chained xxhash64 over full character blocks, seeded with the model."""
     data = prompt.encode()
     prev = xxhash.xxh64_intdigest(model.encode())
     out = []
     for start in range(0, min(len(data) // block, limit) * block, block):
         prev = xxhash.xxh64_intdigest(data[start : start + block], seed=prev)
+        out.append(prev)
+    return out
+
+
+def token_block_hashes(model: str, prompt: str, block_tokens: int, limit: int) -> list[int]:
+    """v0.10 scheme over estimated tokens: block i is xxh64(le64(xxh64(its token bytes)) ||
+    le64(previous)), the first previous being xxh64(model); a partial last block counts."""
+    data = prompt.encode()
+    data += b"\0" * (-len(data) % BYTES_PER_TOKEN)
+    step = block_tokens * BYTES_PER_TOKEN
+    prev = xxhash.xxh64_intdigest(model.encode())
+    out: list[int] = []
+    for start in range(0, len(data), step):
+        if len(out) >= limit:
+            break
+        block = xxhash.xxh64_intdigest(data[start : start + step])
+        prev = xxhash.xxh64_intdigest(block.to_bytes(8, "little") + prev.to_bytes(8, "little"))
         out.append(prev)
     return out
 
@@ -90,87 +120,196 @@ class LRUIndex:
         return len(self.holders)
 
 
-@register("prefix-cache-scorer")
-class PrefixCacheScorer(Scorer, PreRequest):
-    """Score = longest run of leading blocks sent to that endpoint before / total blocks."""
+@dataclass
+class Match:
+    """One cycle's prefix lookup: leading blocks held per endpoint, out of `total`."""
 
-    defaults = {"hashBlockSize": 64, "maxPrefixBlocksToMatch": 256, "lruCapacityPerServer": 31250}
+    matched: dict[str, int]
+    total: int
+    block_tokens: int
+    hashes: list[int]
 
-    def setup(self) -> None:
-        self.block = _check_block_size(self)
-        self.limit = _check_block_size(self, "maxPrefixBlocksToMatch")
-        self.index = LRUIndex(_check_block_size(self, "lruCapacityPerServer"))
+
+class PrefixProducer(PreRequest):
+    """The kind `prefixMatchInfoProducerName` names."""
+
+    def __init__(self, name: str, params: Parameters | dict[str, Any] | None = None) -> None:
         self.lookups = self.hits = 0
+        super().__init__(name, params)
 
-    def _hashes(self, cycle: Cycle, req: Request) -> list[int]:
-        key = f"prefix.hashes.{self.name}"
-        if key not in cycle.state:
-            cycle.state[key] = prompt_hashes(req.model, req.prompt, self.block, self.limit)
-        return cycle.state[key]
+    def match(self, cycle: Cycle, req: Request) -> Match:
+        """Computed once per cycle, shared by every scorer, profile and decider."""
+        key = f"prefix.match.{self.name}"
+        found = cycle.state.get(key)
+        if found is None:
+            found = cycle.state[key] = self.lookup(req)
+        assert isinstance(found, Match)
+        return found
 
-    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
-        hashes = self._hashes(cycle, req)
-        matched = self.index.matched(hashes) if hashes else {}
-        cycle.state[f"prefix.matched.{self.name}"] = matched
-        total = len(hashes) or 1
-        scores = {e.name: matched.get(e.name, 0) / total for e in endpoints}
-        cycle.state.setdefault(HITS, {}).update(scores)
-        return scores
+    def lookup(self, req: Request) -> Match:
+        raise NotImplementedError
+
+    def size(self) -> int:
+        """Entries in the index, for inference_extension_prefix_indexer_size."""
+        raise NotImplementedError
 
     def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
-        hashes = self._hashes(cycle, req)
-        self.lookups += 1
-        # The index only changes below, so the scoring walk's answer still holds.
-        matched = cycle.state.get(f"prefix.matched.{self.name}")
-        if matched is None:
-            matched = self.index.matched(hashes)
-        chosen = [p.endpoint.name for p in result.profiles.values() if p.endpoint is not None]
-        # One hit per lookup, however many profiles (decode and prefill) chose a holder, so
-        # the hit ratio stays a ratio.
-        if any(matched.get(name) for name in chosen):
-            self.hits += 1
-        for name in chosen:
-            self.index.add(name, hashes)
+        """Only the approximate index learns from our own choices."""
 
 
-@register("precise-prefix-cache-scorer")
-class PrecisePrefixCacheScorer(Scorer):
-    """Blocks the engines say they hold (KV events), matched on token-block hashes.
+class ApproxParams(Parameters):
+    autoTune: bool = True
+    blockSizeTokens: int = Field(16, ge=0)
+    blockSize: int = Field(0, ge=0)  # deprecated name of blockSizeTokens
+    maxPrefixBlocksToMatch: int = Field(2048, ge=0)
+    maxPrefixTokensToMatch: int = Field(131072, ge=0)
+    lruCapacityPerServer: int = Field(31250, ge=0)
 
-    The index is fed from outside the core (`apply_event`) by the ZMQ subscriber; hashing the
-    prompt needs the engines' tokenizer and block hashing, which `tokenize` supplies (the sim
-    engine's scheme by default)."""
 
-    defaults = {
-        "kvEventsConfig": {},
-        "indexerConfig": {},
-        "blockSize": None,
-        "hashSeed": None,
-        "tokenizer": "builtin",
-    }
+@register("approx-prefix-cache-producer")
+class ApproxPrefixProducer(PrefixProducer):
+    """Where earlier prompts were sent: the chosen endpoints record the request's blocks."""
+
+    Params = ApproxParams
+    params: ApproxParams
 
     def setup(self) -> None:
-        self._token_processor_fallback({"blockSize": 16, "hashSeed": ""})
-        self.block = _check_block_size(self, "blockSize")
+        p = self.params
+        size = p.blockSizeTokens
+        if p.blockSize and p.blockSizeTokens == 16:
+            size = p.blockSize
+        self.block_tokens = max(size, MIN_BLOCK_TOKENS)
+        if p.maxPrefixTokensToMatch > 0:
+            self.limit = p.maxPrefixTokensToMatch // self.block_tokens
+        else:
+            self.limit = p.maxPrefixBlocksToMatch or 1 << 62
+        self.index = LRUIndex(p.lruCapacityPerServer or 31250)
+
+    def hashes(self, req: Request) -> list[int]:
+        return token_block_hashes(req.model, req.prompt, self.block_tokens, self.limit)
+
+    def lookup(self, req: Request) -> Match:
+        hashes = self.hashes(req)
+        matched = self.index.matched(hashes) if hashes else {}
+        return Match(matched, len(hashes), self.block_tokens, hashes)
+
+    def size(self) -> int:
+        return self.index.size()
+
+    def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
+        m = self.match(cycle, req)  # the index changes only below: the walk still holds
+        chosen = [p.endpoint.name for p in result.profiles.values() if p.endpoint is not None]
+        self.lookups += 1
+        # One hit per lookup, however many profiles (decode and prefill) chose a holder, so
+        # the hit ratio stays a ratio.
+        if any(m.matched.get(name) for name in chosen):
+            self.hits += 1
+        for name in chosen:
+            self.index.add(name, m.hashes)
+
+    def inert(self) -> dict[str, str]:
+        if "autoTune" in self.params.model_fields_set and self.params.autoTune:
+            return {"autoTune": "engine block size and KV capacity are not scraped here"}
+        return {}
+
+
+class LegacyApproxProducer(ApproxPrefixProducer):
+    """The v0.2-v0.4 prefix scorer's own index: character blocks (hashBlockSize)."""
+
+    def __init__(self, name: str, block_chars: int, limit: int, capacity: int) -> None:
+        self.block_chars, self.legacy_limit, self.capacity = block_chars, limit, capacity
+        super().__init__(name, {"autoTune": False})
+
+    def setup(self) -> None:
+        self.block_tokens = max(self.block_chars // BYTES_PER_TOKEN, 1)
+        self.index = LRUIndex(self.capacity)
+
+    def hashes(self, req: Request) -> list[int]:
+        return prompt_hashes(req.model, req.prompt, self.block_chars, self.legacy_limit)
+
+
+class TokenProcessor(BaseModel):
+    model_config = Parameters.model_config
+    blockSize: int | None = Field(None, ge=1)
+    blockSizeTokens: int | None = Field(None, ge=1)
+    hashSeed: str | None = None
+
+
+class KVBlockIndex(BaseModel):
+    model_config = Parameters.model_config
+    enableMetrics: bool = False
+    metricsLoggingInterval: int | str | None = None
+    inMemoryConfig: dict[str, Any] | None = None
+
+
+class PrefixStore(BaseModel):
+    model_config = Parameters.model_config
+    blockSize: int | None = None
+    cacheSize: int | None = None
+
+
+class TokenizersPool(BaseModel):
+    model_config = Parameters.model_config
+    tokenizersCacheDir: str | None = None
+    workersCount: int | None = None
+    modelName: str | None = None
+
+
+class Indexer(BaseModel):
+    model_config = Parameters.model_config
+    tokenProcessorConfig: TokenProcessor = Field(default_factory=TokenProcessor)
+    kvBlockIndexConfig: KVBlockIndex = Field(default_factory=KVBlockIndex)
+    prefixStoreConfig: PrefixStore | None = None
+    tokenizersPoolConfig: TokenizersPool | None = None
+
+
+class KVEvents(BaseModel):
+    model_config = Parameters.model_config
+    zmqEndpoint: str | None = None
+    topicFilter: str | None = None
+    concurrency: int | None = None
+    discoverPods: bool | None = None
+
+
+class PreciseParams(Parameters):
+    tokenProcessorConfig: TokenProcessor = Field(default_factory=TokenProcessor)
+    indexerConfig: Indexer = Field(default_factory=Indexer)
+    kvEventsConfig: KVEvents = Field(default_factory=KVEvents)
+    speculativeIndexing: bool = False
+    speculativeTTL: str | None = None
+
+
+@register("precise-prefix-cache-producer")
+class PrecisePrefixProducer(PrefixProducer, Extractor):
+    """Blocks the engines say they hold (KV events, fed from outside the core through
+    `apply_event`), matched on the engine's token-block hashes; tokenizing and hashing are
+    the sim engine's scheme (vLLM's own is a later slice)."""
+
+    Params = PreciseParams
+    params: PreciseParams
+
+    def setup(self) -> None:
+        p = self.params
+        top, nested = p.tokenProcessorConfig, p.indexerConfig.tokenProcessorConfig
+        sizes = [top.blockSize, top.blockSizeTokens, nested.blockSize, nested.blockSizeTokens]
+        self.block_tokens = next((s for s in sizes if s), 16)  # kv-cache library default
         self.holders: dict[int, set[str]] = {}
         self._tokenizer: Tokenizer | None = None
+        self.tokenizer_spec = "builtin"
 
-    def _token_processor_fallback(self, defaults: dict[str, Any]) -> None:
-        """Upstream configs (llm-d's precise prefix sample) give the block size and hash seed
-        under indexerConfig.tokenProcessorConfig; a top-level key still wins. The seed is only
-        reported (`--check`): the builtin block hashing, like the sim engine's, takes none."""
-        indexer = self.params["indexerConfig"]
-        nested = indexer.get("tokenProcessorConfig") if isinstance(indexer, dict) else None
-        nested = nested if isinstance(nested, dict) else {}
-        for key, default in defaults.items():
-            if self.params[key] is None:
-                self.params[key] = nested.get(key, default)
+    @property
+    def zmq_endpoint(self) -> str | None:
+        return self.params.kvEventsConfig.zmqEndpoint
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.params.indexerConfig.kvBlockIndexConfig.enableMetrics
 
     def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is None:
             from pdserve.engines.sim.tokens import BuiltinTokenizer, HFTokenizer
 
-            spec = self.params["tokenizer"]
+            spec = self.tokenizer_spec
             self._tokenizer = BuiltinTokenizer() if spec == "builtin" else HFTokenizer(spec)
         return self._tokenizer.encode(text)
 
@@ -186,20 +325,228 @@ class PrecisePrefixCacheScorer(Scorer):
             for pods in self.holders.values():
                 pods.discard(pod)
 
-    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+    def lookup(self, req: Request) -> Match:
         from pdserve.engines.sim.block_manager import block_hashes
 
-        hashes = block_hashes(self.tokenize(req.prompt), self.block)
-        total = len(hashes) or 1
-        out = {}
+        hashes = block_hashes(self.tokenize(req.prompt), self.block_tokens)
+        return Match(self._walk(hashes), len(hashes), self.block_tokens, hashes)
+
+    def _walk(self, hashes: list[int]) -> dict[str, int]:
+        """Events name a pod by address (or address:port); count per holder name."""
+        counts: dict[str, int] = {}
+        alive: set[str] | None = None
+        for i, h in enumerate(hashes):
+            holders = self.holders.get(h, set())
+            alive = set(holders) if alive is None else alive & holders
+            if not alive:
+                break
+            for pod in alive:
+                counts[pod] = i + 1
+        return counts
+
+    def matched_blocks(self, m: Match, e: Endpoint) -> int:
+        return max(m.matched.get(e.address, 0), m.matched.get(e.name, 0))
+
+    def size(self) -> int:
+        return len(self.holders) if self.metrics_enabled else 0
+
+    def inert(self) -> dict[str, str]:
+        p, out = self.params, {}
+        for prefix, tp in (
+            ("tokenProcessorConfig", p.tokenProcessorConfig),
+            ("indexerConfig.tokenProcessorConfig", p.indexerConfig.tokenProcessorConfig),
+        ):
+            if tp.hashSeed is not None:
+                out[f"{prefix}.hashSeed"] = "the sim engine's block hashing takes no seed"
+        ix = p.indexerConfig
+        if ix.prefixStoreConfig is not None:
+            out["indexerConfig.prefixStoreConfig"] = (
+                "a tokenization cache; each prompt is tokenized whole (same tokens)"
+            )
+        if ix.tokenizersPoolConfig is not None:
+            out["indexerConfig.tokenizersPoolConfig"] = (
+                "the tokenizer is the sim engine's; nothing is downloaded"
+            )
+        if ix.kvBlockIndexConfig.metricsLoggingInterval is not None:
+            out["indexerConfig.kvBlockIndexConfig.metricsLoggingInterval"] = (
+                "the index size is a Prometheus gauge, not logged"
+            )
+        if ix.kvBlockIndexConfig.inMemoryConfig is not None:
+            out["indexerConfig.kvBlockIndexConfig.inMemoryConfig"] = "the index is unbounded"
+        if p.speculativeIndexing or p.speculativeTTL is not None:
+            out["speculativeIndexing"] = "not implemented"
+        if p.kvEventsConfig.topicFilter or p.kvEventsConfig.concurrency is not None:
+            out["kvEventsConfig"] = "only zmqEndpoint is used"
+        return out
+
+
+class PrefixScorerParams(Parameters):
+    prefixMatchInfoProducerName: Annotated[str, Ref("PrefixProducer")] = ""
+    matchLengthWeight: float = Field(0.0, ge=0.0, le=1.0)
+    matchLengthScaleTokens: int = Field(8192, gt=0)
+    # v0.2-v0.4: the scorer held its own index (estimate) or the KV-event one (cache_tracking)
+    mode: Literal["estimate", "cache_tracking"] | None = None
+    hashBlockSize: int | None = Field(None, ge=1)
+    maxPrefixBlocksToMatch: int | None = Field(None, ge=1)
+    lruCapacityPerServer: int | None = Field(None, ge=1)
+    kvEventsConfig: KVEvents | None = None
+    indexerConfig: Indexer | None = None
+
+
+LEGACY_KEYS = {
+    "mode",
+    "hashBlockSize",
+    "maxPrefixBlocksToMatch",
+    "lruCapacityPerServer",
+    "kvEventsConfig",
+    "indexerConfig",
+}
+
+
+def default_producer(plugins: dict[str, Plugin]) -> PrefixProducer:
+    """The producer of the unnamed match-info key: as upstream, an approx-prefix-cache-producer
+    (the one configured under its type name, else one with defaults, added to the config)."""
+    found = plugins.get(ApproxPrefixProducer.type_name)
+    if isinstance(found, PrefixProducer):
+        return found
+    producer = ApproxPrefixProducer(ApproxPrefixProducer.type_name)
+    plugins[producer.name] = producer
+    return producer
+
+
+@register("prefix-cache-scorer")
+class PrefixCacheScorer(Scorer, PreRequest):
+    """Matched blocks / total blocks, blended with the matched length when matchLengthWeight
+    > 0: w x min(1, matched x blockTokens / scaleTokens)^2 + (1 - w) x ratio."""
+
+    Params = PrefixScorerParams
+    params: PrefixScorerParams
+
+    def setup(self) -> None:
+        p = self.params
+        self.producer: PrefixProducer | None = None
+        self.owns_producer = bool(p.model_fields_set & LEGACY_KEYS)
+        if not self.owns_producer:
+            return
+        if p.mode == "cache_tracking":
+            raw = p.model_dump(include={"kvEventsConfig", "indexerConfig"}, exclude_unset=True)
+            self.producer = PrecisePrefixProducer(self.name, raw)
+        else:
+            self.producer = LegacyApproxProducer(
+                self.name,
+                p.hashBlockSize or 64,
+                p.maxPrefixBlocksToMatch or 256,
+                p.lruCapacityPerServer or 31250,
+            )
+
+    def bind(self, plugins: dict[str, Plugin], profiles: Any) -> None:
+        if self.producer is None:
+            named = self.refs.get("prefixMatchInfoProducerName")
+            self.producer = (
+                named if isinstance(named, PrefixProducer) else default_producer(plugins)
+            )
+
+    @property
+    def source(self) -> PrefixProducer:
+        if self.producer is None:  # made outside a config (tests): the defaults
+            self.producer = ApproxPrefixProducer(ApproxPrefixProducer.type_name)
+        return self.producer
+
+    # The EPP's prefix indexer metrics read these (extproc).
+    @property
+    def index(self) -> Any:
+        src = self.source
+        return src.index if isinstance(src, ApproxPrefixProducer) else src
+
+    @property
+    def hits(self) -> int:
+        return self.source.hits
+
+    @property
+    def lookups(self) -> int:
+        return self.source.lookups
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        src = self.source
+        m = src.match(cycle, req)
+        if not m.total:
+            return dict.fromkeys((e.name for e in endpoints), 0.0)
+        w, scale = self.params.matchLengthWeight, self.params.matchLengthScaleTokens
+        scores = {}
         for e in endpoints:
-            n = 0
-            for h in hashes:
-                if e.address not in self.holders.get(h, ()) and e.name not in self.holders.get(
-                    h, ()
-                ):
-                    break
-                n += 1
-            out[e.name] = n / total
+            n = held(src, m, e)
+            length = min(1.0, n * m.block_tokens / scale) ** 2 if w > 0 else 0.0
+            scores[e.name] = w * length + (1 - w) * n / m.total
+        cycle.state.setdefault(HITS, {}).update(scores)
+        return scores
+
+    def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
+        if self.owns_producer:
+            self.source.pre_request(cycle, req, result)
+
+    def inert(self) -> dict[str, str]:
+        if self.owns_producer and self.producer is not None:
+            return self.producer.inert()
+        return {}
+
+
+def held(producer: PrefixProducer, m: Match, e: Endpoint) -> int:
+    if isinstance(producer, PrecisePrefixProducer):
+        return producer.matched_blocks(m, e)
+    return m.matched.get(e.name, 0)
+
+
+class LegacyPreciseParams(PreciseParams):
+    blockSize: int | None = Field(None, ge=1)
+    hashSeed: str | None = None
+    tokenizer: str = "builtin"
+
+
+@register("precise-prefix-cache-scorer")
+class PrecisePrefixCacheScorer(PrecisePrefixProducer, Scorer):
+    """v0.2-v0.8: the producer and the scorer in one plugin (block size and hash seed at the
+    top or under indexerConfig.tokenProcessorConfig; a top-level key wins)."""
+
+    Params = LegacyPreciseParams
+    params: LegacyPreciseParams
+
+    def setup(self) -> None:
+        super().setup()
+        if self.params.blockSize:
+            self.block_tokens = self.params.blockSize
+        self.tokenizer_spec = self.params.tokenizer
+
+    @property
+    def block(self) -> int:
+        return self.block_tokens
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        m = self.match(cycle, req)
+        total = m.total or 1
+        out = {e.name: self.matched_blocks(m, e) / total for e in endpoints}
         cycle.state.setdefault(HITS, {}).update(out)
         return out
+
+    def inert(self) -> dict[str, str]:
+        out = super().inert()
+        if self.params.hashSeed is not None:
+            out["hashSeed"] = "the sim engine's block hashing takes no seed"
+        return out
+
+
+@register("token-producer", "tokenizer")
+class TokenProducer(Plugin):
+    """Upstream tokenizes through the engine (vllm.url) or a local tokenizer. Here prompts
+    are estimated at 4 bytes a token (an HTTP call per request would put I/O on the request
+    path); the parameters are validated and reported by `--check`."""
+
+    class Params(Parameters):
+        modelName: str = ""
+        vllm: dict[str, Any] | None = None
+        image: dict[str, Any] | None = None
+        video: dict[str, Any] | None = None
+        udsSocketPath: str | None = None
+
+    def inert(self) -> dict[str, str]:
+        why = "tokens are estimated (4 bytes each); tokenizing through the engine is not wired"
+        return {k: why for k in sorted(self.params.model_fields_set)}

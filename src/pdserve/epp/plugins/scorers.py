@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
+from typing import Annotated
 
-from pdserve.epp.framework import ConfigError, Scorer, register
-from pdserve.epp.types import Cycle, Endpoint, Request
+from pydantic import Field
+
+from pdserve.epp.framework import Parameters, Plugin, PreRequest, Ref, Scorer, register
+from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, held
+from pdserve.epp.types import Cycle, Endpoint, Request, Result
 from pdserve.wire import SESSION_HEADER
 
 
@@ -20,17 +25,19 @@ def min_max(values: dict[str, float], lower_is_better: bool = True) -> dict[str,
     return {k: ((hi - v) if lower_is_better else (v - lo)) / span for k, v in values.items()}
 
 
+class LoadAwareParams(Parameters):
+    threshold: int = Field(128, ge=1)
+
+
 @register("load-aware-scorer")
 class LoadAwareScorer(Scorer):
     """An empty queue scores 0.5; a queue of q scores 0.5 x (1 - min(q, threshold)/threshold)."""
 
-    defaults = {"threshold": 128}
-
-    def setup(self) -> None:
-        self.threshold = self.number("threshold", 1)
+    Params = LoadAwareParams
+    params: LoadAwareParams
 
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
-        thr = self.threshold
+        thr = self.params.threshold
         out = {}
         for e in endpoints:
             q = e.metrics.waiting
@@ -44,25 +51,56 @@ class QueueScorer(Scorer):
         return min_max({e.name: e.metrics.waiting for e in endpoints})
 
 
+@register("running-requests-size-scorer")
+class RunningRequestsSizeScorer(Scorer):
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        return min_max({e.name: e.metrics.running for e in endpoints})
+
+
 @register("kv-cache-utilization-scorer", "kv-cache-scorer")
 class KVCacheUtilizationScorer(Scorer):
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
         return {e.name: 1.0 - e.metrics.kv_usage for e in endpoints}
 
 
+class ActiveRequestParams(Parameters):
+    requestTimeout: str = ""  # deprecated upstream (its in-flight producer owns timeouts)
+    idleThreshold: int = Field(0, ge=0)
+    maxBusyScore: float = Field(1.0, ge=0.0, le=1.0)
+    inFlightLoadProducerName: str = ""
+
+
 @register("active-request-scorer")
 class ActiveRequestScorer(Scorer):
-    """Fewer requests in flight (running on the engine) is better."""
+    """Requests running on each engine (scraped): at most idleThreshold scores 1, else
+    (max - n) / max x maxBusyScore."""
 
-    defaults = {"requestTimeout": "2m"}
+    Params = ActiveRequestParams
+    params: ActiveRequestParams
 
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
-        return min_max({e.name: e.metrics.running for e in endpoints})
+        p = self.params
+        top = max((e.metrics.running for e in endpoints), default=0)
+        out = {}
+        for e in endpoints:
+            n = e.metrics.running
+            out[e.name] = 1.0 if n <= p.idleThreshold else (top - n) / top * p.maxBusyScore
+        return out
+
+    def inert(self) -> dict[str, str]:
+        out = {}
+        if self.params.requestTimeout:
+            out["requestTimeout"] = "counts are the engine's own, nothing times out here"
+        if self.params.inFlightLoadProducerName:
+            out["inFlightLoadProducerName"] = "counts are the engine's running requests"
+        return out
 
 
 @register("session-affinity-scorer")
 class SessionAffinityScorer(Scorer):
     """The endpoint named by the x-session-token header (base64 of address:port) scores 1."""
+
+    stability = "alpha"
 
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
         token = req.headers.get(SESSION_HEADER, "")
@@ -75,8 +113,8 @@ class SessionAffinityScorer(Scorer):
 
 @register("lora-affinity-scorer")
 class LoRAAffinityScorer(Scorer):
-    """1 where the adapter is already loaded, 0.8 where it is queued, 0.5 where there is room
-    for one more, else 0 (the idea of GIE's LoRA affinity)."""
+    """1 where the adapter is active, 0.8 where there is room for one more, 0.6 where it is
+    waiting, else 0 (upstream's order: room beats waiting)."""
 
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
         out = {}
@@ -84,17 +122,70 @@ class LoRAAffinityScorer(Scorer):
             m = e.metrics
             if req.model in m.loras_running:
                 out[e.name] = 1.0
-            elif req.model in m.loras_waiting:
+            elif len(m.loras_running) + len(m.loras_waiting) < m.max_loras:
                 out[e.name] = 0.8
-            elif m.max_loras == 0 or len(m.loras_running) < m.max_loras:
-                out[e.name] = 0.5
+            elif req.model in m.loras_waiting:
+                out[e.name] = 0.6
             else:
                 out[e.name] = 0.0
         return out
 
 
-def _check_block_size(scorer: Scorer, key: str = "hashBlockSize") -> int:
-    value = scorer.params[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"parameter {key}: must be a positive integer, got {value!r}")
-    return value
+class NoHitLRUParams(Parameters):
+    prefixPluginType: str = ""
+    prefixPluginName: str = ""
+    lruSize: int = Field(1024, ge=0)
+    prefixMatchInfoProducerName: Annotated[str, Ref("PrefixProducer")] = ""
+
+
+COLD = "no-hit-lru.cold"
+
+
+@register("no-hit-lru-scorer")
+class NoHitLRUScorer(Scorer, PreRequest):
+    """For a prompt no endpoint has cached (cold), spread by recency: endpoints never used
+    first, then the least recently used; a warm prompt scores 0.5 everywhere."""
+
+    Params = NoHitLRUParams
+    params: NoHitLRUParams
+
+    def setup(self) -> None:
+        self.lru: OrderedDict[str, None] = OrderedDict()  # oldest first
+        self.producer: PrefixProducer | None = None
+
+    def bind(self, plugins: dict[str, Plugin], profiles: object) -> None:
+        named = self.refs.get("prefixMatchInfoProducerName")
+        self.producer = named if isinstance(named, PrefixProducer) else default_producer(plugins)
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        src = self.producer
+        m = src.match(cycle, req) if src is not None else None
+        cold = m is None or not any(held(src, m, e) for e in endpoints if src is not None)
+        cycle.state[f"{COLD}.{self.name}"] = cold
+        if not cold:
+            return dict.fromkeys((e.name for e in endpoints), 0.5)
+        n = len(endpoints)
+        if n == 1:
+            return {endpoints[0].name: 1.0}
+        position = {name: i for i, name in enumerate(self.lru)}
+        never = [e for e in endpoints if e.name not in position]
+        out = {e.name: 1.0 - i / (n - 1) for i, e in enumerate(never)}
+        for e in endpoints:
+            if e.name in position:
+                out[e.name] = max(1.0 - (len(never) + position[e.name]) / (n - 1), 0.0)
+        return out
+
+    def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
+        if not cycle.state.get(f"{COLD}.{self.name}"):
+            return
+        for profile in (result.primary, "prefill"):
+            chosen = result.profiles.get(profile)
+            if chosen is not None and chosen.endpoint is not None:
+                self.lru.pop(chosen.endpoint.name, None)
+                self.lru[chosen.endpoint.name] = None
+                if len(self.lru) > (self.params.lruSize or 1024):
+                    self.lru.popitem(last=False)
+
+    def inert(self) -> dict[str, str]:
+        why = "upstream ignores it too since v0.9; use prefixMatchInfoProducerName"
+        return {k: why for k in ("prefixPluginType", "prefixPluginName") if getattr(self.params, k)}
