@@ -14,6 +14,7 @@ from pdserve.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("pdserve.api.cli", "check LLMInferenceService manifests"),
+    "convert": ("pdserve.api.cli", "print a manifest converted to v1alpha1 or v1alpha2"),
     "render": ("pdserve.render.cli", "print the Kubernetes child resources of a manifest"),
     "explain": ("pdserve.render.cli", "summarise pools, parallelism and routing of a manifest"),
     "sim-engine": ("pdserve.engines.sim.cli", "run the simulated vLLM-compatible engine"),

@@ -145,7 +145,10 @@ BAD: dict[str, tuple[str, str]] = {
         "spec.template.containers[0].args: must be a list",
     ),
     "replicas and scaling": (
-        _sub("  replicas: 1\n  template", "  replicas: 1\n  scaling: {maxReplicas: 2, wva: {hpa: {}}}\n  template"),
+        _sub(
+            "  replicas: 1\n  template",
+            "  replicas: 1\n  scaling: {maxReplicas: 2, wva: {hpa: {}}}\n  template",
+        ),
         "replicas and scaling are mutually exclusive",
     ),
     "gateway ref without name": (

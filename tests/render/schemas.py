@@ -44,10 +44,23 @@ def check_core(obj: dict[str, Any]) -> bool:
     return True
 
 
+@cache
+def _validator(api_version: str, kind: str) -> Any:
+    """One validator per CRD version: `jsonschema.validate` checks the (megabytes of) schema
+    itself on every call, which cost most of these tests' time."""
+    schema = crd_schemas().get((api_version, kind))
+    assert schema is not None, f"no CRD for {api_version} {kind}"
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
 def check(obj: dict[str, Any]) -> None:
     """Validate any rendered object (or an LLMInferenceService), CRD kinds included."""
     if check_core(obj):
         return
-    schema = crd_schemas().get((obj["apiVersion"], obj["kind"]))
-    assert schema is not None, f"no CRD for {obj['apiVersion']} {obj['kind']}"
-    jsonschema.validate(obj, schema)
+    error = jsonschema.exceptions.best_match(
+        _validator(obj["apiVersion"], obj["kind"]).iter_errors(obj)
+    )
+    if error is not None:
+        raise error

@@ -1,4 +1,5 @@
-"""`pdserve validate FILE...`: every problem on its own line, exit 2 when there is any."""
+"""`pdserve validate FILE...` and `pdserve convert FILE --to VERSION`: every problem on its
+own line, exit 2 when there is any."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    if argv[0] == "convert":
+        return convert(argv)
     ap = argparse.ArgumentParser(
         prog="pdserve validate", description="Check LLMInferenceService manifests."
     )
@@ -26,3 +29,30 @@ def main(argv: list[str]) -> int:
     if not problems:
         print(f"{len(args.files)} file(s) valid")
     return 2 if problems else 0
+
+
+def convert(argv: list[str]) -> int:
+    """The file's documents in another API version, for a person upgrading a manifest (or
+    going back); what the target cannot hold is named on stderr, one line a field."""
+    ap = argparse.ArgumentParser(
+        prog="pdserve convert",
+        description="Print LLMInferenceService manifests converted to another API version.",
+    )
+    ap.add_argument("file")
+    ap.add_argument("--to", required=True, choices=("v1alpha1", "v1alpha2"))
+    args = ap.parse_args(argv[1:])
+    import yaml
+
+    from pdserve.api import ManifestError
+    from pdserve.api.convert_file import convert_file
+
+    try:
+        docs, dropped = convert_file(args.file, f"serving.kserve.io/{args.to}")
+    except ManifestError as err:
+        for line in err.problems:
+            print(line, file=sys.stderr)
+        return 2
+    for line in dropped:
+        print(line, file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    return 0

@@ -309,6 +309,7 @@ class ObjectMeta(Open):
 
 class _Object(Strict):
     api_version: Literal["serving.kserve.io/v1alpha1"]
+    kind: str  # each kind narrows it; declared here so that a dump starts apiVersion, kind
     metadata: ObjectMeta
     spec: Spec = Field(default_factory=Spec)
     status: dict[str, Any] | None = None

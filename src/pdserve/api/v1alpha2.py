@@ -128,6 +128,7 @@ class Spec(Workload):
 
 class _Object(Strict):
     api_version: Literal["serving.kserve.io/v1alpha2"]
+    kind: str  # each kind narrows it; declared here so that a dump starts apiVersion, kind
     metadata: ObjectMeta
     spec: Spec = Field(default_factory=Spec)
     status: dict[str, Any] | None = None
