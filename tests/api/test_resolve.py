@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pdserve import api, render
 from pdserve.api.merge import merge
 
@@ -73,3 +75,43 @@ def test_volume_mounts_merge_on_mount_path_as_kubernetes_does() -> None:
         {"name": "other", "mountPath": "/cache"},
         {"name": "cache", "mountPath": "/models", "readOnly": True},
     ]
+
+
+def test_tracing_preset_fills_what_the_service_leaves_out(tmp_path: Path) -> None:
+    """Selected by `tracing` being set, in either version; the service's own fields win."""
+    text = (
+        "apiVersion: serving.kserve.io/v1alpha2\nkind: LLMInferenceService\n"
+        "metadata: {name: t}\nspec:\n  model: {uri: hf://org/m}\n"
+        "  tracing: {samplerArg: '1.0'}\n"
+    )
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    [service] = api.resolve_file(str(path))
+    assert service.spec.tracing is not None
+    assert api.dump(service)["spec"]["tracing"] == {
+        "exporterEndpoint": "http://localhost:4317",
+        "sampler": "parentbased_traceidratio",
+        "samplerArg": "1.0",
+        "exporter": "otlp",
+    }
+    path.write_text(text.replace("  tracing: {samplerArg: '1.0'}\n", ""))
+    [untraced] = api.resolve_file(str(path))
+    assert untraced.spec.tracing is None
+
+
+def test_configs_of_either_version_serve_a_service_of_the_other(tmp_path: Path) -> None:
+    """Configs are merged in v1alpha2 whatever they were written in; the service's own
+    version still decides the pool it renders."""
+    text = (
+        "apiVersion: serving.kserve.io/v1alpha1\nkind: LLMInferenceService\n"
+        "metadata: {name: s}\nspec:\n  model: {uri: hf://org/m}\n  baseRefs: [{name: c}]\n"
+        "---\napiVersion: serving.kserve.io/v1alpha2\nkind: LLMInferenceServiceConfig\n"
+        "metadata: {name: c}\nspec:\n  router: {scheduler: {}}\n"
+        "  kvCacheOffloading: {cpu: 1Gi}\n"
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    [service] = api.resolve_file(str(path))
+    assert service.spec.kv_cache_offloading is not None
+    kinds = {o["kind"]: o for o in render.render(service)}
+    assert kinds["InferencePool"]["apiVersion"] == "inference.networking.x-k8s.io/v1alpha2"

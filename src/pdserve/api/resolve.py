@@ -46,7 +46,8 @@ def presets() -> dict[str, dict[str, Any]]:
 
 
 def well_known(spec: Spec) -> list[str]:
-    """The presets a spec enables, in merge order."""
+    """The presets a spec enables, in merge order (KServe v0.20's: scheduler, route, tracing,
+    then the workloads)."""
     names = []
     router = spec.router
     if (
@@ -61,6 +62,8 @@ def well_known(spec: Spec) -> list[str]:
         and not (router.route.http and router.route.http.refs)
     ):
         names.append("router-route")
+    if spec.tracing is not None:
+        names.append("tracing")
     if spec.prefill is not None:
         names.append("prefill-worker-data-parallel" if spec.prefill.worker else "prefill-template")
         names.append("decode-worker-data-parallel" if spec.worker else "decode-template")
