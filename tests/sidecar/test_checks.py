@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pdserve.engines.sim.openai_api import ApiError
 from pdserve.sidecar.checks import REFRESH_S, ContextLimits, check
+from pdserve.vllm_request import ApiError
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 

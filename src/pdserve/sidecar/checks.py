@@ -17,8 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pdserve.engines.sim.openai_api import ApiError, check_request, max_output_tokens
 from pdserve.logs import event
+from pdserve.vllm_request import ApiError, check_request, max_output_tokens
 
 log = logging.getLogger("pdserve.sidecar")
 

@@ -17,13 +17,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import wire
-from pdserve.engines.sim.openai_api import ApiError
 from pdserve.logs import event, now_ms
 from pdserve.sidecar import legs
 from pdserve.sidecar.allowlist import AllowAll, AllowList
 from pdserve.sidecar.checks import ContextLimits, check
 from pdserve.sidecar.metrics import SidecarMetrics
 from pdserve.tls import client_context
+from pdserve.vllm_request import ApiError
 
 log = logging.getLogger("pdserve.sidecar")
 

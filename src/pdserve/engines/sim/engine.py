@@ -26,11 +26,12 @@ from pdserve.engines.sim.kv_config import KVConfig
 from pdserve.engines.sim.kv_events import KVEventPublisher
 from pdserve.engines.sim.metrics import EngineMetrics
 from pdserve.engines.sim.nixl_transport import make_nixl
-from pdserve.engines.sim.openai_api import ApiError, Params, check_kv_params
+from pdserve.engines.sim.openai_api import Params, check_kv_params
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
 from pdserve.engines.sim.tokens import Generator, Tokenizer, token_bytes
 from pdserve.logs import event
+from pdserve.vllm_request import ApiError
 
 log = logging.getLogger("pdserve.sim")
 

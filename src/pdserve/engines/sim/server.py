@@ -15,10 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import wire
 from pdserve.engines.sim.engine import SimEngine
-from pdserve.engines.sim.openai_api import ApiError, Params, chunk, full_response, parse, usage
+from pdserve.engines.sim.openai_api import Params, chunk, full_response, parse, usage
 from pdserve.engines.sim.openai_api import usage_chunk as make_usage_chunk
 from pdserve.engines.sim.scheduler import Request
 from pdserve.logs import event
+from pdserve.vllm_request import ApiError
 
 log = logging.getLogger("pdserve.sim")
 
