@@ -20,7 +20,8 @@ import time
 from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Request, Scheduler
-from pdserve.engines.sim.tokens import BuiltinTokenizer, Generator
+from pdserve.engines.sim.tokens import Generator
+from pdserve.tokenization import BuiltinTokenizer
 
 
 def _workload(n: int, rate: float, seed: int = 1) -> list[Request]:

@@ -321,7 +321,7 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(caplog) -> None
     from pdserve.engines.sim.engine import EngineConfig, SimEngine
     from pdserve.engines.sim.profile import load_profile
     from pdserve.engines.sim.server import Api
-    from pdserve.engines.sim.tokens import BuiltinTokenizer
+    from pdserve.tokenization import BuiltinTokenizer
 
     caplog.set_level(logging.INFO)
     engine = SimEngine(EngineConfig("sim", load_profile(None), BuiltinTokenizer()))

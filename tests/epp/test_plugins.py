@@ -326,7 +326,7 @@ def test_random_picker_is_uniform_and_seeded() -> None:
 
 
 def test_precise_prefix_scorer_follows_kv_events() -> None:
-    from pdserve.engines.sim.block_manager import block_hashes
+    from pdserve.block_hashes import block_hashes
 
     scorer = make("precise-prefix-cache-scorer", "pp", {"blockSize": 4})
     prompt = "the quick brown fox jumps over the lazy dog " * 4

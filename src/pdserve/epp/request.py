@@ -7,9 +7,9 @@ import uuid
 from typing import Any
 
 from pdserve import wire
-from pdserve.engines.sim.tokens import chatml
 from pdserve.epp.admission import priority
 from pdserve.epp.types import Request
+from pdserve.tokenization import chatml
 
 
 class BadRequest(ValueError):

@@ -13,26 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import xxhash
-
-from pdserve.engines.sim.tokens import token_bytes
-
 # ("stored", hashes, parent_hash, token_ids, lora_id) | ("removed", hashes) | ("cleared",)
 CacheEvent = tuple[Any, ...]
-NONE_HASH = 0
-
-
-def block_hashes(tokens: Sequence[int], block_size: int, seed: int = NONE_HASH) -> list[int]:
-    """Chained 64-bit hashes of the full blocks of `tokens`."""
-    out: list[int] = []
-    parent = seed
-    full = len(tokens) // block_size * block_size
-    raw = token_bytes(tokens[:full])
-    step = 4 * block_size
-    for start in range(0, len(raw), step):
-        parent = xxhash.xxh64_intdigest(raw[start : start + step], seed=parent)
-        out.append(parent)
-    return out
 
 
 @dataclass

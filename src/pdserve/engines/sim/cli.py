@@ -16,7 +16,7 @@ from pdserve.logs import event, setup
 
 if TYPE_CHECKING:
     from pdserve.engines.sim.engine import EngineConfig
-    from pdserve.engines.sim.tokens import Tokenizer
+    from pdserve.tokenization import Tokenizer
 
 # vLLM arguments that change behaviour here; any other vLLM flag is accepted and ignored.
 _PROFILE_FLAGS = {
@@ -210,7 +210,7 @@ def _env_port(name: str) -> int:
 
 
 def _tokenizer(model_dir: str | None) -> Tokenizer:
-    from pdserve.engines.sim.tokens import BuiltinTokenizer, HFTokenizer
+    from pdserve.tokenization import BuiltinTokenizer, HFTokenizer
 
     if not model_dir:
         return BuiltinTokenizer()

@@ -29,8 +29,9 @@ from pdserve.engines.sim.nixl_transport import make_nixl
 from pdserve.engines.sim.openai_api import Params, check_kv_params
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
-from pdserve.engines.sim.tokens import Generator, Tokenizer, token_bytes
+from pdserve.engines.sim.tokens import Generator
 from pdserve.logs import event
+from pdserve.tokenization import Tokenizer, token_bytes
 from pdserve.vllm_request import ApiError
 
 log = logging.getLogger("pdserve.sim")

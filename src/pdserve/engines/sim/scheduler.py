@@ -14,7 +14,8 @@ from typing import Any
 
 import xxhash
 
-from pdserve.engines.sim.block_manager import NONE_HASH, BlockManager, block_hashes
+from pdserve.block_hashes import NONE_HASH, block_hashes
+from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.tokens import Generator
 

@@ -20,7 +20,7 @@ from pdserve.epp.plugins.datalayer import Extractor
 from pdserve.epp.types import Cycle, Endpoint, Request, Result
 
 if TYPE_CHECKING:
-    from pdserve.engines.sim.tokens import Tokenizer
+    from pdserve.tokenization import Tokenizer
 
 HITS = "prefix.hits"  # cycle.state key: endpoint name -> matched fraction (routing trace)
 BYTES_PER_TOKEN = 4
@@ -307,7 +307,7 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
 
     def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is None:
-            from pdserve.engines.sim.tokens import BuiltinTokenizer, HFTokenizer
+            from pdserve.tokenization import BuiltinTokenizer, HFTokenizer
 
             spec = self.tokenizer_spec
             self._tokenizer = BuiltinTokenizer() if spec == "builtin" else HFTokenizer(spec)
@@ -326,7 +326,7 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
                 pods.discard(pod)
 
     def lookup(self, req: Request) -> Match:
-        from pdserve.engines.sim.block_manager import block_hashes
+        from pdserve.block_hashes import block_hashes
 
         hashes = block_hashes(self.tokenize(req.prompt), self.block_tokens)
         return Match(self._walk(hashes), len(hashes), self.block_tokens, hashes)
