@@ -1,8 +1,14 @@
-"""Port choice for child processes: outside the kernel's ephemeral range, never twice."""
+"""Child processes: ports outside the kernel's ephemeral range, never twice; waiting until
+something holds; telling a live process or group from a gone one."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+
+import psutil
+import pytest
 
 from pdserve import process
 
@@ -34,3 +40,48 @@ def test_the_only_free_port_is_handed_out_once(monkeypatch) -> None:
     _only_port(monkeypatch, port)
     assert process.free_port() == port
     assert process.free_port() != port
+
+
+def test_wait_until_returns_once_the_predicate_holds() -> None:
+    calls = []
+    process.wait_until(lambda: calls.append(None) or len(calls) == 3, 5, "three calls", interval=0)
+    assert len(calls) == 3
+
+
+def test_wait_until_names_what_it_waited_for_and_why() -> None:
+    with pytest.raises(TimeoutError) as err:
+        process.wait_until(lambda: False, 0.05, "the moon", interval=0.01, detail=lambda: "cloudy")
+    assert str(err.value) == "waited 0.05s for the moon (cloudy)"
+
+
+def test_wait_until_stops_at_once_when_abort_raises() -> None:
+    def abort() -> None:
+        raise process.ProcessDied("gone")
+
+    with pytest.raises(process.ProcessDied):
+        process.wait_until(lambda: False, 60, "a dead child", abort=abort)
+
+
+def test_a_zombie_is_not_alive_nor_a_group_of_zombies() -> None:
+    """In a container whose init does not reap, a stopped group's zombies stay: stopping
+    it must not wait them out."""
+    child = subprocess.Popen(["true"], start_new_session=True)
+    process.wait_until(lambda: psutil.Process(child.pid).status() == "zombie", 10, "a zombie")
+    assert not process.pid_alive(child.pid)
+    start = time.monotonic()
+    process.stop_group(child.pid, timeout=30)
+    assert time.monotonic() - start < 1
+    child.wait()
+
+
+def test_a_group_outlives_its_leader_while_a_member_lives() -> None:
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert leader.stdout is not None
+    member = int(leader.stdout.readline())
+    leader.wait()
+    assert not process.pid_alive(leader.pid) and process.pid_alive(member)
+    assert process._group_alive(leader.pid)
+    process.stop_group(leader.pid, timeout=10)
+    assert not process.pid_alive(member) and not process._group_alive(leader.pid)

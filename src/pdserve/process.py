@@ -21,6 +21,9 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
+
+import psutil
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST_PORT = 10000
@@ -139,14 +142,13 @@ def stop_group(
     """Stop the session led by `pid` (we start children with start_new_session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if popen is not None:
-            if popen.poll() is not None and not _group_alive(pid):
-                return
-        elif not _group_alive(pid):
-            return
-        time.sleep(0.05)
+
+    def gone() -> bool:  # poll() reaps our own child, which would stay a zombie otherwise
+        return (popen is None or popen.poll() is not None) and not _group_alive(pid)
+
+    with contextlib.suppress(TimeoutError):  # past it, SIGKILL
+        wait_until(gone, timeout, f"process group {pid} to exit")
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     if popen is not None:
@@ -154,38 +156,73 @@ def stop_group(
             popen.wait(timeout=5)
 
 
+def pid_alive(pid: object) -> TypeGuard[int]:
+    """Takes what a state file holds (an int, or None when a component never started). A
+    zombie is not alive."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
 def _group_alive(pgid: int) -> bool:
+    """Whether a member of the group is alive. The kernel counts zombies as members, and in a
+    container whose init does not reap they stay forever; so once the leader is gone, the
+    members are found by asking the kernel each process's group (no file read) and only
+    their states are read."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A zombie leader still "exists"; treat a group whose only member is a reaped zombie as gone.
-    return _has_live_member(pgid)
+    return pid_alive(pgid) or any(pid_alive(p) for p in psutil.pids() if _pgid(p) == pgid)
 
 
-def proc_stat(pid: int, tid: int | None = None) -> list[str] | None:
-    """The fields of /proc/PID/stat (or of one thread's) after the command name: state, ppid,
-    pgrp, ... (the name may hold spaces and parentheses). None once the process is gone."""
-    path = Path("/proc", str(pid), *(("task", str(tid)) if tid is not None else ()), "stat")
+def _pgid(pid: int) -> int | None:
     try:
-        return path.read_text().rsplit(")", 1)[-1].split()
-    except OSError:
+        return os.getpgid(pid)
+    except OSError:  # exited meanwhile
         return None
 
 
-def _has_live_member(pgid: int) -> bool:
-    proc = Path("/proc")
-    if not proc.exists():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        rest = proc_stat(int(entry.name))
-        if rest and len(rest) >= 3 and int(rest[2]) == pgid and rest[0] != "Z":
-            return True
-    return False
+def wait_until(
+    done: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+    max_interval: float | None = None,
+    abort: Callable[[], None] | None = None,
+    on_wait: Callable[[float], None] | None = None,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Call `done` until it holds, every `interval` seconds (growing by half each time up to
+    `max_interval`, when given: a slow start is not polled fast for minutes). `abort` runs
+    before each try and raises to stop at once (a child that exited); `on_wait` gets the
+    seconds waited so far. Past `timeout`: TimeoutError naming `what`, and `detail()` (the
+    last reason it did not hold)."""
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = interval
+    while True:
+        if abort is not None:
+            abort()
+        if done():
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            why = f" ({detail()})" if detail is not None else ""
+            raise TimeoutError(f"waited {timeout:g}s for {what}{why}")
+        if on_wait is not None:
+            on_wait(now - start)
+        time.sleep(delay)
+        if max_interval is not None:
+            delay = min(delay * 1.5, max_interval)
 
 
 def wait_http(
@@ -200,41 +237,51 @@ def wait_http(
 
     `verify=False` accepts any certificate (a self-signed HTTPS server on loopback)."""
     context = None if verify else ssl._create_unverified_context()
-    start = time.monotonic()
-    deadline = start + timeout
-    delay = 0.02
-    last_error = "no answer"
-    while True:
-        if check is not None:
-            check()
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
-                if resp.status == 200:
-                    return
-                last_error = f"HTTP {resp.status}"
-        except urllib.error.HTTPError as err:
-            last_error = f"HTTP {err.code}"
-        except (urllib.error.URLError, OSError) as err:
-            last_error = str(getattr(err, "reason", err))
-        now = time.monotonic()
-        if now >= deadline:
-            raise TimeoutError(f"{what or url} not ready after {timeout:.0f}s ({last_error})")
-        if on_wait is not None:
-            on_wait(now - start)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+    last = "no answer"
+
+    def answers() -> bool:
+        nonlocal last
+        last = _get(url, context)
+        return not last
+
+    wait_until(
+        answers,
+        timeout,
+        f"{what or url} to be ready",
+        interval=0.02,
+        max_interval=0.5,
+        abort=check,
+        on_wait=on_wait,
+        detail=lambda: last,
+    )
+
+
+def _get(url: str, context: ssl.SSLContext | None) -> str:
+    """Why `url` does not answer 200 ("" when it does)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+            return "" if resp.status == 200 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
 
 
 def wait_tcp(host: str, port: int, timeout: float, check: Callable[[], None] | None = None) -> None:
     """Wait until something accepts TCP connections on host:port (for gRPC servers)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        if check is not None:
-            check()
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{host}:{port} not accepting connections after {timeout:.0f}s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+
+    def accepts() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until(
+        accepts,
+        timeout,
+        f"{host}:{port} to accept connections",
+        interval=0.02,
+        max_interval=0.5,
+        abort=check,
+    )

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from upkit import EXAMPLE
 
-from pdserve.process import ManagedProcess, ProcessDied
+from pdserve.process import ManagedProcess, ProcessDied, pid_alive
 from pdserve.runner.board import Board
 from pdserve.runner.components import EngineSlot
 from pdserve.runner.manifest import load_plan
 from pdserve.runner.service import LocalService, Replica, scratch_dir
-from pdserve.runner.state import StateDir, pid_alive
+from pdserve.runner.state import StateDir
 
 
 def test_stop_during_a_slow_scale_up_is_prompt_and_stops_the_new_engine(

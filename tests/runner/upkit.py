@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.runner.state import pid_alive
+from pdserve.process import pid_alive
 from testkit import PDSERVE, REPO
 
 EXAMPLE = REPO / "examples" / "pd-smollm2.yaml"

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdserve.process import proc_stat
+import psutil
 
 PROC = Path("/proc")
 # A thread runnable in this share of samples while its engine serves nothing is polling.
@@ -60,28 +60,28 @@ def choose_cores(available: Sequence[int], taken: Sequence[str], lone: bool) -> 
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (engine core and worker processes), parents first."""
-    out = [pid]
-    for tid in threads(pid):
-        try:
-            children = (PROC / str(pid) / "task" / str(tid) / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            out += process_tree(int(child))
-    return out
+    try:
+        return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [pid]
 
 
 def threads(pid: int) -> list[int]:
     try:
-        return [int(t) for t in os.listdir(PROC / str(pid) / "task")]
-    except OSError:
+        return [t.id for t in psutil.Process(pid).threads()]
+    except psutil.NoSuchProcess:
         return []  # the process is gone
 
 
 def runnable(pid: int, tid: int) -> bool:
-    """Running or waiting for a CPU: never true for long of a thread that blocks."""
-    stat = proc_stat(pid, tid)
-    return stat is not None and stat[0] == "R"
+    """Running or waiting for a CPU: never true for long of a thread that blocks. (psutil
+    has no per-thread state: it is the first field of the thread's stat after its name,
+    which may hold spaces and parentheses.)"""
+    try:
+        stat = (PROC / str(pid) / "task" / str(tid) / "stat").read_text()
+    except OSError:
+        return False  # exited meanwhile
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["R"]
 
 
 def place(pid: int, cores: set[int], window: float = 1.0, samples: int = 20) -> Placement:

@@ -10,22 +10,22 @@ its in-flight requests drain, then its sidecar and engine stop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve import promtext
+from pdserve import endpoints, promtext
 from pdserve.engines import model as models
-from pdserve.engines import placement
+from pdserve.engines import placement, vllm
 from pdserve.engines.vllm import EngineCommand
-from pdserve.process import ManagedProcess, ProcessDied, free_port
+from pdserve.process import ManagedProcess, ProcessDied, free_port, wait_until
 from pdserve.runner import components
 from pdserve.runner.board import Board
 from pdserve.runner.components import EngineSlot
@@ -236,7 +236,9 @@ class LocalService:
         self._next_index[role] += 1
         slot = EngineSlot(free_port(), free_port(), self._cores(total))
         pool_plan = self.plan.pool(role)
-        cmd = components.engine(self.kind, self.plan, pool_plan, self.model_dir, slot)
+        cmd = components.engine(
+            self.kind, self.plan, pool_plan, self.model_dir, slot, self._vllm_log_config()
+        )
         name = f"{role}-{index}" if self.plan.pd else f"engine-{index}"
         engine = self._spawn(name, f"{self.kind} engine", cmd, slot.port)
         replica = Replica(role, index, slot, engine)
@@ -248,6 +250,13 @@ class LocalService:
             replica.sidecar_port = port
         self.pools[role].append(replica)
         return replica
+
+    def _vllm_log_config(self) -> Path | None:
+        if self.kind != "vllm":
+            return None
+        path = self.state.path / "vllm-logging.json"
+        path.write_text(json.dumps(vllm.logging_config(), indent=1))
+        return path
 
     def _cores(self, total: int) -> str | None:
         """vLLM CPU engines get their own core (a lone engine gets them all); sims float."""
@@ -311,7 +320,7 @@ class LocalService:
         self.envoy.wait_http(f"{self.url}/v1/models", COMPONENT_TIMEOUT)
         self.board.set("envoy", status="ready", detail=f"{self.url}/v1")
 
-    def endpoints(self) -> list[dict[str, Any]]:
+    def endpoints(self) -> list[endpoints.Entry]:
         """The EPP's view: healthy engines (or their sidecars) with their role label."""
         out = []
         for role, pool in self.pools.items():
@@ -322,29 +331,28 @@ class LocalService:
                 ):
                     label = self.plan.pool(role).role
                     out.append(
-                        {
-                            "address": "127.0.0.1",
-                            "port": replica.endpoint_port,
-                            "labels": {ROLE_LABEL: label, "pdserve/name": replica.name},
-                        }
+                        endpoints.Entry(
+                            address="127.0.0.1",
+                            port=replica.endpoint_port,
+                            labels={ROLE_LABEL: label, "pdserve/name": replica.name},
+                        )
                     )
         return out
 
     def _write_endpoints(self) -> None:
-        tmp = self.endpoints_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.endpoints(), indent=1))
-        tmp.replace(self.endpoints_file)
+        endpoints.write(self.endpoints_file, self.endpoints())
 
     def _await_epp_endpoints(self) -> None:
         """Wait until the EPP reports the endpoint count we wrote (it re-reads the file)."""
         want = len(self.endpoints())
-        deadline = time.monotonic() + COMPONENT_TIMEOUT
-        while time.monotonic() < deadline:
+
+        def reported() -> bool:
             seen = _metric(f"http://127.0.0.1:{self.epp_metrics_port}", "inference_pool_ready_pods")
-            if seen is None or int(seen) == want:
-                return
-            time.sleep(0.05)
+            return seen is None or int(seen) == want
+
         # Not fatal: the drain that follows still waits for the engine's requests to finish.
+        with contextlib.suppress(TimeoutError):
+            wait_until(reported, COMPONENT_TIMEOUT, f"the EPP to report {want} endpoints")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -373,11 +381,13 @@ def _metric(url: str, name: str) -> float | None:
 
 
 def _drain(engine_url: str) -> None:
-    """Wait until the engine has no running or waiting request."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT
-    while time.monotonic() < deadline:
+    """Wait until the engine has no running or waiting request (at most DRAIN_TIMEOUT: the
+    engine is stopped then anyway)."""
+
+    def idle() -> bool:
         running = _metric(engine_url, METRIC_RUNNING)
         waiting = _metric(engine_url, METRIC_WAITING)
-        if running is None or (running + (waiting or 0)) == 0:
-            return
-        time.sleep(0.05)
+        return running is None or (running + (waiting or 0)) == 0
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(idle, DRAIN_TIMEOUT, f"{engine_url} to finish its requests")
