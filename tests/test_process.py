@@ -70,7 +70,7 @@ def test_a_zombie_is_not_alive_nor_a_group_of_zombies() -> None:
     assert not process.pid_alive(child.pid)
     start = time.monotonic()
     process.stop_group(child.pid, timeout=30)
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 10  # not the 30 s timeout waited out (busy 2 cores: slack)
     child.wait()
 
 

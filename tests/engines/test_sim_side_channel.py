@@ -73,3 +73,32 @@ async def test_a_refused_or_corrupt_pull_is_a_transfer_error() -> None:
             await side_channel.pull("127.0.0.1", port, "r", [0, 1, 2], [0, 1, 2], dst, None, 10)
     finally:
         await server.close()
+
+
+class FailingRead:
+    """A consumer whose NIXL READ fails (a UCX error mid-transfer)."""
+
+    async def read(self, meta: bytes, descs: bytes, blocks: list[int]) -> bool:
+        return False
+
+
+async def test_a_failed_nixl_read_still_releases_the_producers_lease() -> None:
+    src, dst = _arenas()
+    server, port, released = await _serve(src, nixl=True)
+    if server.nixl is None:
+        pytest.fail("NIXL does not load here: `make install` puts it in .venv")
+    try:
+        with pytest.raises(TransferError, match="NIXL READ failed"):
+            await side_channel.pull(
+                "127.0.0.1",
+                port,
+                "r",
+                [0, 1],
+                [0, 1],
+                dst,
+                FailingRead(),
+                10,  # type: ignore[arg-type]
+            )
+    finally:
+        await server.close()
+    assert released == ["r"]  # not held until the lease expires

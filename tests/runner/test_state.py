@@ -4,7 +4,7 @@ readable under runs/."""
 from __future__ import annotations
 
 import json
-import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,8 @@ from pdserve.runner.state import StateDir
 
 def run_once(state: StateDir, stamp: float, text: str) -> None:
     state.logs.mkdir(parents=True, exist_ok=True)
-    log = state.log("epp")
-    log.write_text(text)
-    os.utime(log, (stamp, stamp))
-    state.write({"pid": 1, "components": [{"name": "epp", "port": 9}]})
+    state.log("epp").write_text(text)
+    state.write({"pid": 1, "started": stamp, "components": [{"name": "epp", "port": 9}]})
 
 
 def test_rotate_moves_logs_and_state_to_a_run_folder(tmp_path: Path) -> None:
@@ -28,6 +26,7 @@ def test_rotate_moves_logs_and_state_to_a_run_folder(tmp_path: Path) -> None:
     run_once(state, 1_000_000_000, "first")
     moved = state.rotate()
     assert moved is not None and moved.parent == state.runs
+    assert moved.name == time.strftime("%Y%m%d-%H%M%S", time.localtime(1_000_000_000))
     assert not state.logs.exists()
     assert (moved / "epp.log").read_text() == "first"
     assert json.loads((moved / "state.json").read_text())["components"][0]["port"] == 9

@@ -4,11 +4,12 @@ previous run's stay readable with --run."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import openai
 from upkit import Service, chat
+
+from pdserve.process import wait_until
 
 
 def ask(service: Service, rid: str) -> None:
@@ -29,9 +30,7 @@ def traced(service: Service, *args: str) -> list[str]:
 
 def wait_traced(service: Service, rid: str) -> None:
     """The sidecar logs once its answer is sent: its line may land just after the client."""
-    deadline = time.monotonic() + 30
-    while rid not in traced(service) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: rid in traced(service), 30, f"request {rid} in the trace", interval=0.1)
 
 
 def test_a_second_up_traces_only_its_own_requests(up: Callable[..., Service]) -> None:

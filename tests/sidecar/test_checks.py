@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pdserve.sidecar.checks import REFRESH_S, ContextLimits, check
+from pdserve.sidecar.checks import REFRESH_S, RETRY_S, ContextLimits, check
 from pdserve.vllm_request import ApiError
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -93,12 +93,16 @@ ADAPTER = {"id": "sql", "max_model_len": None, "parent": "base"}
 
 
 async def test_limits_are_listed_once_and_a_failed_listing_is_retried() -> None:
+    now = [100.0]
     engine = Engine()
     engine.error = OSError("connection refused")
-    limits = ContextLimits(engine.fetch)
+    limits = ContextLimits(engine.fetch, clock=lambda: now[0])
     assert await limits.get("base") is None  # the engine is not up: unchecked
     engine.error = None
     engine.cards = [BASE, ADAPTER]
+    # Not at once: a hung engine would hold every request for the listing's timeout.
+    assert await limits.get("base") is None and engine.calls == 1
+    now[0] += RETRY_S
     assert await limits.get("base") == 2048 and engine.calls == 2
     assert await limits.get(None) == 2048  # no model: the first card, as vLLM serves it
     assert await limits.get("sql") == 2048  # an adapter has its base's context

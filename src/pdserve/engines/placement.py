@@ -62,14 +62,14 @@ def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (engine core and worker processes), parents first."""
     try:
         return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return [pid]
 
 
 def threads(pid: int) -> list[int]:
     try:
         return [t.id for t in psutil.Process(pid).threads()]
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []  # the process is gone
 
 

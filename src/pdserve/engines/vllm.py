@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,27 @@ LOG_LINE = (
 )
 LOG_DATE = "%Y-%m-%d %H:%M:%S"
 NIXL_LOGGER = "vllm.distributed.kv_transfer.kv_connector.v1.nixl"
+# LOG_LINE read back: "(APIServer pid=7) INFO 2026-12-01 21:00:00.123 [file.py:12] text"
+_LOG_LINE_READ = re.compile(
+    r"^\((?P<process>[^)]*?) pid=\d+\) (?P<level>[A-Z]+) "
+    r"(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(?P<ms>\d{3}) \[(?P<where>[^\]]*)\] (?P<msg>.*)$"
+)
+
+
+def parse_log_line(line: str) -> dict[str, Any] | None:
+    """A line written with LOG_LINE as a structured event (local time to epoch seconds), or
+    None for anything else an engine prints (banners, tracebacks, uvicorn's access lines)."""
+    match = _LOG_LINE_READ.match(line)
+    if match is None:
+        return None
+    when = time.mktime(time.strptime(match["date"], LOG_DATE)) + int(match["ms"]) / 1000
+    return {
+        "ts": when,
+        "level": match["level"].lower(),
+        "process": match["process"],
+        "where": match["where"],
+        "message": match["msg"],
+    }
 
 
 def logging_config() -> dict[str, Any]:

@@ -103,6 +103,7 @@ class LocalService:
         self._next_index = {ROLE_PREFILL: 0, ROLE_DECODE: 0}
         self._stopping = False
         self._scratch: Path | None = None
+        self._log_config_written = False
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -252,10 +253,13 @@ class LocalService:
         return replica
 
     def _vllm_log_config(self) -> Path | None:
+        """Written on the first engine's start, read by every engine of this run."""
         if self.kind != "vllm":
             return None
         path = self.state.path / "vllm-logging.json"
-        path.write_text(json.dumps(vllm.logging_config(), indent=1))
+        if not self._log_config_written:
+            path.write_text(json.dumps(vllm.logging_config(), indent=1))
+            self._log_config_written = True
         return path
 
     def _cores(self, total: int) -> str | None:

@@ -50,7 +50,7 @@ class StateDir:
         """Move the last run's logs and state file to runs/<when it started>."""
         if not self.logs.is_dir() or not any(self.logs.iterdir()):
             return None
-        started = min(p.stat().st_mtime for p in self.logs.iterdir())
+        started = (self.read() or {}).get("started") or self.logs.stat().st_mtime
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
         dest, n = self.runs / stamp, 1
         while dest.exists():

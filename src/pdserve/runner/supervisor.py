@@ -38,6 +38,7 @@ def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source
         "status": "starting",
         "file": source,
         "state_dir": str(state.path),
+        "started": time.time(),  # names the run's folder once the next up moves its logs
     }
     lock = threading.Lock()
     follower = Follower() if live else None

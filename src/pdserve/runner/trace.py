@@ -16,11 +16,12 @@ import json
 import re
 import shutil
 import textwrap
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pdserve.engines import vllm
 
 ID_KEYS = ("x_request_id", "request_id", "x-request-id", "requestId")
 NOISE = {"ts", "level", "component", "event", *ID_KEYS}
@@ -28,11 +29,6 @@ NOISE = {"ts", "level", "component", "event", *ID_KEYS}
 DECISION_FIRST = ("reason", "decode", "prefill", "pd")
 _IN_HEADLINE = {"method", "path", "model"}
 
-# vllm.engines.LOG_LINE: "(APIServer pid=7) INFO 2026-12-01 21:00:00.123 [file.py:12] text"
-_VLLM_LINE = re.compile(
-    r"^\((?P<process>[^)]*?) pid=\d+\) (?P<level>[A-Z]+) "
-    r"(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(?P<ms>\d{3}) \[(?P<where>[^\]]*)\] (?P<msg>.*)$"
-)
 _ADDRESS = re.compile(r"127\.0\.0\.1:(\d+)")
 
 
@@ -55,18 +51,8 @@ def _parse(line: str) -> dict[str, Any] | None:
         except ValueError:
             return None
         return item if isinstance(item, dict) else None
-    match = _VLLM_LINE.match(line)
-    if match is None:
-        return None
-    ts = time.mktime(time.strptime(match["date"], "%Y-%m-%d %H:%M:%S")) + int(match["ms"]) / 1000
-    return {
-        "ts": ts,
-        "level": match["level"].lower(),
-        "event": "vllm",
-        "process": match["process"],
-        "where": match["where"],
-        "message": match["msg"],
-    }
+    item = vllm.parse_log_line(line)
+    return None if item is None else {**item, "event": "vllm"}
 
 
 def by_request(logs: Path) -> dict[str, list[dict[str, Any]]]:

@@ -23,6 +23,8 @@ from pdserve.vllm_request import ApiError, check_request, max_output_tokens
 log = logging.getLogger("pdserve.sidecar")
 
 REFRESH_S = 10.0  # an unknown model name re-lists the engine's models at most this often
+RETRY_S = 1.0  # after a failed listing, the next try waits this long (a hung engine would
+# otherwise hold every request for the listing's timeout)
 
 
 def check(body: dict[str, Any], chat: bool, max_model_len: int | None) -> None:
@@ -65,7 +67,7 @@ class ContextLimits:
     """max_model_len per served model, from the local engine's `GET /v1/models` cards.
 
     Listed once and kept: a model's context does not change while its engine runs. A listing
-    that fails is not kept (the engine may still be starting), so the next request asks
+    that fails is not kept (the engine may still be starting): a request RETRY_S later asks
     again; meanwhile requests pass unchecked and the engine judges them, as before. A name
     not listed (an adapter loaded since) re-lists at most every REFRESH_S.
     """
@@ -74,17 +76,23 @@ class ContextLimits:
         self.fetch, self.clock = fetch, clock
         self.limits: dict[str, int] | None = None
         self.default: str | None = None  # the first card: what a request without `model` gets
-        self.listed_at = 0.0
+        self.listed_at: float | None = None
         self._pending: asyncio.Task[None] | None = None
 
     async def get(self, model: str | None) -> int | None:
-        if self.limits is None or (
-            model and model not in self.limits and self.clock() - self.listed_at >= REFRESH_S
-        ):
+        if self._due(model):
             await self._refresh()
         if self.limits is None:
             return None
         return self.limits.get(model or self.default or "")
+
+    def _due(self, model: str | None) -> bool:
+        if self.listed_at is None:
+            return True
+        since = self.clock() - self.listed_at
+        if self.limits is None:
+            return since >= RETRY_S
+        return bool(model) and model not in self.limits and since >= REFRESH_S
 
     async def _refresh(self) -> None:
         """One listing at a time: requests arriving meanwhile wait for the same one, and a

@@ -283,16 +283,20 @@ async def _fetch(
     count = min(len(header["block_ids"]), len(local_blocks))
     blocks = list(local_blocks[:count])
     arena.overwritten(blocks)
-    if "nixl_meta" in header and nixl is not None:
-        meta, descs = (base64.b64decode(header[k]) for k in ("nixl_meta", "nixl_descs"))
-        if not await nixl.read(meta, descs, blocks):
-            raise TransferError("NIXL READ failed")
-    else:
-        transport = "tcp"
-        await conn.recv_payload([arena.view(b) for b in blocks])
-    intact = arena.checksum(blocks) == header["checksum"]
-    await conn.send({"op": "release", "request_id": request_id})  # done with it either way
-    await conn.recv_header()
+    try:
+        if "nixl_meta" in header and nixl is not None:
+            meta, descs = (base64.b64decode(header[k]) for k in ("nixl_meta", "nixl_descs"))
+            if not await nixl.read(meta, descs, blocks):
+                raise TransferError("NIXL READ failed")
+        else:
+            transport = "tcp"
+            await conn.recv_payload([arena.view(b) for b in blocks])
+        intact = arena.checksum(blocks) == header["checksum"]
+    finally:
+        # Done with the lease either way: a failed READ must not strand the producer's
+        # blocks until the lease expires (480 s by default).
+        await conn.send({"op": "release", "request_id": request_id})
+        await conn.recv_header()
     if not intact:
         raise TransferError(f"KV checksum mismatch for request {request_id!r}")
     return count, transport
