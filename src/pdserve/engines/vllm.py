@@ -43,6 +43,13 @@ DROPPED_SWITCHES = {"--enable-ssl-refresh", "--disable-log-requests"}
 # small node (seen here with 0.12 of 10.7 GiB); a fixed size is predictable.
 CPU_KV_CACHE_GIB = "1"
 
+# NIXL's UCX opens a TCP listener on every network device (the machine's external address
+# too) unless told which; loopback is all that engines on one machine need.
+UCX_LOOPBACK = {"UCX_NET_DEVICES": "lo"}
+# vLLM's own: torch's gloo groups bind the hostname's address (external on some hosts),
+# and vLLM's get_ip() is the address of the default route, unless these say otherwise.
+LOOPBACK_ENV = {**UCX_LOOPBACK, "GLOO_SOCKET_IFNAME": "lo", "VLLM_HOST_IP": "127.0.0.1"}
+
 
 # vLLM's own log format, with the year and milliseconds (its default has neither), so the
 # routing trace can order its lines among the other components' JSON lines; and its
@@ -172,6 +179,7 @@ def command(
         argv += ["--dtype", dtype]
     argv += extra
     env = {"VLLM_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **compile_cache_env()}
+    env.update(LOOPBACK_ENV)
     if log_config is not None:
         env["VLLM_LOGGING_CONFIG_PATH"] = str(log_config)
         if "--enable-log-requests" not in extra:

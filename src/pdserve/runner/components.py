@@ -56,8 +56,9 @@ def engine(
     if model_dir is not None:
         argv += ["--model", str(model_dir)]
     env: dict[str, str] = {}
-    if plan.pd:
+    if plan.pd:  # NIXL is loaded for a KV connector only
         argv += ["--kv-transfer-config", vllm.kv_transfer_config()]
+        env.update(vllm.UCX_LOOPBACK)
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "127.0.0.1"
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(slot.side_channel_port)
     return EngineCommand(argv + vllm.manifest_args(pool.args), env)
