@@ -23,6 +23,8 @@ class Row:
     pid: int | None = None
     port: int | None = None
     log: str | None = None
+    restarts: int = 0
+    last_exit: str | None = None  # `code 1` or `signal 9 (SIGKILL)`: why it last went down
     since: float = field(default_factory=time.monotonic)
 
 

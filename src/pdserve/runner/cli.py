@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,19 +184,60 @@ def status(argv: list[str]) -> int:
     from pdserve.runner.progress import pools_text
 
     info = data.get("summary", {})
-    shown = data.get("status") if alive else "not running"
     pools = pools_text(info.get("pools"))
-    print(f"{info.get('name', '?')}: {shown}  {info.get('url', '')}/v1  {pools}")
+    print(f"{info.get('name', '?')}: {_condition(data)}  {info.get('url', '')}/v1  {pools}")
+    if _orphaned(data):
+        print(f"  {_down_hint(data)}")
     if info.get("model_dir"):
         print(f"  tokenizer: {info['model_dir']}")
     for row in data.get("components", []):
-        live = ("up" if pid_alive(row.get("pid")) else "down") if row.get("pid") else "-"
-        print(
-            f"  {row['name']:<12} {row['kind']:<16} {row['status']:<9} {live:<5} "
-            f"port {row.get('port') or '-':<6} pid {row.get('pid') or '-':<8} "
-            f"{row.get('detail') or ''}".rstrip()
-        )
+        print(f"  {_row_text(row)}")
     return 0 if alive else 1
+
+
+def _condition(data: dict[str, Any]) -> str:
+    """The service's state in words: a dead supervisor is neither running nor stopped."""
+    said = data.get("status", "?")
+    if pid_alive(data.get("pid")):
+        return said
+    if _orphaned(data):
+        running = sum(pid_alive(r.get("pid")) for r in data.get("components", []))
+        total = sum(1 for r in data.get("components", []) if r.get("pid"))
+        return (
+            f"supervisor dead (pid {data.get('pid')} gone while {said}); "
+            f"{running} of {total} components still running"
+        )
+    why = data.get("reason") or data.get("error")
+    return f"not running ({said}{': ' + why if why else ''})"
+
+
+def _orphaned(data: dict[str, Any]) -> bool:
+    """The supervisor is gone without having stopped: children or its temp folder remain."""
+    if pid_alive(data.get("pid")):
+        return False
+    children = any(pid_alive(r.get("pid")) for r in data.get("components", []))
+    unfinished = data.get("status") in ("starting", "ready", "stopping")
+    return children or (unfinished and _scratch(data) is not None)
+
+
+def _down_hint(data: dict[str, Any]) -> str:
+    from pdserve.runner.progress import pdserve_command, state_flag
+
+    return (
+        f"{pdserve_command()} down{state_flag(data)} stops them and removes the run's temp folder"
+    )
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    live = ("up" if pid_alive(row.get("pid")) else "down") if row.get("pid") else "-"
+    restarts = ""
+    if row.get("restarts") or row.get("last_exit"):
+        restarts = f"restarts {row.get('restarts', 0)} (last exit: {row.get('last_exit')}) "
+    return (
+        f"{row['name']:<12} {row['kind']:<16} {row['status']:<10} {live:<5} "
+        f"port {row.get('port') or '-':<6} pid {row.get('pid') or '-':<8} "
+        f"{restarts}{row.get('detail') or ''}"
+    ).rstrip()
 
 
 def logs(argv: list[str]) -> int:
@@ -258,22 +300,45 @@ def down(argv: list[str]) -> int:
     state = _state(args)
     data = state.read() or {}
     pids = [data.get("pid"), *(r.get("pid") for r in data.get("components", []))]
-    if not any(pid_alive(p) for p in pids):
+    scratch = _scratch(data)
+    if not any(pid_alive(p) for p in pids) and scratch is None:
         print(f"nothing running in {state.path}")
         return 0
     pid = data.get("pid")
+    orphaned = not pid_alive(pid)
     if pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):  # then what is left is stopped by PID
             wait_until(lambda: not pid_alive(pid), 180, f"supervisor {pid} to exit", interval=0.1)
     # Whatever the supervisor could not stop (it was killed, or hung): stop by PID.
-    leftovers = [r for r in (state.read() or data).get("components", []) if pid_alive(r.get("pid"))]
-    for row in leftovers:
-        stop_group(row["pid"], timeout=10)
+    data = state.read() or data
+    for row in data.get("components", []):
+        if pid_alive(row.get("pid")):
+            stop_group(row["pid"], timeout=10)
     if pid_alive(pid):
         stop_group(pid, timeout=10)
+    if scratch is not None:  # its children's TMPDIR: the supervisor removes it unless killed
+        shutil.rmtree(scratch, ignore_errors=True)
+    if orphaned:
+        _record_stopped(state, data, f"pdserve down after the supervisor (pid {pid}) died")
     print(f"stopped {data.get('summary', {}).get('name', 'service')} ({state.path})")
     return 0
+
+
+def _scratch(data: dict[str, Any]) -> Path | None:
+    """The run's temp folder, when the state file names one that is still there. Only a
+    folder of ours (scratch_dir's prefix) is ever removed, whatever the file says."""
+    path = data.get("tmpdir")
+    if not isinstance(path, str) or not Path(path).name.startswith("pdserve-"):
+        return None
+    return Path(path) if Path(path).is_dir() else None
+
+
+def _record_stopped(state: StateDir, data: dict[str, Any], reason: str) -> None:
+    """What the dead supervisor would have written: `status` then reads stopped, and why."""
+    for row in data.get("components", []):
+        row["status"] = "stopped"
+    state.write({**data, "status": "stopped", "reason": reason})
 
 
 def scale(argv: list[str]) -> int:

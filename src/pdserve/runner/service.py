@@ -6,18 +6,27 @@ every component's health check passes and the gateway itself answers
 GET /v1/models. An engine joins the EPP's endpoint list only once it is healthy.
 Removing one goes the other way: out of the endpoint list, the EPP confirms,
 its in-flight requests drain, then its sidecar and engine stop.
+
+Once started, every component is watched as a kubelet watches containers: one that
+exits leaves the endpoint list, is restarted on its ports after a doubling backoff, and
+rejoins once its health check passes. An engine and its sidecar restart each on its own,
+as two containers of one pod do. Only a crash loop (RestartPolicy.limit restarts within
+RestartPolicy.window seconds) stops the service.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +34,7 @@ from pdserve import endpoints, promtext
 from pdserve.engines import model as models
 from pdserve.engines import placement, vllm
 from pdserve.engines.vllm import EngineCommand
+from pdserve.logs import event
 from pdserve.process import ManagedProcess, ProcessDied, free_port, wait_until
 from pdserve.runner import components
 from pdserve.runner.board import Board
@@ -42,6 +52,66 @@ from pdserve.wire import (
 ENGINE_TIMEOUT = {"vllm": 900.0, "sim": 120.0}
 COMPONENT_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 120.0
+PROBE_TIMEOUT = 1.0  # one health probe of a restarting component, made while watching
+
+log = logging.getLogger("pdserve.supervisor")
+
+
+class CrashLoop(RuntimeError):
+    """A component exited more often than the restart policy allows: the service stops."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """kubelet's CrashLoopBackOff, scaled to one machine: kubelet waits 10 s doubling to
+    5 min, but our children start in seconds (sim) and a lost engine costs P/D at once.
+    The PDSERVE_RESTART_* variables exist so tests can reach the limit quickly."""
+
+    first: float = 1.0  # seconds before the first restart, doubled after each
+    cap: float = 30.0
+    reset_after: float = 60.0  # healthy this long: the next exit waits `first` again
+    limit: int = 5  # restarts allowed within `window`; one more exit stops the service
+    window: float = 300.0
+
+    @classmethod
+    def from_env(cls) -> RestartPolicy:
+        env = os.environ
+        return cls(
+            first=float(env.get("PDSERVE_RESTART_BACKOFF", cls.first)),
+            limit=int(env.get("PDSERVE_RESTART_LIMIT", cls.limit)),
+            window=float(env.get("PDSERVE_RESTART_WINDOW", cls.window)),
+        )
+
+    def delay(self, previous: float) -> float:
+        return self.first if previous <= 0 else min(previous * 2, self.cap)
+
+
+@dataclass
+class Watch:
+    """One started component as the watch loop sees it."""
+
+    proc: ManagedProcess
+    health: str  # answers 200 once the component serves again
+    timeout: float  # to pass `health` after a restart
+    settled: Callable[[], str] = lambda: ""  # run once healthy; returns the board's detail
+    phase: str = "running"  # running | backoff (waiting to restart) | starting
+    due: float = 0.0  # backoff: when to restart; starting: when to give up
+    backoff: float = 0.0  # the last delay used (0: none since healthy long enough)
+    restarts: int = 0
+    history: list[float] = field(default_factory=list)  # monotonic times of restarts
+    healthy_since: float = field(default_factory=time.monotonic)
+
+
+def exit_text(code: int | None) -> str:
+    """`code 1` or `signal 9 (SIGKILL)`: Popen gives a signal as a negative code."""
+    if code is None:
+        return "unknown"
+    if code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
 
 
 @dataclass
@@ -104,6 +174,9 @@ class LocalService:
         self._stopping = False
         self._scratch: Path | None = None
         self._log_config_written = False
+        self.policy = RestartPolicy.from_env()
+        self._watches: dict[str, Watch] = {}  # started and healthy once; guarded by _members
+        self.envoy_admin_port = 0
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -122,8 +195,14 @@ class LocalService:
             self._scratch = scratch_dir()
         return self._scratch
 
+    @property
+    def tmpdir(self) -> str | None:
+        """The scratch folder, once made: recorded so `down` removes it if we are killed."""
+        return str(self._scratch) if self._scratch is not None else None
+
     def start(self) -> None:
         self.state.logs.mkdir(parents=True, exist_ok=True)
+        _ = self.scratch
         self.model_dir = self._resolve_model()
         wanted = [(ROLE_DECODE, self.plan.decode.replicas)]
         if self.plan.prefill is not None:
@@ -136,6 +215,10 @@ class LocalService:
             self._await(replica)
         self._write_endpoints()
         self._await_router()
+        with self._members:
+            for replica in started:
+                self._watch_replica(replica)
+            self._watch_router()
 
     def stop(self) -> None:
         """Stop everything: the gateway first so no new request enters, engines last."""
@@ -151,15 +234,104 @@ class LocalService:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     def check(self) -> None:
-        """Raise ProcessDied when a component exited while it should be running."""
+        """Restart what exited, admit what became healthy; CrashLoop past the policy."""
         with self._members:
-            if self._stopping:
-                return
-            procs = self._processes()
-        for proc in procs:
-            if not proc.alive():
-                self.board.set(proc.name, status="failed", detail="exited")
-                proc.check_alive()
+            watches = [] if self._stopping else list(self._watches.values())
+        for watch in watches:
+            with self._members:  # retire/stop may have taken it meanwhile
+                if not self._stopping and self._watches.get(watch.proc.name) is watch:
+                    self._step(watch, time.monotonic())
+
+    def _step(self, w: Watch, now: float) -> None:
+        if w.phase == "backoff":
+            if now >= w.due:
+                self._restart(w, now)
+        elif not w.proc.alive():
+            self._exited(w, now)
+        elif w.phase == "starting":
+            if not _get(w.health):
+                self._healthy(w, now)
+            elif now >= w.due:
+                w.proc.stop(timeout=5)
+                self._exited(w, now, f"not healthy {w.timeout:g}s after its restart")
+        elif w.backoff and now - w.healthy_since >= self.policy.reset_after:
+            w.backoff = 0.0
+
+    def _exited(self, w: Watch, now: float, why: str = "") -> None:
+        name, code = w.proc.name, w.proc.popen.returncode if w.proc.popen else None
+        last = exit_text(code) + (f", {why}" if why else "")
+        recent = [t for t in w.history if now - t < self.policy.window]
+        if len(recent) >= self.policy.limit:
+            event(
+                log,
+                "crash_loop",
+                logging.ERROR,
+                child=name,
+                exit=last,
+                exit_code=code,
+                restarts=w.restarts,
+            )
+            self.board.set(name, status="failed", last_exit=last, detail="crash loop")
+            raise CrashLoop(
+                f"{name} crash loop: exited {len(recent) + 1} times within "
+                f"{self.policy.window:g}s (last: {last}); restart limit {self.policy.limit}"
+            )
+        w.phase, w.backoff = "backoff", self.policy.delay(w.backoff)
+        w.due = now + w.backoff
+        event(
+            log,
+            "component_exited",
+            child=name,
+            pid=w.proc.pid,
+            exit=last,
+            exit_code=code,
+            restarts=w.restarts,
+            restart_in_s=w.backoff,
+        )
+        self.board.set(name, status="down", last_exit=last, detail=f"restart in {w.backoff:g}s")
+        self._write_endpoints()  # its endpoint leaves the EPP's list while it is down
+
+    def _restart(self, w: Watch, now: float) -> None:
+        w.proc.start()  # same argv and ports; the log continues after the crash's lines
+        w.phase, w.due = "starting", now + w.timeout
+        w.restarts += 1
+        w.history = [t for t in w.history if now - t < self.policy.window] + [now]
+        event(
+            log, "component_restarted", child=w.proc.name, pid=w.proc.pid, restarts=w.restarts
+        )
+        self.board.set(
+            w.proc.name, status="restarting", pid=w.proc.pid, restarts=w.restarts, detail=""
+        )
+
+    def _healthy(self, w: Watch, now: float) -> None:
+        w.phase, w.healthy_since = "running", now
+        event(log, "component_ready", child=w.proc.name, pid=w.proc.pid, restarts=w.restarts)
+        self.board.set(w.proc.name, status="ready", detail=w.settled())
+        self._write_endpoints()  # rejoins once healthy (an engine: and its sidecar too)
+
+    def _watch_replica(self, replica: Replica) -> None:
+        """Called with _members held, once the replica passed its first health check."""
+        timeout = ENGINE_TIMEOUT[self.kind]
+        engine_url = f"http://127.0.0.1:{replica.slot.port}/health"
+        self._add_watch(Watch(replica.engine, engine_url, timeout, lambda: self._place(replica)))
+        if replica.sidecar is not None:
+            url = f"http://127.0.0.1:{replica.sidecar_port}/health"
+            self._add_watch(Watch(replica.sidecar, url, COMPONENT_TIMEOUT))
+
+    def _watch_router(self) -> None:
+        assert self.epp is not None and self.envoy is not None
+        metrics = f"http://127.0.0.1:{self.epp_metrics_port}/metrics"
+        self._add_watch(Watch(self.epp, metrics, COMPONENT_TIMEOUT))
+        # Envoy's own readiness, not a request through it: that needs the EPP up as well.
+        admin = f"http://127.0.0.1:{self.envoy_admin_port}/ready"
+        self._add_watch(Watch(self.envoy, admin, COMPONENT_TIMEOUT, lambda: f"{self.url}/v1"))
+
+    def _add_watch(self, watch: Watch) -> None:
+        self._watches[watch.proc.name] = watch
+
+    def _unwatch(self, replica: Replica) -> None:
+        for proc in replica.processes():
+            self._watches.pop(proc.name, None)
 
     def _processes(self) -> list[ManagedProcess]:
         procs = [p for p in (self.envoy, self.epp) if p is not None]
@@ -192,6 +364,8 @@ class LocalService:
                         proc.stop()
                         self.board.drop(proc.name)
                     raise
+                with self._members:
+                    self._watch_replica(replica)
                 self._write_endpoints()
                 progress(f"{replica.name} ready and routed")
             while len(pool) > replicas and not self._stopping:
@@ -200,6 +374,7 @@ class LocalService:
     def _retire(self, replica: Replica, progress: Callable[[str], None]) -> None:
         with self._members:
             self.pools[replica.role].remove(replica)
+            self._unwatch(replica)  # stopping it is no crash
             self._retiring.append(replica)  # still ours to stop if `down` comes meanwhile
         self._write_endpoints()
         self._await_epp_endpoints()
@@ -292,12 +467,16 @@ class LocalService:
                 f"http://127.0.0.1:{port}/health",
                 timeout if proc is replica.engine else COMPONENT_TIMEOUT,
             )
-            detail = ""
-            if proc is replica.engine and replica.slot.cores is not None and proc.pid:
-                # Idle now: the moment to tell pollers apart (see engines/placement.py).
-                cores = placement.parse_cores(replica.slot.cores)
-                detail = placement.place(proc.pid, cores).summary()
+            detail = self._place(replica) if proc is replica.engine else ""
             self.board.set(proc.name, status="ready", detail=detail)
+
+    def _place(self, replica: Replica) -> str:
+        """Confine a healthy vLLM engine to its cores; the summary is its board detail."""
+        proc = replica.engine
+        if replica.slot.cores is None or not proc.pid:
+            return ""
+        # Idle now: the moment to tell pollers apart (see engines/placement.py).
+        return placement.place(proc.pid, placement.parse_cores(replica.slot.cores)).summary()
 
     def _start_router(self) -> None:
         config = self.state.path / "epp-config.yaml"
@@ -308,7 +487,7 @@ class LocalService:
         self.epp = self._spawn("epp", "endpoint picker", cmd, grpc)
         from pdserve.epp import envoy
 
-        admin = free_port()
+        self.envoy_admin_port = admin = free_port()
         bootstrap = envoy.bootstrap(
             self.gateway_port, grpc, admin, route_prefixes=[self.plan.route_prefix]
         )
@@ -325,14 +504,11 @@ class LocalService:
         self.board.set("envoy", status="ready", detail=f"{self.url}/v1")
 
     def endpoints(self) -> list[endpoints.Entry]:
-        """The EPP's view: healthy engines (or their sidecars) with their role label."""
+        """The EPP's view: replicas whose engine and sidecar are both up and healthy."""
         out = []
         for role, pool in self.pools.items():
             for replica in pool:
-                if (
-                    replica.engine.alive()
-                    and self.board.rows[replica.engine.name].status == "ready"
-                ):
+                if all(self._serving(p) for p in replica.processes()):
                     label = self.plan.pool(role).role
                     out.append(
                         endpoints.Entry(
@@ -342,6 +518,10 @@ class LocalService:
                         )
                     )
         return out
+
+    def _serving(self, proc: ManagedProcess) -> bool:
+        row = self.board.rows.get(proc.name)
+        return proc.alive() and row is not None and row.status == "ready"
 
     def _write_endpoints(self) -> None:
         endpoints.write(self.endpoints_file, self.endpoints())
@@ -371,6 +551,20 @@ class LocalService:
             # The served name is not a hub id: load generators need the tokenizer's folder.
             "model_dir": str(self.model_dir) if self.model_dir else None,
         }
+
+
+def _get(url: str) -> str:
+    """Why url does not answer 200 ("" when it does), asked once and briefly."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as resp:
+            return "" if resp.status == 200 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}"
+    except OSError as err:
+        return str(err)
 
 
 def _metric(url: str, name: str) -> float | None:

@@ -1,12 +1,15 @@
 """The process that owns a local service's children for as long as it runs.
 
-It keeps the state file current (components, status, the reason of a failure),
-serves the control port once ready, watches for components that die, and on
-Ctrl-C, SIGTERM (`pdserve down`) or a failure stops every child it started.
+It keeps the state file current (components, status, the reason it stopped),
+serves the control port once ready and watches the children: one that exits is
+restarted (LocalService.check). Only Ctrl-C, SIGTERM (`pdserve down`), a failure
+at start or a crash loop stop every child it started. Its events (each exit and
+restart) are JSON lines in logs/supervisor.log.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -14,6 +17,7 @@ import time
 from typing import Any
 
 from pdserve.errors import UserError
+from pdserve.logs import JsonFormatter
 from pdserve.process import ProcessDied
 from pdserve.runner.board import Board
 from pdserve.runner.plan import Plan
@@ -24,7 +28,18 @@ WATCH_INTERVAL = 0.5
 
 
 class _Stop(Exception):
-    """SIGTERM arrived: stop like on Ctrl-C."""
+    """SIGTERM arrived while starting: stop like on Ctrl-C."""
+
+
+def _log_to(state: StateDir) -> None:
+    """Events go to the supervisor's log file, not stderr: the foreground's live table is
+    there (a detached supervisor's stderr is that same file, opened for appending)."""
+    handler = logging.FileHandler(state.log("supervisor"))
+    handler.setFormatter(JsonFormatter("supervisor"))
+    logger = logging.getLogger("pdserve.supervisor")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source: str) -> int:
@@ -48,41 +63,54 @@ def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source
             record.update(fields)
             record["components"] = board.snapshot()
             record["summary"] = service.summary()
+            record["tmpdir"] = service.tmpdir  # `down` removes it if we die
             state.write(record)
             if follower is not None:
                 follower.show(record["components"])
 
     board = Board(on_change=lambda: save())
     service = LocalService(plan, kind, state, port, board)
+    stop = threading.Event()
+    started = False
 
     def on_term(signum: int, frame: object) -> None:
-        raise _Stop()
+        stop.set()
+        if not started:  # a start is minutes of waits: break out of them at once
+            raise _Stop()
 
+    state.logs.mkdir(parents=True, exist_ok=True)
+    _log_to(state)
     signal.signal(signal.SIGTERM, on_term)
     code = 0
+    reason = "stopped by pdserve down (SIGTERM)"
     try:
         save()
         service.start()
         control = serve(service)
+        started = True
         save(status="ready", control_port=control.server_address[1])
         if follower is not None:
             follower.close()
             print_ready(record)
-        while True:
+        while not stop.wait(WATCH_INTERVAL):  # watching, not waiting for readiness
             service.check()
-            time.sleep(WATCH_INTERVAL)  # watching for crashes, not waiting for readiness
     except (ProcessDied, TimeoutError, RuntimeError, UserError, OSError) as err:
-        code = 1
-        save(status="failed", error=str(err))
+        # After the start only a crash loop (or the control port's socket) lands here.
+        code, reason = 1, str(err) if started else f"failed at start: {err}"
+        save(status="failed", error=str(err), reason=reason)
         if follower is not None:
             follower.close()
         print(f"pdserve up: {err}", file=sys.stderr)
-    except (KeyboardInterrupt, _Stop):
-        save(status="stopping")
+    except KeyboardInterrupt:
+        reason = "stopped by Ctrl-C"
+    except _Stop:
+        pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not code:
+            save(status="stopping", reason=reason)
         service.stop()
         if follower is not None:
             follower.close()
-        save(status="failed" if code else "stopped")
+        save(status="failed" if code else "stopped", reason=reason)
     return code
