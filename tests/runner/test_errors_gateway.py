@@ -13,6 +13,7 @@ import httpx
 from upkit import SYSTEM, Service
 
 from pdserve import wire
+from pdserve.runner.control import read_token
 from testkit import metric
 
 MODEL = "smollm2"
@@ -112,8 +113,11 @@ def test_every_hop_answers_bad_requests_in_the_engines_error_shape(
 
     # The runner's control port (what `pdserve scale` calls).
     control = f"http://127.0.0.1:{service.state()['control_port']}"
-    assert "unknown path" in error_of(httpx.post(f"{control}/nope", json={}), 404)["message"]
-    bad = httpx.post(f"{control}/scale", json={"pool": "decode"}, timeout=30)
+    auth = {"authorization": f"Bearer {read_token(service.state_dir)}"}
+    nope = httpx.post(f"{control}/nope", json={}, headers=auth)
+    assert "unknown path" in error_of(nope, 404)["message"]
+    bad = httpx.post(f"{control}/scale", json={"pool": "decode"}, headers=auth, timeout=30)
     assert error_of(bad, 400)["message"] == "'replicas'"
-    none = httpx.post(f"{control}/scale", json={"pool": "decode", "replicas": 0}, timeout=30)
+    zero = {"pool": "decode", "replicas": 0}
+    none = httpx.post(f"{control}/scale", json=zero, headers=auth, timeout=30)
     assert error_of(none, 400)["message"] == "decode replicas must be >= 1"

@@ -342,7 +342,7 @@ def _record_stopped(state: StateDir, data: dict[str, Any], reason: str) -> None:
 
 
 def scale(argv: list[str]) -> int:
-    from pdserve.runner.control import request
+    from pdserve.runner.control import read_token, request
 
     ap = argparse.ArgumentParser(prog="pdserve scale", description="resize a pool while serving")
     ap.add_argument("pool", choices=POOLS)
@@ -354,7 +354,11 @@ def scale(argv: list[str]) -> int:
         raise UserError(f"the service is {data.get('status')}, not ready; try again when ready")
     try:
         out = request(
-            data["control_port"], "POST", "/scale", {"pool": args.pool, "replicas": args.replicas}
+            data["control_port"],
+            "POST",
+            "/scale",
+            {"pool": args.pool, "replicas": args.replicas},
+            token=read_token(_state(args).path),
         )
     except RuntimeError as err:
         raise UserError(str(err)) from err

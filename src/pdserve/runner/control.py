@@ -3,20 +3,51 @@
 A small HTTP server on 127.0.0.1 inside the process that owns the children
 (only it can start and stop them cleanly). POST /scale {"pool", "replicas"}
 answers when the pool has its new size; GET /status returns the summary.
+Every request carries `Authorization: Bearer <token>`: loopback is open to every local
+user, the state folder's token file (mode 0600, new each run) only to the service's owner.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import os
+import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from pdserve import wire
+from pdserve.errors import UserError
 from pdserve.runner.service import LocalService
+
+TOKEN_FILE = "control-token"
+
+
+def write_token(state_dir: Path) -> str:
+    """A fresh token, created owner-only: written first and chmod-ed after, it could be
+    read in between; an old file is removed since O_CREAT keeps an existing file's mode."""
+    path = state_dir / TOKEN_FILE
+    path.unlink(missing_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token)
+    return token
+
+
+def read_token(state_dir: Path) -> str:
+    try:
+        return (state_dir / TOKEN_FILE).read_text().strip()
+    except OSError as err:
+        why = f"cannot read the service's control token {err.filename}: {err.strerror}"
+        raise UserError(why) from None
 
 
 def serve(service: LocalService) -> ThreadingHTTPServer:
+    token = write_token(service.state.path)
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return
@@ -32,10 +63,21 @@ def serve(service: LocalService) -> ThreadingHTTPServer:
         def _fail(self, status: int, message: str) -> None:
             self._reply(status, wire.error_body(message, status))
 
+        def _authorized(self) -> bool:
+            """Constant-time comparison: the token must not leak by timing."""
+            given = self.headers.get("authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return True
+            self._fail(401, "missing or wrong control token (Authorization: Bearer)")
+            return False
+
         def do_GET(self) -> None:
-            self._reply(200, service.summary())
+            if self._authorized():
+                self._reply(200, service.summary())
 
         def do_POST(self) -> None:
+            if not self._authorized():
+                return
             if self.path != "/scale":
                 self._fail(404, f"unknown path {self.path}")
                 return
@@ -58,13 +100,15 @@ def serve(service: LocalService) -> ThreadingHTTPServer:
 
 
 def request(
-    port: int, method: str, path: str, body: dict[str, Any] | None = None
+    port: int, method: str, path: str, body: dict[str, Any] | None = None, *, token: str
 ) -> dict[str, Any]:
     """Call a supervisor's control server; scaling vLLM engines can take minutes."""
     import httpx
 
+    auth = {"authorization": f"Bearer {token}"}
+    url = f"http://127.0.0.1:{port}{path}"
     try:
-        resp = httpx.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=1800)
+        resp = httpx.request(method, url, json=body, headers=auth, timeout=1800)
         data: dict[str, Any] = resp.json()
     except (httpx.HTTPError, ValueError) as err:
         raise RuntimeError(f"the service's control port {port} did not answer: {err}") from None
