@@ -46,9 +46,15 @@ class Follower:
         from rich.table import Table
 
         table = Table(box=None, pad_edge=False)
-        for col in ("component", "kind", "status", "port", "detail"):
+        for col in ("component", "kind", "status", "port", "restarts", "detail"):
             table.add_column(col)
-        colours = {"ready": "green", "failed": "red", "starting": "yellow"}
+        colours = {
+            "ready": "green",
+            "failed": "red",
+            "down": "red",
+            "starting": "yellow",
+            "restarting": "yellow",
+        }
         for row in self.rows:
             colour = colours.get(row.get("status", ""), "white")
             table.add_row(
@@ -56,9 +62,17 @@ class Follower:
                 row.get("kind", ""),
                 f"[{colour}]{row.get('status', '')}[/]",
                 str(row.get("port") or ""),
+                _restarts(row),
                 str(row.get("detail") or "")[:80],
             )
         return table
+
+
+def _restarts(row: dict[str, Any]) -> str:
+    """`2 (signal 9 (SIGKILL))`: how often it came back, and how it last went down."""
+    if not row.get("restarts") and not row.get("last_exit"):
+        return ""
+    return f"{row.get('restarts', 0)} ({row.get('last_exit')})"
 
 
 def pools_text(pools: dict[str, int] | None) -> str:
