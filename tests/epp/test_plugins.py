@@ -368,3 +368,28 @@ def test_prefix_hit_ratio_counts_one_hit_per_request() -> None:
     result = sched.schedule(cycle(), req("y" * 400), [d, p])
     assert result.endpoint is d and result.headers[PREFILLER_HEADER] == p.name
     assert (scorer.hits, scorer.lookups) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1m30s", 90.0), ("1.5h", 5400.0), ("200ms", 0.2), ("10µs", 1e-5), (".5s", 0.5), ("0", 0.0)],
+)
+def test_flags_and_parameters_read_go_durations_alike(text: str, seconds: float) -> None:
+    from pdserve.epp.cli import duration
+    from pdserve.epp.framework import go_duration
+
+    assert duration(text) == pytest.approx(seconds)
+    assert go_duration(text, "t") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["5", "0.05", "", "-1s", "1m30", "1x", "s"])
+def test_a_bare_number_or_a_sign_is_not_a_duration(text: str) -> None:
+    import argparse
+
+    from pdserve.epp.cli import duration
+    from pdserve.epp.framework import go_duration
+
+    with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
+        duration(text)
+    with pytest.raises(ConfigError, match=r"^parameters\.t: not a duration"):
+        go_duration(text, "t")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import signal
 import sys
 from pathlib import Path
@@ -33,12 +32,14 @@ _IGNORED_BOOL = (
 
 
 def duration(text: str) -> float:
-    """Go durations as the upstream flags take them: 50ms, 1s, 2m."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    return float(m.group(1)) * scale
+    """framework.parse_duration for argparse, so a flag and a config parameter read the same
+    text alike; a bad value is a usage error naming it."""
+    from pdserve.epp.framework import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def epp_parser() -> argparse.ArgumentParser:

@@ -61,13 +61,37 @@ class Plugin:
         return {}
 
 
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_PART = r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a Go duration as time.ParseDuration reads it (1m30s, 1.5h, 200ms, 10µs):
+    upstream's flags and parameters are Go durations, so one text must mean the same here.
+    A bare number is refused, as Go does ("missing unit"), except "0"; so is a sign, since
+    every duration here is an interval or a timeout. ValueError says which."""
+    if text == "0":
+        return 0.0
+    if not re.fullmatch(f"(?:{_PART})+", text):
+        raise ValueError(f"not a duration (e.g. 200ms, 2s, 1m30s), got {text!r}")
+    return sum(float(n) * _UNITS[u] for n, u in re.findall(_PART, text))
+
+
 def go_duration(text: str, key: str) -> float:
-    """Seconds from a Go duration (200ms, 1.5s, 2m, 1h30m), as upstream's parameters take."""
-    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ConfigError(f"parameters.{key}: not a duration (e.g. 200ms, 2s), got {text!r}")
-    return sum(float(n) * units[u] for n, u in parts)
+    """parse_duration for a plugin parameter: the error names the parameter."""
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise ConfigError(f"parameters.{key}: {err}") from None
 
 
 def parse(cls: Plugin | type[Plugin], raw: dict[str, Any]) -> Parameters:
