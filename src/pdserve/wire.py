@@ -12,12 +12,17 @@ from typing import Any
 # --- HTTP headers -----------------------------------------------------------
 PREFILLER_HEADER = "x-prefiller-host-port"  # set by the EPP, read by the decode sidecar
 PREFILLER_URL_HEADER = "x-prefiller-url"  # legacy form of the same
+ENCODER_HEADER = "x-encoder-hosts-ports"  # set by the EPP: the encode endpoints (E/P/D)
+DATA_PARALLEL_HEADER = "x-data-parallel-host-port"  # set by the EPP: the chosen rank's address
 DESTINATION_HEADER = "x-gateway-destination-endpoint"  # EPP -> Envoy ORIGINAL_DST
 REQUEST_ID_HEADER = "x-request-id"
 SESSION_HEADER = "x-session-token"
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 CRITICALITY_HEADER = "x-gateway-inference-criticality"
 ENVOY_LB_NAMESPACE = "envoy.lb"
+# Envoy's response code details on the EPP's own answers: Envoy's local-reply mapper passes
+# these untouched (they are already in vLLM's error shape).
+EPP_DETAILS_PREFIX = "pdserve_epp_"
 
 # --- Pod labels ------------------------------------------------------------
 ROLE_LABEL = "llm-d.ai/role"

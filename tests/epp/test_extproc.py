@@ -24,7 +24,18 @@ from pdserve.render.epp_defaults import PD
 
 DECODE = Endpoint("10.0.0.1", 8000, {wire.ROLE_LABEL: wire.ROLE_DECODE})
 PREFILL = Endpoint("10.0.0.2", 8000, {wire.ROLE_LABEL: wire.ROLE_PREFILL})
-SPOOFED = {wire.PREFILLER_HEADER: b"169.254.169.254:80", wire.PREFILLER_URL_HEADER: b"http://x"}
+SPOOFED = {
+    wire.PREFILLER_HEADER: b"169.254.169.254:80",
+    wire.PREFILLER_URL_HEADER: b"http://x",
+    wire.ENCODER_HEADER: b"169.254.169.254:80",
+    wire.DATA_PARALLEL_HEADER: b"169.254.169.254:80",
+}
+EPP_ONLY = [
+    wire.PREFILLER_HEADER,
+    wire.PREFILLER_URL_HEADER,
+    wire.ENCODER_HEADER,
+    wire.DATA_PARALLEL_HEADER,
+]
 
 
 def servicer() -> ExtProc:
@@ -74,7 +85,7 @@ async def test_client_prefill_headers_are_removed_when_decode_only() -> None:
     m = mutation(answers)
     assert set_headers(m)[wire.DESTINATION_HEADER] == DECODE.name
     assert wire.PREFILLER_HEADER not in set_headers(m)
-    assert set(m.remove_headers) == {wire.PREFILLER_HEADER, wire.PREFILLER_URL_HEADER}
+    assert list(m.remove_headers) == EPP_ONLY
 
 
 @pytest.mark.parametrize("duplex", [True, False])
@@ -84,7 +95,30 @@ async def test_epp_prefill_header_overrides_the_client_and_the_legacy_one_goes(
     answers = await process(servicer(), SPOOFED, {"model": "m", "prompt": "p" * 400}, duplex)
     m = mutation(answers)
     assert set_headers(m)[wire.PREFILLER_HEADER] == PREFILL.name
-    assert list(m.remove_headers) == [wire.PREFILLER_URL_HEADER]
+    assert list(m.remove_headers) == EPP_ONLY[1:]
+
+
+async def test_a_data_parallel_rank_is_the_epps_own_and_a_clients_encoder_goes() -> None:
+    config = load(
+        "plugins: [{type: data-parallel-profile-handler, parameters: {primaryPort: 8000}}]\n"
+        "schedulingProfiles: [{name: d}]"
+    )
+    rank = Endpoint("10.0.0.1", 8002, {wire.ROLE_LABEL: wire.ROLE_DECODE})
+    store = Datastore(StaticSource([rank]))
+    store.refresh()
+    ext = ExtProc(Picker(Scheduler(config), store, EppMetrics()))
+    m = mutation(await process(ext, SPOOFED, {"model": "m", "prompt": "hi"}))
+    assert set_headers(m)[wire.DATA_PARALLEL_HEADER] == rank.name
+    assert list(m.remove_headers) == EPP_ONLY[:3]
+
+
+async def test_the_epps_own_answers_carry_the_details_envoy_passes_untouched() -> None:
+    from pdserve.epp.envoy import bootstrap
+
+    answers = await process(servicer(), {}, b"{")
+    assert answers[-1].immediate_response.details == f"{wire.EPP_DETAILS_PREFIX}400"
+    expression = f'response.code_details.startsWith("{wire.EPP_DETAILS_PREFIX}")'
+    assert expression in str(bootstrap(8080, 9002, 9901, [], "BUFFERED"))
 
 
 @pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3, 4]], [[1, 2], "text"]])

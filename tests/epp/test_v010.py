@@ -14,11 +14,11 @@ import xxhash
 from pdserve.epp.config import load
 from pdserve.epp.framework import make
 from pdserve.epp.plugins.flowcontrol import ProbabilisticAdmitter
-from pdserve.epp.plugins.handlers import DATA_PARALLEL_HEADER, REASON
+from pdserve.epp.plugins.handlers import REASON
 from pdserve.epp.plugins.prefix import token_block_hashes
 from pdserve.epp.scheduler import Scheduler
 from pdserve.epp.types import Cycle, Endpoint, Metrics, ProfileResult, Request, Result
-from pdserve.wire import PREFILLER_HEADER, ROLE_LABEL
+from pdserve.wire import DATA_PARALLEL_HEADER, PREFILLER_HEADER, ROLE_LABEL
 from testkit import PDSERVE, REFERENCE
 
 

@@ -55,7 +55,7 @@ def _watching_filter() -> dict[str, Any]:
 # cannot reach or that times out, a request over a limit.
 _LOCAL_STATUSES = (400, 403, 404, 408, 413, 431, 500, 502, 503, 504)
 _EPP_FAILED = 'response.code_details.startsWith("ext_proc")'
-_EPP_ANSWERED = 'response.code_details.startsWith("pdserve_epp_")'  # extproc._immediate
+_EPP_ANSWERED = f'response.code_details.startsWith("{wire.EPP_DETAILS_PREFIX}")'
 
 
 def _mapper(expression: str, message: str, status: int) -> dict[str, Any]:

@@ -38,8 +38,14 @@ from pdserve.logs import event
 log = logging.getLogger("pdserve.epp")
 FULL_DUPLEX = 4  # ProcessingMode.BodySendMode.FULL_DUPLEX_STREAMED
 # Headers only the EPP may choose: a client's copy is removed unless the EPP set its own, or
-# a gateway client could pick the prefill host the decode sidecar calls (SSRF).
-EPP_ONLY_HEADERS = (wire.PREFILLER_HEADER, wire.PREFILLER_URL_HEADER)
+# a gateway client could pick the prefill or encode host the decode sidecar calls (SSRF), or
+# the rank a data-parallel sidecar forwards to.
+EPP_ONLY_HEADERS = (
+    wire.PREFILLER_HEADER,
+    wire.PREFILLER_URL_HEADER,
+    wire.ENCODER_HEADER,
+    wire.DATA_PARALLEL_HEADER,
+)
 
 
 ROUTED_MAX = 65536
@@ -235,7 +241,7 @@ def _immediate(err: Decision) -> pb.ProcessingResponse:
                 ]
             ),
             body=body,
-            details=f"pdserve_epp_{err.status}",
+            details=f"{wire.EPP_DETAILS_PREFIX}{err.status}",
         )
     )
 

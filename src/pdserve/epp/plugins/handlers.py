@@ -26,12 +26,10 @@ from pdserve.epp.plugins.prefix import (
     held,
 )
 from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
-from pdserve.wire import PREFILLER_HEADER
+from pdserve.wire import DATA_PARALLEL_HEADER, ENCODER_HEADER, PREFILLER_HEADER
 
 DECISION = "pd.decision"  # cycle.state: "prefill-decode" | "decode-only"
 REASON = "pd.reason"  # cycle.state: why, in words, for the routing trace
-ENCODER_HEADER = "x-encoder-hosts-ports"
-DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
 
 
 class Verdict(NamedTuple):
