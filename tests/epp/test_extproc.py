@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,13 +14,14 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from pdserve import wire
+from pdserve.epp import extproc
 from pdserve.epp.config import load
 from pdserve.epp.datastore import Datastore, StaticSource
-from pdserve.epp.extproc import FULL_DUPLEX, ExtProc, Picker
+from pdserve.epp.extproc import FULL_DUPLEX, Decision, ExtProc, Picker
 from pdserve.epp.metrics import EppMetrics
 from pdserve.epp.request import prompt_text
 from pdserve.epp.scheduler import Scheduler
-from pdserve.epp.types import Endpoint
+from pdserve.epp.types import Endpoint, Metrics
 from pdserve.render.epp_defaults import PD
 
 DECODE = Endpoint("10.0.0.1", 8000, {wire.ROLE_LABEL: wire.ROLE_DECODE})
@@ -196,3 +198,53 @@ async def test_a_malformed_body_is_a_logged_400_in_vllm_shape(
         "inference_model_request_error_total", labels
     )
     assert sample == 1
+
+
+def shedding_picker(config_text: str, waiting: int) -> Picker:
+    """One decode pod, scraped now with `waiting` queued requests."""
+    pod = Endpoint("10.0.0.1", 8000, {wire.ROLE_LABEL: wire.ROLE_DECODE})
+    pod.metrics = Metrics(waiting=waiting, updated=time.monotonic())
+    store = Datastore(StaticSource([pod]))
+    store.refresh()
+    return Picker(Scheduler(load(config_text)), store, EppMetrics())
+
+
+SHEDDABLE = {wire.CRITICALITY_HEADER: "Sheddable"}
+BODY = json.dumps({"model": "m", "prompt": "hi"}).encode()
+
+
+def test_the_pickers_own_config_sheds_and_its_reason_is_the_429() -> None:
+    """Queue 4 is room by the built-in thresholds (<= 5) but saturation 4/4 = 1 by this
+    config's detector; a picker of the built-in-only config beside it still admits."""
+    detector = (
+        "plugins: [{type: utilization-detector, parameters: {queueDepthThreshold: 4}},"
+        " {type: random-picker}]\n"
+        "flowControl: {saturationDetector: {pluginRef: utilization-detector}}\n"
+        "schedulingProfiles: [{name: a, plugins: [{pluginRef: random-picker}]}]"
+    )
+    with pytest.raises(Decision) as err:
+        shedding_picker(detector, 4).decide(SHEDDABLE, BODY)
+    assert (err.value.status, err.value.message) == (
+        429,
+        "utilization-detector: pool saturated, sheddable request dropped",
+    )
+    result, _ = shedding_picker(PD, 4).decide(SHEDDABLE, BODY)
+    assert result.endpoint is not None
+    with pytest.raises(Decision, match=r"^system saturated, sheddable request dropped$"):
+        shedding_picker(PD, 6).decide(SHEDDABLE, BODY)
+
+
+def test_the_routed_line_is_built_only_when_debug_is_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    built: list[object] = []
+    real = extproc._profile_log
+    monkeypatch.setattr(extproc, "_profile_log", lambda r: built.append(r) or real(r))
+    picker = servicer().picker
+    get = {":method": "GET", ":path": "/v1/models"}
+    with caplog.at_level(logging.INFO, logger="pdserve.epp"):
+        picker.decide(get, b"")
+    assert built == []
+    with caplog.at_level(logging.DEBUG, logger="pdserve.epp"):
+        picker.decide(get, b"")
+    assert built and [r.getMessage() for r in caplog.records] == ["routed"]

@@ -31,7 +31,7 @@ from pdserve.epp.plugins.handlers import DECISION, REASON
 from pdserve.epp.plugins.prefix import PrefixCacheScorer
 from pdserve.epp.request import BadRequest, parse
 from pdserve.epp.scheduler import Scheduler, Trace
-from pdserve.epp.types import Cycle, ProfileResult, Result
+from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
 from pdserve.epp.usage import ResponseUsage
 from pdserve.logs import event
 
@@ -98,36 +98,33 @@ class Picker:
         now = time.monotonic()
         endpoints = self.store.list()
         self.metrics.requests.labels(req.model, req.model).inc()
-        if req.sheddable and admission.saturated(endpoints, now):
+        reason = self._shed(endpoints, now) if req.sheddable else None
+        if reason is not None:
             self.metrics.errors.labels(req.model, req.model, "429").inc()
-            event(log, "shed", request_id=req.request_id, model=req.model, priority=req.priority)
-            raise Decision(429, "system saturated, sheddable request dropped")
+            event(
+                log,
+                "shed",
+                request_id=req.request_id,
+                model=req.model,
+                priority=req.priority,
+                reason=reason,
+            )
+            raise Decision(429, f"{reason}, sheddable request dropped")
         cycle = Cycle(now=now, rng=self.rng)
         trace = Trace()
         result = self.scheduler.schedule(cycle, req, endpoints, trace)
         elapsed = time.perf_counter() - start
         self._observe(req.model, len(req.prompt), elapsed, trace)
-        decision = cycle.state.get(DECISION, "decode-only")
-        self.metrics.pd.labels(decision).inc()
+        self.metrics.pd.labels(cycle.state.get(DECISION, "decode-only")).inc()
         # A request without a body (GET /v1/models, /health) is routed but not scheduled on
-        # a prompt: logged at debug, so the routing trace shows only inference requests.
-        event(
-            log,
-            "decision" if raw else "routed",
-            logging.INFO if raw else logging.DEBUG,
-            request_id=req.request_id,
-            method=headers.get(":method"),
-            path=headers.get(":path"),
-            model=req.model,
-            prompt_chars=len(req.prompt),
-            pool=len(endpoints),
-            profiles={name: _profile_log(r) for name, r in result.profiles.items()},
-            decode=result.endpoint.name if result.endpoint else None,
-            prefill=result.headers.get(wire.PREFILLER_HEADER),
-            pd=decision,
-            reason=cycle.state.get(REASON),
-            ms=round(elapsed * 1000, 3),
-        )
+        # a prompt: logged at debug, so the routing trace shows only inference requests; its
+        # line is built only when debug is on, since the profiles' scores cost a dict each.
+        level = logging.INFO if raw else logging.DEBUG
+        if log.isEnabledFor(level):
+            fields = _decision_fields(headers, req, len(endpoints), result, cycle)
+            event(
+                log, "decision" if raw else "routed", level, **fields, ms=round(elapsed * 1000, 3)
+            )
         if result.endpoint is None:
             self.metrics.errors.labels(req.model, req.model, "503").inc()
             raise Decision(503, "no endpoint available for this request")
@@ -137,6 +134,15 @@ class Picker:
             # log the same one and the routing trace can join them.
             result.headers[wire.REQUEST_ID_HEADER] = req.request_id
         return result, req.model
+
+    def _shed(self, endpoints: list[Endpoint], now: float) -> str | None:
+        """Why a sheddable request is refused now, or None: the config's saturation detector
+        and admitters when it has any (their reason goes into the 429), else the built-in
+        thresholds. Read from this picker's config, so two pickers never share one check."""
+        config = self.scheduler.config
+        if config.detector is not None or config.admitters:
+            return config.shed(endpoints, now)
+        return "system saturated" if admission.saturated(endpoints, now) else None
 
     def _rejected(self, headers: dict[str, str], reason: str) -> None:
         """A body the EPP cannot read never reaches an engine, so this line is the only trace
@@ -193,6 +199,25 @@ def _headers(msg: pb.HttpHeaders) -> dict[str, str]:
     return {
         h.key.lower(): h.raw_value.decode(errors="replace") if h.raw_value else h.value
         for h in msg.headers.headers
+    }
+
+
+def _decision_fields(
+    headers: dict[str, str], req: Request, pool: int, result: Result, cycle: Cycle
+) -> dict[str, Any]:
+    """The decision log line's fields: what a person following one request's routing reads."""
+    return {
+        "request_id": req.request_id,
+        "method": headers.get(":method"),
+        "path": headers.get(":path"),
+        "model": req.model,
+        "prompt_chars": len(req.prompt),
+        "pool": pool,
+        "profiles": {name: _profile_log(r) for name, r in result.profiles.items()},
+        "decode": result.endpoint.name if result.endpoint else None,
+        "prefill": result.headers.get(wire.PREFILLER_HEADER),
+        "pd": cycle.state.get(DECISION, "decode-only"),
+        "reason": cycle.state.get(REASON),
     }
 
 

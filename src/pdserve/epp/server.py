@@ -11,7 +11,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from pdserve.epp import admission
 from pdserve.epp.config import Config
 from pdserve.epp.datastore import Datastore
 from pdserve.epp.extproc import ExtProc, Picker
@@ -29,8 +28,6 @@ async def serve(
     from pdserve.epp.cli import _stop_on_signals
 
     metrics = EppMetrics()
-    if config.detector is not None or config.admitters:
-        admission.install(config.shed)
     picker = Picker(Scheduler(config), store, metrics, args.pool_name, args.default_criticality)
     await store.poll()
     tasks = [asyncio.create_task(store.run())]
