@@ -65,24 +65,34 @@ def pod(name: str, ip: str) -> dict[str, Any]:
 
 def test_pool_allow_list_follows_pod_events() -> None:
     events = [
-        ("SYNC", {"items": [pod("a", "10.0.0.1"), pod("pending", "")]}),
+        ("SYNC", {"items": [pod("a", "10.0.0.1"), pod("pending", "")], "ports": [8000]}),
         ("ADDED", pod("b", "10.0.0.2")),
         ("MODIFIED", pod("a", "10.0.0.3")),
         ("DELETED", pod("b", "")),
     ]
     allow = PoolAllowList(FakePods(events))
     allow.run()
-    assert allow.allows("10.0.0.3")
-    assert not allow.allows("10.0.0.1") and not allow.allows("10.0.0.2")
+    assert allow.allows("10.0.0.3:8000")
+    assert not allow.allows("10.0.0.1:8000") and not allow.allows("10.0.0.2:8000")
     assert allow.ips == {"a": "10.0.0.3"}
 
 
+def test_pool_allow_list_allows_the_pools_target_port_only() -> None:
+    """Upstream allows any port of a pool pod (llm-d-router issue 979): any listener there."""
+    sync = {"items": [pod("a", "10.0.0.1"), pod("b", "fd00::1")], "ports": [8000]}
+    allow = PoolAllowList(FakePods([("SYNC", sync)]))
+    allow.run()
+    assert allow.allows("10.0.0.1:8000") and allow.allows("[fd00::1]:8000")
+    for target in ("10.0.0.1:8001", "10.0.0.1", "[fd00::1]:22", "a:8000", "10.0.0.1:8000/x"):
+        assert not allow.allows(target), target
+
+
 def test_a_failed_watch_is_retried_and_the_resync_drops_pods_deleted_meanwhile() -> None:
-    first = [("SYNC", {"items": [pod("a", "10.0.0.1"), pod("b", "10.0.0.2")]})]
-    again = [("SYNC", {"items": [pod("a", "10.0.0.1")]})]  # b went away while disconnected
+    first = [("SYNC", {"items": [pod("a", "10.0.0.1"), pod("b", "10.0.0.2")], "ports": [80]})]
+    again = [("SYNC", {"items": [pod("a", "10.0.0.1")], "ports": [80]})]  # b went away meanwhile
     allow = PoolAllowList(FakePods(first, ConnectionError("api server gone"), again), 0)
     allow.run()
-    assert allow.allows("10.0.0.1") and not allow.allows("10.0.0.2")
+    assert allow.allows("10.0.0.1:80") and not allow.allows("10.0.0.2:80")
 
 
 def test_pool_spec_reads_both_inference_pool_versions() -> None:
@@ -100,6 +110,6 @@ def test_pods_come_back_in_the_api_servers_json_shape() -> None:
         metadata=client.V1ObjectMeta(name="p"), status=client.V1PodStatus(pod_ip="10.1.2.3")
     )
     as_json = client.ApiClient().sanitize_for_serialization(model)
-    allow = PoolAllowList(FakePods([("ADDED", as_json)]))
+    allow = PoolAllowList(FakePods([("SYNC", {"items": [], "ports": [8000]}), ("ADDED", as_json)]))
     allow.run()
-    assert allow.allows("10.1.2.3")
+    assert allow.allows("10.1.2.3:8000")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import httpx
 import openai
 import pytest
 
-from pdserve import wire
+from pdserve import endpoints, wire
+from pdserve.endpoints import Entry
 from pdserve.process import free_port
 from pdserve.tls import self_signed
-from testkit import metric
+from testkit import PDSERVE, metric
+
+ROLE = wire.ROLE_LABEL
 
 HDR = "x-prefiller-host-port"
 
@@ -193,16 +197,63 @@ def test_client_disconnect_during_prefill_cancels_it(sim, sidecar, tmp_path) -> 
 
 def test_ssrf_protection(sim, sidecar, recorder) -> None:
     p, d = sim("--zero-cost"), sim("--zero-cost")
-    rp = recorder(p.url)
+    rp, other = recorder(p.url), recorder(p.url)  # same host, two ports
     body = {"prompt": "x", "max_tokens": 2}
-    denied = sidecar(d.port, "--enable-ssrf-protection", "--allowed-prefill-hosts", "10.9.9.9")
+    denied = sidecar(d.port, "--enable-ssrf-protection", "--allowed-prefill-hosts", "10.9.9.9:80")
     resp = httpx.post(denied.url + "/v1/completions", json=body, headers={HDR: rp.hostport})
     assert resp.status_code == 403 and not rp.seen
     allowed = sidecar(
-        d.port, "--enable-ssrf-protection=true", "--allowed-prefill-hosts", "10.9.9.9,127.0.0.1"
+        d.port,
+        "--enable-ssrf-protection=true",
+        f"--allowed-prefill-hosts=10.9.9.9:80,{rp.hostport}",
     )
     resp = httpx.post(allowed.url + "/v1/completions", json=body, headers={HDR: rp.hostport})
     assert resp.status_code == 200 and len(rp.seen) == 1
+    # The allowed host on a port not in the list: refused before anything is sent there.
+    resp = httpx.post(allowed.url + "/v1/completions", json=body, headers={HDR: other.hostport})
+    assert _error(resp, 403)["code"] == 403 and not other.seen
+
+
+def test_ssrf_protection_follows_the_runners_endpoints_file(
+    sim, sidecar, recorder, tmp_path
+) -> None:
+    """The runner's way: prefill engines' ports are known only once they start, and scaling
+    changes them; the sidecar allows the prefill entries of the file the runner rewrites."""
+    p, d = sim("--zero-cost"), sim("--zero-cost")
+    first, second = recorder(p.url), recorder(p.url)
+    file = tmp_path / "endpoints.json"
+
+    def publish(*prefills: int) -> None:
+        entries = [Entry(address="127.0.0.1", port=d.port, labels={ROLE: wire.ROLE_DECODE})]
+        entries += [
+            Entry(address="127.0.0.1", port=n, labels={ROLE: wire.ROLE_PREFILL}) for n in prefills
+        ]
+        endpoints.write(file, entries)
+
+    publish(first.port)
+    s = sidecar(d.port, "--enable-ssrf-protection", "--allowed-prefill-endpoints-file", str(file))
+    body = {"prompt": "x", "max_tokens": 2}
+
+    def status(target: str) -> int:
+        return httpx.post(s.url + "/v1/completions", json=body, headers={HDR: target}).status_code
+
+    assert status(first.hostport) == 200 and status(second.hostport) == 403
+    assert status(f"127.0.0.1:{d.port}") == 403  # a decode endpoint is no prefill target
+    publish(first.port, second.port)  # scaled up
+    assert status(second.hostport) == 200
+    publish(second.port)  # scaled down
+    assert status(first.hostport) == 403 and len(first.seen) == 1 and len(second.seen) == 1
+
+
+def test_a_bare_host_in_the_static_allow_list_is_refused_at_start() -> None:
+    """A host alone would allow every port of it (upstream's host-only list, llm-d-router
+    issue 979): one line naming the entry, exit 2."""
+    argv = [*PDSERVE, "sidecar", "--port", "0", "--enable-ssrf-protection"]
+    proc = subprocess.run(
+        [*argv, "--allowed-prefill-hosts", "127.0.0.1"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--allowed-prefill-hosts: expected host:port, got '127.0.0.1'" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -218,7 +269,7 @@ def test_a_prefill_target_other_than_host_port_is_400_and_nothing_is_sent(
     sim, sidecar, recorder, value
 ) -> None:
     evil = recorder(sim("--zero-cost").url)
-    s = sidecar(free_port(), "--enable-ssrf-protection", "--allowed-prefill-hosts", "10.9.9.9")
+    s = sidecar(free_port(), "--enable-ssrf-protection", "--allowed-prefill-hosts", "10.9.9.9:80")
     body = {"prompt": "x", "max_tokens": 2}
     header = value.format(evil=evil.hostport)
     resp = httpx.post(s.url + "/v1/completions", json=body, headers={HDR: header})

@@ -64,12 +64,13 @@ def engine(
     return EngineCommand(argv + vllm.manifest_args(pool.args), env)
 
 
-def sidecar(plan: Plan, port: int, engine_port: int) -> EngineCommand:
-    """The decode engine's routing sidecar, plain HTTP on loopback, prefill from here only."""
+def sidecar(plan: Plan, port: int, engine_port: int, endpoints_file: Path) -> EngineCommand:
+    """The decode engine's routing sidecar, plain HTTP on loopback. It prefills only on the
+    prefill endpoints of `endpoints_file`: their ports are chosen as engines start and
+    change on scale, which a list given at start could not follow."""
     argv = [*PDSERVE, "sidecar", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--vllm-port", str(engine_port), "--connector", "nixlv2", "--secure-proxy=false"]
-    # Every prefill engine of a local service is on loopback: allow that host only.
-    argv += ["--enable-ssrf-protection", "--allowed-prefill-hosts", "127.0.0.1"]
+    argv += ["--enable-ssrf-protection", "--allowed-prefill-endpoints-file", str(endpoints_file)]
     env = {"INFERENCE_POOL_NAMESPACE": plan.namespace, "INFERENCE_POOL_NAME": plan.name}
     return EngineCommand(argv, env)
 

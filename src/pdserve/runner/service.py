@@ -420,9 +420,8 @@ class LocalService:
         replica = Replica(role, index, slot, engine)
         if self.plan.pd and role == ROLE_DECODE:
             port = free_port()
-            replica.sidecar = self._spawn(
-                f"sidecar-{index}", "sidecar", components.sidecar(self.plan, port, slot.port), port
-            )
+            cmd = components.sidecar(self.plan, port, slot.port, self.endpoints_file)
+            replica.sidecar = self._spawn(f"sidecar-{index}", "sidecar", cmd, port)
             replica.sidecar_port = port
         self.pools[role].append(replica)
         return replica

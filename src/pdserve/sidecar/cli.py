@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 from pdserve.errors import UserError
 from pdserve.flags import GoStyleParser, add_bool
@@ -33,7 +34,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--allowed-prefill-hosts",
         default="",
-        help="comma-separated prefill hosts (SSRF allow-list outside Kubernetes)",
+        help="comma-separated prefill host:port targets (SSRF allow-list outside Kubernetes)",
+    )
+    ap.add_argument(
+        "--allowed-prefill-endpoints-file",
+        type=Path,
+        default=None,
+        help="the local runner's endpoints file: its prefill endpoints are the allow-list",
     )
     ap.add_argument("--prefill-timeout", type=float, default=300.0, help="seconds")
     ap.add_argument("--log-level", default="info")
@@ -55,8 +62,13 @@ def main(argv: list[str]) -> int:
         )
     allow: allowlist.AllowList = allowlist.AllowAll()
     if args.enable_ssrf_protection:
-        if args.allowed_prefill_hosts:
-            allow = allowlist.StaticAllowList(args.allowed_prefill_hosts.split(","))
+        if args.allowed_prefill_endpoints_file:
+            allow = allowlist.EndpointsFileAllowList(args.allowed_prefill_endpoints_file)
+        elif args.allowed_prefill_hosts:
+            try:
+                allow = allowlist.StaticAllowList(args.allowed_prefill_hosts.split(","))
+            except ValueError as err:  # a bare host would allow every port of it
+                raise UserError(f"--allowed-prefill-hosts: {err}") from None
         elif args.inference_pool_name and args.inference_pool_namespace:
             try:
                 pods = allowlist.KubernetesPods(
@@ -73,7 +85,8 @@ def main(argv: list[str]) -> int:
             allow = pool
         else:
             raise UserError(
-                "--enable-ssrf-protection needs --allowed-prefill-hosts or "
+                "--enable-ssrf-protection needs --allowed-prefill-hosts, "
+                "--allowed-prefill-endpoints-file or "
                 "--inference-pool-namespace and --inference-pool-name"
             )
     opts = Options(

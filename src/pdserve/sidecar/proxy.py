@@ -254,8 +254,8 @@ class Sidecar:
         except (ValueError, UnicodeDecodeError) as err:
             self._rejected(path, request_id=rid, status=400, reason=f"invalid JSON body: {err}")
             return _error(400, f"invalid JSON body: {err}")
-        host, target = named
-        if not self.opts.allow.allows(host):
+        _, target = named
+        if not self.opts.allow.allows(target):
             self._rejected(
                 path,
                 request_id=rid,
