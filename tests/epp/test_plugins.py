@@ -393,3 +393,61 @@ def test_a_bare_number_or_a_sign_is_not_a_duration(text: str) -> None:
         duration(text)
     with pytest.raises(ConfigError, match=r"^parameters\.t: not a duration"):
         go_duration(text, "t")
+
+
+CACHE_TRACKING = """
+plugins:
+- type: prefix-cache-scorer
+  parameters:
+    mode: cache_tracking
+    kvEventsConfig: {zmqEndpoint: "tcp://127.0.0.1:5999"}
+    indexerConfig: {tokenProcessorConfig: {blockSize: 4}}
+- type: decode-filter
+schedulingProfiles:
+- name: a
+  plugins: [{pluginRef: decode-filter}, {pluginRef: prefix-cache-scorer}]
+"""
+
+
+def test_a_cache_tracking_scorers_own_producer_is_fed_kv_events_and_sized() -> None:
+    """The v0.2-v0.4 scorer builds its precise producer itself: the server's KV-event
+    subscription must see it, and the indexer gauge must count its blocks (enableMetrics
+    unset)."""
+    from pdserve.block_hashes import block_hashes
+    from pdserve.epp.datastore import Datastore, StaticSource
+    from pdserve.epp.extproc import Picker
+    from pdserve.epp.metrics import EppMetrics
+    from pdserve.epp.server import kv_event_feeds
+
+    cfg = load(CACHE_TRACKING)
+    scorer = cfg.plugins["prefix-cache-scorer"]
+    feeds = kv_event_feeds(cfg, "tcp://*:5557")
+    assert feeds == [(scorer.source, "tcp://127.0.0.1:5999")]
+    producer = feeds[0][0]
+    prompt = "the quick brown fox jumps over the lazy dog " * 4
+    hashes = block_hashes(producer.tokenize(prompt), 4)
+    a = ep(1, "decode")
+    producer.apply_event(a.address, ["BlockStored", hashes, None, [], 4, None])
+    assert scorer.score(cycle(), req(prompt), [a]) == {a.name: 1.0}
+    store = Datastore(StaticSource([a]))
+    store.refresh()
+    picker = Picker(Scheduler(cfg), store, EppMetrics())
+    picker.decide({}, b'{"model": "m", "prompt": "hi"}')
+    gauge = "inference_extension_prefix_indexer_size"
+    assert picker.metrics.registry.get_sample_value(gauge) == len(set(hashes))
+    producer.apply_event(a.address, ["AllBlocksCleared"])
+    picker.decide({}, b'{"model": "m", "prompt": "hi"}')
+    assert picker.metrics.registry.get_sample_value(gauge) == 0
+
+
+def test_a_legacy_scorers_producer_is_reported_once_and_named_apart() -> None:
+    """Registered in the config, the producer reports its inert parameters itself (at the
+    scorer's path) and the scorer no longer does; its derived name must be free."""
+    cfg = load(CACHE_TRACKING.replace("blockSize: 4}", 'blockSize: 4, hashSeed: "42"}'))
+    assert cfg.ignored() == [
+        "plugins[0].parameters.indexerConfig.tokenProcessorConfig.hashSeed: "
+        "the sim engine's block hashing takes no seed"
+    ]
+    with pytest.raises(ConfigError, match="'prefix-cache-scorer-producer', is taken"):
+        taken = "- {type: decode-filter, name: prefix-cache-scorer-producer}\n"
+        load(CACHE_TRACKING.replace("- type: decode-filter\n", taken))

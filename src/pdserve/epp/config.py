@@ -236,6 +236,8 @@ def load(text: str, source: str = "config", allow_experimental: bool = False) ->
             plugin.bind(plugins, names)
         except ConfigError as err:
             raise _err(f"{source}: {paths.get(plugin.name, plugin.name)}", str(err)) from None
+    for plugin in list(plugins.values()):
+        _adopt(plugin, plugins, paths, source)
     profiles = _profiles(doc, plugins, source)
     cfg = Config(plugins, profiles, _handler(plugins, profiles, source), [], doc, paths=paths)
     cfg.pre_request = [p for p in plugins.values() if isinstance(p, PreRequest)]
@@ -275,6 +277,20 @@ def _plugin(
     except ConfigError as err:
         raise _err(f"{source}: {path}", str(err)) from None
     return name
+
+
+def _adopt(plugin: Plugin, plugins: dict[str, Plugin], paths: dict[str, str], source: str) -> None:
+    """What a plugin built for itself joins the config under its derived name, reported at
+    the path of the parameters it came from."""
+    where = paths.get(plugin.name, plugin.name)
+    for part in plugin.hand_over():
+        if part.name in plugins:
+            raise _err(
+                f"{source}: {where}",
+                f"the name of its own {part.type_name}, {part.name!r}, is taken",
+            )
+        plugins[part.name] = part
+        paths[part.name] = where
 
 
 def _resolve(plugin: Plugin, plugins: dict[str, Plugin], profiles: list[str], where: str) -> None:

@@ -167,7 +167,7 @@ class Picker:
             m.plugin.labels(plugin.type_name if plugin else name, name).observe(secs)
         for plugin in self.scheduler.config.plugins.values():
             if isinstance(plugin, PrefixCacheScorer):
-                m.prefix_size.set(plugin.index.size())
+                m.prefix_size.set(plugin.source.size())
                 if plugin.lookups:
                     m.prefix_hit.set(plugin.hits / plugin.lookups)
 

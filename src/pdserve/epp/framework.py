@@ -60,6 +60,12 @@ class Plugin:
         """Parameters given but not acted on here: path -> why. `--check` prints them."""
         return {}
 
+    def hand_over(self) -> list[Plugin]:
+        """Plugins this one built from its own parameters (a v0.2-v0.4 scorer's index). The
+        loader registers them, so the server finds them (KV events) and the scheduler runs
+        their hooks as if configured; from then on this plugin no longer forwards to them."""
+        return []
+
 
 _UNITS = {
     "ns": 1e-9,

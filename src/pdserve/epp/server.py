@@ -22,6 +22,16 @@ from pdserve.logs import event
 SERVICES = ("", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor")
 
 
+def kv_event_feeds(config: Config, default: str) -> list[tuple[PrecisePrefixProducer, str]]:
+    """Each precise producer in the config (a legacy cache_tracking scorer's own included,
+    the loader registers it) and the ZMQ endpoint it subscribes to: its own, else the flag."""
+    return [
+        (p, p.zmq_endpoint or default)
+        for p in config.plugins.values()
+        if isinstance(p, PrecisePrefixProducer)
+    ]
+
+
 async def serve(
     args: argparse.Namespace, config: Config, store: Datastore, log: logging.Logger
 ) -> None:
@@ -31,12 +41,10 @@ async def serve(
     picker = Picker(Scheduler(config), store, metrics, args.pool_name, args.default_criticality)
     await store.poll()
     tasks = [asyncio.create_task(store.run())]
-    for plugin in config.plugins.values():
-        if isinstance(plugin, PrecisePrefixProducer):
-            from pdserve.epp.kv_events import subscribe
+    for producer, endpoint in kv_event_feeds(config, args.kv_events_endpoint):
+        from pdserve.epp.kv_events import subscribe
 
-            endpoint = plugin.zmq_endpoint or args.kv_events_endpoint
-            tasks.append(asyncio.create_task(subscribe(plugin, endpoint)))
+        tasks.append(asyncio.create_task(subscribe(producer, endpoint)))
     server = grpc.aio.server()
     pb_grpc.add_ExternalProcessorServicer_to_server(ExtProc(picker), server)
     server.add_insecure_port(f"{args.host}:{args.grpc_port}")

@@ -301,10 +301,6 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
     def zmq_endpoint(self) -> str | None:
         return self.params.kvEventsConfig.zmqEndpoint
 
-    @property
-    def metrics_enabled(self) -> bool:
-        return self.params.indexerConfig.kvBlockIndexConfig.enableMetrics
-
     def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is None:
             from pdserve.tokenization import BuiltinTokenizer, HFTokenizer
@@ -320,10 +316,18 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
                 self.holders.setdefault(int(h), set()).add(pod)
         elif kind == "BlockRemoved":
             for h in event[1]:
-                self.holders.get(int(h), set()).discard(pod)
+                self._drop(int(h), pod)
         elif kind == "AllBlocksCleared":
-            for pods in self.holders.values():
-                pods.discard(pod)
+            for h in list(self.holders):
+                self._drop(h, pod)
+
+    def _drop(self, h: int, pod: str) -> None:
+        """A block no pod holds leaves the index, so its size counts held blocks."""
+        pods = self.holders.get(h)
+        if pods is not None:
+            pods.discard(pod)
+            if not pods:
+                del self.holders[h]
 
     def lookup(self, req: Request) -> Match:
         from pdserve.block_hashes import block_hashes
@@ -348,7 +352,9 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
         return max(m.matched.get(e.address, 0), m.matched.get(e.name, 0))
 
     def size(self) -> int:
-        return len(self.holders) if self.metrics_enabled else 0
+        """Always the real count: the gauge is the EPP's own, whatever enableMetrics (the
+        kv-cache library's metrics upstream) says."""
+        return len(self.holders)
 
     def inert(self) -> dict[str, str]:
         p, out = self.params, {}
@@ -393,6 +399,7 @@ class PrefixScorerParams(Parameters):
     indexerConfig: Indexer | None = None
 
 
+OWN_PRODUCER = "-producer"  # a legacy scorer's own producer is named <scorer><this>
 LEGACY_KEYS = {
     "mode",
     "hashBlockSize",
@@ -426,18 +433,28 @@ class PrefixCacheScorer(Scorer, PreRequest):
         p = self.params
         self.producer: PrefixProducer | None = None
         self.owns_producer = bool(p.model_fields_set & LEGACY_KEYS)
+        self.forwards = self.owns_producer  # until a config takes the producer over
         if not self.owns_producer:
             return
+        name = f"{self.name}{OWN_PRODUCER}"
         if p.mode == "cache_tracking":
             raw = p.model_dump(include={"kvEventsConfig", "indexerConfig"}, exclude_unset=True)
-            self.producer = PrecisePrefixProducer(self.name, raw)
+            self.producer = PrecisePrefixProducer(name, raw)
         else:
             self.producer = LegacyApproxProducer(
-                self.name,
+                name,
                 p.hashBlockSize or 64,
                 p.maxPrefixBlocksToMatch or 256,
                 p.lruCapacityPerServer or 31250,
             )
+
+    def hand_over(self) -> list[Plugin]:
+        """A legacy scorer's own producer joins the config: a cache_tracking one must be
+        found by the server's KV-event subscription, or it never learns a block."""
+        if not self.forwards or self.producer is None:
+            return []
+        self.forwards = False
+        return [self.producer]
 
     def bind(self, plugins: dict[str, Plugin], profiles: Any) -> None:
         if self.producer is None:
@@ -452,11 +469,16 @@ class PrefixCacheScorer(Scorer, PreRequest):
             self.producer = ApproxPrefixProducer(ApproxPrefixProducer.type_name)
         return self.producer
 
-    # The EPP's prefix indexer metrics read these (extproc).
     @property
-    def index(self) -> Any:
+    def index(self) -> LRUIndex:
+        """The approximate producer's index, for seeding it; the prefix indexer gauge reads
+        `source.size()`, which every producer has."""
         src = self.source
-        return src.index if isinstance(src, ApproxPrefixProducer) else src
+        if not isinstance(src, ApproxPrefixProducer):
+            raise AttributeError(f"{self.name} reads a {src.type_name}, which has no LRU index")
+        return src.index
+
+    # The EPP's prefix hit-ratio gauge reads these (extproc).
 
     @property
     def hits(self) -> int:
@@ -481,11 +503,11 @@ class PrefixCacheScorer(Scorer, PreRequest):
         return scores
 
     def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
-        if self.owns_producer:
+        if self.forwards:
             self.source.pre_request(cycle, req, result)
 
     def inert(self) -> dict[str, str]:
-        if self.owns_producer and self.producer is not None:
+        if self.forwards and self.producer is not None:
             return self.producer.inert()
         return {}
 
