@@ -451,3 +451,16 @@ def test_a_legacy_scorers_producer_is_reported_once_and_named_apart() -> None:
     with pytest.raises(ConfigError, match="'prefix-cache-scorer-producer', is taken"):
         taken = "- {type: decode-filter, name: prefix-cache-scorer-producer}\n"
         load(CACHE_TRACKING.replace("- type: decode-filter\n", taken))
+
+
+def test_both_pd_handlers_word_a_missing_prefill_endpoint_alike() -> None:
+    """One helper for the disagg and the deprecated pd handler: the P/D verdict stays in it."""
+    from pdserve.epp.plugins.handlers import no_prefill_endpoint
+
+    c = cycle()
+    c.state[REASON] = "disaggregated: 400 uncached tokens >= nonCachedTokens 8"
+    no_prefill_endpoint(c, "pre")
+    assert c.state[REASON] == (
+        "decode-only: no endpoint passed profile 'pre' (wanted 400 uncached tokens >= "
+        "nonCachedTokens 8)"
+    )

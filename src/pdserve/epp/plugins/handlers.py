@@ -47,6 +47,16 @@ def _threshold_verdict(uncached: float, threshold: float, unit: str, param: str)
     return Verdict(False, f"decode-only: {uncached:.0f} uncached {unit} < {param} {threshold:g}")
 
 
+def no_prefill_endpoint(cycle: Cycle, profile: str) -> None:
+    """The decider chose P/D but `profile` left no endpoint: the reason keeps both, so the
+    trace of a decode-only request still shows why it wanted a prefill."""
+    wanted = cycle.state.get(REASON, "")
+    cycle.state[REASON] = (
+        f"decode-only: no endpoint passed profile {profile!r}"
+        f" (wanted {wanted.removeprefix('disaggregated: ')})"
+    )
+
+
 @register("single-profile-handler")
 class SingleProfileHandler(ProfileHandler):
     def pick_profiles(
@@ -239,11 +249,7 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
         pd = prefill is not None and prefill.endpoint is not None
         cycle.state[DECISION] = "prefill-decode" if pd else "decode-only"
         if prefill is not None and prefill.endpoint is None:
-            wanted = cycle.state.get(REASON, "")
-            cycle.state[REASON] = (
-                f"decode-only: no endpoint passed profile {self.prefill!r}"
-                f" (wanted {wanted.removeprefix('disaggregated: ')})"
-            )
+            no_prefill_endpoint(cycle, self.prefill)
         decode = kept.get(self.decode)
         if decode is None or decode.endpoint is None:
             cycle.state[REASON] = "no decode endpoint"
@@ -326,11 +332,7 @@ class PDProfileHandler(ProfileHandler):
         pd = prefill is not None and prefill.endpoint is not None
         cycle.state[DECISION] = "prefill-decode" if pd else "decode-only"
         if prefill is not None and prefill.endpoint is None:
-            wanted = cycle.state.get(REASON, "")
-            cycle.state[REASON] = (
-                f"decode-only: no endpoint passed profile {prefill_name!r}"
-                f" (wanted {wanted.removeprefix('disaggregated: ')})"
-            )
+            no_prefill_endpoint(cycle, prefill_name)
         elif done[decode].endpoint is None:
             cycle.state[REASON] = "no decode endpoint"
         return Result(done, decode)
