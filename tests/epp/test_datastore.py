@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from pdserve import kube, wire
-from pdserve.epp.datastore import Datastore, PoolSource, parse_metrics
+from pdserve.epp.datastore import Datastore, FileSource, PoolSource, parse_metrics
 from pdserve.epp.types import Metrics
 from pdserve.process import free_port
 
@@ -117,3 +118,19 @@ def test_pool_source_reads_the_kube_config_once_and_keeps_ready_pods(
     assert first is not None and [e.name for e in first] == ["10.1.0.5:8000"]
     assert source.current() is None  # unchanged
     assert len(made) == 1
+
+
+def test_an_off_schema_endpoints_file_is_logged_once_per_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "endpoints.json"
+    path.write_text('[{"address": 1}]')
+    source = FileSource(str(path))
+    with caplog.at_level(logging.WARNING, logger="pdserve.epp"):
+        assert [source.current() for _ in range(3)] == [None, None, None]
+        path.write_text('{"not": "a list"}')
+        assert source.current() is None and source.current() is None
+    logged = [r for r in caplog.records if r.getMessage() == "endpoints_file_unreadable"]
+    assert len(logged) == 2
+    assert [set(r.fields) for r in logged] == [{"path", "error"}] * 2
+    assert logged[0].fields["path"] == str(path)

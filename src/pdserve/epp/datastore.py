@@ -54,7 +54,9 @@ class StaticSource:
 
 
 class FileSource:
-    """The endpoints file (pdserve.endpoints), re-read whenever it changes."""
+    """The endpoints file (pdserve.endpoints), re-read whenever it changes. A version that
+    cannot be read is logged once and not re-read until the file changes again (the poll
+    comes every 0.25 s); the endpoints stay those of the last good version."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -68,12 +70,18 @@ class FileSource:
         stamp = (st.st_mtime, st.st_size)
         if stamp == self.stamp:
             return None
+        self.stamp = stamp
         try:
             entries = endpoints.read(self.path)
         except (OSError, ValueError) as err:
-            log.warning("endpoints_file_unreadable", extra={"fields": {"error": str(err)}})
+            event(
+                log,
+                "endpoints_file_unreadable",
+                logging.WARNING,
+                path=str(self.path),
+                error=str(err),
+            )
             return None
-        self.stamp = stamp
         return [Endpoint(e.address, e.port, dict(e.labels)) for e in entries]
 
 
