@@ -96,3 +96,14 @@ def test_v1alpha2_render_satisfies_the_crds() -> None:
     for obj in render.render(service, certs=("crt", "key")):
         check(obj)
     check(api.dump(service))
+
+
+def test_the_ga_pool_spec_is_the_v1alpha2_one_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One spec, converted by the API's pool conversion: the two pools cannot drift apart."""
+    from pdserve.api.convert import pool_spec_to_ga
+    from pdserve.render import router
+
+    v1alpha2 = router.inference_pool("opt-pd", "ns")["spec"]
+    assert router.inference_pool("opt-pd", "ns", ga=True)["spec"] == pool_spec_to_ga(v1alpha2)
+    monkeypatch.setattr(router, "pool_spec_to_ga", lambda spec: {"converted": spec})
+    assert router.inference_pool("opt-pd", "ns", ga=True)["spec"] == {"converted": v1alpha2}

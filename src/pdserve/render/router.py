@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from pdserve import wire
-from pdserve.api.convert import MODEL_CRITICALITY
+from pdserve.api.convert import MODEL_CRITICALITY, pool_spec_to_ga
 from pdserve.render import names
 from pdserve.render.workload import meta, rbac
 
@@ -89,29 +89,20 @@ def epp_rbac(name: str, namespace: str) -> list[dict[str, Any]]:
 
 def inference_pool(name: str, namespace: str, ga: bool = False) -> dict[str, Any]:
     """The service's InferencePool: KServe v0.16's x-k8s.io v1alpha2 one, or with `ga` the
-    GA inference.networking.k8s.io/v1 one KServe v0.20 renders (same name and meaning)."""
+    GA inference.networking.k8s.io/v1 one KServe v0.20 renders (same name and meaning). The
+    GA spec is the v1alpha2 one through the API's own conversion, so the two cannot drift."""
+    spec: dict[str, Any] = {
+        "selector": names.pool_selector(name),
+        "targetPortNumber": wire.SIDECAR_PORT,
+        "extensionRef": {
+            "name": names.epp_service(name),
+            "kind": "Service",
+            "portNumber": wire.EPP_GRPC_PORT,
+            "failureMode": "FailOpen",
+        },
+    }
     if ga:
-        spec: dict[str, Any] = {
-            "selector": {"matchLabels": names.pool_selector(name)},
-            "targetPorts": [{"number": wire.SIDECAR_PORT}],
-            "endpointPickerRef": {
-                "kind": "Service",
-                "name": names.epp_service(name),
-                "port": {"number": wire.EPP_GRPC_PORT},
-                "failureMode": "FailOpen",
-            },
-        }
-    else:
-        spec = {
-            "selector": names.pool_selector(name),
-            "targetPortNumber": wire.SIDECAR_PORT,
-            "extensionRef": {
-                "name": names.epp_service(name),
-                "kind": "Service",
-                "portNumber": wire.EPP_GRPC_PORT,
-                "failureMode": "FailOpen",
-            },
-        }
+        spec = pool_spec_to_ga(spec)
     group, version = _pool_api(ga)
     return {
         "apiVersion": f"{group}/{version}",
