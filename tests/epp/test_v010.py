@@ -288,3 +288,57 @@ def test_shared_config_checks_clean(name: str) -> None:
     at = next(i for i, line in enumerate(lines) if line.startswith("accepted, not acted on:"))
     ignored = [line.strip().split(": ")[0] for line in lines[at + 1 :]]
     assert sorted(ignored) == sorted(NOT_ACTED_ON.get(name, []))
+
+
+def test_no_hit_lru_ranks_in_the_whole_lru_and_records_prefill_by_name() -> None:
+    """Upstream's numbers: score = 1 - (never-used count + LRU position) / (n - 1), clamped at
+    0, the position counted over every endpoint in the LRU. With e0..e3 used in that order:
+    candidates [e2, e3] (n 2) give 1 - 2/1 and 1 - 3/1, both 0; [e0, e3, e4] (e4 never used)
+    give e4 1, e0 1 - (1 + 0)/2 = 0.5, e3 1 - (1 + 3)/2 -> 0."""
+    cfg = load(
+        "plugins: [{type: no-hit-lru-scorer}]\n"
+        "schedulingProfiles: [{name: d, plugins: [{pluginRef: no-hit-lru-scorer}]}]"
+    )
+    lru = cfg.plugins["no-hit-lru-scorer"]
+    e = [ep(i) for i in range(5)]
+
+    def cold_pick(profiles: dict[str, Endpoint]) -> None:
+        c = cycle()
+        lru.score(c, req("cold"), e)
+        lru.pre_request(
+            c, req("cold"), Result({k: ProfileResult(v) for k, v in profiles.items()}, "d")
+        )
+
+    for i in range(4):
+        cold_pick({"d": e[i]})
+    assert lru.score(cycle(), req("x"), [e[2], e[3]]) == {e[2].name: 0.0, e[3].name: 0.0}
+    assert lru.score(cycle(), req("x"), [e[0], e[3], e[4]]) == {
+        e[4].name: 1.0,
+        e[0].name: 0.5,
+        e[3].name: 0.0,
+    }
+    cold_pick({"d": e[3], "my-prefill": e[0]})  # not named "prefill": e0 stays oldest
+    assert list(lru.lru) == [e[0].name, e[1].name, e[2].name, e[3].name]
+    cold_pick({"d": e[3], "prefill": e[0]})
+    assert list(lru.lru) == [e[1].name, e[2].name, e[3].name, e[0].name]
+
+
+def test_the_prefix_decider_reads_the_default_producer_as_upstream() -> None:
+    """Upstream's prefix-based decider reads the unnamed match-info key (the approximate
+    producer's), even when the profile's scorer reads a named precise producer."""
+    cfg = load(
+        "plugins:\n"
+        "- {type: precise-prefix-cache-producer, name: pp}\n"
+        "- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: pp}}\n"
+        "- {type: prefix-based-pd-decider, parameters: {nonCachedTokens: 8}}\n"
+        "- type: disagg-profile-handler\n"
+        "  parameters: {deciders: {prefill: prefix-based-pd-decider}}\n"
+        "schedulingProfiles:\n"
+        "- {name: decode, plugins: [{pluginRef: prefix-cache-scorer}]}\n"
+        "- {name: prefill, plugins: [{pluginRef: prefix-cache-scorer}]}"
+    )
+    assert cfg.plugins["prefix-cache-scorer"].source is cfg.plugins["pp"]
+    assert (
+        cfg.plugins["prefix-based-pd-decider"].producer
+        is cfg.plugins["approx-prefix-cache-producer"]
+    )

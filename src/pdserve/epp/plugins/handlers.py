@@ -72,6 +72,9 @@ class Decider(Plugin):
     """Whether a request whose decode endpoint is chosen should also run another stage."""
 
     def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
+        """The default producer, whatever the profiles' scorers read: upstream's deciders
+        take no producer name and read the unnamed match-info key (prefix_based_pd_decider.go
+        in v0.10), which the approx-prefix-cache-producer writes."""
         self.producer: PrefixProducer = default_producer(plugins)
 
     def disaggregate(self, cycle: Cycle, req: Request, endpoint: Endpoint | None) -> Verdict:

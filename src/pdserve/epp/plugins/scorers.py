@@ -144,7 +144,10 @@ COLD = "no-hit-lru.cold"
 @register("no-hit-lru-scorer")
 class NoHitLRUScorer(Scorer, PreRequest):
     """For a prompt no endpoint has cached (cold), spread by recency: endpoints never used
-    first, then the least recently used; a warm prompt scores 0.5 everywhere."""
+    first, then the least recently used; a warm prompt scores 0.5 everywhere. As upstream
+    (no_hit_lru.go, v0.10 to main): a used endpoint's rank is its place in the whole LRU, not
+    among the candidates, and the picks recorded are the primary profile's and the one of a
+    profile named "prefill" (upstream's hard-coded defaultPrefillProfile)."""
 
     Params = NoHitLRUParams
     params: NoHitLRUParams
