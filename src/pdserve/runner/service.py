@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pdserve import endpoints, promtext
+from pdserve.endpoints import Entry
 from pdserve.engines import model as models
 from pdserve.engines import placement, vllm
 from pdserve.engines.vllm import EngineCommand
@@ -189,6 +190,10 @@ class LocalService:
         return self.state.path / "endpoints.json"
 
     @property
+    def prefill_targets_file(self) -> Path:
+        return self.state.path / "prefill-targets.json"
+
+    @property
     def scratch(self) -> Path:
         """The children's TMPDIR, removed on stop: vLLM leaves IPC sockets and files in it."""
         if self._scratch is None:
@@ -296,9 +301,7 @@ class LocalService:
         w.phase, w.due = "starting", now + w.timeout
         w.restarts += 1
         w.history = [t for t in w.history if now - t < self.policy.window] + [now]
-        event(
-            log, "component_restarted", child=w.proc.name, pid=w.proc.pid, restarts=w.restarts
-        )
+        event(log, "component_restarted", child=w.proc.name, pid=w.proc.pid, restarts=w.restarts)
         self.board.set(
             w.proc.name, status="restarting", pid=w.proc.pid, restarts=w.restarts, detail=""
         )
@@ -386,6 +389,7 @@ class LocalService:
             self.board.drop(proc.name)
         with self._members:
             self._retiring.remove(replica)
+        self._write_endpoints()  # out of the sidecars' list only now that it is stopped
         progress(f"{replica.name} stopped")
 
     # --- parts -------------------------------------------------------------
@@ -420,7 +424,7 @@ class LocalService:
         replica = Replica(role, index, slot, engine)
         if self.plan.pd and role == ROLE_DECODE:
             port = free_port()
-            cmd = components.sidecar(self.plan, port, slot.port, self.endpoints_file)
+            cmd = components.sidecar(self.plan, port, slot.port, self.prefill_targets_file)
             replica.sidecar = self._spawn(f"sidecar-{index}", "sidecar", cmd, port)
             replica.sidecar_port = port
         self.pools[role].append(replica)
@@ -502,27 +506,33 @@ class LocalService:
         self.envoy.wait_http(f"{self.url}/v1/models", COMPONENT_TIMEOUT)
         self.board.set("envoy", status="ready", detail=f"{self.url}/v1")
 
-    def endpoints(self) -> list[endpoints.Entry]:
+    def endpoints(self) -> list[Entry]:
         """The EPP's view: replicas whose engine and sidecar are both up and healthy."""
-        out = []
-        for role, pool in self.pools.items():
-            for replica in pool:
-                if all(self._serving(p) for p in replica.processes()):
-                    label = self.plan.pool(role).role
-                    out.append(
-                        endpoints.Entry(
-                            address="127.0.0.1",
-                            port=replica.endpoint_port,
-                            labels={ROLE_LABEL: label, "pdserve/name": replica.name},
-                        )
-                    )
-        return out
+        replicas = [r for pool in self.pools.values() for r in pool]
+        return [self._entry(r) for r in replicas if all(map(self._serving, r.processes()))]
+
+    def prefill_targets(self) -> list[Entry]:
+        """What the sidecars may prefill on: every replica of ours, down or draining too. The
+        EPP re-reads its file every 0.25 s and may still name a replica that just left it; a
+        sidecar refusing that pick (403) would lose a request its decode-only fallback saves.
+        Its ports stay the runner's own, so the SSRF guard loses nothing."""
+        replicas = [*self.pools[ROLE_PREFILL], *self._retiring]
+        return [self._entry(r) for r in replicas if r.role == ROLE_PREFILL]
+
+    def _entry(self, replica: Replica) -> Entry:
+        return Entry(
+            address="127.0.0.1",
+            port=replica.endpoint_port,
+            labels={ROLE_LABEL: self.plan.pool(replica.role).role, "pdserve/name": replica.name},
+        )
 
     def _serving(self, proc: ManagedProcess) -> bool:
         row = self.board.rows.get(proc.name)
         return proc.alive() and row is not None and row.status == "ready"
 
     def _write_endpoints(self) -> None:
+        """The sidecars' list first: a replica is allowed before the EPP can pick it."""
+        endpoints.write(self.prefill_targets_file, self.prefill_targets())
         endpoints.write(self.endpoints_file, self.endpoints())
 
     def _await_epp_endpoints(self) -> None:
