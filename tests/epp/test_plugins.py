@@ -196,6 +196,34 @@ def test_pd_reason_names_the_uncached_part_and_the_threshold() -> None:
     assert c.state[REASON] == "disaggregated: 25 uncached tokens >= nonCachedTokens 8"
 
 
+def test_a_default_prefix_scorer_learns_where_prompts_went() -> None:
+    """The v0.3 shape with an unparametrized scorer the P/D handler reads through: its
+    producer must be the config's, taught by the pre-request hook, whatever the bind order."""
+    sched = Scheduler(
+        load("""
+plugins:
+  - type: pd-profile-handler
+    parameters: {threshold: 200, hashBlockSize: 64}
+  - type: prefill-header-handler
+  - type: prefill-filter
+  - type: decode-filter
+  - type: prefix-cache-scorer
+schedulingProfiles:
+  - {name: prefill, plugins: [{pluginRef: prefill-filter}]}
+  - {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: prefix-cache-scorer}]}
+""")
+    )
+    d1, d2, p1 = ep(1, "decode"), ep(2, "decode"), ep(3, "prefill")
+    prefix = "A long shared system prompt about KV caches and routing. " * 40
+    first = sched.schedule(cycle(0), req(f"{prefix} question 0"), [d1, d2, p1]).endpoint
+    assert first is not None
+    for i in range(1, 6):
+        result = sched.schedule(cycle(i), req(f"{prefix} question {i}"), [d1, d2, p1])
+        assert result.endpoint is first, i
+        # 9 blocks of 64 estimated tokens: all but the last, where the questions differ.
+        assert result.profiles["decode"].scores["prefix-cache-scorer"][first.name] == 8 / 9
+
+
 def test_scores_are_clamped_and_weighted() -> None:
     sched = Scheduler(load(PD))
     d1, d2 = ep(1, "decode", waiting=0), ep(2, "decode", waiting=10)

@@ -298,7 +298,7 @@ class PDProfileHandler(ProfileHandler):
             scorer = found if isinstance(found, PrefixCacheScorer) else None
         producer = self.refs.get("prefixMatchInfoProducerName")
         if producer is None and isinstance(scorer, PrefixCacheScorer):
-            producer = scorer.source
+            producer = scorer.bound_producer(plugins)
         self.producer = producer if isinstance(producer, PrefixProducer) else None
 
     def pick_profiles(

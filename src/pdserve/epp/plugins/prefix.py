@@ -457,11 +457,18 @@ class PrefixCacheScorer(Scorer, PreRequest):
         return [self.producer]
 
     def bind(self, plugins: dict[str, Plugin], profiles: Any) -> None:
+        self.bound_producer(plugins)
+
+    def bound_producer(self, plugins: dict[str, Plugin]) -> PrefixProducer:
+        """Its producer, found or added within the config. A plugin that reads through this
+        scorer (the deprecated P/D handler) calls this whatever the bind order: the `source`
+        fallback would make a producer outside the config, which no hook teaches."""
         if self.producer is None:
             named = self.refs.get("prefixMatchInfoProducerName")
             self.producer = (
                 named if isinstance(named, PrefixProducer) else default_producer(plugins)
             )
+        return self.producer
 
     @property
     def source(self) -> PrefixProducer:
