@@ -21,11 +21,38 @@ Spawn = Callable[..., ManagedProcess]
 def metric(url: str, name: str, **labels: str) -> float:
     """Sum of the samples called `name` at url/metrics whose labels include `labels`."""
     import httpx
+
+    return metric_in(httpx.get(f"{url}/metrics").text, name, **labels)
+
+
+def metric_in(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` in a metrics page whose labels include `labels`."""
     from prometheus_client.parser import text_string_to_metric_families
 
     total = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and labels.items() <= sample.labels.items():
                 total += sample.value
     return total
+
+
+async def reset_after_first_event(port: int, host: str, request_id: str) -> None:
+    """Stream a long completion from 127.0.0.1:port and reset the connection once its first
+    SSE event arrived, as a client killed mid-answer does (RST, not FIN)."""
+    import asyncio
+    import json
+    import socket
+    import struct
+
+    body = json.dumps({"prompt": "long", "max_tokens": 300, "ignore_eos": True, "stream": True})
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"x-request-id: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+    )
+    while not (line := await asyncio.wait_for(reader.readline(), 10)).startswith(b"data: {"):
+        assert line, "the stream ended before its first event"
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from pdserve import wire
-from testkit import metric
+from testkit import metric, reset_after_first_event
 
 
 @pytest.fixture
@@ -313,8 +313,6 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(caplog) -> None
     never does: the app runs without it): one info line, the request aborted, no traceback."""
     import asyncio
     import logging
-    import socket
-    import struct
 
     from aiohttp import web
 
@@ -332,17 +330,7 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(caplog) -> None
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        body = json.dumps({"prompt": "long", "max_tokens": 300, "ignore_eos": True, "stream": True})
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
-            + f"x-request-id: gone-1\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
-        )
-        while not (line := await asyncio.wait_for(reader.readline(), 10)).startswith(b"data: {"):
-            assert line, "the stream ended before its first event"
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.close()  # a reset, as a client killed mid-answer sends
+        await reset_after_first_event(port, "sim", "gone-1")
 
         def named(name: str) -> list[logging.LogRecord]:
             return [r for r in caplog.records if r.getMessage() == name]

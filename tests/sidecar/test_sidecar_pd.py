@@ -14,7 +14,7 @@ from pdserve import endpoints, wire
 from pdserve.endpoints import Entry
 from pdserve.process import free_port
 from pdserve.tls import self_signed
-from testkit import PDSERVE, metric
+from testkit import PDSERVE, metric, metric_in, reset_after_first_event
 
 ROLE = wire.ROLE_LABEL
 
@@ -397,8 +397,6 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(sim, caplog) ->
     sidecar drops its connection), no traceback."""
     import asyncio
     import logging
-    import socket
-    import struct
 
     from aiohttp import web
 
@@ -412,21 +410,11 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(sim, caplog) ->
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        body = json.dumps({"prompt": "long", "max_tokens": 300, "ignore_eos": True, "stream": True})
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"POST /v1/completions HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-            + f"x-request-id: gone-2\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
-        )
-        while not (line := await asyncio.wait_for(reader.readline(), 10)).startswith(b"data: {"):
-            assert line, "the stream ended before its first event"
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.close()  # a reset, as a client killed mid-answer sends
+        await reset_after_first_event(port, "sidecar", "gone-2")
         async with asyncio.timeout(10), httpx.AsyncClient() as http:
             while True:  # polling the engine's metrics for the abort
                 text = (await http.get(f"{d.url}/metrics")).text
-                if _sample(text, "abort") == 1:
+                if metric_in(text, "vllm:request_success_total", finished_reason="abort") == 1:
                     break
                 await asyncio.sleep(0.05)
     finally:
@@ -435,14 +423,3 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(sim, caplog) ->
     assert len(gone) == 1 and gone[0].levelno == logging.INFO
     assert gone[0].fields == {"request_id": "gone-2", "path": "/v1/completions"}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-
-
-def _sample(text: str, reason: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "vllm:request_success_total" and s.labels.get("finished_reason") == reason
-    )
