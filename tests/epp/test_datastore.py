@@ -9,11 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
 from pdserve import kube, wire
-from pdserve.epp.datastore import Datastore, FileSource, PoolSource, parse_metrics
-from pdserve.epp.types import Metrics
+from pdserve.epp.datastore import (
+    Datastore,
+    FileSource,
+    PoolSource,
+    StaticSource,
+    parse_metrics,
+)
+from pdserve.epp.types import Endpoint, Metrics
 from pdserve.process import free_port
 
 ODD_METRICS = """\
@@ -134,3 +141,47 @@ def test_an_off_schema_endpoints_file_is_logged_once_per_version(
     assert len(logged) == 2
     assert [set(r.fields) for r in logged] == [{"path", "error"}] * 2
     assert logged[0].fields["path"] == str(path)
+
+
+async def _serve_metrics(status: list[int]) -> tuple[web.AppRunner, int]:
+    """A /metrics page answering the first of `status` (the test changes it)."""
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(status=status[0], text="vllm:num_requests_waiting 2\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def _until(check: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_failed_scrape_marks_the_endpoint_not_ready_at_once() -> None:
+    """Refused and non-200 both count; the next good scrape brings it back."""
+    status = [200]
+    runner, port = await _serve_metrics(status)
+    refused = Endpoint("127.0.0.1", free_port())
+    served = Endpoint("127.0.0.1", port)
+    store = Datastore(StaticSource([refused, served]), interval=0.02)
+    task = asyncio.create_task(store.run())
+    try:
+        await _until(lambda: refused.metrics.down and served.metrics.waiting == 2)
+        assert served.metrics.ready
+        status[0] = 503
+        await _until(lambda: served.metrics.down)
+        status[0] = 200
+        await _until(lambda: served.metrics.ready)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await runner.cleanup()

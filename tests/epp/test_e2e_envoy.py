@@ -428,3 +428,30 @@ def test_envoys_own_answers_are_in_the_engines_error_shape(tmp_path: Path) -> No
         assert error["message"].startswith("upstream connect error")
     finally:
         c.stop()
+
+
+def _stat(admin_url: str, name: str) -> int:
+    text = httpx.get(f"{admin_url}/stats", params={"filter": f"^{name}$"}).text
+    return int(text.split(":")[1]) if ":" in text else 0
+
+
+def test_a_refused_connection_is_retried_once_on_the_same_endpoint(tmp_path: Path) -> None:
+    """The route's retry policy acts, and shows its limit: the destination header is read
+    again, not re-picked, so a dead endpoint refuses the retry too (2 connects, 1 retry)."""
+    c = Cluster(tmp_path)
+    try:
+        gateway, admin = free_port(), free_port()
+        cfg = tmp_path / "envoy-retry.json"
+        cfg.write_text(json.dumps(envoy.bootstrap(gateway, free_port(), admin, ext_proc=False)))
+        argv = [str(envoy.binary()), "-c", str(cfg), "--base-id", str(gateway)]
+        c.start("envoy-retry", [*argv, "--disable-hot-restart", "--log-level", "error"])
+        admin_url = f"http://127.0.0.1:{admin}"
+        c.procs[-1].wait_http(f"{admin_url}/ready", 60)
+        dest = {"x-gateway-destination-endpoint": f"127.0.0.1:{free_port()}"}
+        url = f"http://127.0.0.1:{gateway}/v1/completions"
+        resp = httpx.post(url, json={}, headers=dest, timeout=30)
+        assert _vllm_error(resp, 503)["message"].startswith("upstream connect error")
+        assert _stat(admin_url, "cluster.original_dst.upstream_rq_retry") == 1
+        assert _stat(admin_url, "cluster.original_dst.upstream_cx_connect_fail") == 2
+    finally:
+        c.stop()

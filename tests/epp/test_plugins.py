@@ -492,3 +492,14 @@ def test_both_pd_handlers_word_a_missing_prefill_endpoint_alike() -> None:
         "decode-only: no endpoint passed profile 'pre' (wanted 400 uncached tokens >= "
         "nonCachedTokens 8)"
     )
+
+
+def test_endpoints_whose_last_scrape_failed_are_never_picked() -> None:
+    """A dead prefiller gives decode-only, a dead decoder leaves the other decoder."""
+    sched = Scheduler(load(PD))
+    d1, d2, p1 = ep(1, "decode"), ep(2, "decode", waiting=3), ep(3, "prefill")
+    p1.metrics.down = True
+    result = sched.schedule(cycle(), req("y" * 400), [d1, d2, p1])
+    assert result.endpoint is d1 and PREFILLER_HEADER not in result.headers
+    d1.metrics.down = True
+    assert sched.schedule(cycle(), req("y" * 400), [d1, d2, p1]).endpoint is d2

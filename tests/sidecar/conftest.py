@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 
@@ -57,7 +60,7 @@ def sim(spawn: Spawn):
 
 @pytest.fixture
 def sidecar(spawn: Spawn):
-    def start(vllm_port: int, *args: str, tls: bool = False) -> Server:
+    def start(vllm_port: int, *args: str, tls: bool = False, engine: bool = True) -> Server:
         port = free_port()
         argv = [
             *PDSERVE,
@@ -74,10 +77,24 @@ def sidecar(spawn: Spawn):
             argv.append("--secure-proxy=false")
         proc = spawn(f"sidecar-{port}", argv, env=dict(os.environ))
         server = Server(proc, port, "https" if tls else "http")
-        proc.wait_http(f"{server.url}/health", timeout=30, verify=False)
+        if engine:
+            proc.wait_http(f"{server.url}/health", timeout=30, verify=False)
+        else:  # no engine: /health is a 503 once the sidecar serves
+            _wait_status(f"{server.url}/health", 503, proc)
         return server
 
     return start
+
+
+def _wait_status(url: str, status: int, proc: ManagedProcess, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, verify=False).status_code == status:
+                return
+        assert time.monotonic() < deadline, f"{url} never answered {status}"
+        time.sleep(0.05)
 
 
 @dataclass

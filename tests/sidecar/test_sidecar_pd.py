@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -142,7 +144,7 @@ def test_prefill_failures_fall_back_to_decode_only(sim, sidecar, recorder, failu
 
 def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None:
     p = sim("--zero-cost")
-    s = sidecar(free_port())  # nothing listens on the engine port
+    s = sidecar(free_port(), engine=False)  # nothing listens on the engine port
     bad = httpx.post(s.url + "/v1/completions", content=b"{oops", headers={HDR: "127.0.0.1:1"})
     assert "invalid JSON" in _error(bad, 400)["message"]
     dead = httpx.post(s.url + "/v1/completions", json={"prompt": "x"})
@@ -151,7 +153,8 @@ def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None
     rp = recorder(p.url)
     pd = httpx.post(s.url + "/v1/completions", json={"prompt": "x"}, headers={HDR: rp.hostport})
     assert _error(pd, 502) and len(rp.seen) == 1  # prefill ran, the decoder is down
-    assert httpx.get(s.url + "/health").status_code == 200  # and the sidecar keeps serving
+    # The sidecar keeps serving, and says its engine is down.
+    assert "not healthy" in _error(httpx.get(s.url + "/health"), 503)["message"]
 
 
 def _await_abort(engine_url: str) -> None:
@@ -269,13 +272,18 @@ def test_a_prefill_target_other_than_host_port_is_400_and_nothing_is_sent(
     sim, sidecar, recorder, value
 ) -> None:
     evil = recorder(sim("--zero-cost").url)
-    s = sidecar(free_port(), "--enable-ssrf-protection", "--allowed-prefill-hosts", "10.9.9.9:80")
+    s = sidecar(
+        free_port(),
+        "--enable-ssrf-protection",
+        "--allowed-prefill-hosts",
+        "10.9.9.9:80",
+        engine=False,
+    )
     body = {"prompt": "x", "max_tokens": 2}
     header = value.format(evil=evil.hostport)
     resp = httpx.post(s.url + "/v1/completions", json=body, headers={HDR: header})
     assert HDR in _error(resp, 400)["message"] and not evil.seen
-    ok = httpx.get(s.url + "/health")
-    assert ok.status_code == 200  # still serving
+    assert _error(httpx.get(s.url + "/health"), 503)  # still serving (no engine behind it)
 
 
 def test_both_legs_send_one_json_content_type_whatever_the_client_declared(pd) -> None:
@@ -423,3 +431,31 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(sim, caplog) ->
     assert len(gone) == 1 and gone[0].levelno == logging.INFO
     assert gone[0].fields == {"request_id": "gone-2", "path": "/v1/completions"}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_health_and_metrics_follow_the_local_engine(sim, sidecar) -> None:
+    """With its engine gone the sidecar's /health and /metrics are 503s, so neither a
+    readiness probe nor the EPP's scrape counts this decode endpoint ready."""
+    d = sim("--zero-cost")
+    s = sidecar(d.port)
+    assert httpx.get(s.url + "/metrics").status_code == 200
+    d.proc.stop(timeout=5)
+    assert "not healthy" in _error(httpx.get(s.url + "/health"), 503)["message"]
+    assert "metrics unavailable" in _error(httpx.get(s.url + "/metrics"), 503)["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_hung_decoder_costs_a_504_not_a_hang(sim, sidecar, stream) -> None:
+    """SIGSTOP: the engine accepts connections (the kernel does) and never answers."""
+    d = sim("--zero-cost")
+    s = sidecar(d.port, "--read-timeout", "1")
+    assert d.proc.pid is not None
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        body = {"prompt": "x", "max_tokens": 2, "stream": stream}
+        resp = httpx.post(s.url + "/v1/completions", json=body, timeout=30)
+        assert time.monotonic() - t0 < 10
+        assert "timed out" in _error(resp, 504)["message"]
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)

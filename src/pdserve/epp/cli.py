@@ -150,6 +150,18 @@ def gateway_config(argv: list[str]) -> int:
         help="a second, non-blocking ext_proc filter that copies answers to the EPP for its "
         "in-flight and output-token metrics (--watch=false leaves them empty)",
     )
+    ap.add_argument(
+        "--route-timeout",
+        type=duration,
+        default=0.0,
+        help="bound on a whole answer; 0 (default) leaves long generations unbounded",
+    )
+    ap.add_argument(
+        "--stream-idle-timeout",
+        type=duration,
+        default=300.0,
+        help="a stream silent this long is ended (default 300s)",
+    )
     ap.add_argument("-o", "--output", help="file to write (default: stdout)")
     args = ap.parse_args(argv)
     from pdserve.epp.envoy import binary, bootstrap
@@ -161,6 +173,8 @@ def gateway_config(argv: list[str]) -> int:
         args.route_prefix,
         args.body_mode,
         watch=args.watch,
+        route_timeout=args.route_timeout,
+        stream_idle_timeout=args.stream_idle_timeout,
     )
     text = json.dumps(boot, indent=2)
     if args.output:

@@ -237,10 +237,31 @@ class Datastore:
         assert self.http is not None
         url = f"http://{ep.name}/metrics"
         while True:
-            try:
-                async with self.http.get(url) as resp:
-                    if resp.status == 200:
-                        parse_metrics(await resp.text(), ep.metrics, time.monotonic())
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-                pass  # stale metrics age out; the endpoint stays listed
+            error = await self._scrape_once(url, ep)
+            _mark(ep, error)
             await asyncio.sleep(self.interval)
+
+    async def _scrape_once(self, url: str, ep: Endpoint) -> str | None:
+        """None on success, else why: a failed scrape is the EPP's only sign of a dead
+        engine outside Kubernetes (no kubelet marks the pod unready), so it must count."""
+        assert self.http is not None
+        try:
+            async with self.http.get(url) as resp:
+                if resp.status != 200:
+                    return f"metrics answered {resp.status}"
+                parse_metrics(await resp.text(), ep.metrics, time.monotonic())
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+            return f"{type(err).__name__}: {err}"
+        return None
+
+
+def _mark(ep: Endpoint, error: str | None) -> None:
+    """Flip the endpoint's readiness on the scrape's outcome; one log line per change."""
+    down = error is not None
+    if down == ep.metrics.down:
+        return
+    ep.metrics.down = down
+    if down:
+        event(log, "endpoint_not_ready", logging.WARNING, endpoint=ep.name, error=error)
+    else:
+        event(log, "endpoint_ready", endpoint=ep.name)

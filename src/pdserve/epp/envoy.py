@@ -88,6 +88,31 @@ def local_replies() -> dict[str, Any]:
     return {"mappers": mappers}
 
 
+# Defaults for LLM streaming: no bound on a whole answer (a long generation is not a fault),
+# but a stream silent this long (no byte either way) is ended with a 504/reset.
+ROUTE_TIMEOUT = 0.0
+STREAM_IDLE_TIMEOUT = 300.0
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _route(timeout: float, idle: float, **extra: str) -> dict[str, Any]:
+    """One route to the ORIGINAL_DST cluster. The retry goes to the same endpoint: Envoy
+    reads the destination header the EPP set once, and ext_proc is not run again on a retry.
+    So it saves a request from a connection that failed or was reset before the request went
+    out (a pooled connection the endpoint had just closed, a listener restarting), not from a
+    dead endpoint: that one leaves the EPP's choice after its next failed scrape."""
+    return {
+        "cluster": "original_dst",
+        **extra,
+        "timeout": _seconds(timeout),
+        "idle_timeout": _seconds(idle),
+        "retry_policy": {"retry_on": "connect-failure,reset-before-request", "num_retries": 1},
+    }
+
+
 def bootstrap(
     listen_port: int,
     epp_port: int,
@@ -96,6 +121,8 @@ def bootstrap(
     body_mode: str = "FULL_DUPLEX_STREAMED",
     ext_proc: bool = True,
     watch: bool = True,
+    route_timeout: float = ROUTE_TIMEOUT,
+    stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
 ) -> dict[str, Any]:
     """Prefixes such as "/ns/name" are routed with the prefix rewritten to "/"; everything
     else as is. FULL_DUPLEX_STREAMED by default: Envoy sends the body without waiting for
@@ -112,10 +139,10 @@ def bootstrap(
         routes.append(
             {
                 "match": {"prefix": p + "/"},
-                "route": {"cluster": "original_dst", "prefix_rewrite": "/", "timeout": "0s"},
+                "route": _route(route_timeout, stream_idle_timeout, prefix_rewrite="/"),
             }
         )
-    routes.append({"match": {"prefix": "/"}, "route": {"cluster": "original_dst", "timeout": "0s"}})
+    routes.append({"match": {"prefix": "/"}, "route": _route(route_timeout, stream_idle_timeout)})
     filters: list[dict[str, Any]] = []
     if ext_proc:
         filters.append(
@@ -159,7 +186,7 @@ def bootstrap(
         # Keep the client's x-request-id: it is how a request is followed through the EPP,
         # the sidecar and the engines' logs.
         "preserve_external_request_id": True,
-        "stream_idle_timeout": "0s",
+        "stream_idle_timeout": _seconds(stream_idle_timeout),
         "request_timeout": "0s",
         "route_config": {
             "name": "local",

@@ -26,6 +26,9 @@ class Scheduler:
         self, cycle: Cycle, req: Request, endpoints: list[Endpoint], trace: Trace | None = None
     ) -> Result:
         cfg = self.config
+        # Before any filter: an endpoint whose last scrape failed has a dead engine behind it
+        # (a decode-only fallback beats a 502 from a dead prefiller or decoder).
+        endpoints = [e for e in endpoints if e.metrics.ready]
         names = list(cfg.profiles)
         done: dict[str, ProfileResult] = {}
         while todo := cfg.handler.pick_profiles(cycle, req, names, done):

@@ -20,6 +20,14 @@ class Metrics:
     loras_running: frozenset[str] = frozenset()
     loras_waiting: frozenset[str] = frozenset()
     max_loras: int = 0
+    # The last scrape failed (refused, non-200, timed out): the engine behind it is taken for
+    # down until a scrape succeeds again. Never scraped yet is not down: a new endpoint is
+    # routable before its first scrape (50 ms) as before.
+    down: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return not self.down
 
     def fresh(self, now: float) -> bool:
         return self.updated is not None and now - self.updated <= STALE_AFTER

@@ -43,6 +43,15 @@ def parser() -> argparse.ArgumentParser:
         help="the local runner's endpoints file: its prefill endpoints are the allow-list",
     )
     ap.add_argument("--prefill-timeout", type=float, default=300.0, help="seconds")
+    ap.add_argument(
+        "--connect-timeout", type=float, default=10.0, help="seconds to connect to an engine"
+    )
+    ap.add_argument(
+        "--read-timeout",
+        type=float,
+        default=300.0,
+        help="seconds the local engine may stay silent (first token included) before a 504",
+    )
     ap.add_argument("--log-level", default="info")
     ap.add_argument("-v", type=int, default=0, help="klog verbosity (accepted, maps to debug)")
     return ap
@@ -98,6 +107,8 @@ def main(argv: list[str]) -> int:
         prefiller_insecure=args.prefiller_tls_insecure_skip_verify,
         allow=allow,
         prefill_timeout=args.prefill_timeout,
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
     )
     ssl_ctx = None
     if args.secure_proxy:

@@ -53,6 +53,13 @@ class Options:
     prefiller_insecure: bool = False
     allow: AllowList = field(default_factory=AllowAll)
     prefill_timeout: float = 300.0
+    # The legs' socket timeouts: a connect that hangs, and a silence between two chunks
+    # (the wait for the first token included). A stream as a whole stays unbounded.
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+
+
+PROBE_TIMEOUT = 2.0  # the engine's /health and /metrics, asked on our own /health and /metrics
 
 
 def _headers(src: Any) -> dict[str, str]:
@@ -78,7 +85,11 @@ class Sidecar:
     async def start(self, _: web.Application) -> None:
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.opts.connect_timeout,
+                sock_read=self.opts.read_timeout,
+            ),
             auto_decompress=False,
         )
 
@@ -98,27 +109,40 @@ class Sidecar:
         return app
 
     async def health(self, _: web.Request) -> web.Response:
+        """The local engine's health: this pod serves only what that engine can, so a
+        readiness probe (or the EPP) must see it down when the engine is."""
+        status, _body = await self._engine_get("/health")
+        if status != 200:
+            return _error(503, f"decoder at {self.decoder} is not healthy ({status or 'down'})")
         return web.Response(status=200)
 
     async def metrics_page(self, _: web.Request) -> web.Response:
         """The engine's metrics followed by the sidecar's own: the EPP scrapes the pool's
-        target port (this one) for vllm:* gauges, and Prometheus gets both in one scrape."""
-        engine = b""
-        assert self.http is not None
-        try:
-            async with self.http.get(
-                f"{self.decoder}/metrics",
-                ssl=self.decoder_ssl,
-                timeout=aiohttp.ClientTimeout(total=2),
-            ) as resp:
-                if resp.status == 200:
-                    engine = await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            pass  # the engine is down: still report the sidecar's own metrics
+        target port (this one) for vllm:* gauges, and Prometheus gets both in one scrape.
+        An engine that does not answer makes this a 503: a 200 with only our own metrics
+        had the EPP count a dead decoder ready and send it requests (502s)."""
+        status, engine = await self._engine_get("/metrics")
+        if status != 200:
+            return _error(
+                503, f"decoder at {self.decoder} metrics unavailable ({status or 'down'})"
+            )
         return web.Response(
             body=engine + generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
+
+    async def _engine_get(self, path: str) -> tuple[int, bytes]:
+        """(status, body) of a GET on the local engine; (0, b"") when it does not answer."""
+        assert self.http is not None
+        try:
+            async with self.http.get(
+                self.decoder + path,
+                ssl=self.decoder_ssl,
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
+            ) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return 0, b""
 
     async def _model_cards(self) -> list[dict[str, Any]]:
         """The local engine's model cards: the decode engine's limits are the ones to meet."""
@@ -159,6 +183,8 @@ class Sidecar:
                 headers=headers,
                 ssl=self.decoder_ssl,
             )
+        except TimeoutError as err:  # before aiohttp's ClientError: its timeouts are both
+            return self._timed_out(path, err)
         except (aiohttp.ClientError, OSError) as err:
             return _error(502, f"decoder at {self.decoder} unreachable: {err}")
         async with upstream:
@@ -166,6 +192,8 @@ class Sidecar:
             if not sse and upstream.content_length is not None:
                 try:
                     body = await upstream.read()  # a whole answer: one write, no chunked framing
+                except TimeoutError as err:
+                    return self._timed_out(path, err)
                 except (aiohttp.ClientError, OSError) as err:
                     return self._broke_off(path, err)
                 if started is not None:
@@ -208,6 +236,12 @@ class Sidecar:
                     self.metrics.ttft.observe(time.perf_counter() - started)
                 first = False
                 await resp.write(data)
+        except TimeoutError as err:  # the engine went silent mid-answer
+            self._timed_out(path, err)
+            if sse:
+                error = wire.error_body(f"decoder timed out: {err}", 504)
+                await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await resp.write(b"data: [DONE]\n\n")
         except aiohttp.ClientPayloadError as err:  # the engine died mid-answer
             self._broke_off(path, err)
             if sse:  # the status is sent: end the stream as vLLM ends a failed one
@@ -215,6 +249,16 @@ class Sidecar:
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+
+    def _timed_out(self, path: str, err: BaseException) -> web.Response:
+        """A hung engine costs its request a 504, not a hang as long as the engine's."""
+        o = self.opts
+        event(log, "decoder_timed_out", logging.WARNING, path=path, error=repr(err))
+        return _error(
+            504,
+            f"decoder at {self.decoder} timed out (connect {o.connect_timeout:g}s, "
+            f"silence {o.read_timeout:g}s)",
+        )
 
     def _broke_off(self, path: str, err: BaseException) -> web.Response:
         event(log, "decoder_broke_off", logging.WARNING, path=path, error=str(err))
