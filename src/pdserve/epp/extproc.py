@@ -174,7 +174,7 @@ class Picker:
     def observe_pool(self) -> None:
         eps = self.store.list()
         now = time.monotonic()
-        fresh = [e for e in eps if e.metrics.fresh(now)]
+        fresh = [e for e in eps if e.metrics.ready and e.metrics.fresh(now)]
         self.metrics.pool_ready.labels(self.pool).set(len(fresh))
         if fresh:
             self.metrics.pool_kv.labels(self.pool).set(
