@@ -157,6 +157,7 @@ def test_models_health_metrics(engine) -> None:
     ("path", "body", "status", "needle"),
     [
         ("/v1/completions", b"{not json", 400, "Invalid JSON"),
+        ("/v1/completions", b"[" * 100_000, 400, "nested too deeply"),
         ("/v1/completions", b'{"model": "other", "prompt": "x"}', 404, "does not exist"),
         ("/v1/completions", b'{"model": "sim"}', 400, "prompt"),
         ("/v1/completions", b'{"prompt": "x", "max_tokens": -1}', 400, "max_tokens"),

@@ -174,6 +174,15 @@ async def test_an_unexpected_error_is_a_logged_500_in_vllm_shape(
     assert answers[-1].WhichOneof("response") != "immediate_response"
 
 
+async def test_json_nested_beyond_the_parsers_depth_is_a_400_not_a_500() -> None:
+    answers = await process(servicer(), {}, b"[" * 100_000)
+    immediate = answers[-1].immediate_response
+    assert immediate.status.code == 400
+    assert json.loads(immediate.body)["error"]["message"] == (
+        "invalid JSON body: JSON nested too deeply"
+    )
+
+
 @pytest.mark.parametrize("duplex", [True, False])
 async def test_a_malformed_body_is_a_logged_400_in_vllm_shape(
     duplex: bool, caplog: pytest.LogCaptureFixture

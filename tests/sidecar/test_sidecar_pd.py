@@ -147,6 +147,10 @@ def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None
     s = sidecar(free_port(), engine=False)  # nothing listens on the engine port
     bad = httpx.post(s.url + "/v1/completions", content=b"{oops", headers={HDR: "127.0.0.1:1"})
     assert "invalid JSON" in _error(bad, 400)["message"]
+    deep = httpx.post(
+        s.url + "/v1/completions", content=b"[" * 100_000, headers={HDR: "127.0.0.1:1"}
+    )
+    assert "nested too deeply" in _error(deep, 400)["message"]
     dead = httpx.post(s.url + "/v1/completions", json={"prompt": "x"})
     error = _error(dead, 502)
     assert "decoder" in error["message"] and "unreachable" in error["message"]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
-from pdserve import wire
+from pdserve import json_body, wire
 from pdserve.epp.admission import priority
 from pdserve.epp.types import Request
 from pdserve.tokenization import chatml
@@ -45,8 +44,8 @@ def parse(headers: dict[str, str], raw: bytes, default_criticality: str | None) 
     body: dict[str, Any] = {}
     if raw:
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            body = json_body.loads(raw)
+        except ValueError as err:
             raise BadRequest(f"invalid JSON body: {err}") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")

@@ -8,8 +8,9 @@ MAX_BODY bytes, an SSE stream only up to its last unfinished line.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from pdserve import json_body
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -53,6 +54,6 @@ class ResponseUsage:
 
 def _json(raw: bytes | bytearray) -> Any:
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return json_body.loads(raw)
+    except ValueError:
         return None

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pdserve import wire
+from pdserve import json_body, wire
 from pdserve.errors import UserError
 from pdserve.runner.service import LocalService
 
@@ -82,7 +82,7 @@ def serve(service: LocalService) -> ThreadingHTTPServer:
                 self._fail(404, f"unknown path {self.path}")
                 return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                body = json_body.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 steps: list[str] = []
                 service.scale(str(body["pool"]), int(body["replicas"]), steps.append)
             except (ValueError, KeyError, TypeError) as err:

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pdserve import wire
+from pdserve import json_body, wire
 from pdserve.logs import event, now_ms
 from pdserve.sidecar import legs
 from pdserve.sidecar.allowlist import AllowAll, AllowList
@@ -292,7 +292,7 @@ class Sidecar:
             )
             return resp
         try:
-            body = json.loads(raw)
+            body = json_body.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError("request body must be a JSON object")
         except (ValueError, UnicodeDecodeError) as err:
@@ -410,7 +410,7 @@ class Sidecar:
                         body=payload,
                         content_type=pre.content_type or "application/json",
                     )
-                answer = json.loads(payload)
+                answer = json_body.loads(payload)
         except TimeoutError:
             return {}, "prefiller timed out"
         except (aiohttp.ClientError, OSError) as err:

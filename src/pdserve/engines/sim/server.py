@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pdserve import wire
+from pdserve import json_body, wire
 from pdserve.engines.sim.engine import SimEngine
 from pdserve.engines.sim.openai_api import Params, chunk, full_response, parse, usage
 from pdserve.engines.sim.openai_api import usage_chunk as make_usage_chunk
@@ -119,8 +119,8 @@ class Api:
         engine = self.engine
         try:
             try:
-                body = json.loads(await request.read())
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                body = json_body.loads(await request.read())
+            except ValueError as err:
                 raise ApiError(400, f"Invalid JSON in request body: {err}") from err
             p = parse(body, chat)
             cfg = engine.cfg
