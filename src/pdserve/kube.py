@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pdserve import wire
 
@@ -99,3 +99,143 @@ class Cluster:
     def _json(self, obj: Any) -> dict[str, Any]:
         out: dict[str, Any] = self._api.sanitize_for_serialization(obj)
         return out
+
+
+# The operator's and preflight's view of a cluster: whole objects as the API serves them
+# (camelCase JSON), addressed by apiVersion, kind, namespace and name. `Objects` is the one
+# interface everything above talks to; `ApiObjects` is the real client behind it, and the
+# tests put a recorded cluster (tests/kubefake.py) in its place.
+
+
+@dataclass(frozen=True)
+class Key:
+    api_version: str
+    kind: str
+    namespace: str | None
+    name: str
+
+    @staticmethod
+    def of(obj: dict[str, Any]) -> Key:
+        meta = obj.get("metadata") or {}
+        return Key(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind} {where}{self.name}"
+
+
+class Objects(Protocol):
+    def get(self, key: Key) -> dict[str, Any] | None:
+        """The object, or None when the server has none (404, or its kind is not installed)."""
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every object of the kind (in the namespace; cluster-wide for None); [] when the
+        kind is not installed."""
+
+    def apply(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
+        """Server-side apply with force: the fields `obj` sets become the manager's."""
+
+    def delete(self, key: Key) -> None:
+        """Deletes with background propagation; a missing object is not an error."""
+
+    def patch_status(self, key: Key, status: dict[str, Any]) -> None:
+        """Replaces the status subresource's content (merge patch)."""
+
+
+class ApiObjects:
+    """`Objects` over a real API server, through the client library's dynamic client, with
+    configuration from the pod's service account or else the current kubeconfig."""
+
+    def __init__(self) -> None:
+        from kubernetes import client, config, dynamic
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self._dyn = dynamic.DynamicClient(client.ApiClient())
+
+    def _resource(self, api_version: str, kind: str) -> Any | None:
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+        try:
+            return self._dyn.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            return None
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        res = self._resource(key.api_version, key.kind)
+        if res is None:
+            return None
+        try:
+            out = res.get(name=key.name, namespace=key.namespace, _request_timeout=API_TIMEOUT)
+        except NotFoundError:
+            return None
+        return dict(out.to_dict())
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        res = self._resource(api_version, kind)
+        if res is None:
+            return []
+        out = res.get(
+            namespace=namespace,
+            label_selector=label_selector(labels or {}) or None,
+            _request_timeout=API_TIMEOUT,
+        )
+        return [dict(item) for item in out.to_dict().get("items") or []]
+
+    def apply(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
+        res = self._resource(obj["apiVersion"], obj["kind"])
+        if res is None:
+            raise LookupError(f"{Key.of(obj)}: the cluster has no {obj['kind']} kind installed")
+        out = res.server_side_apply(
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=field_manager,
+            force_conflicts=True,
+            _request_timeout=API_TIMEOUT,
+        )
+        return dict(out.to_dict())
+
+    def delete(self, key: Key) -> None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        res = self._resource(key.api_version, key.kind)
+        if res is None:
+            return
+        try:
+            res.delete(
+                name=key.name,
+                namespace=key.namespace,
+                propagation_policy="Background",
+                _request_timeout=API_TIMEOUT,
+            )
+        except NotFoundError:
+            return
+
+    def patch_status(self, key: Key, status: dict[str, Any]) -> None:
+        res = self._resource(key.api_version, key.kind)
+        if res is None:
+            raise LookupError(f"{key}: the cluster has no {key.kind} kind installed")
+        res.status.patch(
+            body={"status": status},
+            name=key.name,
+            namespace=key.namespace,
+            content_type="application/merge-patch+json",
+            _request_timeout=API_TIMEOUT,
+        )
