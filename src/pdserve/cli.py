@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("pdserve.runner.cli", "print a component's log"),
     "down": ("pdserve.runner.cli", "stop a local service"),
     "scale": ("pdserve.runner.cli", "resize a pool of a running local service"),
+    "operator": ("pdserve.operator.cli", "run the Kubernetes operator for LLMInferenceService"),
+    "install": ("pdserve.install.cli", "print the operator install manifests: CRDs, RBAC, ..."),
+    "preflight": ("pdserve.install.preflight", "check a cluster has what a manifest needs"),
+    "model-job": ("pdserve.render.cli", "print a PVC and a Job that download a manifest's model"),
 }
 
 
