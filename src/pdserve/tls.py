@@ -6,11 +6,19 @@ import datetime
 import ipaddress
 import ssl
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+LOOPBACK = ("localhost", "127.0.0.1")
 
 
-def self_signed_pem() -> tuple[str, str]:
-    """A fresh EC P-256 certificate for localhost/127.0.0.1 and its key, PEM-encoded."""
+def self_signed_pem(names: Sequence[str] = LOOPBACK) -> tuple[str, str]:
+    """A fresh EC P-256 certificate for `names` (DNS names, or IP addresses written as
+    such) and its key, PEM-encoded; the certificate is its own CA bundle."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,9 +27,7 @@ def self_signed_pem() -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pdserve")])
     now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
+    san = x509.SubjectAlternativeName([_general_name(n) for n in names])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -39,9 +45,21 @@ def self_signed_pem() -> tuple[str, str]:
     return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key.decode()
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """Write a self-signed pair as tls.crt / tls.key (the layout llm-d's --cert-path expects)."""
-    cert, key = self_signed_pem()
+    return _write_pair(directory, *self_signed_pem())
+
+
+def _write_pair(directory: Path, cert: str, key: str) -> tuple[Path, Path]:
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
     cert_path.write_text(cert)
     key_path.write_text(key)
@@ -54,12 +72,18 @@ def server_context(cert_dir: str) -> ssl.SSLContext:
     ssl loads a key only from a file, so a generated pair is written to a private temporary
     folder and removed once loaded: no key is left behind on disk.
     """
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     if cert_dir:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key")
         return ctx
+    return pem_context(*self_signed_pem())
+
+
+def pem_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context from a PEM certificate and key held in memory (see server_context)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     with tempfile.TemporaryDirectory(prefix="pdserve-tls-") as tmp:
-        ctx.load_cert_chain(*self_signed(Path(tmp)))
+        ctx.load_cert_chain(*_write_pair(Path(tmp), cert, key))
     return ctx
 
 
