@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pdserve.process import ManagedProcess
 
@@ -16,6 +17,16 @@ REFERENCE = REPO.parent / "shared" / "reference"
 PDSERVE = [sys.executable, "-m", "pdserve"]
 
 Spawn = Callable[..., ManagedProcess]
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """`{"a": {"a": ...}}`, `depth` deep: past what recursive code (copying, validating) goes."""
+    out: dict[str, Any] = {}
+    inner = out
+    for _ in range(depth - 1):
+        inner["a"] = {}
+        inner = inner["a"]
+    return out
 
 
 def metric(url: str, name: str, **labels: str) -> float:

@@ -1,4 +1,5 @@
-"""TLS: self-signed certificates (sidecar, rendered Secrets) and client contexts."""
+"""TLS: self-signed certificates (sidecar, rendered Secrets, the operator's webhooks) and
+client contexts."""
 
 from __future__ import annotations
 

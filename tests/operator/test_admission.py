@@ -13,7 +13,7 @@ from api.test_validate import BAD, CONFIG, GOOD
 from pdserve.cli import main
 from pdserve.operator.admission import review_admission
 from pdserve.operator.review import label
-from testkit import REPO
+from testkit import REPO, nested
 
 V1ALPHA2 = "serving.kserve.io/v1alpha2"
 OURS = [REPO / "examples/pd-smollm2.yaml", *sorted((REPO / "tests/render/data").glob("*.yaml"))]
@@ -215,13 +215,8 @@ def test_a_malformed_review_is_answered_400_in_one_line(case: str) -> None:
 
 
 def test_an_object_nested_past_any_limit_is_a_denial_not_an_exception() -> None:
-    deep: dict[str, Any] = {}
-    inner = deep
-    for _ in range(5000):
-        inner["a"] = {}
-        inner = inner["a"]
     obj = yaml.safe_load(GOOD)
-    obj["spec"]["template"]["containers"][0]["x"] = deep
+    obj["spec"]["template"]["containers"][0]["x"] = nested(5000)
     resp = answer(obj)
     assert resp["allowed"] is False and resp["status"]["code"] == 400
     assert resp["status"]["message"].startswith("request.object: ")

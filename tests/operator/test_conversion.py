@@ -15,7 +15,7 @@ from api.test_convert import V1
 from pdserve.api.convert import LORA_CRITICALITIES, MODEL_CRITICALITY, V1ALPHA1, V1ALPHA2
 from pdserve.api.convert_file import convert_file
 from pdserve.operator.conversion import convert_review, review_conversion
-from testkit import REPO
+from testkit import REPO, nested
 
 OURS = [REPO / "examples/pd-smollm2.yaml", *sorted((REPO / "tests/render/data").glob("*.yaml"))]
 SERVER_META = {
@@ -194,11 +194,6 @@ def test_an_invalid_object_fails_with_pdserve_validates_line(tmp_path: Path) -> 
 
 
 def test_an_object_nested_past_any_limit_fails_in_one_line() -> None:
-    deep: dict[str, Any] = {}
-    inner = deep
-    for _ in range(5000):
-        inner["a"] = {}
-        inner = inner["a"]
     doc = yaml.safe_load(V1)
-    doc["spec"]["template"] = {"containers": [{"name": "main", "x": deep}]}
+    doc["spec"]["template"] = {"containers": [{"name": "main", "x": nested(5000)}]}
     assert failure(review(V1ALPHA2, doc)).startswith("request.objects: ")

@@ -286,3 +286,10 @@ async def test_a_cert_dir_is_served_and_nothing_is_injected(start: Start, tmp_pa
 async def test_an_unreadable_cert_dir_is_one_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"^{tmp_path}: cannot load tls.crt and tls.key: "):
         await webhooks.serve("127.0.0.1", 0, str(tmp_path))
+
+
+async def test_a_port_in_use_is_one_user_error(start: Start) -> None:
+    url = await start()
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(UserError, match=f"^cannot listen on 127.0.0.1:{port}: "):
+        await webhooks.serve("127.0.0.1", port, "")

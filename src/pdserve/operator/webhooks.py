@@ -76,8 +76,9 @@ async def serve(
 
 
 def _tls(cert_dir: str | None) -> tuple[ssl.SSLContext, str | None]:
-    """The server context, and the CA bundle to hand out when the certificate is our own."""
-    if cert_dir is None:
+    """The server context, and the CA bundle to hand out when the certificate is our own
+    (no folder given: None, or "" as an unset flag leaves it)."""
+    if not cert_dir:
         cert, key = self_signed_pem((*DNS_NAMES, *LOOPBACK))
         return pem_context(cert, key), cert
     try:
