@@ -293,3 +293,24 @@ async def test_a_port_in_use_is_one_user_error(start: Start) -> None:
     port = int(url.rsplit(":", 1)[1])
     with pytest.raises(UserError, match=f"^cannot listen on 127.0.0.1:{port}: "):
         await webhooks.serve("127.0.0.1", port, "")
+
+
+async def test_a_bug_of_ours_is_a_500_in_the_review_and_the_server_goes_on(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = served
+
+    def broken(review: Any) -> dict[str, Any]:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(webhooks.admission, "review_admission", broken)
+    resp = await client.post("/validate", json=admission_review(yaml.safe_load(GOOD)))
+    assert resp.status_code == 500
+    assert resp.json()["response"] == {
+        "uid": "u-1",
+        "allowed": False,
+        "status": {"code": 500, "message": "internal error: KeyError: 'oops'"},
+    }
+    monkeypatch.undo()
+    again = await client.post("/validate", json=admission_review(yaml.safe_load(GOOD)))
+    assert again.json()["response"]["allowed"] is True
