@@ -3,12 +3,14 @@ generated from the API models (`api/models.py` for v1alpha1, `api/v1alpha2.py` f
 so that the cluster checks what `pdserve validate` checks, as far as a schema can.
 
 Pydantic's JSON Schema becomes a structural OpenAPI v3 schema, as Kubernetes requires:
-`$ref`s inlined, `X | None` as `nullable`, `int | str` as `x-kubernetes-int-or-string`,
-free-form dicts and the pass-through parts of the pod template (`models.Open`) as
-`x-kubernetes-preserve-unknown-fields`. Our strict structures set no `additionalProperties`
-(Kubernetes forbids `false`): the API server prunes unknown fields, and rejects them under
-strict field validation (kubectl's default). Cross-field rules (`replicas` or `scaling`,
-one WVA actuator, selector labels) stay with the validating webhook.
+`$ref`s inlined, `X | None` as `nullable` (but for enums: the API server drops a null of a
+non-nullable field, where a kept null would fail the enum), `int | str` as
+`x-kubernetes-int-or-string`, free-form dicts and the pass-through parts of the pod
+template (`models.Open`) as `x-kubernetes-preserve-unknown-fields`, bounds, patterns and
+enums kept. Our strict structures set no `additionalProperties` (Kubernetes forbids
+`false`): the API server prunes unknown fields, and rejects them under strict field
+validation (kubectl's default). Cross-field rules (`replicas` or `scaling`, one WVA
+actuator, selector labels, a model's URI scheme) stay with the validating webhook.
 
 `json_schema` turns a version's structural schema back into plain JSON Schema (nullable as a
 type list, unknown fields of strict objects rejected), for checking manifests offline.
@@ -122,7 +124,9 @@ def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
             out = {_PRESERVE: True}
         if "description" in node:
             out["description"] = node["description"]
-        if nullable:
+        # An enum stays non-nullable: the API server drops a null of a non-nullable field
+        # (so `null` still means absent), where a kept null would fail the enum.
+        if nullable and "enum" not in out:
             out["nullable"] = True
         return out
     if "const" in node:
@@ -236,8 +240,6 @@ def json_schema(structural_schema: Schema) -> Schema:
         if out.pop("nullable", False) and "type" in out:
             kind = out["type"]
             out["type"] = [*kind, "null"] if isinstance(kind, list) else [kind, "null"]
-            if "enum" in out:
-                out["enum"] = [*out["enum"], None]
         return out
 
     return convert(structural_schema)
