@@ -9,7 +9,7 @@ PORT ?= 8080
 # a local wheel folder (PIP_FIND_LINKS) when one holds it, else from PyTorch's CPU index.
 TORCH_CPU_INDEX ?= $(if $(wildcard $(addsuffix /torch-*+cpu-*.whl,$(PIP_FIND_LINKS))),,https://download.pytorch.org/whl/cpu)
 
-.PHONY: install engines up test lint bench clean
+.PHONY: install engines up test lint bench clean config e2e-kind
 
 install: $(VENV)/.installed
 
@@ -48,12 +48,21 @@ test: install engines
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
+	command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client)
 	$(BIN)/python -m pytest -ra
 
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
+
+# config/ (the kustomize tree of the operator's install manifests) is generated: rewrite it.
+config: install
+	$(BIN)/python -m pdserve.install.write_config .
+
+# For people with docker and kind (not run by CI): the operator and a P/D service on a kind cluster.
+e2e-kind:
+	hack/e2e-kind.sh
 
 clean:
 	rm -rf $(VENV) $(ENGINES) build *.egg-info
