@@ -71,6 +71,11 @@ class Harness:
     def reconcile(self, now: datetime.datetime = NOW) -> Outcome:
         return reconcile(self.cluster, self.service(), now, make_certs=self.certs)
 
+    def reconcile_other(self, svc: dict[str, Any], now: datetime.datetime = NOW) -> Outcome:
+        """Another service of the same cluster, as the API serves it now."""
+        live = self.cluster.objects[Key.of(svc)]
+        return reconcile(self.cluster, copy.deepcopy(live), now, make_certs=self.certs)
+
     def edit(self, **spec: Any) -> None:
         """A user's edit of the spec (None removes a field); the server bumps generation."""
         obj = self.cluster.objects[self.key]

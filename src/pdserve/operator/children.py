@@ -99,18 +99,18 @@ def _parsed_configs(
     out = []
     for name in sorted(wanted & configs.keys()):
         ns, doc = configs[name]
-        parsed = parse(_without_server_fields(doc), f"{CONFIG_KIND} {ns}/{name}")
+        parsed = parse(without_server_fields(doc), f"{CONFIG_KIND} {ns}/{name}")
         assert isinstance(parsed, LLMInferenceServiceConfig)
         out.append(parsed)
     return out
 
 
-def _without_server_fields(doc: dict[str, Any]) -> dict[str, Any]:
+def without_server_fields(doc: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in doc.get("metadata", {}).items() if k != "managedFields"}
     return {**{k: v for k, v in doc.items() if k != "status"}, "metadata": meta}
 
 
-def _enabled_presets(service: LLMInferenceService, refs: list[dict[str, Any]]) -> list[str]:
+def enabled_presets(service: LLMInferenceService, refs: list[dict[str, Any]]) -> list[str]:
     """The well-known presets the service turns on, judged with its baseRefs merged in,
     as resolve judges it; [] when that merge does not validate (resolve then reports it)."""
     spec = service.model_dump(by_alias=True, exclude_none=True, mode="json")["spec"]
@@ -132,7 +132,7 @@ def applied_configs(
     ref_names = [r.name for r in service.spec.base_refs or []]
     refs = [configs[n][1] if n in configs else presets().get(n, {}) for n in ref_names]
     out = []
-    for name in _enabled_presets(service, refs):
+    for name in enabled_presets(service, refs):
         out.append(
             {
                 "name": name,
@@ -172,7 +172,7 @@ def desired(
 ) -> Desired:
     """Raises ManifestError when the service or a config it merges is invalid."""
     ns = service["metadata"].get("namespace") or "default"
-    parsed = parse(_without_server_fields(service), where(service))
+    parsed = parse(without_server_fields(service), where(service))
     assert isinstance(parsed, LLMInferenceService)
     configs = cluster_configs(objects, ns, system_namespace)
     wanted = {r.name for r in parsed.spec.base_refs or []} | set(presets())
