@@ -6,6 +6,7 @@ import datetime
 
 from opstate import NOW, NS, RENDER_DATA, Harness, service
 
+from pdserve import api, render
 from pdserve.kube import Key
 from pdserve.operator import children
 from pdserve.operator.reconcile import subset
@@ -159,3 +160,12 @@ def test_subset_ignores_server_fields_and_catches_changes() -> None:
     assert not subset({"spec": {"replicas": 3}}, live)
     assert not subset({"spec": {"ports": [{"port": 8000}, {"port": 9000}]}}, live)
     assert not subset({"a": True}, {"a": "True"})
+    assert subset({"spec": {"emptyDir": {}, "x": []}}, {"spec": {}})  # the server omits empties
+
+
+def test_every_kind_render_emits_is_one_pruning_walks() -> None:
+    kinds = set(children.CHILD_KINDS)
+    for path in sorted(RENDER_DATA.glob("*.yaml")):
+        for svc in api.resolve_file(str(path)):
+            for obj in render.render(svc):
+                assert (obj["apiVersion"], obj["kind"]) in kinds, f"{path.name}: {obj['kind']}"

@@ -49,10 +49,11 @@ class Outcome:
 def subset(want: Any, have: Any) -> bool:
     """Whether every field of `want` is in `have` with the same value: the live object may
     carry more (defaults, status, fields other managers set) and still be as we left it.
-    Scalars compare as text, since the API server may serve 8000 for "8000"."""
+    Scalars compare as text, since the API server may serve 8000 for "8000"; an empty
+    value we set may be absent, since the server omits empty fields it stores."""
     if isinstance(want, dict):
         return isinstance(have, dict) and all(
-            k in have and subset(v, have[k]) for k, v in want.items()
+            subset(v, have[k]) if k in have else v in (None, {}, [], "") for k, v in want.items()
         )
     if isinstance(want, list):
         return (
