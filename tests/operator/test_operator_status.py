@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import datetime
 
-from opstate import NOW, NS, Harness, service
+from opstate import NOW, NS, RENDER_DATA, Harness, service
 
 from pdserve.kube import Key
 
@@ -171,3 +171,36 @@ def test_scaling_reads_the_hpa() -> None:
     assert (c["status"], c["reason"]) == ("False", "FailedGetExternalMetric")
     assert c["message"].startswith("HorizontalPodAutoscaler llm/opt-pd-kserve:")
     assert "PrefillScalingReady" not in h.types()  # prefill has no scaling
+
+
+LWS = ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+
+
+def test_multinode_without_the_leaderworkerset_kind_says_so() -> None:
+    h = Harness(service(RENDER_DATA / "dp-multinode.yaml"))
+    h.cluster.missing_kinds.add(LWS)
+    out = h.reconcile()
+    assert Key(*LWS, NS, "dp-kserve-mn") not in out.applied
+    for type_ in ("MainWorkloadReady", "PrefillWorkloadReady"):
+        c = h.condition(type_)
+        assert (c["status"], c["reason"]) == ("False", "NotFound")
+        assert "LeaderWorkerSet llm/dp-kserve-mn" in c["message"]
+        assert "no LeaderWorkerSet kind installed" in c["message"]
+
+
+def test_multinode_groups_not_ready_name_the_leaderworkerset() -> None:
+    h = Harness(service(RENDER_DATA / "dp-multinode.yaml"))
+    h.reconcile()
+    lws = h.cluster.objects[Key(*LWS, NS, "dp-kserve-mn")]
+    lws["status"] = {
+        "readyReplicas": 0,
+        "conditions": [
+            {"type": "Available", "status": "False", "reason": "GroupsNotReady", "message": "x"}
+        ],
+    }
+    h.reconcile()
+    for type_ in ("MainWorkloadReady", "WorkerWorkloadReady"):
+        c = h.condition(type_)
+        assert (c["status"], c["reason"]) == ("False", "GroupsNotReady")
+        assert c["message"].startswith("LeaderWorkerSet llm/dp-kserve-mn has 0/1")
+    assert "PrefillWorkerWorkloadReady" in h.types()
