@@ -96,3 +96,15 @@ def test_the_kopf_registry_builds_without_a_cluster() -> None:
 
     registry = handlers.build_registry(_runtime(_cluster()))
     assert isinstance(registry, kopf.OperatorRegistry)
+
+
+def test_becoming_leader_reconciles_every_service_once() -> None:
+    cluster = _cluster()
+    cluster.put(service(name="second"))
+    rt = _runtime(cluster, lead=False)
+    assert handlers.lease_tick(rt)
+    for name in ("opt-pd-kserve", "second-kserve"):
+        assert Key("apps/v1", "Deployment", NS, name) in cluster.objects
+    cluster.calls.clear()
+    assert handlers.lease_tick(rt)  # a renewal: the Lease is written, no service is
+    assert cluster.calls["apply"] == 1 and cluster.calls["patch_status"] == 0

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdserve.api.loader import ManifestError, parse
+from pdserve.api.loader import parse
 from pdserve.api.merge import merge
 from pdserve.api.models import CONFIG_KIND, SERVICE_KIND
 from pdserve.api.resolve import presets, resolve, well_known
@@ -180,6 +180,3 @@ def desired(
     certs = existing_certs(objects, parsed.name, ns) or make_certs()
     children = [stamp(c, service) for c in render(resolved, ns, certs)]
     return Desired(resolved, children, applied_configs(parsed, configs, system_namespace))
-
-
-__all__ = ["Desired", "ManifestError", "desired"]

@@ -106,10 +106,29 @@ def child_changed(rt: Runtime, child: dict[str, Any]) -> Outcome | None:
     return reconcile_service(rt, child["metadata"]["namespace"], owner)
 
 
+def reconcile_all(rt: Runtime) -> list[Outcome | None]:
+    """Every service we serve: what a new leader does first, since the events a follower
+    saw and skipped are not replayed by kopf (its create handlers count them as done)."""
+    scopes: list[str | None] = list(rt.namespaces) or [None]
+    services = [s for ns in scopes for s in rt.objects.list(API_VERSION, SERVICE_KIND, ns)]
+    return [
+        reconcile_service(rt, s["metadata"]["namespace"], s["metadata"]["name"]) for s in services
+    ]
+
+
+def lease_tick(rt: Runtime) -> bool:
+    """One renewal; on becoming leader, a pass over every service. True while leading."""
+    was = rt.elector.is_leader(rt.clock())
+    leads = rt.elector.try_acquire(rt.clock())
+    if leads and not was:
+        reconcile_all(rt)
+    return leads
+
+
 async def keep_lease(rt: Runtime, stop: asyncio.Event) -> None:
     """Renews (or tries to take) the Lease until told to stop, then releases it."""
     while not stop.is_set():
-        await asyncio.to_thread(rt.elector.try_acquire, rt.clock())
+        await asyncio.to_thread(lease_tick, rt)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), rt.elector.renew_every)
     await asyncio.to_thread(rt.elector.release, rt.clock())
