@@ -142,6 +142,13 @@ def test_delete_leaves_the_children_to_garbage_collection() -> None:
     assert h.kinds() == set()
 
 
+def test_a_service_being_deleted_is_left_alone() -> None:
+    h = Harness()
+    h.cluster.objects[h.key]["metadata"]["deletionTimestamp"] = "2026-12-02T00:00:00Z"
+    h.reconcile()
+    assert h.cluster.writes() == 0
+
+
 def test_single_node_service_without_prefill() -> None:
     h = Harness(service(RENDER_DATA / "pd-cpu.yaml", name="solo"))
     obj = h.cluster.objects[h.key]

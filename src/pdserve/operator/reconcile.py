@@ -203,7 +203,10 @@ def reconcile(
 ) -> Outcome:
     """`service` as the API serves it (status included, so an unchanged status is not
     rewritten). A service whose configs do not merge is reported, not raised: nothing of it
-    is applied or pruned until it is fixed."""
+    is applied or pruned until it is fixed. A service being deleted is left to the garbage
+    collector: applying now would recreate children it is removing."""
+    if service["metadata"].get("deletionTimestamp"):
+        return Outcome()
     try:
         want = ch.desired(objects, service, system_namespace, make_certs)
     except ManifestError as err:
