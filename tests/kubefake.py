@@ -23,6 +23,10 @@ from pdserve.kube import Key
 WRITES = ("apply", "delete", "patch_status")
 
 
+class Conflict(Exception):
+    """The API server's 409: a write carried a resourceVersion the object no longer has."""
+
+
 class RecordedCluster:
     def __init__(self, docs: list[dict[str, Any]] | None = None) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
@@ -92,6 +96,9 @@ class RecordedCluster:
         old = self.objects.get(key)
         new = copy.deepcopy(obj)
         meta = new.setdefault("metadata", {})
+        expected = meta.get("resourceVersion")  # a precondition, as the API server takes it
+        if old is not None and expected not in (None, old["metadata"]["resourceVersion"]):
+            raise Conflict(f"{key}: resourceVersion {expected} is stale")
         if old is None:
             return self.put(new)
         for field in ("uid", "resourceVersion", "generation", "creationTimestamp"):

@@ -173,7 +173,7 @@ def resolve(
     refs = [_config(r.name, i, by_name, where) for i, r in enumerate(service.spec.base_refs or [])]
     enabled = _enabled(obj["spec"], refs, where)
     spec: dict[str, Any] = {}
-    for doc in [presets()[n] for n in well_known(enabled)] + refs:
+    for doc in [by_name.get(n) or presets()[n] for n in well_known(enabled)] + refs:
         spec = merge(spec, doc.get("spec") or {})
     spec = merge(spec, obj["spec"])
     spec.pop("baseRefs", None)
