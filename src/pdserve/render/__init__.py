@@ -13,7 +13,7 @@ import yaml
 from pdserve.api.convert import V1ALPHA2
 from pdserve.api.models import dump
 from pdserve.api.v1alpha2 import LLMInferenceService
-from pdserve.render import epp_defaults, router, workload
+from pdserve.render import epp_defaults, router, scaling, workload
 
 
 def _as_dict(service: LLMInferenceService | dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +58,7 @@ def render(
     objs: list[dict[str, Any]] = [workload.pool(svc, False, ns)]
     if spec.get("prefill") is not None:
         objs.append(workload.pool(svc, True, ns))
+    objs += scaling.autoscalers(svc, ns)
     objs += [
         workload.workload_service(name, ns),
         workload.tls_secret(name, ns, certs),

@@ -1,4 +1,4 @@
-"""`pdserve render` and `pdserve explain`."""
+"""`pdserve render`, `pdserve explain` and `pdserve model-job` (render/model_job.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     cmd = argv[0]
+    if cmd == "model-job":
+        from pdserve.render import model_job
+
+        return model_job.main(argv)
     args = _parser(cmd).parse_args(argv[1:])
     from pdserve.api import ManifestError, resolve_file
 

@@ -118,3 +118,20 @@ def scheduler_labels(name: str) -> dict[str, str]:
 
 def owner(name: str) -> dict[str, str]:
     return {PART_OF_LABEL: PART_OF_VALUE, NAME_LABEL: name}
+
+
+def hpa(name: str, prefill: bool = False) -> str:
+    return child_name(name, "-kserve-prefill-hpa" if prefill else "-kserve-hpa")
+
+
+def scaled_object(name: str, prefill: bool = False) -> str:
+    return child_name(name, "-kserve-prefill-keda" if prefill else "-kserve-keda")
+
+
+def scaling_labels(name: str) -> dict[str, str]:
+    """The labels KServe puts on a pool's autoscaler objects (HPA, ScaledObject)."""
+    return {
+        COMPONENT_LABEL: "llminferenceservice-workload",
+        NAME_LABEL: name,
+        PART_OF_LABEL: PART_OF_VALUE,
+    }

@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from pdserve import wire
-from pdserve.render import names
+from pdserve.render import names, placement
 
 MODEL_DIR = "/mnt/models"
 STORAGE_INITIALIZER = "kserve/storage-initializer:v0.16.0"
@@ -121,9 +121,10 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
     name, spec = service["metadata"]["name"], service["spec"]
     workload = spec["prefill"] if prefill else spec
     pd = spec.get("prefill") is not None
-    replicas = workload.get("replicas")
-    if replicas is None:
-        replicas = (workload.get("scaling") or {}).get("minReplicas", 1)
+    # under `scaling` the autoscaler owns replicas (render/scaling.py): none is rendered,
+    # and the API server starts the workload at 1 until the autoscaler's first decision
+    scaled = bool(workload.get("scaling"))
+    replicas = workload.get("replicas", 1)
     multinode = bool(workload.get("worker"))
     ours = names.workload_labels(name, prefill, pd, multinode)
     labels = serving_labels(workload, ours)
@@ -135,7 +136,7 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
             "kind": "Deployment",
             "metadata": meta(names.workload(name, prefill), namespace, selector),
             "spec": {
-                "replicas": replicas,
+                **({} if scaled else {"replicas": replicas}),
                 "selector": {"matchLabels": selector},
                 "template": pod_template(service, workload, "template", labels),
             },
@@ -143,12 +144,12 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
     par = workload.get("parallelism") or {}
     size = max(1, int(par.get("data") or 1) // int(par.get("dataLocal") or 1))
     workers = names.worker_labels(name, prefill)
-    return {
+    lws = {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
         "metadata": meta(names.workload(name, prefill, multinode), namespace, workers),
         "spec": {
-            "replicas": replicas,
+            **({} if scaled else {"replicas": replicas}),
             "startupPolicy": "LeaderCreated",
             "leaderWorkerTemplate": {
                 "size": size,
@@ -160,6 +161,8 @@ def pool(service: dict[str, Any], prefill: bool, namespace: str) -> dict[str, An
             },
         },
     }
+    placement.apply(lws, service, workload)
+    return lws
 
 
 def workload_service(name: str, namespace: str) -> dict[str, Any]:
