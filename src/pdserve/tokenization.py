@@ -40,6 +40,7 @@ class Tokenizer(Protocol):
     eos_token_id: int
 
     def encode(self, text: str) -> list[int]: ...
+    def encode_prompt(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str: ...
     def output_ids(self) -> list[int]: ...
@@ -69,6 +70,9 @@ class BuiltinTokenizer:
             if i >= self._offset + self._vocab
         )
 
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.encode(text)
+
     def output_ids(self) -> list[int]:
         return [self._offset + self._vocab + k for k in range(len(self.words))]
 
@@ -88,6 +92,11 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A completions prompt as vLLM tokenizes it: with the tokenizer's special tokens
+        (a BOS where the model has one); chat text already carries them from its template."""
+        return list(self.tok.encode(text, add_special_tokens=True))
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tok.decode(list(ids), skip_special_tokens=True))
@@ -119,6 +128,16 @@ class HFTokenizer:
             if len(spaced) >= 2048:
                 break
         return spaced or plain or [self.eos_token_id]
+
+
+def request_tokens(
+    tokenizer: Tokenizer, prompt: str, messages: list[dict[str, Any]] | None
+) -> list[int]:
+    """The prompt tokens an engine computes KV for: chat messages through the model's chat
+    template, else the completions prompt with special tokens, as vLLM forms them."""
+    if messages is not None:
+        return tokenizer.encode(tokenizer.chat_prompt(messages))
+    return tokenizer.encode_prompt(prompt)
 
 
 def chatml(messages: list[dict[str, Any]]) -> str:

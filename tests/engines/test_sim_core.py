@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pdserve.block_hashes import block_hashes
+from pdserve.block_hashes import Scheme
 from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Request, Scheduler
 from pdserve.engines.sim.tokens import Generator
 from pdserve.tokenization import BuiltinTokenizer
+
+block_hashes = Scheme().hashes  # vLLM's default scheme, as the sim engine runs it
 
 
 def test_hashes_chain_so_equal_hashes_mean_equal_prefixes() -> None:

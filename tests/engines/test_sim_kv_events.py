@@ -60,7 +60,9 @@ def test_kv_events_reproduce_cache_content(sim_engine, tmp_path) -> None:
     for i in range(40):  # 40 prompts x ~6 blocks overflows 64 blocks: evictions happen
         httpx.post(url, json={"prompt": f"document {i} " + "lorem ipsum " * 40, "max_tokens": 2})
     drain()
-    truth = set(httpx.get(f"{engine.url}/sim/kv_blocks").json()["block_hashes"])
+    truth = {
+        bytes.fromhex(h) for h in httpx.get(f"{engine.url}/sim/kv_blocks").json()["block_hashes"]
+    }
     assert seen["BlockRemoved"] > 0
     assert index == truth and truth
     httpx.post(f"{engine.url}/reset_prefix_cache")
@@ -99,7 +101,7 @@ def test_decode_engine_announces_the_blocks_it_pulled(sim_engine) -> None:
     body = {"prompt": "pulled over nixl " * 40, "max_tokens": 2}
     decode(d.url, body, prefill(p.url, body)).raise_for_status()
     drain()
-    truth = set(httpx.get(f"{d.url}/sim/kv_blocks").json()["block_hashes"])
-    pulled = set(httpx.get(f"{p.url}/sim/kv_blocks").json()["block_hashes"])
+    truth = {bytes.fromhex(h) for h in httpx.get(f"{d.url}/sim/kv_blocks").json()["block_hashes"]}
+    pulled = {bytes.fromhex(h) for h in httpx.get(f"{p.url}/sim/kv_blocks").json()["block_hashes"]}
     assert pulled and pulled <= stored and pulled <= truth  # same hashes on both engines
     ctx.destroy(0)

@@ -10,7 +10,7 @@ import xxhash
 from pdserve.epp.config import load
 from pdserve.epp.framework import ConfigError, make
 from pdserve.epp.plugins.handlers import REASON
-from pdserve.epp.plugins.prefix import prompt_hashes
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer, prompt_hashes
 from pdserve.epp.scheduler import Scheduler
 from pdserve.epp.types import Cycle, Endpoint, Metrics, Request
 from pdserve.wire import PREFILLER_HEADER, ROLE_LABEL
@@ -354,11 +354,10 @@ def test_random_picker_is_uniform_and_seeded() -> None:
 
 
 def test_precise_prefix_scorer_follows_kv_events() -> None:
-    from pdserve.block_hashes import block_hashes
-
     scorer = make("precise-prefix-cache-scorer", "pp", {"blockSize": 4})
+    assert isinstance(scorer, PrecisePrefixProducer)
     prompt = "the quick brown fox jumps over the lazy dog " * 4
-    hashes = block_hashes(scorer.tokenize(prompt), 4)
+    hashes = scorer.scheme.hashes(scorer.request_tokens(req(prompt)), 4)  # as KV events carry
     assert len(hashes) >= 4
     a, b = ep(1), Endpoint("10.0.0.2", 2)
     scorer.apply_event(a.address, ["BlockStored", hashes, None, [], 4, None])
@@ -441,7 +440,6 @@ def test_a_cache_tracking_scorers_own_producer_is_fed_kv_events_and_sized() -> N
     """The v0.2-v0.4 scorer builds its precise producer itself: the server's KV-event
     subscription must see it, and the indexer gauge must count its blocks (enableMetrics
     unset)."""
-    from pdserve.block_hashes import block_hashes
     from pdserve.epp.datastore import Datastore, StaticSource
     from pdserve.epp.extproc import Picker
     from pdserve.epp.metrics import EppMetrics
@@ -453,7 +451,7 @@ def test_a_cache_tracking_scorers_own_producer_is_fed_kv_events_and_sized() -> N
     assert feeds == [(scorer.source, "tcp://127.0.0.1:5999")]
     producer = feeds[0][0]
     prompt = "the quick brown fox jumps over the lazy dog " * 4
-    hashes = block_hashes(producer.tokenize(prompt), 4)
+    hashes = producer.scheme.hashes(producer.request_tokens(req(prompt)), 4)
     a = ep(1, "decode")
     producer.apply_event(a.address, ["BlockStored", hashes, None, [], 4, None])
     assert scorer.score(cycle(), req(prompt), [a]) == {a.name: 1.0}
@@ -471,10 +469,11 @@ def test_a_cache_tracking_scorers_own_producer_is_fed_kv_events_and_sized() -> N
 def test_a_legacy_scorers_producer_is_reported_once_and_named_apart() -> None:
     """Registered in the config, the producer reports its inert parameters itself (at the
     scorer's path) and the scorer no longer does; its derived name must be free."""
-    cfg = load(CACHE_TRACKING.replace("blockSize: 4}", 'blockSize: 4, hashSeed: "42"}'))
+    pool = "blockSize: 4}, tokenizersPoolConfig: {workersCount: 2}"
+    cfg = load(CACHE_TRACKING.replace("blockSize: 4}", pool))
     assert cfg.ignored() == [
-        "plugins[0].parameters.indexerConfig.tokenProcessorConfig.hashSeed: "
-        "the sim engine's block hashing takes no seed"
+        "plugins[0].parameters.indexerConfig.tokenizersPoolConfig.workersCount: "
+        "a prompt is tokenized once per scheduling cycle, on the request path"
     ]
     with pytest.raises(ConfigError, match="'prefix-cache-scorer-producer', is taken"):
         taken = "- {type: decode-filter, name: prefix-cache-scorer-producer}\n"

@@ -27,6 +27,13 @@ def prompt_text(body: dict[str, Any]) -> str:
     return _prompt_field(body.get("prompt", ""))
 
 
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    return [m for m in messages if isinstance(m, dict)]
+
+
 def _prompt_field(prompt: Any) -> str:
     """vLLM's `prompt`: a string, token ids, or a batch of either. Token ids become their
     decimal text, each followed by a space, so equal id prefixes hash to equal text prefixes
@@ -55,6 +62,7 @@ def parse(headers: dict[str, str], raw: bytes, default_criticality: str | None) 
         request_id=rid,
         model=str(body.get("model") or ""),
         prompt=prompt_text(body),
+        messages=_messages(body),
         headers=headers,
         priority=priority(crit, headers.get("x-gateway-inference-priority")),
     )

@@ -32,6 +32,16 @@ def kv_event_feeds(config: Config, default: str) -> list[tuple[PrecisePrefixProd
     ]
 
 
+async def log_index_size(
+    producer: PrecisePrefixProducer, interval: float, log: logging.Logger
+) -> None:
+    """kvBlockIndexConfig.metricsLoggingInterval: the index's size as a log line too, for
+    whoever reads logs rather than the inference_extension_prefix_indexer_size gauge."""
+    while True:
+        await asyncio.sleep(interval)
+        event(log, "kv_block_index", producer=producer.name, blocks=producer.size())
+
+
 async def serve(
     args: argparse.Namespace, config: Config, store: Datastore, log: logging.Logger
 ) -> None:
@@ -64,6 +74,10 @@ async def serve(
             await asyncio.sleep(1)
 
     tasks.append(asyncio.create_task(pool_gauges()))
+    for producer, _ in kv_event_feeds(config, args.kv_events_endpoint):
+        interval = producer.metrics_logging_interval()
+        if interval:
+            tasks.append(asyncio.create_task(log_index_size(producer, interval, log)))
     event(
         log,
         "ready",

@@ -58,6 +58,7 @@ class Request:
     prompt: str  # the text prefix caching hashes
     headers: dict[str, str] = field(default_factory=dict)
     priority: int = 0  # negative: sheddable
+    messages: list[dict[str, Any]] | None = None  # a chat request's, for a model's template
 
     @property
     def sheddable(self) -> bool:

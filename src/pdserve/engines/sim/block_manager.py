@@ -36,8 +36,8 @@ class BlockManager:
         self.block_size = block_size
         self.on_event = on_event
         self.ref = [0] * num_blocks
-        self.hash_of: list[int | None] = [None] * num_blocks
-        self.cached: dict[int, int] = {}  # block hash -> block id
+        self.hash_of: list[bytes | None] = [None] * num_blocks
+        self.cached: dict[bytes, int] = {}  # block hash -> block id
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.queries = 0  # prompt tokens looked up in the prefix cache
         self.hits = 0  # of those, found
@@ -56,7 +56,7 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # --- prefix cache ---------------------------------------------------------------------
-    def match(self, hashes: Sequence[int]) -> list[int]:
+    def match(self, hashes: Sequence[bytes]) -> list[int]:
         """Block ids of the longest cached prefix of `hashes`."""
         hit: list[int] = []
         if not self.enable_caching:
@@ -68,7 +68,7 @@ class BlockManager:
             hit.append(block)
         return hit
 
-    def allocate(self, tokens: Sequence[int], hashes: Sequence[int]) -> Allocation | None:
+    def allocate(self, tokens: Sequence[int], hashes: Sequence[bytes]) -> Allocation | None:
         """Blocks for `tokens`, reusing cached ones; None (and no change) if they don't fit."""
         hit = self.match(hashes)
         fresh = self.blocks_for(len(tokens)) - len(hit)
@@ -94,7 +94,7 @@ class BlockManager:
         self,
         block_ids: Sequence[int],
         tokens: Sequence[int],
-        hashes: Sequence[int],
+        hashes: Sequence[bytes],
         start: int = 0,
         lora_id: int | None = None,
     ) -> None:
@@ -115,7 +115,7 @@ class BlockManager:
         self._announce(run, tokens, hashes, lora_id)
 
     def _announce(
-        self, run: list[int], tokens: Sequence[int], hashes: Sequence[int], lora_id: int | None
+        self, run: list[int], tokens: Sequence[int], hashes: Sequence[bytes], lora_id: int | None
     ) -> None:
         if not run or self.on_event is None:
             return
@@ -143,7 +143,7 @@ class BlockManager:
             self.on_event(("cleared",))
         return True
 
-    def content(self) -> set[int]:
+    def content(self) -> set[bytes]:
         return set(self.cached)
 
     # --- internals --------------------------------------------------------------------------

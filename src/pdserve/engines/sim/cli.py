@@ -11,6 +11,7 @@ import signal
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from pdserve.block_hashes import ALGORITHMS, DEFAULT_ALGORITHM, Scheme, seed_from_env
 from pdserve.errors import UserError
 from pdserve.logs import event, setup
 
@@ -58,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--served-model-name", nargs="+", help="the name clients ask for")
     ap.add_argument("--kv-transfer-config", help="vLLM KV connector JSON (NixlConnector)")
     ap.add_argument("--kv-events-config", help="vLLM KV events JSON (zmq publisher)")
+    ap.add_argument(
+        "--prefix-caching-hash-algo",
+        choices=ALGORITHMS,
+        default=DEFAULT_ALGORITHM,
+        help="block hashing, as vLLM's (NONE_HASH seed: PYTHONHASHSEED, else vLLM's default)",
+    )
     ap.add_argument("--profile", help="YAML timing/capacity profile (see profile.py)")
     ap.add_argument("--zero-cost", action="store_true", help="no modelled compute time")
     ap.add_argument(
@@ -171,6 +178,9 @@ def main(argv: list[str]) -> int:
         model_path=model_dir,
         kv_transfer=kv_transfer,
         kv_events=kv_events,
+        hash_scheme=Scheme(
+            args.prefix_caching_hash_algo, seed_from_env(args.prefix_caching_hash_algo)
+        ),
         side_channel_host=os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST", "127.0.0.1"),
         side_channel_port=_env_port("VLLM_NIXL_SIDE_CHANNEL_PORT"),
     )

@@ -14,11 +14,12 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
 
+from pdserve.block_hashes import Scheme, event_key
 from pdserve.engines.sim import side_channel
 from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.kv_arena import KVArena
@@ -31,7 +32,7 @@ from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.scheduler import Phase, Request, Scheduler
 from pdserve.engines.sim.tokens import Generator
 from pdserve.logs import event
-from pdserve.tokenization import Tokenizer, token_bytes
+from pdserve.tokenization import Tokenizer, request_tokens, token_bytes
 from pdserve.vllm_request import ApiError
 
 log = logging.getLogger("pdserve.sim")
@@ -48,6 +49,7 @@ class EngineConfig:
     model_path: str | None = None
     kv_transfer: dict[str, Any] | None = None  # parsed --kv-transfer-config
     kv_events: dict[str, Any] | None = None  # parsed --kv-events-config
+    hash_scheme: Scheme = field(default_factory=Scheme)  # --prefix-caching-hash-algo
     side_channel_host: str = "127.0.0.1"
     side_channel_port: int = 0
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path), as --lora-modules
@@ -79,7 +81,13 @@ class SimEngine:
         kv = KVConfig.parse(cfg.kv_transfer, os.environ)
         self.pull_timeout = kv.pull_timeout
         self.sched = Scheduler(
-            p, self.gen, self.blocks, kv.lease_seconds, kv.policy == "fail", cfg.max_loras
+            p,
+            self.gen,
+            self.blocks,
+            kv.lease_seconds,
+            kv.policy == "fail",
+            cfg.max_loras,
+            cfg.hash_scheme,
         )
         self.arena = KVArena(p.num_blocks, p.block_bytes)
         self.nixl = None
@@ -183,9 +191,9 @@ class SimEngine:
 
     def _block_seed(self, req: Request, i: int) -> int:
         if i < len(req.hashes):
-            return req.hashes[i]
+            return event_key(req.hashes[i])
         bs = self.cfg.profile.block_size
-        parent = req.hashes[-1] if req.hashes else 0
+        parent = event_key(req.hashes[-1]) if req.hashes else 0
         tail = req.prompt[i * bs : (i + 1) * bs]
         return xxhash.xxh64_intdigest(token_bytes(tail), seed=parent)
 
@@ -324,10 +332,9 @@ class SimEngine:
                 raise ApiError(400, f"Token id {bad} is out of vocabulary", "prompt")
             return list(p.prompt)
         try:
-            text = self.cfg.tokenizer.chat_prompt(p.messages) if p.chat else p.prompt
+            return request_tokens(self.cfg.tokenizer, p.prompt, p.messages if p.chat else None)
         except ValueError as err:
             raise ApiError(400, str(err), "messages") from err
-        return self.cfg.tokenizer.encode(text)
 
     def new_request(self, p: Params, prompt: list[int], base_id: str) -> Request:
         limit = self.max_model_len

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import xxhash
-
-from pdserve.block_hashes import NONE_HASH, block_hashes
+from pdserve.block_hashes import Scheme
 from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.profile import Profile
 from pdserve.engines.sim.tokens import Generator
@@ -39,7 +37,7 @@ class Request:
     phase: Phase = Phase.WAITING
     output: list[int] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)
-    hashes: list[int] = field(default_factory=list)  # of the full blocks of prompt + output
+    hashes: list[bytes] = field(default_factory=list)  # of the full blocks of prompt + output
     computed: int = 0  # tokens of prompt + output whose KV exists (cached, pulled or computed)
     committed: int = 0  # full blocks registered in the prefix cache
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
@@ -102,8 +100,10 @@ class Scheduler:
         lease_seconds: float = 480.0,
         fail_on_kv_error: bool = False,
         max_loras: int = 1,
+        scheme: Scheme | None = None,
     ) -> None:
         self.profile = profile
+        self.scheme = scheme or Scheme()
         self.max_loras = max_loras  # distinct adapters in one batch (vLLM --max-loras)
         self.gen = generator
         self.blocks = blocks
@@ -118,7 +118,7 @@ class Scheduler:
     # --- intake ---------------------------------------------------------------------------
     def add(self, req: Request) -> None:
         req.key = self.gen.key(req.prompt, req.lora_id or 0)
-        req.hashes = block_hashes(req.prompt, self.profile.block_size, _hash_seed(req))
+        req.hashes = self.scheme.hashes(req.prompt, self.profile.block_size, None, _extra(req))
         self.waiting.append(req)
 
     def abort(self, req: Request) -> None:
@@ -284,8 +284,10 @@ class Scheduler:
         full = num_tokens // bs
         if len(req.hashes) < full:
             start = len(req.hashes) * bs
-            parent = req.hashes[-1] if req.hashes else _hash_seed(req)
-            req.hashes += block_hashes(req.context()[start : full * bs], bs, parent)
+            parent = req.hashes[-1] if req.hashes else None
+            req.hashes += self.scheme.hashes(
+                req.context()[start : full * bs], bs, parent, _extra(req)
+            )
 
     def _commit(self, req: Request) -> None:
         """Register the request's newly completed blocks in the prefix cache."""
@@ -333,7 +335,7 @@ class Scheduler:
         }
 
 
-def _hash_seed(req: Request) -> int:
-    """Blocks computed under an adapter are a different cache entry (vLLM adds the LoRA to
-    the block hash's extra keys)."""
-    return NONE_HASH if not req.lora_id else xxhash.xxh64_intdigest(b"lora", seed=req.lora_id)
+def _extra(req: Request) -> tuple[str, ...] | None:
+    """Blocks computed under an adapter are a different cache entry: vLLM puts the LoRA's
+    name in the block hash's extra keys (the sim names adapters by number)."""
+    return (f"lora-{req.lora_id}",) if req.lora_id else None

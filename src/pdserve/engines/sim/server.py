@@ -63,7 +63,8 @@ class Api:
 
     async def kv_blocks(self, _: web.Request) -> web.Response:
         """The prefix cache's block hashes: ground truth for KV-event consumers (sim only)."""
-        return web.json_response({"block_hashes": sorted(self.engine.blocks.content())})
+        hashes = sorted(h.hex() for h in self.engine.blocks.content())
+        return web.json_response({"block_hashes": hashes})
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(status=200)

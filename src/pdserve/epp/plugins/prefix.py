@@ -8,20 +8,34 @@ bytes, zero-padded to a multiple of 4, read as little-endian uint32 words)."""
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import xxhash
 from pydantic import BaseModel, Field
 
-from pdserve.epp.framework import Parameters, Plugin, PreRequest, Ref, Scorer, register
+from pdserve.block_hashes import Scheme
+from pdserve.epp.framework import (
+    Parameters,
+    Plugin,
+    PreRequest,
+    Ref,
+    Scorer,
+    go_duration,
+    register,
+)
 from pdserve.epp.plugins.datalayer import Extractor
 from pdserve.epp.types import Cycle, Endpoint, Request, Result
+from pdserve.logs import event
 
 if TYPE_CHECKING:
     from pdserve.tokenization import Tokenizer
 
+log = logging.getLogger("pdserve.epp")
 HITS = "prefix.hits"  # cycle.state key: endpoint name -> matched fraction (routing trace)
 BYTES_PER_TOKEN = 4
 MIN_BLOCK_TOKENS = 64  # upstream raises smaller blockSizeTokens to this (llm-d-router #1158)
@@ -228,11 +242,17 @@ class LegacyApproxProducer(ApproxPrefixProducer):
         return prompt_hashes(req.model, req.prompt, self.block_chars, self.legacy_limit)
 
 
+HashAlgo = Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"]
+
+
 class TokenProcessor(BaseModel):
     model_config = Parameters.model_config
     blockSize: int | None = Field(None, ge=1)
     blockSizeTokens: int | None = Field(None, ge=1)
-    hashSeed: str | None = None
+    hashSeed: str | None = None  # the engines' PYTHONHASHSEED
+    # pdserve's: the engines' --prefix-caching-hash-algo. llm-d's indexer hashes as vLLM's
+    # sha256_cbor, which llm-d's guides start vLLM with; that is the default here too.
+    hashAlgo: HashAlgo | None = None
 
 
 class KVBlockIndex(BaseModel):
@@ -289,34 +309,63 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
     params: PreciseParams
 
     def setup(self) -> None:
+        from pdserve.block_hashes import DEFAULT_SEED
+
         p = self.params
         top, nested = p.tokenProcessorConfig, p.indexerConfig.tokenProcessorConfig
         sizes = [top.blockSize, top.blockSizeTokens, nested.blockSize, nested.blockSizeTokens]
         self.block_tokens = next((s for s in sizes if s), 16)  # kv-cache library default
+        seed = next((x for x in (top.hashSeed, nested.hashSeed) if x is not None), DEFAULT_SEED)
+        algo = top.hashAlgo or nested.hashAlgo or "sha256_cbor"
+        self.scheme = Scheme(algo, seed)
+        self.metrics_logging_interval()  # a bad duration is a load error, not a dead task
         self.holders: dict[int, set[str]] = {}
-        self._tokenizer: Tokenizer | None = None
-        self.tokenizer_spec = "builtin"
+        store = p.indexerConfig.prefixStoreConfig
+        self.tokens = TokenCache(store.cacheSize if store and store.cacheSize else 0)
+        pool = p.indexerConfig.tokenizersPoolConfig
+        self.tokenizer_source = TokenizerSource(
+            pool.modelName if pool else None, pool.tokenizersCacheDir if pool else None
+        )
+
+    def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
+        """Tokens come from the config's token-producer where there is one, as upstream."""
+        producer = next((x for x in plugins.values() if isinstance(x, TokenProducer)), None)
+        if producer is not None and not self.tokenizer_source.named:
+            self.tokenizer_source = producer.source
 
     @property
     def zmq_endpoint(self) -> str | None:
         return self.params.kvEventsConfig.zmqEndpoint
 
-    def tokenize(self, text: str) -> list[int]:
-        if self._tokenizer is None:
-            from pdserve.tokenization import BuiltinTokenizer, HFTokenizer
+    def metrics_logging_interval(self) -> float:
+        """Seconds; upstream's field is a Go duration, in JSON nanoseconds or a string."""
+        raw = self.params.indexerConfig.kvBlockIndexConfig.metricsLoggingInterval
+        if raw is None:
+            return 0.0
+        if isinstance(raw, int):
+            return raw / 1e9
+        return go_duration(raw, "indexerConfig.kvBlockIndexConfig.metricsLoggingInterval")
 
-            spec = self.tokenizer_spec
-            self._tokenizer = BuiltinTokenizer() if spec == "builtin" else HFTokenizer(spec)
-        return self._tokenizer.encode(text)
+    def request_tokens(self, req: Request) -> list[int]:
+        from pdserve.tokenization import request_tokens
+
+        key = (req.prompt, repr(req.messages)) if req.messages is not None else (req.prompt, "")
+        found = self.tokens.get(key)
+        if found is None:
+            tok = self.tokenizer_source.tokenizer()
+            found = self.tokens.put(key, request_tokens(tok, req.prompt, req.messages))
+        return found
 
     def apply_event(self, pod: str, event: list[Any]) -> None:
+        from pdserve.block_hashes import event_key
+
         kind = event[0]
         if kind == "BlockStored":
             for h in event[1]:
-                self.holders.setdefault(int(h), set()).add(pod)
+                self.holders.setdefault(event_key(h), set()).add(pod)
         elif kind == "BlockRemoved":
             for h in event[1]:
-                self._drop(int(h), pod)
+                self._drop(event_key(h), pod)
         elif kind == "AllBlocksCleared":
             for h in list(self.holders):
                 self._drop(h, pod)
@@ -330,9 +379,10 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
                 del self.holders[h]
 
     def lookup(self, req: Request) -> Match:
-        from pdserve.block_hashes import block_hashes
+        from pdserve.block_hashes import event_key
 
-        hashes = block_hashes(self.tokenize(req.prompt), self.block_tokens)
+        digests = self.scheme.hashes(self.request_tokens(req), self.block_tokens)
+        hashes = [event_key(d) for d in digests]
         return Match(self._walk(hashes), len(hashes), self.block_tokens, hashes)
 
     def _walk(self, hashes: list[int]) -> dict[str, int]:
@@ -358,24 +408,15 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
 
     def inert(self) -> dict[str, str]:
         p, out = self.params, {}
-        for prefix, tp in (
-            ("tokenProcessorConfig", p.tokenProcessorConfig),
-            ("indexerConfig.tokenProcessorConfig", p.indexerConfig.tokenProcessorConfig),
-        ):
-            if tp.hashSeed is not None:
-                out[f"{prefix}.hashSeed"] = "the sim engine's block hashing takes no seed"
         ix = p.indexerConfig
-        if ix.prefixStoreConfig is not None:
-            out["indexerConfig.prefixStoreConfig"] = (
-                "a tokenization cache; each prompt is tokenized whole (same tokens)"
+        if ix.prefixStoreConfig is not None and ix.prefixStoreConfig.blockSize is not None:
+            out["indexerConfig.prefixStoreConfig.blockSize"] = (
+                "the tokenization cache keeps whole prompts, not text blocks"
             )
-        if ix.tokenizersPoolConfig is not None:
-            out["indexerConfig.tokenizersPoolConfig"] = (
-                "the tokenizer is the sim engine's; nothing is downloaded"
-            )
-        if ix.kvBlockIndexConfig.metricsLoggingInterval is not None:
-            out["indexerConfig.kvBlockIndexConfig.metricsLoggingInterval"] = (
-                "the index size is a Prometheus gauge, not logged"
+        pool = ix.tokenizersPoolConfig
+        if pool is not None and pool.workersCount is not None:
+            out["indexerConfig.tokenizersPoolConfig.workersCount"] = (
+                "a prompt is tokenized once per scheduling cycle, on the request path"
             )
         if ix.kvBlockIndexConfig.inMemoryConfig is not None:
             out["indexerConfig.kvBlockIndexConfig.inMemoryConfig"] = "the index is unbounded"
@@ -543,7 +584,10 @@ class PrecisePrefixCacheScorer(PrecisePrefixProducer, Scorer):
         super().setup()
         if self.params.blockSize:
             self.block_tokens = self.params.blockSize
-        self.tokenizer_spec = self.params.tokenizer
+        if self.params.hashSeed is not None:
+            self.scheme = Scheme(self.scheme.algorithm, self.params.hashSeed)
+        if self.params.tokenizer != "builtin":
+            self.tokenizer_source = TokenizerSource(self.params.tokenizer)
 
     @property
     def block(self) -> int:
@@ -558,24 +602,98 @@ class PrecisePrefixCacheScorer(PrecisePrefixProducer, Scorer):
 
     def inert(self) -> dict[str, str]:
         out = super().inert()
-        if self.params.hashSeed is not None:
-            out["hashSeed"] = "the sim engine's block hashing takes no seed"
         return out
+
+
+class TokenCache:
+    """Prompt -> tokens, least recently used out: upstream's prefix store spares re-tokenizing
+    a prompt seen before (capacity 0: no cache)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lru: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> list[int] | None:
+        found = self._lru.get(key)
+        if found is not None:
+            self._lru.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, str], tokens: list[int]) -> list[int]:
+        if self.capacity > 0:
+            self._lru[key] = tokens
+            if len(self._lru) > self.capacity:
+                self._lru.popitem(last=False)
+        return tokens
+
+
+class TokenizerSource:
+    """Where the EPP's tokenizer comes from: a model folder named by `modelName` (itself, or
+    under `tokenizersCacheDir`, as upstream's pool caches hub downloads). Nothing is fetched
+    from a hub here; without a folder the built-in tokenizer stands in, said once in the log."""
+
+    def __init__(self, model_name: str | None, cache_dir: str | None = None) -> None:
+        self.model_name, self.cache_dir = model_name, cache_dir
+        self._tokenizer: Tokenizer | None = None
+
+    @property
+    def named(self) -> bool:
+        return bool(self.model_name)
+
+    def folder(self) -> Path | None:
+        if not self.model_name:
+            return None
+        for candidate in (
+            Path(self.cache_dir) / self.model_name if self.cache_dir else None,
+            Path(self.model_name),
+        ):
+            if candidate is not None and (candidate / "tokenizer_config.json").is_file():
+                return candidate
+        return None
+
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            from pdserve.tokenization import BuiltinTokenizer, HFTokenizer
+
+            folder = self.folder()
+            if folder is None and self.model_name and self.model_name != "builtin":
+                event(
+                    log,
+                    "tokenizer_not_found",
+                    logging.WARNING,
+                    model=self.model_name,
+                    cache_dir=self.cache_dir,
+                    using="builtin",
+                )
+            self._tokenizer = HFTokenizer(folder) if folder else BuiltinTokenizer()
+        return self._tokenizer
+
+
+class TokenProducerParams(Parameters):
+    modelName: str = ""
+    vllm: dict[str, Any] | None = None
+    image: dict[str, Any] | None = None
+    video: dict[str, Any] | None = None
+    udsSocketPath: str | None = None
 
 
 @register("token-producer", "tokenizer")
 class TokenProducer(Plugin):
-    """Upstream tokenizes through the engine (vllm.url) or a local tokenizer. Here prompts
-    are estimated at 4 bytes a token (an HTTP call per request would put I/O on the request
-    path); the parameters are validated and reported by `--check`."""
+    """The tokenizer the precise producer counts blocks with: the model's own, from the
+    folder `modelName` names. Upstream can also tokenize through the engine (`vllm.url`):
+    an HTTP call per request, not made here."""
 
-    class Params(Parameters):
-        modelName: str = ""
-        vllm: dict[str, Any] | None = None
-        image: dict[str, Any] | None = None
-        video: dict[str, Any] | None = None
-        udsSocketPath: str | None = None
+    Params = TokenProducerParams
+    params: TokenProducerParams
+
+    def setup(self) -> None:
+        self.source = TokenizerSource(self.params.modelName or None)
 
     def inert(self) -> dict[str, str]:
-        why = "tokens are estimated (4 bytes each); tokenizing through the engine is not wired"
-        return {k: why for k in sorted(self.params.model_fields_set)}
+        why = {
+            "vllm": "tokenizing through the engine is not wired; the model folder's tokenizer is",
+            "image": "text only: no multimodal inputs",
+            "video": "text only: no multimodal inputs",
+            "udsSocketPath": "no tokenizer sidecar; the model folder's tokenizer is used",
+        }
+        return {k: v for k, v in why.items() if k in self.params.model_fields_set}
