@@ -1,9 +1,10 @@
-"""The little of the Kubernetes API that the EPP and the sidecar read.
-
-Both follow an InferencePool: its selector and target port, and the pods it selects. This
-module is the one place that talks to an API server, so that everything above it takes
-plain dicts and can be tested here, where no API server runs. Pods come back as the JSON
+"""The one place that talks to a Kubernetes API server, so that everything above it takes
+plain dicts and can be tested here, where no API server runs. Objects come back as the JSON
 the API serves (camelCase), not the client library's snake_case models.
+
+Two views: `Cluster`, the little the EPP and the sidecar read (an InferencePool's selector
+and target port, and the pods it selects), and `Objects`, whole objects by apiVersion, kind,
+namespace and name, for the operator, its webhooks and preflight.
 """
 
 from __future__ import annotations

@@ -6,13 +6,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import openai
-from upkit import Service, all_dead, chat
+import psutil
+from upkit import EXAMPLE, Service, all_dead, chat
 
 from pdserve import endpoints, promtext
+from pdserve.process import wait_until
 from pdserve.wire import ROLE_LABEL
+from testkit import metric_in
 
 MODEL = "smollm2"
 CHAT = chat("What is the capital of France?")
@@ -134,3 +138,61 @@ def _wait_for_more(counts: dict[str, int], target: int, failures: list[str]) -> 
     while counts["ok"] < target and not failures and time.monotonic() < deadline:
         time.sleep(0.05)
     assert counts["ok"] >= target or failures, "requests stopped completing after scaling"
+
+
+PRECISE = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: token-producer
+  parameters: {modelName: hf-repo/model-name}
+- type: precise-prefix-cache-producer
+  parameters:
+    tokenProcessorConfig: {blockSize: 16}
+    kvEventsConfig: {zmqEndpoint: "tcp://*:5557"}
+- type: prefix-cache-scorer
+  parameters: {prefixMatchInfoProducerName: precise-prefix-cache-producer}
+- type: max-score-picker
+- type: single-profile-handler
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefix-cache-scorer, weight: 1}
+  - {pluginRef: max-score-picker}
+"""
+
+
+def test_precise_prefix_routing_follows_the_engines_kv_events(
+    up: Callable[..., Service], tmp_path: Path
+) -> None:
+    """Two aggregated sim engines and a precise-prefix config written for a cluster: the
+    runner feeds the engines' KV events to the EPP on loopback (not tcp://*:5557), hashed
+    and tokenized alike, so repeats of a prompt go to the engine that cached it."""
+    import yaml
+
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"].pop("prefill")
+    doc["spec"]["replicas"] = 2
+    doc["spec"]["router"]["scheduler"] = {"config": {"inline": yaml.safe_load(PRECISE)}}
+    manifest = tmp_path / "precise.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    service = up("--engine", "sim", manifest=manifest)
+    epp = psutil.Process(service.component("epp")["pid"]).cmdline()
+    assert "tcp://*:5557" not in (service.state_dir / "epp-config.yaml").read_text()
+    metrics = f"http://127.0.0.1:{epp[epp.index('--metrics-port') + 1]}/metrics"
+    api = client(f"{service.url}/v1")
+    prompt = "The lighthouse keeper counted ships along the northern coast. " * 10
+    api.completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+    wait_until(
+        lambda: metric_in(httpx.get(metrics).text, "inference_extension_prefix_indexer_size") > 0,
+        30,
+        "the EPP to hear the engine's KV events",
+    )
+    for i in range(6):
+        api.completions.create(model=MODEL, prompt=f"{prompt} Ship {i}.", max_tokens=1)
+    hits = []
+    for name in ("engine-0", "engine-1"):
+        port = service.component(name)["port"]
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        hits.append(metric_in(page, "vllm:prefix_cache_hits_total"))
+    assert sorted(hits)[0] == 0 and sorted(hits)[1] > 0, hits  # every repeat on one engine

@@ -165,17 +165,22 @@ class Picker:
         for name, secs in trace.plugin_seconds.items():
             plugin = self.scheduler.config.plugins.get(name)
             m.plugin.labels(plugin.type_name if plugin else name, name).observe(secs)
+        self._observe_prefix()
+
+    def _observe_prefix(self) -> None:
+        """Also each second (observe_pool): KV events grow the index between requests."""
         for plugin in self.scheduler.config.plugins.values():
             if isinstance(plugin, PrefixCacheScorer):
-                m.prefix_size.set(plugin.source.size())
+                self.metrics.prefix_size.set(plugin.source.size())
                 if plugin.lookups:
-                    m.prefix_hit.set(plugin.hits / plugin.lookups)
+                    self.metrics.prefix_hit.set(plugin.hits / plugin.lookups)
 
     def observe_pool(self) -> None:
         eps = self.store.list()
         now = time.monotonic()
         fresh = [e for e in eps if e.metrics.ready and e.metrics.fresh(now)]
         self.metrics.pool_ready.labels(self.pool).set(len(fresh))
+        self._observe_prefix()
         if fresh:
             self.metrics.pool_kv.labels(self.pool).set(
                 sum(e.metrics.kv_usage for e in fresh) / len(fresh)

@@ -8,10 +8,14 @@ NixlConnector protocol, so everything around them is identical.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from pdserve.block_hashes import DEFAULT_SEED
 from pdserve.engines import vllm
 from pdserve.engines.vllm import EngineCommand
 from pdserve.render import names
@@ -37,31 +41,36 @@ def engine(
     model_dir: Path | None,
     slot: EngineSlot,
     log_config: Path | None = None,
+    feed: tuple[KVFeed, str] | None = None,
 ) -> EngineCommand:
-    """`log_config`: vLLM's logging config file (vllm.logging_config()); the sim logs JSON."""
+    """`log_config`: vLLM's logging config file (vllm.logging_config()); the sim logs JSON.
+    `feed`: the KV-event feed and this engine's endpoint name, when the EPP wants events."""
+    events = feed[0].engine_args(feed[1], plan.served_name, pool.args) if feed else []
+    events_env = feed[0].engine_env() if feed else {}
     if kind == "vllm":
         assert model_dir is not None
-        return vllm.command(
+        cmd = vllm.command(
             model_dir,
             plan.served_name,
             slot.port,
-            args=pool.args,
+            args=(*pool.args, *events),
             pd=plan.pd,
             side_channel_port=slot.side_channel_port,
             cores=slot.cores,
             log_config=log_config,
         )
+        return EngineCommand(cmd.argv, {**cmd.env, **events_env})
     argv = [*PDSERVE, "sim-engine", "--host", "127.0.0.1", "--port", str(slot.port)]
     argv += ["--served-model-name", plan.served_name]
     if model_dir is not None:
         argv += ["--model", str(model_dir)]
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(events_env)
     if plan.pd:  # NIXL is loaded for a KV connector only
         argv += ["--kv-transfer-config", vllm.kv_transfer_config()]
         env.update(vllm.UCX_LOOPBACK)
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "127.0.0.1"
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(slot.side_channel_port)
-    return EngineCommand(argv + vllm.manifest_args(pool.args), env)
+    return EngineCommand(argv + vllm.manifest_args(pool.args) + events, env)
 
 
 def sidecar(plan: Plan, port: int, engine_port: int, endpoints_file: Path) -> EngineCommand:
@@ -95,3 +104,69 @@ def envoy(config_file: Path, base_id: int) -> EngineCommand:
     argv = [str(envoy_lib.binary()), "-c", str(config_file), "--base-id", str(base_id)]
     argv += ["--log-level", "warn", "--disable-hot-restart"]
     return EngineCommand(argv)
+
+
+@dataclass(frozen=True)
+class KVFeed:
+    """KV events from every engine to the EPP's precise producer: the loopback port the EPP
+    binds, and how the engines must hash and block their cache for the EPP's keys to be
+    theirs (the producer's hashAlgo, hashSeed and block size)."""
+
+    port: int
+    algorithm: str
+    seed: str
+    block_size: int
+
+    def engine_args(self, endpoint: str, model: str, pool_args: tuple[str, ...]) -> list[str]:
+        """`endpoint` names the engine as the EPP's endpoint list does (decode-0, ...)."""
+        config = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://127.0.0.1:{self.port}",
+            "topic": f"kv@{endpoint}@{model}",
+        }
+        out = ["--kv-events-config", json.dumps(config, separators=(",", ":"))]
+        out += ["--prefix-caching-hash-algo", self.algorithm]
+        if not any(a.split("=", 1)[0] == "--block-size" for a in pool_args):
+            out += ["--block-size", str(self.block_size)]
+        return out
+
+    def engine_env(self) -> dict[str, str]:
+        return {"PYTHONHASHSEED": self.seed} if self.seed != DEFAULT_SEED else {}
+
+
+def kv_feed(scheduler_config: str, port: int) -> KVFeed | None:
+    """The feed the EPP config asks for: None without a precise producer."""
+    from pdserve.epp import config as epp_config
+    from pdserve.epp.plugins.prefix import PrecisePrefixProducer
+
+    loaded = epp_config.load(scheduler_config, "scheduler config", allow_experimental=True)
+    for plugin in loaded.plugins.values():
+        if isinstance(plugin, PrecisePrefixProducer):
+            scheme = plugin.scheme
+            return KVFeed(port, scheme.algorithm, scheme.seed, plugin.block_tokens)
+    return None
+
+
+def localize_epp_config(scheduler_config: str, port: int, model_dir: Path | None) -> str:
+    """The EPP config as this machine runs it: every KV-event subscription on the runner's
+    loopback port (a config written for a cluster binds tcp://*:5557, which must not happen
+    here), and the tokenizers of the token and precise producers from the model folder the
+    engines serve, so the EPP counts the engines' tokens (no hub to fetch a name from)."""
+    doc = yaml.safe_load(scheduler_config)
+    for plugin in doc.get("plugins") or []:
+        if not isinstance(plugin, dict):
+            continue
+        params = plugin.setdefault("parameters", {}) or {}
+        plugin["parameters"] = params
+        events = params.get("kvEventsConfig")
+        if isinstance(events, dict):
+            events["zmqEndpoint"] = f"tcp://127.0.0.1:{port}"
+        if model_dir is None:
+            continue
+        if plugin.get("type") in ("token-producer", "tokenizer"):
+            params["modelName"] = str(model_dir)
+        elif plugin.get("type") == "precise-prefix-cache-producer":
+            indexer = params.setdefault("indexerConfig", {})
+            indexer.setdefault("tokenizersPoolConfig", {})["modelName"] = str(model_dir)
+    return str(yaml.safe_dump(doc, sort_keys=False))

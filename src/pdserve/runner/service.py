@@ -178,6 +178,8 @@ class LocalService:
         self.policy = RestartPolicy.from_env()
         self._watches: dict[str, Watch] = {}  # started and healthy once; guarded by _members
         self.envoy_admin_port = 0
+        # The EPP's KV-event port is chosen now: engines start first and publish to it.
+        self.feed = components.kv_feed(plan.scheduler_config, free_port())
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -416,14 +418,17 @@ class LocalService:
         self._next_index[role] += 1
         slot = EngineSlot(free_port(), free_port(), self._cores(total))
         pool_plan = self.plan.pool(role)
+        sidecar_port = free_port() if self.plan.pd and role == ROLE_DECODE else None
+        # KV events name the engine as the EPP's endpoint list does: its sidecar, if any
+        feed = (self.feed, f"127.0.0.1:{sidecar_port or slot.port}") if self.feed else None
         cmd = components.engine(
-            self.kind, self.plan, pool_plan, self.model_dir, slot, self._vllm_log_config()
+            self.kind, self.plan, pool_plan, self.model_dir, slot, self._vllm_log_config(), feed
         )
         name = f"{role}-{index}" if self.plan.pd else f"engine-{index}"
         engine = self._spawn(name, f"{self.kind} engine", cmd, slot.port)
         replica = Replica(role, index, slot, engine)
-        if self.plan.pd and role == ROLE_DECODE:
-            port = free_port()
+        if sidecar_port is not None:
+            port = sidecar_port
             cmd = components.sidecar(self.plan, port, slot.port, self.prefill_targets_file)
             replica.sidecar = self._spawn(f"sidecar-{index}", "sidecar", cmd, port)
             replica.sidecar_port = port
@@ -483,9 +488,13 @@ class LocalService:
 
     def _start_router(self) -> None:
         config = self.state.path / "epp-config.yaml"
-        config.write_text(self.plan.scheduler_config)
+        text, events = self.plan.scheduler_config, free_port()
+        if self.feed is not None:
+            events = self.feed.port
+            text = components.localize_epp_config(text, events, self.model_dir)
+        config.write_text(text)
         grpc, health, self.epp_metrics_port = free_port(), free_port(), free_port()
-        ports = (grpc, health, self.epp_metrics_port, free_port())
+        ports = (grpc, health, self.epp_metrics_port, events)
         cmd = components.epp(self.plan, config, self.endpoints_file, ports)
         self.epp = self._spawn("epp", "endpoint picker", cmd, grpc)
         from pdserve.epp import envoy

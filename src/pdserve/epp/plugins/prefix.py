@@ -302,8 +302,9 @@ class PreciseParams(Parameters):
 @register("precise-prefix-cache-producer")
 class PrecisePrefixProducer(PrefixProducer, Extractor):
     """Blocks the engines say they hold (KV events, fed from outside the core through
-    `apply_event`), matched on the engine's token-block hashes; tokenizing and hashing are
-    the sim engine's scheme (vLLM's own is a later slice)."""
+    `apply_event`), matched on the request's block hashes computed as the engines compute
+    them: vLLM's scheme (block_hashes.Scheme: hashAlgo, hashSeed) over the tokens the model's
+    tokenizer gives (the token-producer's folder, or tokenizersPoolConfig's)."""
 
     Params = PreciseParams
     params: PreciseParams
