@@ -166,9 +166,11 @@ def build_registry(rt: Runtime) -> Any:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix)
         settings.posting.level = logging.WARNING
+        # The webhooks first: when they fail (cert-manager's Secret not issued yet), kopf
+        # retries this handler, and no Lease task of the failed try is left running.
+        state["webhooks"] = await start_webhooks(rt)
         state["stop"] = asyncio.Event()
         state["lease"] = asyncio.create_task(keep_lease(rt, state["stop"]))
-        state["webhooks"] = await start_webhooks(rt)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

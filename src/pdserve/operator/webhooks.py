@@ -112,7 +112,8 @@ async def serve(
 
 def _first(objects: Objects, namespace: str, cert_manager: bool) -> certs.WebhookTLS:
     """The Secret's pair at start; without one (cert-manager's not issued yet, or the API
-    server unreachable) a UserError, and the pod restarts to try again."""
+    server unreachable) a one-line UserError: the operator's startup fails, kopf retries
+    it, and the pod is neither live nor ready meanwhile (its probe is served after)."""
     where = f"Secret {namespace}/{certs.SECRET}"
     try:
         tls = certs.webhook_tls(objects, namespace, create=not cert_manager)
