@@ -83,9 +83,15 @@ def server_context(cert_dir: str) -> ssl.SSLContext:
 def pem_context(cert: str, key: str) -> ssl.SSLContext:
     """A server context from a PEM certificate and key held in memory (see server_context)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    load_pem(ctx, cert, key)
+    return ctx
+
+
+def load_pem(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    """Load a PEM pair held in memory into `ctx`, in place: a listening server's next
+    handshakes present it (connections already made keep theirs)."""
     with tempfile.TemporaryDirectory(prefix="pdserve-tls-") as tmp:
         ctx.load_cert_chain(*_write_pair(Path(tmp), cert, key))
-    return ctx
 
 
 def client_context(insecure_skip_verify: bool) -> ssl.SSLContext:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import importlib.util
 
+import pytest
 from opstate import NOW, NS, service
 
 from kubefake import RecordedCluster
@@ -86,9 +86,22 @@ def test_a_config_event_reconciles_the_services_that_merge_it() -> None:
 def test_webhooks_are_optional() -> None:
     rt = _runtime(_cluster(), webhook_port=0)
     assert asyncio.run(handlers.start_webhooks(rt)) is None
-    if importlib.util.find_spec("pdserve.operator.webhooks") is None:
-        rt = _runtime(_cluster(), webhook_port=9443)
-        assert asyncio.run(handlers.start_webhooks(rt)) is None  # logged, not raised
+
+
+def test_webhooks_serve_the_secret_of_the_operators_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    async def serve(*args: object, **kw: object) -> str:
+        calls.append((args, kw))
+        return "runner"
+
+    monkeypatch.setattr(handlers.webhooks, "serve", serve)
+    cluster = _cluster()
+    rt = _runtime(cluster, operator_namespace="ops", cert_manager=True)
+    assert asyncio.run(handlers.start_webhooks(rt)) == "runner"
+    assert calls == [(("0.0.0.0", 9443, None, cluster), {"namespace": "ops", "cert_manager": True})]
 
 
 def test_the_kopf_registry_builds_without_a_cluster() -> None:

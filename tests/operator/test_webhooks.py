@@ -23,7 +23,7 @@ from kubefake import RecordedCluster
 from pdserve.api.convert import V1ALPHA1, V1ALPHA2
 from pdserve.errors import UserError
 from pdserve.kube import Key
-from pdserve.operator import webhooks
+from pdserve.operator import certs, webhooks
 from pdserve.tls import self_signed
 
 CRD_NAMES = [k.name for k in webhooks.CRDS]
@@ -212,9 +212,12 @@ async def test_the_ca_bundle_is_applied_minimally_under_the_operators_field_mana
     served: Served,
 ) -> None:
     _, cluster = served
-    assert [m for m, _ in cluster.applied] == ["pdserve-operator"] * 3
+    assert [m for m, _ in cluster.applied] == ["pdserve-operator"] * 4
     bundle = base64.b64encode(injected_ca(cluster).encode()).decode()
     bodies = {Key.of(body): body for _, body in cluster.applied}
+    secret = bodies.pop(certs.secret_key("pdserve-system"))  # made first, then injected
+    assert secret["data"]["tls.crt"] == bundle
+    assert Key.of(cluster.applied[0][1]) == certs.secret_key("pdserve-system")
     assert bodies[webhooks.WEBHOOK_CONFIG] == {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -249,7 +252,7 @@ async def test_a_missing_target_is_logged_and_the_rest_injected(
     cluster = ManagedCluster([crd(CRD_NAMES[0]), crd(CRD_NAMES[1], strategy="None")])
     with caplog.at_level(logging.INFO, logger="pdserve.operator.webhooks"):
         url = await start(None, cluster)
-    assert [Key.of(body).name for _, body in cluster.applied] == [CRD_NAMES[0]]
+    assert [Key.of(body).name for _, body in cluster.applied] == [certs.SECRET, CRD_NAMES[0]]
     events = {(r.getMessage(), r.__dict__["fields"].get("object")) for r in caplog.records}
     assert ("ca_bundle_target_missing", str(webhooks.WEBHOOK_CONFIG)) in events
     assert ("ca_bundle_not_applicable", str(webhooks.CRDS[1])) in events
@@ -262,7 +265,11 @@ async def test_an_api_server_failure_is_logged_not_fatal(
     start: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Down(RecordedCluster):
+        """Up for the webhook Secret, down for what the CA is injected into."""
+
         def get(self, key: Key) -> dict[str, Any] | None:
+            if key.kind == "Secret":
+                return super().get(key)
             raise ConnectionError("connection refused")
 
     with caplog.at_level(logging.ERROR, logger="pdserve.operator.webhooks"):

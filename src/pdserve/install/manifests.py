@@ -84,7 +84,8 @@ def rules() -> list[Obj]:
         },
         {"apiGroups": [GROUP], "resources": [f"{SERVICE_PLURAL}/finalizers"], "verbs": ["update"]},
         {"apiGroups": [GROUP], "resources": [CONFIG_PLURAL], "verbs": _READ},
-        # What render emits for a service.
+        # What render emits for a service (secrets: also the webhook's own Secret,
+        # pdserve-webhook-tls, that the first replica makes: operator/certs.py).
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _WRITE},
         {
             "apiGroups": [""],

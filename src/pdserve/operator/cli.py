@@ -9,6 +9,7 @@ import uuid
 from typing import Any, NoReturn
 
 from pdserve.errors import UserError
+from pdserve.operator.certs import DEFAULT_NAMESPACE, SECRET
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,13 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--webhook-port", type=int, default=9443, help="0 disables the webhooks")
     ap.add_argument("--webhook-cert-dir", help="folder with tls.crt and tls.key for the webhooks")
+    ap.add_argument(
+        "--cert-manager",
+        action="store_true",
+        help=f"cert-manager makes the Secret {SECRET} (in $POD_NAMESPACE, default "
+        f"{DEFAULT_NAMESPACE}) and injects its CA: only read it (default: make it self-signed "
+        "once, and inject its CA)",
+    )
     ap.add_argument(
         "--health", default="http://0.0.0.0:8080/healthz", help="liveness endpoint (kopf's)"
     )
@@ -91,6 +99,8 @@ def main(argv: list[str]) -> int:
         namespaces,
         args.webhook_port,
         args.webhook_cert_dir,
+        operator_namespace=os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE,
+        cert_manager=args.cert_manager,
     )
     watched = [*namespaces, args.system_namespace] if namespaces else []
     kopf.run(

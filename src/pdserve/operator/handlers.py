@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pdserve.api.models import CONFIG_KIND, SERVICE_KIND
 from pdserve.api.v1alpha2 import API_VERSION
 from pdserve.kube import Key, Objects
 from pdserve.operator import children as ch
+from pdserve.operator import webhooks
 from pdserve.operator.configs import services_referencing
 from pdserve.operator.leader import Elector
 from pdserve.operator.reconcile import Outcome, reconcile
@@ -48,6 +48,8 @@ class Runtime:
     namespaces: list[str] = field(default_factory=list)  # [] for every namespace
     webhook_port: int = 9443
     webhook_cert_dir: str | None = None
+    operator_namespace: str = "pdserve-system"  # where the webhook Secret lives
+    cert_manager: bool = False  # the Secret and caBundles are cert-manager's
     clock: Callable[[], datetime.datetime] = utc_now
 
     def serves(self, namespace: str | None) -> bool:
@@ -135,16 +137,18 @@ async def keep_lease(rt: Runtime, stop: asyncio.Event) -> None:
 
 
 async def start_webhooks(rt: Runtime) -> Any:
-    """The admission and conversion webhooks, written apart in webhooks.py; an operator
-    built before that module exists runs without them (and says so)."""
+    """The admission and conversion webhooks (webhooks.py), serving the certificate every
+    replica shares; None when --webhook-port is 0."""
     if not rt.webhook_port:
         return None
-    try:
-        webhooks = importlib.import_module("pdserve.operator.webhooks")
-    except ImportError as err:
-        log.warning("webhook server not started: %s", err)
-        return None
-    return await webhooks.serve("0.0.0.0", rt.webhook_port, rt.webhook_cert_dir, rt.objects)
+    return await webhooks.serve(
+        "0.0.0.0",
+        rt.webhook_port,
+        rt.webhook_cert_dir,
+        rt.objects,
+        namespace=rt.operator_namespace,
+        cert_manager=rt.cert_manager,
+    )
 
 
 # --- kopf -----------------------------------------------------------------------------------
@@ -162,9 +166,11 @@ def build_registry(rt: Runtime) -> Any:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix)
         settings.posting.level = logging.WARNING
+        # The webhooks first: when they fail (cert-manager's Secret not issued yet), kopf
+        # retries this handler, and no Lease task of the failed try is left running.
+        state["webhooks"] = await start_webhooks(rt)
         state["stop"] = asyncio.Event()
         state["lease"] = asyncio.create_task(keep_lease(rt, state["stop"]))
-        state["webhooks"] = await start_webhooks(rt)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

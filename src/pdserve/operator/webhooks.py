@@ -1,11 +1,14 @@
 """The operator's webhook server: HTTPS, POST /validate (admission), POST /convert (CRD
 conversion), GET /healthz.
 
-TLS comes from a folder holding tls.crt and tls.key (as cert-manager mounts a Secret), or
-else is a fresh self-signed certificate for the webhook Service's DNS names (and loopback,
-for a probe or port-forward from the pod itself). A self-signed certificate is trusted by
-nobody until the API server is told: with `objects` given, its PEM is applied as the
+TLS, as install/manifests.py's contract has it: with a cluster (`objects`), the pair is
+the one every replica shares, from the Secret `pdserve-webhook-tls` in the operator's
+namespace (certs.py: made self-signed by the first replica when missing; cert-manager's
+with `cert_manager`). Unless cert-manager injects it, the Secret's CA is applied as the
 caBundle of the ValidatingWebhookConfiguration and of the two CRDs' conversion webhooks.
+The Secret is re-read every REFRESH_SECONDS; a changed pair is loaded into the listening
+server's context in place (and its CA injected). A folder holding tls.crt and tls.key
+(`cert_dir`) is served as it is; without either, a fresh self-signed pair in memory.
 
 Bodies are read through pdserve.json_body, size-limited: JSON that cannot be read is a 400
 with one line, in the shape of the review the endpoint answers; any review that parses
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -28,15 +33,15 @@ from pdserve import json_body
 from pdserve.errors import UserError
 from pdserve.kube import Key, Objects
 from pdserve.logs import event, now_ms
-from pdserve.operator import admission, conversion
+from pdserve.operator import admission, certs, conversion
 from pdserve.operator.review import label, mapping, uid_of
-from pdserve.tls import LOOPBACK, pem_context, self_signed_pem, server_context
+from pdserve.tls import load_pem, pem_context, self_signed_pem, server_context
 
 log = logging.getLogger("pdserve.operator.webhooks")
 
-SERVICE, NAMESPACE = "pdserve-webhook", "pdserve-system"
-DNS_NAMES = (f"{SERVICE}.{NAMESPACE}.svc", f"{SERVICE}.{NAMESPACE}.svc.cluster.local")
-FIELD_MANAGER = "pdserve-operator"
+SERVICE, NAMESPACE = certs.SERVICE, certs.DEFAULT_NAMESPACE
+FIELD_MANAGER = certs.FIELD_MANAGER
+REFRESH_SECONDS = 60.0  # how often the Secret is re-read (cert-manager renews, or a race)
 WEBHOOK_CONFIG = Key(
     "admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", None,
     "pdserve-validating-webhook",
@@ -56,33 +61,127 @@ Refusal = Callable[[str], dict[str, Any]]
 
 
 async def serve(
-    host: str, port: int, cert_dir: str | None, objects: Objects | None = None
+    host: str,
+    port: int,
+    cert_dir: str | None,
+    objects: Objects | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    cert_manager: bool = False,
 ) -> web.AppRunner:
     """Listening once this returns (port 0: any free port, read `runner.addresses`); the
-    caller stops it with `runner.cleanup()`."""
-    ctx, ca = _tls(cert_dir)
-    runner = web.AppRunner(app(), access_log=None)
+    caller stops it with `runner.cleanup()`, which also stops the Secret's refresh.
+
+    TLS, first match: `cert_dir`'s tls.crt and tls.key; with `objects`, the Secret
+    `pdserve-webhook-tls` in `namespace` (made self-signed when missing, unless
+    `cert_manager`), re-read every REFRESH_SECONDS; else a self-signed pair in memory."""
+    source: Source | None = None
+    if cert_dir or objects is None:
+        ctx, tls = _tls(cert_dir, namespace), cert_dir or "self-signed"
+    else:
+        pair = await asyncio.to_thread(_first, objects, namespace, cert_manager)
+        ctx, tls = pem_context(pair.cert, pair.key), f"Secret {namespace}/{certs.SECRET}"
+        source = Source(objects, namespace, cert_manager, pair, ctx)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def stop_refresh(_: web.Application) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    server = app()
+    server.on_cleanup.append(stop_refresh)
+    if source is not None:
+        server[SOURCE] = source  # runner.app[SOURCE]: for a refresh by hand
+    runner = web.AppRunner(server, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, ssl_context=ctx).start()
     except OSError as err:
         await runner.cleanup()
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from err
-    bound = runner.addresses[0][1]
-    event(log, "ready", host=host, port=bound, tls="self-signed" if ca else cert_dir)
-    if ca is not None and objects is not None:
-        await asyncio.to_thread(inject_ca_bundle, objects, ca)
+    event(log, "ready", host=host, port=runner.addresses[0][1], tls=tls)
+    if source is not None:
+        if not cert_manager:
+            await asyncio.to_thread(inject_ca_bundle, source.objects, source.tls.ca)
+        tasks.append(asyncio.create_task(_refresh_loop(source)))
     return runner
 
 
-def _tls(cert_dir: str | None) -> tuple[ssl.SSLContext, str | None]:
-    """The server context, and the CA bundle to hand out when the certificate is our own
-    (no folder given: None, or "" as an unset flag leaves it)."""
-    if not cert_dir:
-        cert, key = self_signed_pem((*DNS_NAMES, *LOOPBACK))
-        return pem_context(cert, key), cert
+def _first(objects: Objects, namespace: str, cert_manager: bool) -> certs.WebhookTLS:
+    """The Secret's pair at start; without one (cert-manager's not issued yet, or the API
+    server unreachable) a one-line UserError: the operator's startup fails, kopf retries
+    it, and the pod is neither live nor ready meanwhile (its probe is served after)."""
+    where = f"Secret {namespace}/{certs.SECRET}"
     try:
-        return server_context(cert_dir), None
+        tls = certs.webhook_tls(objects, namespace, create=not cert_manager)
+    except UserError:
+        raise
+    except Exception as err:  # the API server's failure, in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(
+            f"{where}: cannot read or create the webhook certificate: {first}"
+        ) from None
+    if tls is None:
+        raise UserError(
+            f"{where} not found or without tls.crt/tls.key: with --cert-manager, "
+            "cert-manager makes it; its Certificate may not be ready yet"
+        )
+    return tls
+
+
+@dataclass
+class Source:
+    """Where the served pair comes from, and what is served now."""
+
+    objects: Objects
+    namespace: str
+    cert_manager: bool
+    tls: certs.WebhookTLS
+    ctx: ssl.SSLContext
+
+
+SOURCE = web.AppKey("source", Source)
+
+
+def refresh(source: Source) -> bool:
+    """One re-read of the Secret (blocking): when its pair changed, the server's context
+    loads it in place and, unless cert-manager's, the new CA is injected. True when it
+    changed. A Secret gone missing is made again (self-signed mode) or, with cert-manager,
+    passed over: the current pair is served until it returns."""
+    tls = certs.webhook_tls(source.objects, source.namespace, create=not source.cert_manager)
+    if tls is None:
+        event(log, "webhook_secret_missing", logging.WARNING, secret=certs.SECRET)
+        return False
+    if tls == source.tls:
+        return False
+    pem_context(tls.cert, tls.key)  # a pair that does not load leaves the served one alone
+    load_pem(source.ctx, tls.cert, tls.key)
+    source.tls = tls
+    event(log, "webhook_certificate_reloaded", secret=certs.SECRET)
+    if not source.cert_manager:
+        inject_ca_bundle(source.objects, tls.ca)
+    return True
+
+
+async def _refresh_loop(source: Source) -> None:
+    while True:
+        await asyncio.sleep(REFRESH_SECONDS)
+        try:
+            await asyncio.to_thread(refresh, source)
+        except Exception as err:  # logged; the current pair is served, and tried again
+            event(log, "webhook_refresh_failed", logging.ERROR, error=" ".join(str(err).split()))
+
+
+def _tls(cert_dir: str | None, namespace: str) -> ssl.SSLContext:
+    """The context from `cert_dir`, or (None, or "" as an unset flag leaves it) from a
+    fresh self-signed pair held only in memory, which nobody is told to trust."""
+    if not cert_dir:
+        return pem_context(*self_signed_pem(certs.dns_names(namespace)))
+    try:
+        return server_context(cert_dir)
     except (OSError, ssl.SSLError) as err:
         raise UserError(f"{cert_dir}: cannot load tls.crt and tls.key: {err}") from err
 
