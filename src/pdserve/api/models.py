@@ -231,7 +231,9 @@ class SchedulerConfig(Strict):
 
 
 class Tokenizer(Strict):
-    """KServe main, not v0.20: the EPP's tokenizer sidecar."""
+    """KServe main, not v0.20: the standalone tokenizer, a vLLM render server the renderer
+    makes `<name>-tokenizer` (Deployment and Service); its template merges over the
+    tokenizer preset's."""
 
     template: PodSpec | None = None
 

@@ -45,17 +45,59 @@ def presets() -> dict[str, dict[str, Any]]:
     return out
 
 
+# EPP plugin types whose presence in an inline EndpointPickerConfig enables a preset.
+LATENCY_PRODUCER = "predicted-latency-producer"
+TOKENIZER_PLUGINS = ("token-producer", "precise-prefix-cache-scorer")
+
+
+def inline_plugin_types(spec: Spec) -> set[str]:
+    """The plugin types of the scheduler's inline EndpointPickerConfig: `config.inline`
+    (a string or a mapping), else a `--config-text` on the template's `main`, as KServe
+    reads it; a config by ConfigMap ref is not read here (nor by KServe at this step).
+    A config that does not parse lists no plugins."""
+    scheduler = spec.router.scheduler if spec.router is not None else None
+    if scheduler is None:
+        return set()
+    raw: Any = scheduler.config.inline if scheduler.config is not None else None
+    if raw is None and scheduler.template is not None:
+        for c in dump(scheduler.template).get("containers") or []:
+            args = (c.get("command") or []) + (c.get("args") or [])
+            if c.get("name") == "main" and "--config-text" in args[:-1]:
+                raw = args[args.index("--config-text") + 1]
+    if isinstance(raw, str):
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return set()
+    if not isinstance(raw, dict) or not isinstance(raw.get("plugins"), list):
+        return set()
+    return {p["type"] for p in raw["plugins"] if isinstance(p, dict) and "type" in p}
+
+
 def well_known(spec: Spec) -> list[str]:
-    """The presets a spec enables, in merge order (KServe v0.20's: scheduler, route, tracing,
-    then the workloads)."""
+    """The presets a spec enables, in merge order: KServe v0.20's scheduler, latency
+    predictor, route, tracing, then the workloads, with the tokenizer of KServe's main
+    right after the scheduler."""
     names = []
     router = spec.router
-    if (
+    managed = (
         router is not None
         and router.scheduler is not None
         and not (router.scheduler.pool and router.scheduler.pool.ref)
-    ):
+    )
+    plugins = inline_plugin_types(spec)
+    if managed:
         names.append("scheduler")
+    # KServe's main merges it whenever a scheduler is set, pool ref or not; the renderer
+    # leaves the Deployment out with a pool ref, as KServe's does.
+    if (
+        router is not None
+        and router.scheduler is not None
+        and (router.scheduler.tokenizer is not None or plugins & set(TOKENIZER_PLUGINS))
+    ):
+        names.append("tokenizer")
+    if LATENCY_PRODUCER in plugins:
+        names.append("scheduler-latency-predictor")
     if (
         router is not None
         and router.route is not None

@@ -75,6 +75,8 @@ def render(
         ]
         if not ga:  # GA has no InferenceModel; KServe v0.20 renders none
             objs.append(router.inference_model(svc, ns))
+        if scheduler.get("tokenizer") is not None:  # KServe main's standalone tokenizer
+            objs += [router.tokenizer_deployment(svc, ns), router.tokenizer_service(name, ns)]
     route = router.http_route(svc, ns, ga)
     if route is not None:
         objs.append(route)

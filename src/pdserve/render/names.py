@@ -56,6 +56,11 @@ def epp_service(name: str) -> str:
     return child_name(name, "-epp-service")
 
 
+def tokenizer(name: str) -> str:
+    """The standalone tokenizer's Deployment and Service (KServe's main)."""
+    return child_name(name, "-tokenizer")
+
+
 def epp_sa(name: str) -> str:
     return child_name(name, "-epp-sa")
 
@@ -114,6 +119,10 @@ def scheduler_labels(name: str) -> dict[str, str]:
         NAME_LABEL: name,
         PART_OF_LABEL: PART_OF_VALUE,
     }
+
+
+def tokenizer_labels(name: str) -> dict[str, str]:
+    return {COMPONENT_LABEL: "tokenizer", NAME_LABEL: name, PART_OF_LABEL: PART_OF_VALUE}
 
 
 def owner(name: str) -> dict[str, str]:

@@ -9,7 +9,10 @@ from typing import Any
 from pdserve import wire
 from pdserve.api.convert import MODEL_CRITICALITY, pool_spec_to_ga
 from pdserve.render import names
-from pdserve.render.workload import meta, rbac
+from pdserve.render.workload import meta, model_storage, rbac
+
+TOKENIZER_PORT = 8000
+TOKENIZER_PORT_NAME = "render-http"
 
 
 def epp_deployment(service: dict[str, Any], namespace: str, config: str) -> dict[str, Any]:
@@ -66,6 +69,47 @@ def epp_service(name: str, namespace: str) -> dict[str, Any]:
                     **({"appProtocol": "http2"} if n == "grpc-ext-proc" else {}),
                 }
                 for n, p in ports
+            ],
+        },
+    }
+
+
+def tokenizer_deployment(service: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """KServe main's standalone tokenizer: one replica of `router.scheduler.tokenizer`'s
+    template (the tokenizer preset's vLLM render server, with the service's overrides),
+    the model mounted in `main` as in the workload pods."""
+    name = service["metadata"]["name"]
+    labels = names.tokenizer_labels(name)
+    tokenizer = service["spec"]["router"]["scheduler"].get("tokenizer") or {}
+    pod = copy.deepcopy(tokenizer.get("template") or {})
+    model_storage(pod, service["spec"]["model"]["uri"])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(names.tokenizer(name), namespace, labels),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+
+
+def tokenizer_service(name: str, namespace: str) -> dict[str, Any]:
+    labels = names.tokenizer_labels(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(names.tokenizer(name), namespace, labels),
+        "spec": {
+            "selector": labels,
+            "ports": [
+                {
+                    "name": TOKENIZER_PORT_NAME,
+                    "port": TOKENIZER_PORT,
+                    "targetPort": TOKENIZER_PORT_NAME,
+                    "protocol": "TCP",
+                }
             ],
         },
     }

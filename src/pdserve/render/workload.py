@@ -19,7 +19,7 @@ def meta(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels}
 
 
-def _storage(pod: dict[str, Any], uri: str) -> None:
+def model_storage(pod: dict[str, Any], uri: str) -> None:
     """Make the model appear at /mnt/models in the main container, by URI scheme."""
     volume: dict[str, Any]
     if uri.startswith("pvc://"):
@@ -84,7 +84,7 @@ def pod_template(
 ) -> dict[str, Any]:
     spec = service["spec"]
     pod = copy.deepcopy(workload.get(pod_key) or {})
-    _storage(pod, spec["model"]["uri"])  # leaders and workers alike read /mnt/models
+    model_storage(pod, spec["model"]["uri"])  # leaders and workers alike read /mnt/models
     _parallelism(
         pod,
         workload.get("parallelism") or spec.get("parallelism") or {},
