@@ -347,3 +347,22 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(caplog) -> None
     assert gone[0].fields["x_request_id"] == "gone-1"
     assert named("request_aborted")[0].fields["x_request_id"] == "gone-1"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_10_mb_prompt_is_refused_before_tokenizing(engine, chat: bool) -> None:
+    """Refused on its length in characters: tokenizing it took seconds and stalled the
+    engine's other requests. The engine's max_model_len (8192) times 64 is far below."""
+    text = "word " * 2_000_000
+    path, body = (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": text}]})
+        if chat
+        else ("/v1/completions", {"prompt": text})
+    )
+    resp = httpx.post(engine.url + path, json={**body, "max_tokens": 1}, timeout=60)
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert "10000000 characters" in error["message"]
+    assert error["param"] == ("messages" if chat else "prompt")
+    ok = httpx.post(f"{engine.url}/v1/completions", json={"prompt": "still alive", "max_tokens": 2})
+    assert ok.status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,6 +338,22 @@ def test_request_without_id_gets_one_that_reaches_the_sidecar(cluster: Cluster) 
         p.log_path.read_text() for p in cluster.procs if p.name.startswith("sidecar")
     )
     assert f'"request_id":"{rid}"' in sidecar_logs
+    # An id a header or log line cannot carry whole is replaced, and the new one travels on.
+    bad = "two words\tand a tab"
+    r = httpx.post(
+        f"{cluster.url}/v1/completions",
+        json={"model": "sim", "prompt": "an unfit id " * 30, "max_tokens": 1},
+        headers={"x-request-id": bad},
+    )
+    assert r.status_code == 200
+    epp_log = next(p for p in cluster.procs if p.name == "epp").log_path.read_text()
+    line = next(x for x in reversed(epp_log.splitlines()) if '"event":"decision"' in x)
+    rid = json.loads(line)["request_id"]
+    assert rid != bad and str(uuid.UUID(rid)) == rid
+    sidecar_logs = "".join(
+        p.log_path.read_text() for p in cluster.procs if p.name.startswith("sidecar")
+    )
+    assert f'"request_id":"{rid}"' in sidecar_logs and "two words" not in sidecar_logs
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
@@ -409,7 +426,8 @@ def _vllm_error(resp: httpx.Response, status: int) -> dict:
 
 
 def test_envoys_own_answers_are_in_the_engines_error_shape(tmp_path: Path) -> None:
-    """An EPP that is down was an empty 500, an unreachable engine a line of text."""
+    """An EPP that is down was an empty 500 (now a 503 with a body), an unreachable engine a
+    line of text."""
     c = Cluster(tmp_path)
     try:
         url = _envoy_alone(c)
@@ -417,8 +435,8 @@ def test_envoys_own_answers_are_in_the_engines_error_shape(tmp_path: Path) -> No
             httpx.post(f"{url}/v1/completions", json={"prompt": "x"}, timeout=30),
             httpx.get(f"{url}/v1/models", timeout=30),
         ):
-            error = _vllm_error(resp, 500)
-            assert error["type"] == "InternalServerError"
+            error = _vllm_error(resp, 503)
+            assert error["type"] == "ServiceUnavailableError"
             assert error["message"].startswith("the endpoint picker failed: ext_proc_error")
         plain = _envoy_alone(c, ext_proc=False)  # the destination comes from the client
         dest = {"x-gateway-destination-endpoint": f"127.0.0.1:{free_port()}"}

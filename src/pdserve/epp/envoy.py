@@ -59,8 +59,11 @@ _EPP_FAILED = 'response.code_details.startsWith("ext_proc")'
 _EPP_ANSWERED = f'response.code_details.startsWith("{wire.EPP_DETAILS_PREFIX}")'
 
 
-def _mapper(expression: str, message: str, status: int) -> dict[str, Any]:
-    return {
+def _mapper(
+    expression: str, message: str, status: int, answer: int | None = None
+) -> dict[str, Any]:
+    """`answer`: the status to reply with instead of Envoy's own."""
+    out: dict[str, Any] = {
         "filter": {
             "extension_filter": {
                 "name": "envoy.access_loggers.extension_filters.cel",
@@ -71,16 +74,21 @@ def _mapper(expression: str, message: str, status: int) -> dict[str, Any]:
                 },
             }
         },
-        "body_format_override": {"json_format": wire.error_body(message, status)},
+        "body_format_override": {"json_format": wire.error_body(message, answer or status)},
     }
+    if answer is not None:
+        out["status_code"] = answer
+    return out
 
 
 def local_replies() -> dict[str, Any]:
     """Envoy's own answers in the engines' error shape: an EPP that is down is an empty 500
     otherwise, an unreachable upstream a line of text. The EPP's answers already have that
-    shape (they carry its details string) and pass untouched."""
+    shape (they carry its details string) and pass untouched. An EPP that is down or fails
+    is a 503: the service is unavailable, retrying later may succeed (a 500 says the request
+    broke something)."""
     mappers = [
-        _mapper(_EPP_FAILED, "the endpoint picker failed: %RESPONSE_CODE_DETAILS%", status)
+        _mapper(_EPP_FAILED, "the endpoint picker failed: %RESPONSE_CODE_DETAILS%", status, 503)
         for status in _LOCAL_STATUSES
     ]
     mappers += [

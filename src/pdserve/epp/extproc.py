@@ -129,9 +129,10 @@ class Picker:
             self.metrics.errors.labels(req.model, req.model, "503").inc()
             raise Decision(503, "no endpoint available for this request")
         self.routed[req.request_id] = req.model
-        if wire.REQUEST_ID_HEADER not in headers:
-            # The id this decision was logged under travels on, so the sidecar and engines
-            # log the same one and the routing trace can join them.
+        if headers.get(wire.REQUEST_ID_HEADER) != req.request_id:
+            # The id this decision was logged under travels on (a new one where the client's
+            # was missing or unfit), so the sidecar and engines log the same one and the
+            # routing trace can join them.
             result.headers[wire.REQUEST_ID_HEADER] = req.request_id
         return result, req.model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -13,6 +14,11 @@ from pdserve.tokenization import chatml
 
 class BadRequest(ValueError):
     pass
+
+
+# What an id may be to travel in headers and log lines whole: visible ASCII, bounded. One
+# with a newline, a space or control bytes was split by Envoy and broke the routing trace.
+_REQUEST_ID = re.compile(r"[!-~]{1,200}")
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -56,7 +62,9 @@ def parse(headers: dict[str, str], raw: bytes, default_criticality: str | None) 
             raise BadRequest(f"invalid JSON body: {err}") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
-    rid = headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+    rid = headers.get(wire.REQUEST_ID_HEADER) or ""
+    if not _REQUEST_ID.fullmatch(rid):
+        rid = str(uuid.uuid4())  # missing, or not one a log line or a header can carry
     crit = headers.get(wire.CRITICALITY_HEADER) or default_criticality
     return Request(
         request_id=rid,

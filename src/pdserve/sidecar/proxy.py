@@ -186,7 +186,15 @@ class Sidecar:
         except TimeoutError as err:  # before aiohttp's ClientError: its timeouts are both
             return self._timed_out(path, err)
         except (aiohttp.ClientError, OSError) as err:
-            return _error(502, f"decoder at {self.decoder} unreachable: {err}")
+            event(
+                log,
+                "decoder_unreachable",
+                logging.WARNING,
+                path=path,
+                decoder=self.decoder,
+                error=repr(err),
+            )
+            return _error(502, "the decode engine is unreachable")
         async with upstream:
             sse = upstream.content_type == "text/event-stream"
             if not sse and upstream.content_length is not None:
@@ -239,13 +247,13 @@ class Sidecar:
         except TimeoutError as err:  # the engine went silent mid-answer
             self._timed_out(path, err)
             if sse:
-                error = wire.error_body(f"decoder timed out: {err}", 504)
+                error = wire.error_body("the decode engine timed out mid-answer", 504)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         except aiohttp.ClientPayloadError as err:  # the engine died mid-answer
             self._broke_off(path, err)
             if sse:  # the status is sent: end the stream as vLLM ends a failed one
-                error = wire.error_body(f"decoder broke off: {err}", 502)
+                error = wire.error_body("the decode engine broke off mid-answer", 502)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
@@ -253,16 +261,30 @@ class Sidecar:
     def _timed_out(self, path: str, err: BaseException) -> web.Response:
         """A hung engine costs its request a 504, not a hang as long as the engine's."""
         o = self.opts
-        event(log, "decoder_timed_out", logging.WARNING, path=path, error=repr(err))
+        event(
+            log,
+            "decoder_timed_out",
+            logging.WARNING,
+            path=path,
+            decoder=self.decoder,
+            error=repr(err),
+        )
         return _error(
             504,
-            f"decoder at {self.decoder} timed out (connect {o.connect_timeout:g}s, "
+            f"the decode engine timed out (connect {o.connect_timeout:g}s, "
             f"silence {o.read_timeout:g}s)",
         )
 
     def _broke_off(self, path: str, err: BaseException) -> web.Response:
-        event(log, "decoder_broke_off", logging.WARNING, path=path, error=str(err))
-        return _error(502, f"decoder at {self.decoder} broke off mid-answer: {err}")
+        event(
+            log,
+            "decoder_broke_off",
+            logging.WARNING,
+            path=path,
+            decoder=self.decoder,
+            error=str(err),
+        )
+        return _error(502, "the decode engine broke off mid-answer")
 
     # --- P/D --------------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:

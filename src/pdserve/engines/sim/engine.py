@@ -331,6 +331,14 @@ class SimEngine:
             if bad is not None:
                 raise ApiError(400, f"Token id {bad} is out of vocabulary", "prompt")
             return list(p.prompt)
+        chars = _prompt_chars(p)
+        if chars > self.max_model_len * MAX_CHARS_PER_TOKEN:  # refused before tokenizing
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your prompt has {chars} characters, more than that many tokens can hold.",
+                "messages" if p.chat else "prompt",
+            )
         try:
             return request_tokens(self.cfg.tokenizer, p.prompt, p.messages if p.chat else None)
         except ValueError as err:
@@ -423,3 +431,15 @@ class SimEngine:
         m.success.labels(**v, finished_reason=req.finish_reason or "abort").inc()
         m.prefix_queries.inc(len(req.prompt))
         m.prefix_hits.inc(req.cached_tokens)
+
+
+# No tokenizer's token spans more text than this (long BPE merges are ~16 bytes): a prompt
+# longer than max_model_len tokens of it is too long whatever its tokens, and a 10 MB prompt
+# is refused at once instead of after seconds of tokenizing that stall every other request.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _prompt_chars(p: Params) -> int:
+    if p.chat:
+        return sum(len(str(m.get("content") or "")) for m in p.messages or [])
+    return len(p.prompt) if isinstance(p.prompt, str) else 0
