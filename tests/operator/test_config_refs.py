@@ -46,16 +46,16 @@ def test_a_config_serves_only_its_namespace_unless_in_the_system_one() -> None:
     elsewhere["metadata"]["namespace"] = "team-b"
     svcs = [_with_refs("near", "big-pool"), elsewhere]
     assert _names(services_referencing("big-pool", svcs, [], NS)) == ["near"]
-    assert _names(services_referencing("big-pool", svcs, [], "kserve")) == ["near", "far"]
+    assert _names(services_referencing("big-pool", svcs, [], "pdserve-system")) == ["near", "far"]
 
 
 def test_an_overridden_preset_reaches_the_services_that_enable_it() -> None:
     svcs = [_with_refs("pd"), _with_refs("single", prefill=False)]
-    assert _names(services_referencing(DECODE_PRESET, svcs, [], "kserve")) == ["pd"]
-    assert _names(services_referencing("kserve-config-llm-template", svcs, [], "kserve")) == [
+    assert _names(services_referencing(DECODE_PRESET, svcs, [], "pdserve-system")) == ["pd"]
+    assert _names(services_referencing("kserve-config-llm-template", svcs, [], "pdserve-system")) == [
         "single"
     ]
-    assert _names(services_referencing("kserve-config-llm-scheduler", svcs, [], "kserve")) == [
+    assert _names(services_referencing("kserve-config-llm-scheduler", svcs, [], "pdserve-system")) == [
         "pd",
         "single",
     ]
@@ -65,7 +65,7 @@ def test_a_preset_a_base_ref_turns_on_counts() -> None:
     """The config named in baseRefs sets prefill, so the prefill preset applies."""
     svc = _with_refs("via-ref", "adds-prefill", prefill=False)
     adds = _config("adds-prefill", NS, {"prefill": {"replicas": 1}})
-    found = services_referencing("kserve-config-llm-prefill-template", [svc], [adds], "kserve")
+    found = services_referencing("kserve-config-llm-prefill-template", [svc], [adds], "pdserve-system")
     assert _names(found) == ["via-ref"]
 
 
@@ -95,7 +95,7 @@ def test_config_change_reconciles_referencing_services_only() -> None:
 def test_a_cluster_copy_of_a_preset_overrides_the_built_in_one() -> None:
     h = Harness(_with_refs("pd"))
     override = copy.deepcopy(presets()[DECODE_PRESET])
-    override["metadata"]["namespace"] = "kserve"
+    override["metadata"]["namespace"] = "pdserve-system"
     override["spec"]["labels"] = {"tier": "gold"}
     h.cluster.put(override)
     out = h.reconcile()
@@ -104,6 +104,6 @@ def test_a_cluster_copy_of_a_preset_overrides_the_built_in_one() -> None:
     applied = {c["name"]: c for c in out.status["appliedConfigs"]}
     assert applied[DECODE_PRESET] == {
         "name": DECODE_PRESET,
-        "namespace": "kserve",
+        "namespace": "pdserve-system",
         "source": "Preset",
     }

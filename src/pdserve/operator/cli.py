@@ -33,8 +33,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--system-namespace",
-        default="kserve",
-        help="where cluster-wide LLMInferenceServiceConfigs and the Lease live (default kserve)",
+        default=os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE,
+        help="where cluster-wide LLMInferenceServiceConfigs (the installed presets) and the "
+        f"Lease live (default: the operator's own namespace, $POD_NAMESPACE, else "
+        f"{DEFAULT_NAMESPACE}; KServe's is kserve)",
     )
     ap.add_argument("--webhook-port", type=int, default=9443, help="0 disables the webhooks")
     ap.add_argument("--webhook-cert-dir", help="folder with tls.crt and tls.key for the webhooks")

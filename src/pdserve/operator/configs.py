@@ -33,7 +33,7 @@ def services_referencing(
     services: list[dict[str, Any]],
     configs: list[dict[str, Any]],
     config_namespace: str | None = None,
-    system_namespace: str = "kserve",
+    system_namespace: str = "pdserve-system",
 ) -> list[dict[str, Any]]:
     """The services (as the API serves them) whose merged spec may change with the config
     `config_name`; `configs` are the cluster's, for presets a baseRef turns on."""

@@ -44,7 +44,7 @@ class Runtime:
 
     objects: Objects
     elector: Elector
-    system_namespace: str = "kserve"
+    system_namespace: str = "pdserve-system"  # the install's namespace, as cli.py defaults
     namespaces: list[str] = field(default_factory=list)  # [] for every namespace
     webhook_port: int = 9443
     webhook_cert_dir: str | None = None

@@ -198,7 +198,7 @@ def reconcile(
     objects: Objects,
     service: dict[str, Any],
     now: datetime.datetime,
-    system_namespace: str = "kserve",
+    system_namespace: str = "pdserve-system",
     make_certs: Callable[[], ch.Certs] = self_signed_pem,
 ) -> Outcome:
     """`service` as the API serves it (status included, so an unchanged status is not
