@@ -8,6 +8,7 @@ import httpx
 import msgpack
 import zmq
 
+from pdserve.block_hashes import event_key
 from pdserve.process import free_port
 
 
@@ -41,13 +42,14 @@ def test_kv_events_reproduce_cache_content(sim_engine, tmp_path) -> None:
             seqs.append(int.from_bytes(seq, "big"))
             ts, events, _rank = msgpack.unpackb(payload)
             assert isinstance(ts, float)
-            for ev in events:
-                seen[ev[0]] += 1
-                if ev[0] == "BlockStored":
-                    assert ev[4] == 16 and len(ev[3]) == 16 * len(ev[1])
-                    index.update(ev[1])
-                elif ev[0] == "BlockRemoved":
-                    index.difference_update(ev[1])
+            for ev in events:  # vLLM 0.32's tagged maps, hashes as their low 64 bits
+                seen[ev["type"]] += 1
+                if ev["type"] == "BlockStored":
+                    assert ev["block_size"] == 16
+                    assert len(ev["token_ids"]) == 16 * len(ev["block_hashes"])
+                    index.update(ev["block_hashes"])
+                elif ev["type"] == "BlockRemoved":
+                    index.difference_update(ev["block_hashes"])
                 else:
                     index.clear()
 
@@ -61,7 +63,8 @@ def test_kv_events_reproduce_cache_content(sim_engine, tmp_path) -> None:
         httpx.post(url, json={"prompt": f"document {i} " + "lorem ipsum " * 40, "max_tokens": 2})
     drain()
     truth = {
-        bytes.fromhex(h) for h in httpx.get(f"{engine.url}/sim/kv_blocks").json()["block_hashes"]
+        event_key(bytes.fromhex(h))
+        for h in httpx.get(f"{engine.url}/sim/kv_blocks").json()["block_hashes"]
     }
     assert seen["BlockRemoved"] > 0
     assert index == truth and truth
@@ -90,8 +93,8 @@ def test_decode_engine_announces_the_blocks_it_pulled(sim_engine) -> None:
         while sub.poll(timeout=300):
             _topic, _seq, payload = sub.recv_multipart()
             for ev in msgpack.unpackb(payload)[1]:
-                if ev[0] == "BlockStored":
-                    stored.update(ev[1])
+                if ev["type"] == "BlockStored":
+                    stored.update(ev["block_hashes"])
 
     for attempt in range(50):  # PUB/SUB drops what is sent before the subscription lands
         httpx.post(f"{d.url}/v1/completions", json={"prompt": f"hello {attempt}" * 20})
@@ -101,7 +104,13 @@ def test_decode_engine_announces_the_blocks_it_pulled(sim_engine) -> None:
     body = {"prompt": "pulled over nixl " * 40, "max_tokens": 2}
     decode(d.url, body, prefill(p.url, body)).raise_for_status()
     drain()
-    truth = {bytes.fromhex(h) for h in httpx.get(f"{d.url}/sim/kv_blocks").json()["block_hashes"]}
-    pulled = {bytes.fromhex(h) for h in httpx.get(f"{p.url}/sim/kv_blocks").json()["block_hashes"]}
+    truth = {
+        event_key(bytes.fromhex(h))
+        for h in httpx.get(f"{d.url}/sim/kv_blocks").json()["block_hashes"]
+    }
+    pulled = {
+        event_key(bytes.fromhex(h))
+        for h in httpx.get(f"{p.url}/sim/kv_blocks").json()["block_hashes"]
+    }
     assert pulled and pulled <= stored and pulled <= truth  # same hashes on both engines
     ctx.destroy(0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from testkit import Spawn
 
 pytestmark = pytest.mark.slow
 
-BLOCK = 16
+BLOCK = vllm.CPU_BLOCK_MULTIPLE  # the smallest block vLLM's CPU attention takes
 NAME = "smollm2"
 ALGOS = ("sha256", "sha256_cbor")
 STORY = "The lighthouse keeper counted ships along the northern coast every night. " * 12
@@ -68,14 +70,18 @@ async def cached_tokens(client: httpx.AsyncClient, url: str, body: dict[str, Any
 async def test_the_precise_producer_sees_what_vllm_cached(spawn: Spawn) -> None:
     model_dir = model.resolve("builtin://smollm2-135m-instruct")
     engines, producers, tasks = {}, {}, []
+    sockets = Path(tempfile.mkdtemp(prefix="kv-", dir="/tmp"))
     for core, algo in enumerate(ALGOS):
-        port, events = free_port(), free_port()
+        port, events = free_port(), f"ipc://{sockets}/{algo}"
         p = producers[algo] = producer(algo, model_dir)
-        tasks.append(asyncio.create_task(kv_events.subscribe(p, f"tcp://127.0.0.1:{events}")))
+        # vLLM binds an ipc:// endpoint and the EPP's subscriber connects to it. (An engine
+        # told to connect to a tcp:// SUB the EPP binds, llm-d's way, established the
+        # connection here but delivered no batch; the sim engine does deliver that way.)
+        tasks.append(asyncio.create_task(kv_events.subscribe(p, events, bind=False)))
         config = {
             "enable_kv_cache_events": True,
             "publisher": "zmq",
-            "endpoint": f"tcp://127.0.0.1:{events}",
+            "endpoint": events,
             "topic": f"kv@engine-{algo}@{NAME}",
         }
         args = ["--kv-events-config", json.dumps(config), "--block-size", str(BLOCK)]
@@ -93,6 +99,7 @@ async def test_the_precise_producer_sees_what_vllm_cached(spawn: Spawn) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 async def check_engine(

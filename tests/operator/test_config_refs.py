@@ -52,10 +52,12 @@ def test_a_config_serves_only_its_namespace_unless_in_the_system_one() -> None:
 def test_an_overridden_preset_reaches_the_services_that_enable_it() -> None:
     svcs = [_with_refs("pd"), _with_refs("single", prefill=False)]
     assert _names(services_referencing(DECODE_PRESET, svcs, [], "pdserve-system")) == ["pd"]
-    assert _names(services_referencing("kserve-config-llm-template", svcs, [], "pdserve-system")) == [
-        "single"
-    ]
-    assert _names(services_referencing("kserve-config-llm-scheduler", svcs, [], "pdserve-system")) == [
+    assert _names(
+        services_referencing("kserve-config-llm-template", svcs, [], "pdserve-system")
+    ) == ["single"]
+    assert _names(
+        services_referencing("kserve-config-llm-scheduler", svcs, [], "pdserve-system")
+    ) == [
         "pd",
         "single",
     ]
@@ -65,7 +67,9 @@ def test_a_preset_a_base_ref_turns_on_counts() -> None:
     """The config named in baseRefs sets prefill, so the prefill preset applies."""
     svc = _with_refs("via-ref", "adds-prefill", prefill=False)
     adds = _config("adds-prefill", NS, {"prefill": {"replicas": 1}})
-    found = services_referencing("kserve-config-llm-prefill-template", [svc], [adds], "pdserve-system")
+    found = services_referencing(
+        "kserve-config-llm-prefill-template", [svc], [adds], "pdserve-system"
+    )
     assert _names(found) == ["via-ref"]
 
 

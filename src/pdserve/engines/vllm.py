@@ -42,6 +42,9 @@ DROPPED_SWITCHES = {"--enable-ssl-refresh", "--disable-log-requests"}
 # node's RAM minus the worker's own RSS, which goes negative for small shares on a
 # small node (seen here with 0.12 of 10.7 GiB); a fixed size is predictable.
 CPU_KV_CACHE_GIB = "1"
+# vLLM 0.32's CPU attention caches in blocks of a multiple of this many tokens ("No common
+# block size for 16 (CPU_ATTN: [MultipleOf(32)])"); its default block size is one.
+CPU_BLOCK_MULTIPLE = 32
 
 # NIXL's UCX opens a TCP listener on every network device (the machine's external address
 # too) unless told which; loopback is all that engines on one machine need.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgpack
 import zmq
@@ -14,12 +15,13 @@ from pdserve.logs import event
 log = logging.getLogger("pdserve.epp")
 
 
-async def subscribe(scorer: PrecisePrefixProducer, endpoint: str) -> None:
-    """Bind a SUB socket (engines connect, as in llm-d) and apply every event batch."""
+async def subscribe(scorer: PrecisePrefixProducer, endpoint: str, bind: bool = True) -> None:
+    """A SUB socket that binds (engines connect, as in llm-d) or connects to an engine that
+    binds (vLLM binds a wildcard or ipc:// endpoint), applying every event batch."""
     ctx = zmq.asyncio.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoint)
+    (sock.bind if bind else sock.connect)(endpoint)
     sock.setsockopt(zmq.SUBSCRIBE, b"kv@")
     log.info("kv_events_listening", extra={"fields": {"endpoint": endpoint}})
     try:
@@ -43,4 +45,20 @@ def _apply(scorer: PrecisePrefixProducer, frames: list[bytes]) -> None:
     pod = parts[1] if len(parts) > 1 else ""
     _ts, events, *_ = msgpack.unpackb(payload)
     for ev in events:
-        scorer.apply_event(pod, ev)
+        scorer.apply_event(pod, as_array(ev))
+
+
+# vLLM 0.32's events are tagged maps ({"type": "BlockStored", "block_hashes": ...}); earlier
+# ones, and the sim engine's, tagged arrays. Both become the array form.
+_FIELDS = {
+    "BlockStored": ("block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id"),
+    "BlockRemoved": ("block_hashes",),
+    "AllBlocksCleared": (),
+}
+
+
+def as_array(event: Any) -> list[Any]:
+    if not isinstance(event, dict):
+        return list(event)
+    kind = event.get("type")
+    return [kind, *(event.get(f) for f in _FIELDS.get(str(kind), ()))]

@@ -95,6 +95,9 @@ def up(argv: list[str]) -> int:
     if port_in_use(args.port):
         raise UserError(f"--port {args.port}: already in use on 127.0.0.1 (pick another --port)")
     plan = load_plan(args.file, args.namespace)
+    from pdserve.runner.components import kv_feed
+
+    kv_feed(plan.scheduler_config, 0, kind)  # what the engines cannot serve fails here
     if not args.supervise:  # the supervisor's own log is this run's first
         state.rotate()
 

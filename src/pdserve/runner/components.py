@@ -18,6 +18,7 @@ import yaml
 from pdserve.block_hashes import DEFAULT_SEED
 from pdserve.engines import vllm
 from pdserve.engines.vllm import EngineCommand
+from pdserve.errors import UserError
 from pdserve.render import names
 from pdserve.runner.plan import Plan, Pool
 
@@ -135,17 +136,27 @@ class KVFeed:
         return {"PYTHONHASHSEED": self.seed} if self.seed != DEFAULT_SEED else {}
 
 
-def kv_feed(scheduler_config: str, port: int) -> KVFeed | None:
-    """The feed the EPP config asks for: None without a precise producer."""
+def kv_feed(scheduler_config: str, port: int, kind: str) -> KVFeed | None:
+    """The feed the EPP config asks for: None without a precise producer. `up` calls this
+    before it starts anything, so a feed the engines cannot serve is one line at once."""
     from pdserve.epp import config as epp_config
     from pdserve.epp.plugins.prefix import PrecisePrefixProducer
 
     loaded = epp_config.load(scheduler_config, "scheduler config", allow_experimental=True)
-    for plugin in loaded.plugins.values():
-        if isinstance(plugin, PrecisePrefixProducer):
-            scheme = plugin.scheme
-            return KVFeed(port, scheme.algorithm, scheme.seed, plugin.block_tokens)
-    return None
+    producer = next(
+        (p for p in loaded.plugins.values() if isinstance(p, PrecisePrefixProducer)), None
+    )
+    if producer is None:
+        return None
+    if kind == "vllm":
+        # vLLM told to connect its KV-event publisher to the EPP's bound tcp:// SUB (llm-d's
+        # way) established the connection here but delivered no batch; it delivers when it
+        # binds (ipc://), which needs the EPP to follow one endpoint per engine.
+        raise UserError(
+            "precise prefix routing (precise-prefix-cache-producer) runs with --engine sim "
+            "under pdserve up; with vLLM engines use an approximate prefix config here"
+        )
+    return KVFeed(port, producer.scheme.algorithm, producer.scheme.seed, producer.block_tokens)
 
 
 def localize_epp_config(scheduler_config: str, port: int, model_dir: Path | None) -> str:

@@ -179,7 +179,7 @@ class LocalService:
         self._watches: dict[str, Watch] = {}  # started and healthy once; guarded by _members
         self.envoy_admin_port = 0
         # The EPP's KV-event port is chosen now: engines start first and publish to it.
-        self.feed = components.kv_feed(plan.scheduler_config, free_port())
+        self.feed = components.kv_feed(plan.scheduler_config, free_port(), kind)
 
     # --- lifecycle ---------------------------------------------------------
 
