@@ -14,6 +14,7 @@ import zmq.asyncio
 
 from pdserve.epp.framework import make
 from pdserve.epp.kv_events import subscribe
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer
 from pdserve.process import free_port
 
 BAD = [
@@ -59,3 +60,35 @@ async def test_subscriber_applies_engine_batches(caplog: pytest.LogCaptureFixtur
         with contextlib.suppress(asyncio.CancelledError):
             await task
         pub.close(0)
+
+
+def test_vllm_032_maps_and_the_array_form_apply_alike() -> None:
+    """vLLM 0.32 tags events as maps with int hashes; older engines (and llm-d's fixtures)
+    send arrays; a digest in bytes keys the same block as its low 64 bits."""
+    from pdserve.block_hashes import Scheme, event_key
+    from pdserve.epp.kv_events import as_array
+
+    digest = Scheme().hashes(list(range(16)), 16)[0]
+    stored = {
+        "type": "BlockStored",
+        "block_hashes": [event_key(digest)],
+        "parent_block_hash": None,
+        "token_ids": list(range(16)),
+        "block_size": 16,
+        "lora_id": None,
+        "medium": "GPU",
+        "lora_name": None,
+        "extra_keys": [None],
+    }
+    assert as_array(stored) == ["BlockStored", [event_key(digest)], None, list(range(16)), 16, None]
+    assert as_array({"type": "BlockRemoved", "block_hashes": [5], "medium": "GPU"}) == [
+        "BlockRemoved",
+        [5],
+    ]
+    assert as_array({"type": "AllBlocksCleared"}) == ["AllBlocksCleared"]
+    a = make("precise-prefix-cache-scorer", "a", {})
+    b = make("precise-prefix-cache-scorer", "b", {})
+    assert isinstance(a, PrecisePrefixProducer) and isinstance(b, PrecisePrefixProducer)
+    a.apply_event("pod", as_array(stored))
+    b.apply_event("pod", ["BlockStored", [digest], None, list(range(16)), 16, None])
+    assert a.holders == b.holders == {event_key(digest): {"pod"}}
