@@ -135,7 +135,9 @@ def requests(workload: Workload, seed: int, duration: float | None) -> Iterator[
             new_text = words(text, input_tokens)
         if workload.api == "completions":
             prompt = (prefixes[group] if group is not None else "") + new_text
-            yield PlannedRequest(index, at, max_tokens, input_tokens, prompt=prompt, model=model)
+            yield PlannedRequest(
+                index, at, max_tokens, input_tokens, prompt=prompt, model=model, group=group
+            )
             continue
         messages: list[dict[str, Any]] = []
         if group is not None:
