@@ -6,7 +6,8 @@ token each nearly everywhere: short, common, lower-case English words with a lea
 The sim engine's built-in tokenizer counts every space-led alphabetic run as one token, so
 there the count is exact; GPT-2, Llama, Qwen and Mistral vocabularies hold each of these
 words as one piece, so a real tokenizer agrees to within a few percent (a chat template adds
-its own few tokens around each message).
+its own few tokens around each message). Checked with SmolLM2's tokenizer (GPT-2 style BPE):
+each of these words is one token, and 1000 of them are 1000 tokens.
 """
 
 from __future__ import annotations
