@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pdserve.epp import envoy
 from pdserve.process import ManagedProcess, free_port, wait_tcp
@@ -473,3 +475,38 @@ def test_a_refused_connection_is_retried_once_on_the_same_endpoint(tmp_path: Pat
         assert _stat(admin_url, "cluster.original_dst.upstream_cx_connect_fail") == 2
     finally:
         c.stop()
+
+
+GOOD = json.dumps({"model": "sim", "prompt": "hi", "max_tokens": 2}).encode()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+    body=st.one_of(
+        st.binary(max_size=40).filter(lambda b: not b.strip().startswith(b"{")),
+        st.integers(1, len(GOOD) - 1).map(lambda n: GOOD[:n]),  # cut short
+        st.binary(min_size=1, max_size=4).map(lambda b: GOOD[:-2] + b"\xff" + b + b"}"),
+        st.sampled_from([b"[" * 100_000 + b"]" * 100_000, b"[]", b"null", b'"x"', b"1e999"]),
+    ),
+)
+def test_malformed_body_through_envoy_is_a_4xx_error(cluster: Cluster, path: str, body: bytes):
+    """Issue 13's property on the EPP behind Envoy: a body no one can parse is a 4xx in the
+    engines' error shape, never a 5xx or a dropped connection."""
+    resp = httpx.post(
+        cluster.url + path, content=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
+    error = resp.json()["error"]  # the EPP's answer or the engine's, one shape either way
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["code"] == resp.status_code and error["message"], error
+
+
+def test_still_serving_after_the_envoy_fuzz(cluster: Cluster) -> None:
+    resp = httpx.post(f"{cluster.url}/v1/completions", content=GOOD, timeout=30)
+    assert resp.status_code == 200, resp.text
