@@ -45,8 +45,8 @@ def path_of(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif str(part).startswith("function-"):  # a model validator's frame, not a field
             continue
-        else:
-            out += ("." if out else "") + str(part)
+        else:  # a key with a newline in it stays on its problem's line
+            out += ("." if out else "") + (str(part) if str(part).isprintable() else repr(part))
     return out
 
 
