@@ -217,6 +217,8 @@ def test_a_malformed_review_is_answered_400_in_one_line(case: str) -> None:
 def test_an_object_nested_past_any_limit_is_a_denial_not_an_exception() -> None:
     obj = yaml.safe_load(GOOD)
     obj["spec"]["template"]["containers"][0]["x"] = nested(5000)
-    resp = answer(obj)
-    assert resp["allowed"] is False and resp["status"]["code"] == 400
-    assert resp["status"]["message"].startswith("request.object: ")
+    resp = answer(obj)  # pdserve validate's own line for it, naming the object
+    assert resp["allowed"] is False and resp["status"]["code"] == 422
+    assert resp["status"]["message"].startswith("LLMInferenceService ")
+    assert "nested too deeply" in resp["status"]["message"]
+    assert "\n" not in resp["status"]["message"]
