@@ -29,7 +29,7 @@ import xxhash
 
 from pdserve.epp.config import load
 from pdserve.epp.datastore import Datastore, StaticSource
-from pdserve.epp.extproc import Picker
+from pdserve.epp.director import Director
 from pdserve.epp.metrics import EppMetrics
 from pdserve.epp.scheduler import Scheduler
 from pdserve.epp.types import Cycle, Endpoint, Request
@@ -77,7 +77,7 @@ def run_case(n_ep: int, chars: int, n_req: int) -> dict[str, float]:
         sched.schedule(Cycle(now=1.0, rng=rng), Request(f"w{i}", MODEL, text), eps)
     store = Datastore(StaticSource(eps))
     store.refresh()
-    picker = Picker(Scheduler(load(SINGLE)), store, EppMetrics(), "bench")
+    picker = Director(Scheduler(load(SINGLE)), store, EppMetrics(), "bench")
     for i, text in enumerate(texts[:64]):
         picker.decide(
             {"x-request-id": f"w{i}"}, json.dumps({"model": MODEL, "prompt": text}).encode()

@@ -17,8 +17,16 @@ DATA_PARALLEL_HEADER = "x-data-parallel-host-port"  # set by the EPP: the chosen
 DESTINATION_HEADER = "x-gateway-destination-endpoint"  # EPP -> Envoy ORIGINAL_DST
 REQUEST_ID_HEADER = "x-request-id"
 SESSION_HEADER = "x-session-token"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
+# The InferenceObjective a request belongs to (its priority) and its fairness flow: llm-d's
+# names first, the Gateway API Inference Extension's as aliases.
+OBJECTIVE_HEADERS = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
+FAIRNESS_HEADERS = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
 CRITICALITY_HEADER = "x-gateway-inference-criticality"
+# Why the EPP refused a request (llm-d-router's values), on its 429 and 503 answers.
+DROPPED_HEADER = "x-llm-d-request-dropped-reason"
+DROPPED_SATURATED = "rejected-saturated"
+DROPPED_NO_ENDPOINTS = "rejected-no-endpoints"
+DROPPED_TTL_EXPIRED = "rejected-ttl-expired"
 ENVOY_LB_NAMESPACE = "envoy.lb"
 # Envoy's response code details on the EPP's own answers: Envoy's local-reply mapper passes
 # these untouched (they are already in vLLM's error shape).

@@ -14,10 +14,11 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from pdserve import wire
-from pdserve.epp import extproc
+from pdserve.epp import director
 from pdserve.epp.config import load
 from pdserve.epp.datastore import Datastore, StaticSource
-from pdserve.epp.extproc import FULL_DUPLEX, Decision, ExtProc, Picker
+from pdserve.epp.director import Decision, Director
+from pdserve.epp.extproc import FULL_DUPLEX, ExtProc
 from pdserve.epp.metrics import EppMetrics
 from pdserve.epp.request import prompt_text
 from pdserve.epp.scheduler import Scheduler
@@ -44,7 +45,7 @@ def servicer() -> ExtProc:
     """The default P/D config (prefill from 256 uncached characters) over one pod per role."""
     store = Datastore(StaticSource([DECODE, PREFILL]))
     store.refresh()
-    return ExtProc(Picker(Scheduler(load(PD)), store, EppMetrics()))
+    return ExtProc(Director(Scheduler(load(PD)), store, EppMetrics()))
 
 
 async def process(
@@ -108,7 +109,7 @@ async def test_a_data_parallel_rank_is_the_epps_own_and_a_clients_encoder_goes()
     rank = Endpoint("10.0.0.1", 8002, {wire.ROLE_LABEL: wire.ROLE_DECODE})
     store = Datastore(StaticSource([rank]))
     store.refresh()
-    ext = ExtProc(Picker(Scheduler(config), store, EppMetrics()))
+    ext = ExtProc(Director(Scheduler(config), store, EppMetrics()))
     m = mutation(await process(ext, SPOOFED, {"model": "m", "prompt": "hi"}))
     assert set_headers(m)[wire.DATA_PARALLEL_HEADER] == rank.name
     assert list(m.remove_headers) == EPP_ONLY[:3]
@@ -151,7 +152,7 @@ async def test_an_unexpected_error_is_a_logged_500_in_vllm_shape(
     def broken(*args: object) -> None:
         raise RuntimeError("plugin bug")
 
-    monkeypatch.setattr(ext.picker.scheduler, "schedule", broken)
+    monkeypatch.setattr(ext.director.scheduler, "schedule", broken)
     headers = {wire.REQUEST_ID_HEADER: b"req-500"}
     answers = await process(ext, headers, {"model": "m", "prompt": "hi"}, duplex)
     immediate = answers[-1].immediate_response
@@ -203,19 +204,19 @@ async def test_a_malformed_body_is_a_logged_400_in_vllm_shape(
     assert len(logged) == 1 and logged[0].levelno == logging.WARNING
     assert logged[0].fields == {"request_id": "req-bad", "status": 400, "reason": error["message"]}
     labels = {"model_name": "", "target_model_name": "", "error_code": "400"}
-    sample = ext.picker.metrics.registry.get_sample_value(
+    sample = ext.director.metrics.registry.get_sample_value(
         "inference_model_request_error_total", labels
     )
     assert sample == 1
 
 
-def shedding_picker(config_text: str, waiting: int) -> Picker:
+def shedding_picker(config_text: str, waiting: int) -> Director:
     """One decode pod, scraped now with `waiting` queued requests."""
     pod = Endpoint("10.0.0.1", 8000, {wire.ROLE_LABEL: wire.ROLE_DECODE})
     pod.metrics = Metrics(waiting=waiting, updated=time.monotonic())
     store = Datastore(StaticSource([pod]))
     store.refresh()
-    return Picker(Scheduler(load(config_text)), store, EppMetrics())
+    return Director(Scheduler(load(config_text)), store, EppMetrics())
 
 
 SHEDDABLE = {wire.CRITICALITY_HEADER: "Sheddable"}
@@ -247,9 +248,9 @@ def test_the_routed_line_is_built_only_when_debug_is_on(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     built: list[object] = []
-    real = extproc._profile_log
-    monkeypatch.setattr(extproc, "_profile_log", lambda r: built.append(r) or real(r))
-    picker = servicer().picker
+    real = director._profile_log
+    monkeypatch.setattr(director, "_profile_log", lambda r: built.append(r) or real(r))
+    picker = servicer().director
     get = {":method": "GET", ":path": "/v1/models"}
     with caplog.at_level(logging.INFO, logger="pdserve.epp"):
         picker.decide(get, b"")

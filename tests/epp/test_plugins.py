@@ -441,7 +441,7 @@ def test_a_cache_tracking_scorers_own_producer_is_fed_kv_events_and_sized() -> N
     subscription must see it, and the indexer gauge must count its blocks (enableMetrics
     unset)."""
     from pdserve.epp.datastore import Datastore, StaticSource
-    from pdserve.epp.extproc import Picker
+    from pdserve.epp.director import Director
     from pdserve.epp.metrics import EppMetrics
     from pdserve.epp.server import kv_event_feeds
 
@@ -457,7 +457,7 @@ def test_a_cache_tracking_scorers_own_producer_is_fed_kv_events_and_sized() -> N
     assert scorer.score(cycle(), req(prompt), [a]) == {a.name: 1.0}
     store = Datastore(StaticSource([a]))
     store.refresh()
-    picker = Picker(Scheduler(cfg), store, EppMetrics())
+    picker = Director(Scheduler(cfg), store, EppMetrics())
     picker.decide({}, b'{"model": "m", "prompt": "hi"}')
     gauge = "inference_extension_prefix_indexer_size"
     assert picker.metrics.registry.get_sample_value(gauge) == len(set(hashes))

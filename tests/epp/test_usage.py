@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pdserve.epp import usage as usage_mod
-from pdserve.epp.extproc import BoundedDict
+from pdserve.epp.director import BoundedDict
 from pdserve.epp.usage import ResponseUsage
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pdserve.epp.types import Endpoint
 
 QUEUE_THRESHOLD = 5
@@ -22,11 +24,19 @@ def saturated(
 CRITICALITY_PRIORITY = {"Critical": 1, "Standard": 0, "Sheddable": -1}
 
 
-def priority(criticality: str | None, objective_priority: str | None = None) -> int:
-    """From the InferenceObjective priority (an integer) or the legacy criticality name."""
-    if objective_priority:
+def priority(
+    criticality: str | None,
+    legacy_priority: str | None = None,
+    objective: str = "",
+    objectives: Mapping[str, int] | None = None,
+) -> int:
+    """The request's InferenceObjective's priority when it names one (0 for one not known,
+    as upstream); else the legacy priority header or criticality name; else 0."""
+    if objective:
+        return (objectives or {}).get(objective, 0)
+    if legacy_priority:
         try:
-            return int(objective_priority)
+            return int(legacy_priority)
         except ValueError:
             pass
-    return CRITICALITY_PRIORITY.get(criticality or "Critical", 1)
+    return CRITICALITY_PRIORITY.get(criticality, 0) if criticality else 0

@@ -55,7 +55,14 @@ def epp_parser() -> argparse.ArgumentParser:
     ap.add_argument("--endpoints", help="ADDR:PORT[@ROLE],... (outside Kubernetes)")
     ap.add_argument("--endpoints-file", help="JSON list of {address, port, labels}, followed")
     ap.add_argument(
-        "--default-criticality", default="Critical", choices=("Critical", "Standard", "Sheddable")
+        "--default-criticality",
+        choices=("Critical", "Standard", "Sheddable"),
+        help="legacy: the criticality of a request naming no InferenceObjective (else priority 0)",
+    )
+    ap.add_argument(
+        "--inference-objectives",
+        metavar="FILE",
+        help="InferenceObjective manifests (YAML): the priorities objective headers name",
     )
     ap.add_argument("--kv-events-endpoint", default="tcp://*:5557")
     # All interfaces, as the upstream EPP: in a pod, Envoy and the kubelet's gRPC probes
@@ -84,6 +91,18 @@ def _config_text(args: argparse.Namespace) -> str:
     return SINGLE
 
 
+def _objectives(path: str | None, pool: str) -> dict[str, int]:
+    if not path:
+        return {}
+    from pdserve.epp import objectives
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise UserError(f"--inference-objectives {path}: {err.strerror}") from None
+    return objectives.parse(text, path, pool)
+
+
 def main(argv: list[str]) -> int:
     if argv[0] == "gateway-config":
         return gateway_config(argv[1:])
@@ -92,6 +111,7 @@ def main(argv: list[str]) -> int:
 
     source = args.config_file or "--config-text"
     config = load(_config_text(args), source, args.allow_experimental_plugins)
+    args.inference_objectives = _objectives(args.inference_objectives, args.pool_name)
     if args.check:
         print(config.describe())
         return 0

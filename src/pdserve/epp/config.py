@@ -35,6 +35,7 @@ from pdserve.epp.framework import (
 from pdserve.epp.types import Endpoint
 
 API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
+FLOW_CONTROL_GATE = "flowControl"
 
 
 class _Model(BaseModel):
@@ -56,7 +57,7 @@ class SaturationDetectorSpec(_Model):
 
 
 class PriorityBand(_Model):
-    priority: int
+    priority: int | None = None  # required in priorityBands, not in the default templates
     maxBytes: int | str | None = None
     maxRequests: int | str | None = None
     fairnessPolicyRef: str = ""
@@ -134,6 +135,9 @@ class Config:
     doc: Document = field(default_factory=Document)
     detector: Any = None  # the saturation detector admission asks (plugins.admission)
     admitters: list[Any] = field(default_factory=list)
+    # flow_control.Settings when `featureGates` turns flow control on, else None: the legacy
+    # path then sheds sheddable requests at saturation.
+    flow: Any = None
     paths: dict[str, str] = field(default_factory=dict)  # plugin name -> plugins[i]
     rng: random.Random = field(default_factory=random.Random)
 
@@ -158,7 +162,10 @@ class Config:
             where = self.paths.get(plugin.name, f"plugin {plugin.name}")
             for key, why in plugin.inert().items():
                 out.append(f"{where}.parameters.{key}: {why}")
-        out += _flow_control_inert(self.doc.flowControl)
+        out += _flow_control_inert(self.doc.flowControl, self.flow is not None)
+        if self.flow is None and self.detector is not None and self.detector.headroom:
+            where = self.paths.get(self.detector.name, f"plugin {self.detector.name}")
+            out.append(f"{where}.parameters.headroom: it shapes flow control's dispatch, off")
         return out
 
     def describe(self) -> str:
@@ -179,15 +186,26 @@ class Config:
         return "\n".join(lines)
 
 
-def _flow_control_inert(fc: FlowControl | None) -> list[str]:
-    """Flow control's queueing is a later slice: what it configures besides the saturation
-    detector (which admission uses) is only validated."""
+def flow_control_on(doc: Document) -> bool:
+    gates = doc.featureGates
+    if isinstance(gates, dict):
+        return bool(gates.get(FLOW_CONTROL_GATE))
+    return FLOW_CONTROL_GATE in gates
+
+
+def _flow_control_inert(fc: FlowControl | None, on: bool) -> list[str]:
+    """As upstream: with the feature gate off, flowControl is ignored but for its saturation
+    detector (which the legacy admission uses)."""
     if fc is None:
         return []
-    return [
-        f"flowControl.{key}: queueing in the EPP is not implemented yet"
-        for key in sorted(fc.model_fields_set - {"saturationDetector"})
-    ]
+    if not on:
+        return [
+            f"flowControl.{key}: ignored, the {FLOW_CONTROL_GATE} feature gate is off"
+            for key in sorted(fc.model_fields_set - {"saturationDetector"})
+        ]
+    if fc.enableEviction:
+        return ["flowControl.enableEviction: evicting dispatched requests is not implemented"]
+    return []
 
 
 def _err(path: str, msg: str) -> ConfigError:
@@ -413,6 +431,15 @@ def _top_level(cfg: Config, source: str) -> None:
             )
     cfg.detector = _detector(cfg, source)
     cfg.admitters = [p for p in plugins.values() if isinstance(p, kind("Admitter"))]
+    if flow_control_on(doc):
+        from pdserve.epp import flow_control
+
+        try:
+            cfg.flow = flow_control.settings(doc.flowControl, plugins)
+        except ConfigError as err:
+            raise _err(source, str(err)) from None
+        if cfg.detector is None:  # upstream's default gate: the utilization detector
+            cfg.detector = make("utilization-detector", "utilization-detector")
 
 
 def _detector(cfg: Config, source: str) -> Any:

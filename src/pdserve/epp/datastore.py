@@ -157,6 +157,7 @@ def parse_metrics(text: str, into: Metrics, now: float) -> None:
         into.max_loras = int(max_lora) if max_lora.isdigit() else 0
     into.kv_usage = kv_new if kv_new is not None else (kv_old or 0.0)
     into.updated = now
+    into.dispatched = 0
 
 
 def _adapters(sample: Sample, label: str) -> frozenset[str]:

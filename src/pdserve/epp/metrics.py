@@ -81,6 +81,19 @@ class EppMetrics:
             "Share of requests whose prefix was indexed.",
             registry=r,
         )
+        self.queue_size = Gauge(
+            "inference_extension_flow_control_queue_size",
+            "Requests waiting in flow control, per priority band.",
+            ["priority"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "inference_extension_flow_control_request_queue_duration_seconds",
+            "Time a dispatched request waited in flow control.",
+            ["priority"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60),
+            registry=r,
+        )
         self.pd = Counter("pdserve_epp_pd_decisions", "P/D decisions.", ["decision"], registry=r)
         for d in ("prefill-decode", "decode-only"):
             self.pd.labels(d)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from pdserve import json_body, wire
 from pdserve.epp.admission import priority
+from pdserve.epp.objectives import named
 from pdserve.epp.types import Request
 from pdserve.tokenization import chatml
 
@@ -53,7 +55,12 @@ def _prompt_field(prompt: Any) -> str:
     return str(prompt)
 
 
-def parse(headers: dict[str, str], raw: bytes, default_criticality: str | None) -> Request:
+def parse(
+    headers: dict[str, str],
+    raw: bytes,
+    default_criticality: str | None,
+    objectives: Mapping[str, int] | None = None,
+) -> Request:
     body: dict[str, Any] = {}
     if raw:
         try:
@@ -72,5 +79,7 @@ def parse(headers: dict[str, str], raw: bytes, default_criticality: str | None) 
         prompt=prompt_text(body),
         messages=_messages(body),
         headers=headers,
-        priority=priority(crit, headers.get("x-gateway-inference-priority")),
+        priority=priority(
+            crit, headers.get("x-gateway-inference-priority"), named(headers), objectives
+        ),
     )

@@ -13,7 +13,8 @@ from prometheus_client import start_http_server
 
 from pdserve.epp.config import Config
 from pdserve.epp.datastore import Datastore
-from pdserve.epp.extproc import ExtProc, Picker
+from pdserve.epp.director import Director
+from pdserve.epp.extproc import ExtProc
 from pdserve.epp.metrics import EppMetrics
 from pdserve.epp.plugins.prefix import PrecisePrefixProducer
 from pdserve.epp.scheduler import Scheduler
@@ -48,7 +49,14 @@ async def serve(
     from pdserve.epp.cli import _stop_on_signals
 
     metrics = EppMetrics()
-    picker = Picker(Scheduler(config), store, metrics, args.pool_name, args.default_criticality)
+    director = Director(
+        Scheduler(config),
+        store,
+        metrics,
+        args.pool_name,
+        args.default_criticality,
+        args.inference_objectives,
+    )
     await store.poll()
     tasks = [asyncio.create_task(store.run())]
     for producer, endpoint in kv_event_feeds(config, args.kv_events_endpoint):
@@ -56,7 +64,7 @@ async def serve(
 
         tasks.append(asyncio.create_task(subscribe(producer, endpoint)))
     server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExtProc(picker), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExtProc(director), server)
     server.add_insecure_port(f"{args.host}:{args.grpc_port}")
     health_server = grpc.aio.server()
     checker = health.aio.HealthServicer()
@@ -70,7 +78,7 @@ async def serve(
 
     async def pool_gauges() -> None:
         while True:
-            picker.observe_pool()
+            director.observe_pool()
             await asyncio.sleep(1)
 
     tasks.append(asyncio.create_task(pool_gauges()))

@@ -24,6 +24,9 @@ class Metrics:
     # down until a scrape succeeds again. Never scraped yet is not down: a new endpoint is
     # routable before its first scrape (50 ms) as before.
     down: bool = False
+    # Requests this EPP sent here since the last scrape: the scrape cannot show them yet, and
+    # flow control's dispatch gate must count them or a burst between scrapes overshoots.
+    dispatched: int = 0
 
     @property
     def ready(self) -> bool:

@@ -1,9 +1,10 @@
-"""Admission and flow control: saturation detectors, the probabilistic admitter, and the
-queue policies flow control names (validated; queueing itself is a later slice)."""
+"""Admission and flow control's plugins: saturation detectors, the probabilistic admitter,
+and the fairness and ordering policies of flow control's priority bands (flow_control.py)."""
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 from pydantic import Field
 
@@ -12,9 +13,24 @@ from pdserve.epp.types import Cycle, Endpoint
 
 
 class SaturationDetector(Plugin):
-    def saturation(self, endpoints: list[Endpoint], now: float) -> float:
-        """Pool saturation; >= 1 sheds sheddable requests."""
+    """Pool saturation gates flow control's dispatch (and sheds sheddable requests when flow
+    control is off); an endpoint's own saturation past 1 + headroom keeps it out of routing
+    while flow control is on."""
+
+    headroom: float = 0.0
+
+    def load(self, endpoint: Endpoint, now: float) -> float:
+        """One endpoint's saturation: 1 is full."""
         raise NotImplementedError
+
+    def saturation(self, endpoints: list[Endpoint], now: float) -> float:
+        """The mean of the endpoints' loads; no endpoint at all is saturated."""
+        if not endpoints:
+            return 1.0
+        return sum(self.load(e, now) for e in endpoints) / len(endpoints)
+
+    def has_room(self, endpoint: Endpoint, now: float) -> bool:
+        return self.load(endpoint, now) < 1.0 + self.headroom
 
 
 class Admitter(Plugin):
@@ -32,8 +48,9 @@ class UtilizationParams(Parameters):
 
 @register("utilization-detector")
 class UtilizationDetector(SaturationDetector):
-    """Mean over endpoints of max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold);
-    an endpoint without fresh metrics counts 1 (fail closed), no endpoint at all is 1."""
+    """max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold) per endpoint, an endpoint
+    without fresh metrics counting 1 (fail closed). The queue counts the requests this EPP
+    sent since the last scrape as waiting, so a burst between scrapes cannot overshoot."""
 
     Params = UtilizationParams
     params: UtilizationParams
@@ -42,23 +59,16 @@ class UtilizationDetector(SaturationDetector):
         self.stale_after = go_duration(
             self.params.metricsStalenessThreshold, "metricsStalenessThreshold"
         )
+        self.headroom = self.params.headroom
 
-    def saturation(self, endpoints: list[Endpoint], now: float) -> float:
-        if not endpoints:
+    def load(self, endpoint: Endpoint, now: float) -> float:
+        m, p = endpoint.metrics, self.params
+        if m.updated is None or now - m.updated > self.stale_after:
             return 1.0
-        p, total = self.params, 0.0
-        for e in endpoints:
-            m = e.metrics
-            if m.updated is None or now - m.updated > self.stale_after:
-                total += 1.0
-                continue
-            total += max(m.waiting / p.queueDepthThreshold, m.kv_usage / p.kvCacheUtilThreshold)
-        return total / len(endpoints)
-
-    def inert(self) -> dict[str, str]:
-        if self.params.headroom:
-            return {"headroom": "it shapes flow control's dispatch filter, not yet implemented"}
-        return {}
+        return max(
+            (m.waiting + m.dispatched) / p.queueDepthThreshold,
+            m.kv_usage / p.kvCacheUtilThreshold,
+        )
 
 
 class ConcurrencyParams(Parameters):
@@ -66,23 +76,23 @@ class ConcurrencyParams(Parameters):
     maxConcurrency: int = Field(100, gt=0)
     maxTokenConcurrency: int = Field(1_000_000, gt=0)
     headroom: float = Field(0.0, ge=0.0)
+    inFlightLoadProducerName: str = ""
 
 
 @register("concurrency-detector")
 class ConcurrencyDetector(SaturationDetector):
-    """Requests (running + waiting, scraped) per endpoint over maxConcurrency, averaged.
-    Token mode needs per-request token accounting the EPP does not keep."""
+    """Requests per endpoint (running + waiting as scraped, plus those this EPP sent since)
+    over maxConcurrency. Token mode needs per-request token accounting the EPP does not keep."""
 
     Params = ConcurrencyParams
     params: ConcurrencyParams
 
-    def saturation(self, endpoints: list[Endpoint], now: float) -> float:
-        if not endpoints:
-            return 1.0
-        cap = self.params.maxConcurrency
-        return sum((e.metrics.running + e.metrics.waiting) / cap for e in endpoints) / len(
-            endpoints
-        )
+    def setup(self) -> None:
+        self.headroom = self.params.headroom
+
+    def load(self, endpoint: Endpoint, now: float) -> float:
+        m = endpoint.metrics
+        return (m.running + m.waiting + m.dispatched) / self.params.maxConcurrency
 
     def inert(self) -> dict[str, str]:
         out = {}
@@ -90,8 +100,10 @@ class ConcurrencyDetector(SaturationDetector):
             out["concurrencyMode"] = "only requests mode is implemented"
         if "maxTokenConcurrency" in self.params.model_fields_set:
             out["maxTokenConcurrency"] = "only requests mode is implemented"
-        if self.params.headroom:
-            out["headroom"] = "it shapes flow control's dispatch filter, not yet implemented"
+        if self.params.inFlightLoadProducerName:
+            out["inFlightLoadProducerName"] = (
+                "in-flight requests are counted from scrapes and this EPP's own dispatches"
+            )
         return out
 
 
@@ -130,12 +142,29 @@ class ProbabilisticAdmitter(Admitter):
         return None
 
 
-class FairnessPolicy(Passive):
-    pass
+class Queued(Protocol):
+    """What the policies read of a queued request (flow_control.Item)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def enqueued(self) -> float: ...
+    @property
+    def deadline(self) -> float: ...
 
 
 class OrderingPolicy(Passive):
-    pass
+    """Which request of one flow goes first: a sort key, smallest first."""
+
+    def key(self, item: Queued) -> tuple[float, int]:
+        raise NotImplementedError
+
+
+class FairnessPolicy(Passive):
+    """Which flow of a band is served next, given each non-empty flow's head."""
+
+    def pick(self, heads: dict[str, tuple[float, int]], last: str | None) -> str:
+        raise NotImplementedError
 
 
 class UsageLimitPolicy(Passive):
@@ -144,19 +173,32 @@ class UsageLimitPolicy(Passive):
 
 @register("global-strict-fairness-policy")
 class GlobalStrictFairness(FairnessPolicy):
-    pass
+    """The band behaves as one queue: the flow whose head comes first by the ordering."""
+
+    def pick(self, heads: dict[str, tuple[float, int]], last: str | None) -> str:
+        return min(heads, key=heads.__getitem__)
 
 
 @register("round-robin-fairness-policy")
 class RoundRobinFairness(FairnessPolicy):
-    pass
+    """Flows take turns, in the order of their names, after the one served last."""
+
+    def pick(self, heads: dict[str, tuple[float, int]], last: str | None) -> str:
+        names = sorted(heads)
+        if last is None:
+            return names[0]
+        return next((n for n in names if n > last), names[0])
 
 
 @register("fcfs-ordering-policy")
 class FCFSOrdering(OrderingPolicy):
-    pass
+    def key(self, item: Queued) -> tuple[float, int]:
+        return (item.enqueued, item.seq)
 
 
 @register("edf-ordering-policy")
 class EDFOrdering(OrderingPolicy):
-    pass
+    """Earliest deadline (arrival plus the request's TTL) first."""
+
+    def key(self, item: Queued) -> tuple[float, int]:
+        return (item.deadline, item.seq)
