@@ -286,3 +286,23 @@ spec: {priority: 5, poolRef: {name: pool-b}}
             "f",
         )
     assert objectives.fairness_id({"x-gateway-inference-fairness-id": "tenant"}) == "tenant"
+
+
+async def test_an_empty_pool_is_a_503_with_the_reason_header_in_envoys_answer() -> None:
+    from pdserve.epp.extproc import ExtProc
+
+    store = Datastore(StaticSource([]))
+    store.refresh()
+    ext = ExtProc(Director(Scheduler(load(GATED)), store, EppMetrics()))
+    out = await ext._answer({":method": "POST"}, BODY, "body")
+    answer = out.immediate_response
+    headers = {h.header.key: h.header.raw_value.decode() for h in answer.headers.set_headers}
+    assert answer.status.code == 503
+    assert headers[wire.DROPPED_HEADER] == wire.DROPPED_NO_ENDPOINTS
+    assert json.loads(answer.body)["error"]["code"] == 503
+
+
+def test_a_scrape_shows_the_requests_sent_well_before_it() -> None:
+    m = Metrics(sent=[1.0, 1.99, 2.5])
+    m.scraped_since(2.0)  # begun at 2.0: 1.0 is in it, 1.99 may still be on its way
+    assert m.sent == [1.99, 2.5] and m.dispatched == 2

@@ -157,7 +157,6 @@ def parse_metrics(text: str, into: Metrics, now: float) -> None:
         into.max_loras = int(max_lora) if max_lora.isdigit() else 0
     into.kv_usage = kv_new if kv_new is not None else (kv_old or 0.0)
     into.updated = now
-    into.dispatched = 0
 
 
 def _adapters(sample: Sample, label: str) -> frozenset[str]:
@@ -246,11 +245,13 @@ class Datastore:
         """None on success, else why: a failed scrape is the EPP's only sign of a dead
         engine outside Kubernetes (no kubelet marks the pod unready), so it must count."""
         assert self.http is not None
+        started = time.monotonic()
         try:
             async with self.http.get(url) as resp:
                 if resp.status != 200:
                     return f"metrics answered {resp.status}"
                 parse_metrics(await resp.text(), ep.metrics, time.monotonic())
+                ep.metrics.scraped_since(started)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
             return f"{type(err).__name__}: {err}"
         return None

@@ -148,7 +148,7 @@ class Director:
             raise Decision(503, "no endpoint available for this request", wire.DROPPED_NO_ENDPOINTS)
         for profile in result.profiles.values():
             if profile.endpoint is not None and not profile.skipped:
-                profile.endpoint.metrics.dispatched += 1
+                profile.endpoint.metrics.sent.append(now)
         self.routed[req.request_id] = req.model
         if headers.get(wire.REQUEST_ID_HEADER) != req.request_id:
             # The id this decision was logged under travels on (a new one where the client's

@@ -101,6 +101,9 @@ def local_replies() -> dict[str, Any]:
 # but a stream silent this long (no byte either way) is ended with a 504/reset.
 ROUTE_TIMEOUT = 0.0
 STREAM_IDLE_TIMEOUT = 300.0
+# How long Envoy waits for the EPP's routing answer. It covers flow control's default
+# request TTL (60 s): a request waiting its turn in the EPP is not a failed EPP.
+EPP_TIMEOUT = 75.0
 
 
 def _seconds(value: float) -> str:
@@ -132,6 +135,7 @@ def bootstrap(
     watch: bool = True,
     route_timeout: float = ROUTE_TIMEOUT,
     stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
+    epp_timeout: float = EPP_TIMEOUT,
 ) -> dict[str, Any]:
     """Prefixes such as "/ns/name" are routed with the prefix rewritten to "/"; everything
     else as is. FULL_DUPLEX_STREAMED by default: Envoy sends the body without waiting for
@@ -160,7 +164,10 @@ def bootstrap(
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
                     "ExternalProcessor",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "30s"},
+                    "grpc_service": {
+                        "envoy_grpc": {"cluster_name": "epp"},
+                        "timeout": _seconds(epp_timeout),
+                    },
                     "processing_mode": {
                         "request_header_mode": "SEND",
                         "response_header_mode": "SKIP",
@@ -172,7 +179,7 @@ def bootstrap(
                         ),
                         "response_trailer_mode": "SKIP",
                     },
-                    "message_timeout": "30s",
+                    "message_timeout": _seconds(epp_timeout),
                     "failure_mode_allow": False,
                     "allow_mode_override": True,
                 },

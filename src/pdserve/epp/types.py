@@ -9,6 +9,7 @@ from typing import Any
 from pdserve.wire import ROLE_LABEL
 
 STALE_AFTER = 2.0  # seconds without a fresh scrape before metrics are not trusted
+IN_TRANSIT = 0.02  # seconds a routed request may take to reach its engine (Envoy, sidecar)
 
 
 @dataclass
@@ -24,9 +25,9 @@ class Metrics:
     # down until a scrape succeeds again. Never scraped yet is not down: a new endpoint is
     # routable before its first scrape (50 ms) as before.
     down: bool = False
-    # Requests this EPP sent here since the last scrape: the scrape cannot show them yet, and
-    # flow control's dispatch gate must count them or a burst between scrapes overshoots.
-    dispatched: int = 0
+    # When this EPP sent requests here that no scrape can show yet: flow control's dispatch
+    # gate counts them, or a burst between two scrapes would overshoot its threshold.
+    sent: list[float] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -34,6 +35,17 @@ class Metrics:
 
     def fresh(self, now: float) -> bool:
         return self.updated is not None and now - self.updated <= STALE_AFTER
+
+    @property
+    def dispatched(self) -> int:
+        return len(self.sent)
+
+    def scraped_since(self, started: float) -> None:
+        """A scrape begun at `started` shows every request sent well before it (the time to
+        reach the engine is allowed for); the later ones stay counted."""
+        cutoff = started - IN_TRANSIT
+        if self.sent and self.sent[0] <= cutoff:
+            self.sent = [t for t in self.sent if t > cutoff]
 
 
 @dataclass(eq=False)
