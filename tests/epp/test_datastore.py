@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
-from pdserve import kube, wire
+from pdserve import wire
 from pdserve.epp.datastore import (
     Datastore,
     FileSource,
@@ -21,6 +22,7 @@ from pdserve.epp.datastore import (
     parse_metrics,
 )
 from pdserve.epp.types import Endpoint, Metrics
+from pdserve.pool_pods import PoolPods
 from pdserve.process import free_port
 
 ODD_METRICS = """\
@@ -59,72 +61,54 @@ def test_the_newest_lora_series_is_the_current_one() -> None:
     assert (m.loras_running, m.loras_waiting, m.max_loras) == ({"a"}, frozenset(), 2)
 
 
-async def test_a_failing_pool_source_is_logged_and_polling_goes_on(
+class FakePods:
+    """A PodSource replaying scripts of events; an exception in place of a script breaks
+    the stream there, as a lost API connection does."""
+
+    def __init__(self, *scripts: list[tuple[str, dict[str, Any]]] | Exception) -> None:
+        self.scripts = list(scripts)
+
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        while self.scripts:
+            script = self.scripts.pop(0)
+            if isinstance(script, Exception):
+                raise script
+            yield from script
+
+
+def pool_pod(name: str, ip: str, ready: str = "True") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {wire.ROLE_LABEL: "decode"}},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
+    }
+
+
+def test_the_pool_source_reads_the_follower_not_the_api_server(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Errors from the Kubernetes lister (run in a thread) neither end run() nor its
-    scrapers; a run of failures logs its first error and its end."""
-    caplog.set_level(logging.INFO, "pdserve.epp")
-    loop = asyncio.get_running_loop()
-    fifth_call = asyncio.Event()
-    pod = {"address": "127.0.0.1", "port": free_port(), "labels": {wire.ROLE_LABEL: "decode"}}
-    calls = 0
-
-    def lister() -> list[dict[str, Any]]:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise ApiException(status=503, reason="Service Unavailable")
-        if calls == 3:
-            raise TimeoutError("read timed out")
-        if calls == 5:
-            loop.call_soon_threadsafe(fifth_call.set)
-        return [pod]
-
-    store = Datastore(PoolSource("ns", "pool", lister), interval=60)
-    task = asyncio.create_task(store.run())
-    try:
-        await asyncio.wait_for(fifth_call.wait(), 10)
-        name = f"127.0.0.1:{pod['port']}"
-        assert [e.name for e in store.list()] == [name]
-        assert not task.done() and not store.tasks[name].done()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    errors = [r for r in caplog.records if r.getMessage() == "endpoints_source_error"]
-    assert len(errors) == 1 and errors[0].fields["error"].startswith("ApiException: (503)")
-    recovered = [r for r in caplog.records if r.getMessage() == "endpoints_source_recovered"]
-    assert len(recovered) == 1 and recovered[0].fields["failures"] == 2
-
-
-def test_pool_source_reads_the_kube_config_once_and_keeps_ready_pods(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    made: list[None] = []
-
-    def pod(ip: str, ready: str) -> dict[str, Any]:
-        return {
-            "metadata": {"labels": {wire.ROLE_LABEL: "decode"}},
-            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
-        }
-
-    class Cluster:
-        def __init__(self) -> None:
-            made.append(None)
-
-        def inference_pool(self, namespace: str, name: str) -> kube.PoolSpec:
-            return kube.PoolSpec({"app": "llm"}, 8000)
-
-        def list_pods(self, namespace: str, labels: dict[str, str]) -> tuple[list[Any], str]:
-            return [pod("10.1.0.5", "True"), pod("10.1.0.6", "False")], "1"
-
-    monkeypatch.setattr(kube, "Cluster", Cluster)
-    source = PoolSource("ns", "pool")
+    """Ready pods with an IP on the target port; a lost watch is logged and the re-list
+    drops a pod deleted meanwhile; a poll with nothing new costs no work."""
+    sync = {"items": [pool_pod("a", "10.1.0.5"), pool_pod("b", "10.1.0.6", "False")],
+            "ports": [8000]}  # fmt: skip
+    pods = PoolPods(
+        FakePods(
+            [("SYNC", sync), ("ADDED", pool_pod("c", "10.1.0.7")), ("ADDED", pool_pod("d", ""))],
+            ApiException(status=503, reason="Service Unavailable"),
+            [("SYNC", {"items": [pool_pod("c", "10.1.0.7")], "ports": [8000]})],
+        ),
+        retry_seconds=0,
+    )
+    source = PoolSource("ns", "pool", pods)
+    pods.apply("SYNC", sync)
     first = source.current()
     assert first is not None and [e.name for e in first] == ["10.1.0.5:8000"]
     assert source.current() is None  # unchanged
-    assert len(made) == 1
+    with caplog.at_level(logging.WARNING, logger="pdserve"):
+        pods.run()
+    assert [r.getMessage() for r in caplog.records] == ["pool_watch_failed"]
+    now = source.current()
+    assert now is not None and [e.name for e in now] == ["10.1.0.7:8000"]
+    assert now[0].labels == {wire.ROLE_LABEL: "decode"}
 
 
 def test_an_off_schema_endpoints_file_is_logged_once_per_version(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 from prometheus_client.samples import Sample
@@ -22,6 +22,7 @@ from pdserve import endpoints, kube, promtext, wire
 from pdserve.epp.types import Endpoint, Metrics
 from pdserve.errors import UserError
 from pdserve.logs import event
+from pdserve.pool_pods import KubernetesPods, PoolPods, pod_ip
 
 log = logging.getLogger("pdserve.epp")
 
@@ -86,41 +87,40 @@ class FileSource:
 
 
 class PoolSource:
-    """An InferencePool's ready pods, on the pool's target port."""
+    """An InferencePool's ready pods on the pool's target port, as a PoolPods follower (a
+    watch) sees them: a poll reads the follower's state, it does not call the API server."""
 
-    def __init__(
-        self, namespace: str, pool: str, lister: Callable[[], list[dict[str, Any]]] | None = None
-    ) -> None:
+    def __init__(self, namespace: str, pool: str, pods: PoolPods | None = None) -> None:
         self.namespace, self.pool = namespace, pool
-        self.lister = lister or self._kubernetes
+        self.pods = pods
+        self.seen = -1
         self.last: list[tuple[str, int, tuple[tuple[str, str], ...]]] | None = None
-        self._cluster: kube.Cluster | None = None
 
-    def _kubernetes(self) -> list[dict[str, Any]]:
-        # Made on first use: the in-cluster config is read once, not on every poll, and a
-        # failure to read it is retried by the next poll.
-        self._cluster = self._cluster or kube.Cluster()
-        spec = self._cluster.inference_pool(self.namespace, self.pool)
-        pods, _ = self._cluster.list_pods(self.namespace, spec.selector)
-        return [
-            {
-                "address": pod["status"]["podIP"],
-                "port": spec.target_port,
-                "labels": pod["metadata"].get("labels") or {},
-            }
-            for pod in pods
-            if pod.get("status", {}).get("podIP") and kube.pod_ready(pod)
-        ]
+    def _follower(self) -> PoolPods:
+        # Made on the first poll: the in-cluster config is read once, and a failure to read
+        # it is logged by the poll and retried by the next one.
+        if self.pods is None:
+            self.pods = PoolPods(KubernetesPods(self.namespace, self.pool))
+            self.pods.start()
+        return self.pods
 
     def current(self) -> list[Endpoint] | None:
-        items = self.lister()
-        key = sorted(
-            (i["address"], int(i["port"]), tuple(sorted(i["labels"].items()))) for i in items
-        )
+        follower = self._follower()
+        follower.synced.wait(kube.API_TIMEOUT)  # polls run in a thread: the first may wait
+        version, pods, ports = follower.snapshot()
+        if version == self.seen:
+            return None
+        self.seen = version
+        items = [
+            (ip, ports[0], dict((p.get("metadata") or {}).get("labels") or {}))
+            for p in pods
+            if ports and (ip := pod_ip(p)) and kube.pod_ready(p)
+        ]
+        key = sorted((ip, port, tuple(sorted(labels.items()))) for ip, port, labels in items)
         if key == self.last:
             return None
         self.last = key
-        return [Endpoint(i["address"], int(i["port"]), dict(i["labels"])) for i in items]
+        return [Endpoint(ip, port, labels) for ip, port, labels in items]
 
 
 _WANTED = frozenset(

@@ -9,19 +9,16 @@ issue 979). All sit behind one small interface so the proxy does not care which 
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pdserve import endpoints
-from pdserve.logs import event
+from pdserve.pool_pods import KubernetesPods, PoolPods, pod_ip
 from pdserve.wire import ROLE_LABEL, ROLE_PREFILL
 
-log = logging.getLogger("pdserve.sidecar")
+__all__ = ["AllowList", "KubernetesPods", "PoolAllowList", "StaticAllowList"]
 
 
 class AllowList(Protocol):
@@ -97,91 +94,37 @@ class EndpointsFileAllowList:
         )
 
 
-class PodSource(Protocol):
-    """The pool's pods as a stream of ("SYNC", {"items": [pod, ...], "ports": [port, ...]})
-    (the pool's target ports; first, and again after every reconnect, so deletions missed
-    in between are dropped) and then
-    ("ADDED"|"MODIFIED"|"DELETED", pod); pods as the API serves them (camelCase JSON)."""
-
-    def events(self) -> Iterable[tuple[str, dict[str, Any]]]: ...
-
-
-class PoolAllowList:
-    """The IPs of the InferencePool's pods on its target ports, kept current by a watch.
+class PoolAllowList(PoolPods):
+    """The IPs of the InferencePool's pods on its target ports, kept current by a watch
+    (pool_pods.PoolPods, the follower the EPP uses too).
 
     A pod with an IP is allowed whether or not it is Ready: the EPP only picks ready pods,
     and a pod that just turned unready may still be finishing a prefill it was sent.
     """
 
-    def __init__(self, source: PodSource, retry_seconds: float = 5.0) -> None:
-        self.source = source
-        self.retry_seconds = retry_seconds
-        self.ips: dict[str, str] = {}  # pod name -> IP
-        self.ports: frozenset[int] = frozenset()
-        self.lock = threading.Lock()
+    @property
+    def ips(self) -> dict[str, str]:
+        """Pod name -> IP."""
+        _, pods, _ = self.snapshot()
+        return dict(filter(None, map(_name_ip, pods)))
+
+    _seen: int = -1
+    _allowed: frozenset[tuple[str, int]] = frozenset()
 
     def allows(self, target: str) -> bool:
+        """Rebuilt only when the pods changed: a check per proxied request stays a set hit."""
         parsed = _parsed(target)
-        with self.lock:
-            return parsed is not None and parsed[1] in self.ports and parsed[0] in self.ips.values()
-
-    def apply(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind == "SYNC":
-            ips = dict(filter(None, map(_name_ip, obj.get("items") or [])))
-            ports = frozenset(int(p) for p in obj.get("ports") or [])
-            with self.lock:
-                self.ips, self.ports = ips, ports
-            return
-        name_ip = _name_ip(obj)
-        name = (obj.get("metadata") or {}).get("name", "")
-        with self.lock:
-            if kind == "DELETED" or name_ip is None:
-                self.ips.pop(name, None)
-            else:
-                self.ips[name] = name_ip[1]
-
-    def run(self) -> None:
-        """Follows the source until it ends (never, in a cluster); API errors are logged and
-        retried, the list keeps its last known contents meanwhile."""
-        while True:
-            try:
-                for kind, obj in self.source.events():
-                    self.apply(kind, obj)
-                return
-            except Exception as err:  # the API server, the network, RBAC: all worth a retry
-                event(
-                    log,
-                    "allowlist_watch_failed",
-                    logging.WARNING,
-                    error=f"{type(err).__name__}: {err}",
-                    allowed=len(self.ips),
-                    retry_s=self.retry_seconds,
-                )
-                time.sleep(self.retry_seconds)
-
-    def start(self) -> None:
-        threading.Thread(target=self.run, name="inferencepool-watch", daemon=True).start()
+        if parsed is None:
+            return False
+        if self.version != self._seen:
+            version, pods, ports = self.snapshot()
+            ips = {ip for p in pods if (ip := pod_ip(p))}
+            self._allowed = frozenset((ip, port) for ip in ips for port in ports)
+            self._seen = version
+        return parsed in self._allowed
 
 
 def _name_ip(pod: dict[str, Any]) -> tuple[str, str] | None:
     name = (pod.get("metadata") or {}).get("name", "")
     ip = (pod.get("status") or {}).get("podIP")
     return (name, ip) if ip else None
-
-
-class KubernetesPods:
-    """PodSource over the Kubernetes API: the pool's selector is read again on each
-    reconnect, so a changed InferencePool is followed too."""
-
-    def __init__(self, namespace: str, pool: str) -> None:
-        from pdserve import kube
-
-        self.namespace, self.pool = namespace, pool
-        self.cluster = kube.Cluster()
-
-    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        while True:
-            spec = self.cluster.inference_pool(self.namespace, self.pool)
-            pods, version = self.cluster.list_pods(self.namespace, spec.selector)
-            yield "SYNC", {"items": pods, "ports": [spec.target_port]}
-            yield from self.cluster.watch_pods(self.namespace, spec.selector, version)
