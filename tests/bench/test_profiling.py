@@ -1,0 +1,74 @@
+"""`pdserve profile` against a sim engine whose envelope is known: the written profile
+recovers it, and loads where the sim engine and the simulator read profiles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pdserve.bench.profiling import Measured, fit_line, main, profile_of
+from pdserve.engines.sim.profile import load_profile
+from pdserve.errors import UserError
+
+TRUE = {
+    "prefill_ms_per_token": 0.05,
+    "prefill_overhead_ms": 4.0,
+    "decode_base_ms": 12.0,
+    "decode_ms_per_seq": 1.5,
+    "decode_ms_per_ctx_token": 0.002,
+    "num_blocks": 3000,
+}
+
+
+def test_fit_line_and_a_noisy_negative_slope_is_flattened() -> None:
+    assert fit_line([(0, 1.0), (10, 3.0), (20, 5.0)]) == pytest.approx((1.0, 0.2))
+    m = Measured(prefill=[(10, 5.0), (20, 6.0)], decode=[(1, 10.0), (4, 9.0)],
+                 long_context=None, engine={"max_model_len": 4096})  # fmt: skip
+    p = profile_of(m)
+    assert (p.decode_base_ms, p.decode_ms_per_seq) == (9.5, 0.0)
+    assert p.prefill_ms_per_token == pytest.approx(0.1) and p.max_model_len == 4096
+
+
+def test_profile_recovers_a_sim_engines_envelope(
+    tmp_path: Path, bench_engine: Callable[..., str]
+) -> None:
+    truth = tmp_path / "truth.yaml"
+    truth.write_text("".join(f"{k}: {v}\n" for k, v in TRUE.items()))
+    url = bench_engine("--profile", str(truth))
+    out = tmp_path / "measured.yaml"
+    sizes = ["--prompt-tokens", "256,1024,2048", "--batches", "1,4,8", "--long-context", "2048"]
+    argv = ["profile", "--url", url, "--model", "sim", "--output", str(out), *sizes]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "# measured" in text and "# reported by the engine" in text
+    got = load_profile(out)
+    # Slopes are the engine's own; intercepts carry the HTTP round trip (a few ms here).
+    assert got.prefill_ms_per_token == pytest.approx(TRUE["prefill_ms_per_token"], rel=0.25)
+    assert got.decode_ms_per_seq == pytest.approx(TRUE["decode_ms_per_seq"], rel=0.25)
+    assert got.decode_base_ms == pytest.approx(TRUE["decode_base_ms"], rel=0.25)
+    assert TRUE["prefill_overhead_ms"] <= got.prefill_overhead_ms < TRUE["prefill_overhead_ms"] + 15
+    assert got.decode_ms_per_ctx_token == pytest.approx(TRUE["decode_ms_per_ctx_token"], rel=0.5)
+    assert got.num_blocks == TRUE["num_blocks"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompt-tokens", "64"], "--prompt-tokens: give two lengths"),
+        (["--batches", "0,2"], "expected numbers >= 1"),
+        (["--batches", "a"], "comma-separated whole numbers"),
+    ],
+)
+def test_bad_flags_are_one_line(extra: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        main(["profile", "--url", "http://127.0.0.1:9", "--model", "m", "-o", "x", *extra])
+
+
+def test_an_engine_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    from pdserve.process import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(UserError, match=r"ConnectError"):
+        main(["profile", "--url", url, "--model", "m", "-o", str(tmp_path / "p.yaml")])
