@@ -248,13 +248,9 @@ def test_alpha_plugin_loads_with_the_flag(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-# Accepted but not acted on in the shared configs: the token producer's engine tokenization
-# (an HTTP call per request on the request path; the model folder's tokenizer is used) and
-# the prefix store's text blocks (its cache keeps whole prompts).
+# Accepted but not acted on in the shared configs: the prefix store's text blocks (its
+# cache keeps whole prompts).
 NOT_ACTED_ON = {
-    "llm-d-router-v0.10/epp-configs/epp-precise-prefix-cache-config.yaml": [
-        "plugins[0].parameters.vllm",
-    ],
     "epp-configs/sim-epp-kvcache-config.yaml": [
         "plugins[0].parameters.indexerConfig.prefixStoreConfig.blockSize",
     ],

@@ -19,6 +19,7 @@ import xxhash
 from pydantic import BaseModel, Field
 
 from pdserve.block_hashes import Scheme
+from pdserve.engine_tokens import DEFAULT_TIMEOUT
 from pdserve.epp.framework import (
     Parameters,
     Plugin,
@@ -327,12 +328,19 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
         self.tokenizer_source = TokenizerSource(
             pool.modelName if pool else None, pool.tokenizersCacheDir if pool else None
         )
+        # Set by bind from the config's token-producer: the engine URL whose /tokenize the
+        # request path asks (engine_tokens) before scheduling, and its total timeout.
+        self.remote_tokenizer_url: str | None = None
+        self.remote_tokenizer_timeout = DEFAULT_TIMEOUT
 
     def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
         """Tokens come from the config's token-producer where there is one, as upstream."""
         producer = next((x for x in plugins.values() if isinstance(x, TokenProducer)), None)
         if producer is not None and not self.tokenizer_source.named:
             self.tokenizer_source = producer.source
+        if producer is not None:
+            self.remote_tokenizer_url = producer.remote_tokenizer_url
+            self.remote_tokenizer_timeout = producer.remote_tokenizer_timeout
 
     @property
     def zmq_endpoint(self) -> str | None:
@@ -348,8 +356,12 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
         return go_duration(raw, "indexerConfig.kvBlockIndexConfig.metricsLoggingInterval")
 
     def request_tokens(self, req: Request) -> list[int]:
+        """The engine's tokens when the request path brought them, else the local
+        tokenizer's (cached as the prefix store says)."""
         from pdserve.tokenization import request_tokens
 
+        if req.prompt_tokens is not None:
+            return req.prompt_tokens
         key = (req.prompt, repr(req.messages)) if req.messages is not None else (req.prompt, "")
         found = self.tokens.get(key)
         if found is None:
@@ -670,9 +682,26 @@ class TokenizerSource:
         return self._tokenizer
 
 
+class EngineTokenizer(BaseModel):
+    """Where the engine tokenizes (upstream names the URL `url` in v0.10, `http` since)."""
+
+    model_config = Parameters.model_config
+    url: str | None = None
+    http: str | None = None
+    timeout: str | None = None  # a Go duration
+    mmTimeout: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return (self.http or self.url or DEFAULT_ENGINE_URL).rstrip("/")
+
+
+DEFAULT_ENGINE_URL = "http://localhost:8000"  # upstream's: the engine beside the EPP
+
+
 class TokenProducerParams(Parameters):
     modelName: str = ""
-    vllm: dict[str, Any] | None = None
+    vllm: EngineTokenizer | None = None
     image: dict[str, Any] | None = None
     video: dict[str, Any] | None = None
     udsSocketPath: str | None = None
@@ -681,20 +710,29 @@ class TokenProducerParams(Parameters):
 @register("token-producer", "tokenizer")
 class TokenProducer(Plugin):
     """The tokenizer the precise producer counts blocks with: the model's own, from the
-    folder `modelName` names. Upstream can also tokenize through the engine (`vllm.url`):
-    an HTTP call per request, not made here."""
+    folder `modelName` names; with `vllm`, the engine's (its /tokenize), which the request
+    path fetches (engine_tokens.engine_tokens) and puts on Request.prompt_tokens. Without
+    them (the call failed, or a caller that does not fetch) the folder's is used."""
 
     Params = TokenProducerParams
     params: TokenProducerParams
 
     def setup(self) -> None:
         self.source = TokenizerSource(self.params.modelName or None)
+        engine = self.params.vllm
+        self.remote_tokenizer_url: str | None = engine.base_url if engine else None
+        self.remote_tokenizer_timeout = DEFAULT_TIMEOUT
+        if engine is not None and engine.timeout is not None:
+            self.remote_tokenizer_timeout = go_duration(engine.timeout, "vllm.timeout")
 
     def inert(self) -> dict[str, str]:
         why = {
-            "vllm": "tokenizing through the engine is not wired; the model folder's tokenizer is",
+            "vllm.mmTimeout": "text only: no multimodal inputs",
             "image": "text only: no multimodal inputs",
             "video": "text only: no multimodal inputs",
             "udsSocketPath": "no tokenizer sidecar; the model folder's tokenizer is used",
         }
-        return {k: v for k, v in why.items() if k in self.params.model_fields_set}
+        engine = self.params.vllm
+        given = set(self.params.model_fields_set)
+        given |= {f"vllm.{k}" for k in engine.model_fields_set} if engine else set()
+        return {k: v for k, v in why.items() if k in given}
