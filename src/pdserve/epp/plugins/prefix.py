@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -265,8 +265,8 @@ class KVBlockIndex(BaseModel):
 
 class PrefixStore(BaseModel):
     model_config = Parameters.model_config
-    blockSize: int | None = None
-    cacheSize: int | None = None
+    blockSize: int | None = Field(None, ge=1)  # characters of prompt text per block
+    cacheSize: int | None = Field(None, ge=0)  # blocks kept
 
 
 class TokenizersPool(BaseModel):
@@ -323,7 +323,10 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
         self.metrics_logging_interval()  # a bad duration is a load error, not a dead task
         self.holders: dict[int, set[str]] = {}
         store = p.indexerConfig.prefixStoreConfig
-        self.tokens = TokenCache(store.cacheSize if store and store.cacheSize else 0)
+        self.tokens = TokenCache(0)  # pdserve keeps no tokenizations unless configured to
+        if store is not None:
+            size = STORE_BLOCKS if store.cacheSize is None else store.cacheSize
+            self.tokens = TokenCache(size, store.blockSize or STORE_BLOCK_CHARS)
         pool = p.indexerConfig.tokenizersPoolConfig
         self.tokenizer_source = TokenizerSource(
             pool.modelName if pool else None, pool.tokenizersCacheDir if pool else None
@@ -358,16 +361,12 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
     def request_tokens(self, req: Request) -> list[int]:
         """The engine's tokens when the request path brought them, else the local
         tokenizer's (cached as the prefix store says)."""
-        from pdserve.tokenization import request_tokens
-
         if req.prompt_tokens is not None:
             return req.prompt_tokens
-        key = (req.prompt, repr(req.messages)) if req.messages is not None else (req.prompt, "")
-        found = self.tokens.get(key)
-        if found is None:
-            tok = self.tokenizer_source.tokenizer()
-            found = self.tokens.put(key, request_tokens(tok, req.prompt, req.messages))
-        return found
+        tok = self.tokenizer_source.tokenizer()
+        if req.messages is not None:
+            return self.tokens.tokens(tok, tok.chat_prompt(req.messages), chat=True)
+        return self.tokens.tokens(tok, req.prompt, chat=False)
 
     def apply_event(self, pod: str, event: list[Any]) -> None:
         from pdserve.block_hashes import event_key
@@ -422,10 +421,6 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
     def inert(self) -> dict[str, str]:
         p, out = self.params, {}
         ix = p.indexerConfig
-        if ix.prefixStoreConfig is not None and ix.prefixStoreConfig.blockSize is not None:
-            out["indexerConfig.prefixStoreConfig.blockSize"] = (
-                "the tokenization cache keeps whole prompts, not text blocks"
-            )
         pool = ix.tokenizersPoolConfig
         if pool is not None and pool.workersCount is not None:
             out["indexerConfig.tokenizersPoolConfig.workersCount"] = (
@@ -618,26 +613,84 @@ class PrecisePrefixCacheScorer(PrecisePrefixProducer, Scorer):
         return out
 
 
+# The prefix store's defaults upstream (llm-d-kv-cache's LRU token store), and the share of a
+# prompt its cached blocks must cover for their tokens to stand for the prompt's.
+STORE_BLOCK_CHARS = 256
+STORE_BLOCKS = 500_000
+MIN_PREFIX_OVERLAP = 0.8
+
+
 class TokenCache:
-    """Prompt -> tokens, least recently used out: upstream's prefix store spares re-tokenizing
-    a prompt seen before (capacity 0: no cache)."""
+    """Tokenizations by blocks of prompt text, least recently used out, as upstream's prefix
+    store: a prompt that shares its text prefix with an earlier one takes that one's tokens
+    instead of being tokenized again, when the shared blocks cover MIN_PREFIX_OVERLAP of it.
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lru: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+    A block is `block_chars` characters (upstream counts UTF-8 bytes; the same for ASCII),
+    keyed by a chain of xxh64 over the previous key and its text, so a key names the whole
+    prefix; it holds the tokens that end inside it (a token across a boundary belongs to the
+    later block), and a trailing partial block is not kept. The tokens given back cover the
+    matched blocks only, as upstream's do. Chat renderings and completions prompts are kept
+    apart: the same text tokenizes with special tokens only as a prompt. `capacity` counts
+    blocks; 0 keeps nothing."""
 
-    def get(self, key: tuple[str, str]) -> list[int] | None:
-        found = self._lru.get(key)
-        if found is not None:
-            self._lru.move_to_end(key)
-        return found
+    def __init__(self, capacity: int, block_chars: int = STORE_BLOCK_CHARS) -> None:
+        self.capacity, self.block_chars = capacity, block_chars
+        self._lru: OrderedDict[tuple[bool, int], list[int]] = OrderedDict()
 
-    def put(self, key: tuple[str, str], tokens: list[int]) -> list[int]:
+    def tokens(self, tokenizer: Tokenizer, text: str, chat: bool) -> list[int]:
+        """`text`'s tokens as vLLM forms them (a prompt with special tokens, a chat
+        rendering without), from the cache where it covers enough of `text`."""
+        found, covered = self.find(text, chat)
+        if found and covered >= MIN_PREFIX_OVERLAP * len(text):
+            return found
         if self.capacity > 0:
-            self._lru[key] = tokens
+            try:
+                ids, ends = tokenizer.encode_ends(text, special=not chat)
+            except NotImplementedError:  # no offsets: nothing to place in blocks
+                pass
+            else:
+                self.add(text, chat, ids, ends)
+                return ids
+        return tokenizer.encode(text) if chat else tokenizer.encode_prompt(text)
+
+    def find(self, text: str, chat: bool) -> tuple[list[int], int]:
+        """The tokens of the longest cached prefix, and how many characters it covers."""
+        out: list[int] = []
+        covered = 0
+        for end, key in self._blocks(text, chat):
+            block = self._lru.get(key)
+            if block is None:
+                break
+            self._lru.move_to_end(key)
+            out += block
+            covered = end
+        return out, covered
+
+    def add(self, text: str, chat: bool, ids: list[int], ends: list[int]) -> None:
+        """`ends[i]`: the character offset token `ids[i]` ends at."""
+        i = 0
+        for end, key in self._blocks(text, chat):
+            first = i
+            while i < len(ids) and ends[i] <= end:
+                i += 1
+            self._lru[key] = ids[first:i]
+            self._lru.move_to_end(key)
             if len(self._lru) > self.capacity:
                 self._lru.popitem(last=False)
-        return tokens
+
+    def _blocks(self, text: str, chat: bool) -> Iterator[tuple[int, tuple[bool, int]]]:
+        """(end offset, key) of each whole block of `text`."""
+        if self.capacity <= 0:
+            return
+        prev = 0
+        step = self.block_chars
+        for start in range(0, len(text) - step + 1, step):
+            chunk = text[start : start + step].encode()
+            prev = xxhash.xxh64_intdigest(prev.to_bytes(8, "little") + chunk)
+            yield start + step, (chat, prev)
+
+    def __len__(self) -> int:
+        return len(self._lru)
 
 
 class TokenizerSource:
