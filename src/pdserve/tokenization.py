@@ -41,6 +41,7 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
     def encode_prompt(self, text: str) -> list[int]: ...
+    def encode_ends(self, text: str, special: bool) -> tuple[list[int], list[int]]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str: ...
     def output_ids(self) -> list[int]: ...
@@ -57,10 +58,10 @@ class BuiltinTokenizer:
         self.words = _builtin_words()
 
     def encode(self, text: str) -> list[int]:
-        return [
-            self._offset + xxhash.xxh32_intdigest(p.encode()) % self._vocab
-            for p in _PIECE.findall(text)
-        ]
+        return [self._id(p) for p in _PIECE.findall(text)]
+
+    def _id(self, piece: str) -> int:
+        return self._offset + xxhash.xxh32_intdigest(piece.encode()) % self._vocab
 
     def decode(self, ids: Sequence[int]) -> str:
         n = len(self.words)
@@ -72,6 +73,11 @@ class BuiltinTokenizer:
 
     def encode_prompt(self, text: str) -> list[int]:
         return self.encode(text)
+
+    def encode_ends(self, text: str, special: bool) -> tuple[list[int], list[int]]:
+        """The tokens with the character offset each ends at (no special tokens here)."""
+        pieces = list(_PIECE.finditer(text))
+        return [self._id(m[0]) for m in pieces], [m.end() for m in pieces]
 
     def output_ids(self) -> list[int]:
         return [self._offset + self._vocab + k for k in range(len(self.words))]
@@ -97,6 +103,15 @@ class HFTokenizer:
         """A completions prompt as vLLM tokenizes it: with the tokenizer's special tokens
         (a BOS where the model has one); chat text already carries them from its template."""
         return list(self.tok.encode(text, add_special_tokens=True))
+
+    def encode_ends(self, text: str, special: bool) -> tuple[list[int], list[int]]:
+        """As encode (special: encode_prompt), with the character offset each token ends at
+        (a special token's is 0). NotImplementedError for a tokenizer that has no offsets
+        (a slow, Python one)."""
+        if not getattr(self.tok, "is_fast", False):
+            raise NotImplementedError("a slow tokenizer has no offsets")
+        out = self.tok(text, add_special_tokens=special, return_offsets_mapping=True)
+        return list(out["input_ids"]), [end for _, end in out["offset_mapping"]]
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tok.decode(list(ids), skip_special_tokens=True))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from pdserve import api, render
 from pdserve.api.convert import V1ALPHA1, V1ALPHA2, convert
 from pdserve.api.loader import check, parse
-from pdserve.api.models import dump
+from pdserve.api.models import MAX_FREE_DEPTH, dump
 from testkit import nested
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "render"))
@@ -50,17 +51,39 @@ values = st.recursive(
 
 def test_deep_pod_template_field_is_a_problem_line(tmp_path) -> None:
     """Found by the property below: 300 levels under a pod template made pydantic's dump
-    raise ValueError("Maximum serialization depth exceeded"), a traceback from validate."""
+    raise ValueError("Maximum serialization depth exceeded"), a traceback from validate;
+    validation now refuses it, naming the field."""
     doc = copy.deepcopy(GOOD)
     doc["spec"]["template"]["a"] = nested(300)
     try:
         api.resolve_file(str(_write(tmp_path, doc)))
     except api.ManifestError as err:
         assert err.problems == [
-            f"{tmp_path / 'svc.yaml'}: nested too deeply: Maximum serialization depth exceeded"
+            f"{tmp_path / 'svc.yaml'}: spec.template.a: nested too deeply: more than 200 levels"
         ]
     else:
         raise AssertionError("accepted")
+
+
+def test_a_deep_free_form_field_outside_the_template_is_named_too(tmp_path) -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["status"] = {"conditions": nested(300)}
+    with pytest.raises(api.ManifestError) as caught:
+        api.resolve_file(str(_write(tmp_path, doc)))
+    assert caught.value.problems == [
+        f"{tmp_path / 'svc.yaml'}: status.conditions: nested too deeply: more than 200 levels"
+    ]
+
+
+def test_a_free_form_field_at_the_depth_limit_validates_and_dumps(tmp_path) -> None:
+    """The deepest place: a container's field in a pool's template, where pydantic counts
+    the models around the value too."""
+    doc = copy.deepcopy(GOOD)
+    doc["spec"]["prefill"]["template"]["containers"][0]["x"] = nested(MAX_FREE_DEPTH)
+    api.resolve_file(str(_write(tmp_path, doc)))
+    doc["spec"]["prefill"]["template"]["containers"][0]["x"] = nested(MAX_FREE_DEPTH + 1)
+    with pytest.raises(api.ManifestError, match=r"spec\.prefill\.template\.containers\[0\]\.x:"):
+        api.resolve_file(str(_write(tmp_path, doc)))
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -220,5 +220,5 @@ def test_an_object_nested_past_any_limit_is_a_denial_not_an_exception() -> None:
     resp = answer(obj)  # pdserve validate's own line for it, naming the object
     assert resp["allowed"] is False and resp["status"]["code"] == 422
     assert resp["status"]["message"].startswith("LLMInferenceService ")
-    assert "nested too deeply" in resp["status"]["message"]
+    assert "spec.template.containers[0].x: nested too deeply" in resp["status"]["message"]
     assert "\n" not in resp["status"]["message"]

@@ -197,5 +197,7 @@ def test_an_object_nested_past_any_limit_fails_in_one_line() -> None:
     doc = yaml.safe_load(V1)
     doc["spec"]["template"] = {"containers": [{"name": "main", "x": nested(5000)}]}
     message = failure(review(V1ALPHA2, doc))  # pdserve validate's own line, naming it
-    assert message.startswith("LLMInferenceService svc: nested too deeply")
+    assert message.startswith(
+        "LLMInferenceService svc: spec.template.containers[0].x: nested too deeply"
+    )
     assert "\n" not in message

@@ -12,13 +12,13 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
 from pdserve.api import models
 from pdserve.api.convert import V1ALPHA1, V1ALPHA2, VERSIONS, to_v1alpha2
 from pdserve.api.models import CONFIG_KIND, SERVICE_KIND, dump
 from pdserve.api.v1alpha2 import LLMInferenceService, LLMInferenceServiceConfig
 from pdserve.errors import UserError
+from pdserve.validation_errors import Wording, path_of
 
 Model = type[BaseModel]
 KINDS: dict[tuple[str, str], Model] = {
@@ -38,43 +38,26 @@ class ManifestError(UserError):
         self.problems = problems
 
 
-def path_of(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith("function-"):  # a model validator's frame, not a field
-            continue
-        else:  # a key with a newline in it stays on its problem's line
-            out += ("." if out else "") + (str(part) if str(part).isprintable() else repr(part))
-    return out
-
-
-def _message(err: ErrorDetails) -> str:
-    kind, ctx = err["type"], err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx.get('ge')}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx.get('le')}"
-    if kind == "literal_error":
-        return f"must be {ctx.get('expected')}, got {err.get('input')!r}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be an integer, got {err.get('input')!r}"
-    if kind in ("string_type",):
-        return f"must be a string, got {err.get('input')!r}"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"must be a boolean, got {err.get('input')!r}"
-    if kind in ("list_type",):
-        return "must be a list"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return "must be an object"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return err["msg"]
+_INTEGER = "must be an integer, got {input!r}"
+WORDING = Wording(
+    {
+        "extra_forbidden": "unknown field",
+        "missing": "required field is missing",
+        "greater_than_equal": "must be >= {ge}",
+        "less_than_equal": "must be <= {le}",
+        "literal_error": "must be {expected}, got {input!r}",
+        "int_type": _INTEGER,
+        "int_parsing": _INTEGER,
+        "int_from_float": _INTEGER,
+        "string_type": "must be a string, got {input!r}",
+        "bool_type": "must be a boolean, got {input!r}",
+        "bool_parsing": "must be a boolean, got {input!r}",
+        "list_type": "must be a list",
+        "dict_type": "must be an object",
+        "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
+    }
+)
 
 
 def validation_problems(where: str, err: ValidationError, under: str = "") -> list[str]:
@@ -82,7 +65,7 @@ def validation_problems(where: str, err: ValidationError, under: str = "") -> li
     problems = []
     for e in err.errors():
         path = ".".join(p for p in (under, path_of(e["loc"])) if p)
-        msg = _message(e)
+        msg = WORDING.describe(e)
         if msg.startswith("uri: ") and path.endswith("model"):
             path, msg = path + ".uri", msg[5:]
         problems.append(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
@@ -106,11 +89,8 @@ def check(doc: Any, where: str) -> BaseModel:
         )
     try:
         obj = KINDS[(version, kind)].model_validate(doc)
-        dump(obj)  # a free-form field (a pod template's) nested past pydantic's depth limit
     except ValidationError as err:
         raise ManifestError(validation_problems(where, err)) from None
-    except ValueError as err:  # "Maximum serialization depth exceeded", not a traceback
-        raise ManifestError([f"{where}: nested too deeply: {err}"]) from None
     problems = []
     if kind == SERVICE_KIND:
         meta, model = doc.get("metadata") or {}, (doc.get("spec") or {}).get("model") or {}

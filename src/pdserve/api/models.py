@@ -11,9 +11,9 @@ and round-trips every other field unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "serving.kserve.io/v1alpha1"
@@ -24,6 +24,38 @@ CONFIG_KIND = "LLMInferenceServiceConfig"
 URI_SCHEMES = ("hf://", "pvc://", "s3://", "oci://", "file://", "builtin://")
 
 
+# pydantic-core raises past 255 levels of serialising, counting a value's lists and mappings
+# and some of the models around it (those it serialises by reference: up to 2 at most on our
+# paths now); checked while validating, with room to spare for the models, so that a
+# manifest that validates also dumps, and validation need not dump it to find out.
+MAX_FREE_DEPTH = 200
+
+
+def _depth(value: Any) -> int:
+    """Levels of lists and mappings in `value`; iterative, as a hostile one is deep."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list | tuple):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in node)
+    return deepest
+
+
+def _shallow(value: Any) -> Any:
+    if isinstance(value, dict | list | tuple) and _depth(value) > MAX_FREE_DEPTH:
+        raise ValueError(f"nested too deeply: more than {MAX_FREE_DEPTH} levels")
+    return value
+
+
+# A value we pass through unread (a pod template's untyped field, a status): any JSON
+# that serialises again.
+Free = Annotated[Any, AfterValidator(_shallow)]
+FreeMap = dict[str, Free]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
@@ -31,7 +63,13 @@ class Strict(BaseModel):
 class Open(BaseModel):
     """Kubernetes structures: the fields we merge on are typed, the rest pass through."""
 
-    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="allow",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        json_schema_extra={"additionalProperties": True},  # the CRD's preserve-unknown-fields
+    )
+    __pydantic_extra__: dict[str, Free]
 
 
 # --- PodSpec (as far as strategic merge needs it) ----------------------------------------
@@ -59,7 +97,7 @@ class Container(Open):
     env: list[EnvVar] | None = None
     ports: list[ContainerPort] | None = None
     volume_mounts: list[VolumeMount] | None = None
-    resources: dict[str, Any] | None = None
+    resources: FreeMap | None = None
 
 
 class Volume(Open):
@@ -83,7 +121,7 @@ class Parallelism(Strict):
 
 
 class HPAScaling(Strict):
-    behavior: dict[str, Any] | None = None
+    behavior: FreeMap | None = None
 
 
 class KEDAScaling(Strict):
@@ -91,14 +129,14 @@ class KEDAScaling(Strict):
     cooldown_period: int | None = Field(None, ge=0)
     initial_cooldown_period: int | None = Field(None, ge=0)
     idle_replica_count: int | None = Field(None, ge=1)
-    fallback: dict[str, Any] | None = None
-    advanced: dict[str, Any] | None = None
+    fallback: FreeMap | None = None
+    advanced: FreeMap | None = None
 
 
 class DirectKEDAScaling(KEDAScaling):
     """KEDA driven by the user's own triggers rather than WVA's (KServe main, not v0.20)."""
 
-    triggers: list[dict[str, Any]]
+    triggers: list[FreeMap]
 
 
 class WVA(Strict):
@@ -157,7 +195,7 @@ class Workload(Strict):
 
 # --- model -----------------------------------------------------------------------------------
 class LoRA(Strict):
-    adapters: list[dict[str, Any]] | None = None
+    adapters: list[FreeMap] | None = None
     max_rank: int | None = Field(None, ge=1)
     max_adapters: int | None = Field(None, ge=1)
     max_cpu_adapters: int | None = Field(None, ge=1)
@@ -202,7 +240,7 @@ class IngressRef(Strict):
 
 class HTTPRouteRef(Strict):
     refs: list[LocalRef] | None = None
-    spec: dict[str, Any] | None = None
+    spec: FreeMap | None = None
 
 
 class Route(Strict):
@@ -226,7 +264,7 @@ class ConfigMapKeyRef(Strict):
 
 
 class SchedulerConfig(Strict):
-    inline: str | dict[str, Any] | None = None
+    inline: str | FreeMap | None = None
     ref: ConfigMapKeyRef | None = None
 
 
@@ -314,7 +352,7 @@ class _Object(Strict):
     kind: str  # each kind narrows it; declared here so that a dump starts apiVersion, kind
     metadata: ObjectMeta
     spec: Spec = Field(default_factory=Spec)
-    status: dict[str, Any] | None = None
+    status: FreeMap | None = None
 
 
 class LLMInferenceServiceConfig(_Object):

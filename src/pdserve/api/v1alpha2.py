@@ -9,12 +9,13 @@ both pools, and a scheduler pool spec of the GA InferencePool API.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr
 
 from pdserve.api.models import (
     QUANTITY,
+    FreeMap,
     IngressRefs,
     LocalRef,
     ModelBase,
@@ -44,7 +45,7 @@ class PVCRefTier(Strict):
 
 
 class PVCTier(Strict):
-    spec: dict[str, Any] | None = None
+    spec: FreeMap | None = None
     ref: PVCRefTier | None = None
 
 
@@ -131,7 +132,7 @@ class _Object(Strict):
     kind: str  # each kind narrows it; declared here so that a dump starts apiVersion, kind
     metadata: ObjectMeta
     spec: Spec = Field(default_factory=Spec)
-    status: dict[str, Any] | None = None
+    status: FreeMap | None = None
 
 
 class LLMInferenceServiceConfig(_Object):

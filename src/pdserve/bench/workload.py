@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pdserve.errors import UserError
+from pdserve.validation_errors import Wording, path_of
 
 
 class _Strict(BaseModel):
@@ -236,36 +237,18 @@ class Workload(_Strict):
 _TAGS = {"poisson", "constant", "bursts", "fixed", "uniform", "normal", "lognormal"}
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's location without the union tags it inserts (`arrival.poisson.rate`)."""
-    parts: list[str] = []
-    for part in loc:
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        elif part in _TAGS or part.startswith("function-"):
-            continue
-        else:
-            parts.append(("." if parts else "") + part)
-    return "".join(parts)
-
-
-def _message(err: Any) -> str:
-    kind, ctx = err["type"], err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required"
-    if kind == "union_tag_invalid":
-        return f"must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
-    if kind == "union_tag_not_found":
-        return f"needs {ctx.get('discriminator')}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
-    if kind in bounds:
-        limit = next(iter(ctx.values()), "?")
-        return f"must be {bounds[kind]} {limit}, got {err.get('input')!r}"
-    return str(err["msg"]).lower()
+WORDING = Wording(
+    {
+        "extra_forbidden": "unknown key",
+        "missing": "required",
+        "union_tag_invalid": "must be one of {expected_tags}, got {tag!r}",
+        "union_tag_not_found": "needs {discriminator}",
+        "greater_than": "must be > {gt}, got {input!r}",
+        "greater_than_equal": "must be >= {ge}, got {input!r}",
+        "less_than": "must be < {lt}, got {input!r}",
+    },
+    lower=True,
+)
 
 
 def problem(where: str, err: ValidationError) -> str:
@@ -273,8 +256,8 @@ def problem(where: str, err: ValidationError) -> str:
     key also makes the key it meant missing, and the misspelling is what to fix."""
     errors = err.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    path = _path(tuple(first["loc"]))
-    msg = _message(first)
+    path = path_of(tuple(first["loc"]), skip=_TAGS)
+    msg = WORDING.describe(first)
     if not path and ": " in msg:  # model-level checks name their key in the message
         path, msg = msg.split(": ", 1)
     return f"{where}: {path}: {msg}" if path else f"{where}: {msg}"

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
 from pdserve.errors import UserError
+from pdserve.validation_errors import path_of, reason
 
 Stability = Literal["alpha", "beta"]
 
@@ -111,11 +112,11 @@ def one_line(err: ValidationError, type_name: str) -> str:
     """Pydantic's first error as `parameters.<path>: <what>`: a config has one problem at a
     time on screen, the way upstream's strict decoder reports it."""
     e = err.errors()[0]
-    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"]).replace(".[", "[")
+    loc = path_of(tuple(e["loc"]))
     path = f"parameters.{loc}" if loc else "parameters"
     if e["type"] == "extra_forbidden":
         return f"{path}: unknown parameter of {type_name}"
-    msg = str(e["msg"]).removeprefix("Value error, ")
+    msg = reason(e)
     return f"{path}: {msg}, got {e.get('input')!r}" if "input" in e else f"{path}: {msg}"
 
 

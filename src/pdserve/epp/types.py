@@ -74,6 +74,9 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     priority: int = 0  # negative: sheddable
     messages: list[dict[str, Any]] | None = None  # a chat request's, for a model's template
+    # The engine's own tokens of the prompt, when the request path fetched them
+    # (engine_tokens, for a token-producer with `vllm`); the plugins do no I/O themselves.
+    prompt_tokens: list[int] | None = None
 
     @property
     def sheddable(self) -> bool:

@@ -45,27 +45,26 @@ def engine(
     feed: tuple[KVFeed, str] | None = None,
 ) -> EngineCommand:
     """`log_config`: vLLM's logging config file (vllm.logging_config()); the sim logs JSON.
-    `feed`: the KV-event feed and this engine's endpoint name, when the EPP wants events."""
-    events = feed[0].engine_args(feed[1], plan.served_name, pool.args) if feed else []
-    events_env = feed[0].engine_env() if feed else {}
+    `feed`: the KV-event feed and this engine's endpoint name, when the EPP wants events;
+    sim engines only, as kv_feed refuses a precise config with vLLM engines."""
     if kind == "vllm":
-        assert model_dir is not None
-        cmd = vllm.command(
+        assert model_dir is not None and feed is None
+        return vllm.command(
             model_dir,
             plan.served_name,
             slot.port,
-            args=(*pool.args, *events),
+            args=pool.args,
             pd=plan.pd,
             side_channel_port=slot.side_channel_port,
             cores=slot.cores,
             log_config=log_config,
         )
-        return EngineCommand(cmd.argv, {**cmd.env, **events_env})
+    events = feed[0].engine_args(feed[1], plan.served_name, pool.args) if feed else []
     argv = [*PDSERVE, "sim-engine", "--host", "127.0.0.1", "--port", str(slot.port)]
     argv += ["--served-model-name", plan.served_name]
     if model_dir is not None:
         argv += ["--model", str(model_dir)]
-    env: dict[str, str] = dict(events_env)
+    env: dict[str, str] = feed[0].engine_env() if feed else {}
     if plan.pd:  # NIXL is loaded for a KV connector only
         argv += ["--kv-transfer-config", vllm.kv_transfer_config()]
         env.update(vllm.UCX_LOOPBACK)

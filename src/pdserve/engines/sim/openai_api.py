@@ -26,6 +26,52 @@ class Params:
     kv_transfer_params: dict[str, Any] | None = None
 
 
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and "role" in m for m in messages)
+    ):
+        raise ApiError(
+            400, "messages must be a non-empty list of {role, content} objects.", "messages"
+        )
+    return messages
+
+
+def _prompt(prompt: Any) -> str | list[int]:
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if (
+        isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)
+    ) or isinstance(prompt, str):
+        return prompt
+    raise ApiError(
+        400, "prompt must be a string, a list of token ids, or a list of one of those.", "prompt"
+    )
+
+
+def tokenize_request(body: Any) -> tuple[Params, bool]:
+    """A /tokenize body, as vLLM reads it: `messages` makes it a chat one (the generation
+    prompt always added, as this engine's chat does), else `prompt`; and whether the
+    tokenizer's special tokens are added (`add_special_tokens`: true for a prompt, false
+    for messages, whose template carries them)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    chat = "messages" in body
+    special = body.get("add_special_tokens", not chat)
+    if not isinstance(special, bool):
+        raise ApiError(400, "add_special_tokens must be a boolean.", "add_special_tokens")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "model must be a string.", "model")
+    p = Params(chat=chat, model=model, prompt="")
+    if chat:
+        p.messages = _messages(body.get("messages"))
+    else:
+        p.prompt = _prompt(body.get("prompt"))
+    return p, special
+
+
 def parse(body: Any, chat: bool) -> Params:
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object.")
@@ -34,30 +80,9 @@ def parse(body: Any, chat: bool) -> Params:
         raise ApiError(400, "model must be a string.", "model")
     p = Params(chat=chat, model=model, prompt="")
     if chat:
-        messages = body.get("messages")
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) and "role" in m for m in messages)
-        ):
-            raise ApiError(
-                400, "messages must be a non-empty list of {role, content} objects.", "messages"
-            )
-        p.messages = messages
+        p.messages = _messages(body.get("messages"))
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-            prompt = prompt[0]
-        if (
-            isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)
-        ) or isinstance(prompt, str):
-            p.prompt = prompt
-        else:
-            raise ApiError(
-                400,
-                "prompt must be a string, a list of token ids, or a list of one of those.",
-                "prompt",
-            )
+        p.prompt = _prompt(body.get("prompt"))
     values = check_request(body, chat)
     limit = max_output_tokens(values)
     p.max_tokens = limit[1] if limit else None

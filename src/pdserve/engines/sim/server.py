@@ -15,13 +15,33 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import json_body, wire
 from pdserve.engines.sim.engine import SimEngine
-from pdserve.engines.sim.openai_api import Params, chunk, full_response, parse, usage
+from pdserve.engines.sim.openai_api import (
+    Params,
+    chunk,
+    full_response,
+    parse,
+    tokenize_request,
+    usage,
+)
 from pdserve.engines.sim.openai_api import usage_chunk as make_usage_chunk
 from pdserve.engines.sim.scheduler import Request
 from pdserve.logs import event
+from pdserve.tokenization import Tokenizer, request_tokens
 from pdserve.vllm_request import ApiError
 
 log = logging.getLogger("pdserve.sim")
+
+
+def _tokens_of(tokenizer: Tokenizer, p: Params, special: bool) -> list[int]:
+    """As the engine would count the prompt; `special`: the completions prompt's BOS."""
+    if isinstance(p.prompt, list):
+        return list(p.prompt)
+    try:
+        if p.chat:
+            return request_tokens(tokenizer, "", p.messages)
+        return tokenizer.encode_prompt(p.prompt) if special else tokenizer.encode(p.prompt)
+    except ValueError as err:  # a chat template that fails
+        raise ApiError(400, str(err), "messages") from err
 
 
 @web.middleware
@@ -58,6 +78,7 @@ class Api:
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/reset_prefix_cache", self.reset_prefix_cache)
+        app.router.add_post("/tokenize", self.tokenize)
         app.router.add_get("/sim/kv_blocks", self.kv_blocks)
         return app
 
@@ -110,6 +131,36 @@ class Api:
         ]
         return web.json_response({"object": "list", "data": cards})
 
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize: a router that tokenizes through the engine counts the engine's
+        own tokens, chat template included."""
+        try:
+            try:
+                body = json_body.loads(await request.read())
+            except ValueError as err:
+                raise ApiError(400, f"Invalid JSON in request body: {err}") from err
+            p, special = tokenize_request(body)
+            self._lora(p.model)
+            tokens = _tokens_of(self.engine.cfg.tokenizer, p, special)
+        except ApiError as err:
+            return _error(err.status, err.message, err.param)
+        return web.json_response(
+            {
+                "count": len(tokens),
+                "max_model_len": self.engine.max_model_len,
+                "tokens": tokens,
+                "token_strs": None,
+            }
+        )
+
+    def _lora(self, model: str | None) -> int | None:
+        """The LoRA a request's model names (None: the base model), or vLLM's 404."""
+        cfg = self.engine.cfg
+        lora = cfg.lora_id(model) if model else None
+        if model and lora is None and model not in (cfg.served_model_name, *cfg.aliases):
+            raise ApiError(404, f"The model `{model}` does not exist.", "model")
+        return lora
+
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
@@ -124,10 +175,7 @@ class Api:
             except ValueError as err:
                 raise ApiError(400, f"Invalid JSON in request body: {err}") from err
             p = parse(body, chat)
-            cfg = engine.cfg
-            lora = cfg.lora_id(p.model) if p.model else None
-            if p.model and lora is None and p.model not in (cfg.served_model_name, *cfg.aliases):
-                raise ApiError(404, f"The model `{p.model}` does not exist.", "model")
+            lora = self._lora(p.model)
             prompt = engine.tokenize(p)
             base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
             req = engine.new_request(p, prompt, base)

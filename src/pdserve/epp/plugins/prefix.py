@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -19,6 +19,7 @@ import xxhash
 from pydantic import BaseModel, Field
 
 from pdserve.block_hashes import Scheme
+from pdserve.engine_tokens import DEFAULT_TIMEOUT
 from pdserve.epp.framework import (
     Parameters,
     Plugin,
@@ -264,8 +265,8 @@ class KVBlockIndex(BaseModel):
 
 class PrefixStore(BaseModel):
     model_config = Parameters.model_config
-    blockSize: int | None = None
-    cacheSize: int | None = None
+    blockSize: int | None = Field(None, ge=1)  # characters of prompt text per block
+    cacheSize: int | None = Field(None, ge=0)  # blocks kept
 
 
 class TokenizersPool(BaseModel):
@@ -322,17 +323,27 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
         self.metrics_logging_interval()  # a bad duration is a load error, not a dead task
         self.holders: dict[int, set[str]] = {}
         store = p.indexerConfig.prefixStoreConfig
-        self.tokens = TokenCache(store.cacheSize if store and store.cacheSize else 0)
+        self.tokens = TokenCache(0)  # pdserve keeps no tokenizations unless configured to
+        if store is not None:
+            size = STORE_BLOCKS if store.cacheSize is None else store.cacheSize
+            self.tokens = TokenCache(size, store.blockSize or STORE_BLOCK_CHARS)
         pool = p.indexerConfig.tokenizersPoolConfig
         self.tokenizer_source = TokenizerSource(
             pool.modelName if pool else None, pool.tokenizersCacheDir if pool else None
         )
+        # Set by bind from the config's token-producer: the engine URL whose /tokenize the
+        # request path asks (engine_tokens) before scheduling, and its total timeout.
+        self.remote_tokenizer_url: str | None = None
+        self.remote_tokenizer_timeout = DEFAULT_TIMEOUT
 
     def bind(self, plugins: dict[str, Plugin], profiles: Sequence[str]) -> None:
         """Tokens come from the config's token-producer where there is one, as upstream."""
         producer = next((x for x in plugins.values() if isinstance(x, TokenProducer)), None)
         if producer is not None and not self.tokenizer_source.named:
             self.tokenizer_source = producer.source
+        if producer is not None:
+            self.remote_tokenizer_url = producer.remote_tokenizer_url
+            self.remote_tokenizer_timeout = producer.remote_tokenizer_timeout
 
     @property
     def zmq_endpoint(self) -> str | None:
@@ -348,14 +359,14 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
         return go_duration(raw, "indexerConfig.kvBlockIndexConfig.metricsLoggingInterval")
 
     def request_tokens(self, req: Request) -> list[int]:
-        from pdserve.tokenization import request_tokens
-
-        key = (req.prompt, repr(req.messages)) if req.messages is not None else (req.prompt, "")
-        found = self.tokens.get(key)
-        if found is None:
-            tok = self.tokenizer_source.tokenizer()
-            found = self.tokens.put(key, request_tokens(tok, req.prompt, req.messages))
-        return found
+        """The engine's tokens when the request path brought them, else the local
+        tokenizer's (cached as the prefix store says)."""
+        if req.prompt_tokens is not None:
+            return req.prompt_tokens
+        tok = self.tokenizer_source.tokenizer()
+        if req.messages is not None:
+            return self.tokens.tokens(tok, tok.chat_prompt(req.messages), chat=True)
+        return self.tokens.tokens(tok, req.prompt, chat=False)
 
     def apply_event(self, pod: str, event: list[Any]) -> None:
         from pdserve.block_hashes import event_key
@@ -410,10 +421,6 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
     def inert(self) -> dict[str, str]:
         p, out = self.params, {}
         ix = p.indexerConfig
-        if ix.prefixStoreConfig is not None and ix.prefixStoreConfig.blockSize is not None:
-            out["indexerConfig.prefixStoreConfig.blockSize"] = (
-                "the tokenization cache keeps whole prompts, not text blocks"
-            )
         pool = ix.tokenizersPoolConfig
         if pool is not None and pool.workersCount is not None:
             out["indexerConfig.tokenizersPoolConfig.workersCount"] = (
@@ -606,26 +613,84 @@ class PrecisePrefixCacheScorer(PrecisePrefixProducer, Scorer):
         return out
 
 
+# The prefix store's defaults upstream (llm-d-kv-cache's LRU token store), and the share of a
+# prompt its cached blocks must cover for their tokens to stand for the prompt's.
+STORE_BLOCK_CHARS = 256
+STORE_BLOCKS = 500_000
+MIN_PREFIX_OVERLAP = 0.8
+
+
 class TokenCache:
-    """Prompt -> tokens, least recently used out: upstream's prefix store spares re-tokenizing
-    a prompt seen before (capacity 0: no cache)."""
+    """Tokenizations by blocks of prompt text, least recently used out, as upstream's prefix
+    store: a prompt that shares its text prefix with an earlier one takes that one's tokens
+    instead of being tokenized again, when the shared blocks cover MIN_PREFIX_OVERLAP of it.
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lru: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+    A block is `block_chars` characters (upstream counts UTF-8 bytes; the same for ASCII),
+    keyed by a chain of xxh64 over the previous key and its text, so a key names the whole
+    prefix; it holds the tokens that end inside it (a token across a boundary belongs to the
+    later block), and a trailing partial block is not kept. The tokens given back cover the
+    matched blocks only, as upstream's do. Chat renderings and completions prompts are kept
+    apart: the same text tokenizes with special tokens only as a prompt. `capacity` counts
+    blocks; 0 keeps nothing."""
 
-    def get(self, key: tuple[str, str]) -> list[int] | None:
-        found = self._lru.get(key)
-        if found is not None:
-            self._lru.move_to_end(key)
-        return found
+    def __init__(self, capacity: int, block_chars: int = STORE_BLOCK_CHARS) -> None:
+        self.capacity, self.block_chars = capacity, block_chars
+        self._lru: OrderedDict[tuple[bool, int], list[int]] = OrderedDict()
 
-    def put(self, key: tuple[str, str], tokens: list[int]) -> list[int]:
+    def tokens(self, tokenizer: Tokenizer, text: str, chat: bool) -> list[int]:
+        """`text`'s tokens as vLLM forms them (a prompt with special tokens, a chat
+        rendering without), from the cache where it covers enough of `text`."""
+        found, covered = self.find(text, chat)
+        if found and covered >= MIN_PREFIX_OVERLAP * len(text):
+            return found
         if self.capacity > 0:
-            self._lru[key] = tokens
+            try:
+                ids, ends = tokenizer.encode_ends(text, special=not chat)
+            except NotImplementedError:  # no offsets: nothing to place in blocks
+                pass
+            else:
+                self.add(text, chat, ids, ends)
+                return ids
+        return tokenizer.encode(text) if chat else tokenizer.encode_prompt(text)
+
+    def find(self, text: str, chat: bool) -> tuple[list[int], int]:
+        """The tokens of the longest cached prefix, and how many characters it covers."""
+        out: list[int] = []
+        covered = 0
+        for end, key in self._blocks(text, chat):
+            block = self._lru.get(key)
+            if block is None:
+                break
+            self._lru.move_to_end(key)
+            out += block
+            covered = end
+        return out, covered
+
+    def add(self, text: str, chat: bool, ids: list[int], ends: list[int]) -> None:
+        """`ends[i]`: the character offset token `ids[i]` ends at."""
+        i = 0
+        for end, key in self._blocks(text, chat):
+            first = i
+            while i < len(ids) and ends[i] <= end:
+                i += 1
+            self._lru[key] = ids[first:i]
+            self._lru.move_to_end(key)
             if len(self._lru) > self.capacity:
                 self._lru.popitem(last=False)
-        return tokens
+
+    def _blocks(self, text: str, chat: bool) -> Iterator[tuple[int, tuple[bool, int]]]:
+        """(end offset, key) of each whole block of `text`."""
+        if self.capacity <= 0:
+            return
+        prev = 0
+        step = self.block_chars
+        for start in range(0, len(text) - step + 1, step):
+            chunk = text[start : start + step].encode()
+            prev = xxhash.xxh64_intdigest(prev.to_bytes(8, "little") + chunk)
+            yield start + step, (chat, prev)
+
+    def __len__(self) -> int:
+        return len(self._lru)
 
 
 class TokenizerSource:
@@ -670,9 +735,26 @@ class TokenizerSource:
         return self._tokenizer
 
 
+class EngineTokenizer(BaseModel):
+    """Where the engine tokenizes (upstream names the URL `url` in v0.10, `http` since)."""
+
+    model_config = Parameters.model_config
+    url: str | None = None
+    http: str | None = None
+    timeout: str | None = None  # a Go duration
+    mmTimeout: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return (self.http or self.url or DEFAULT_ENGINE_URL).rstrip("/")
+
+
+DEFAULT_ENGINE_URL = "http://localhost:8000"  # upstream's: the engine beside the EPP
+
+
 class TokenProducerParams(Parameters):
     modelName: str = ""
-    vllm: dict[str, Any] | None = None
+    vllm: EngineTokenizer | None = None
     image: dict[str, Any] | None = None
     video: dict[str, Any] | None = None
     udsSocketPath: str | None = None
@@ -681,20 +763,29 @@ class TokenProducerParams(Parameters):
 @register("token-producer", "tokenizer")
 class TokenProducer(Plugin):
     """The tokenizer the precise producer counts blocks with: the model's own, from the
-    folder `modelName` names. Upstream can also tokenize through the engine (`vllm.url`):
-    an HTTP call per request, not made here."""
+    folder `modelName` names; with `vllm`, the engine's (its /tokenize), which the request
+    path fetches (engine_tokens.engine_tokens) and puts on Request.prompt_tokens. Without
+    them (the call failed, or a caller that does not fetch) the folder's is used."""
 
     Params = TokenProducerParams
     params: TokenProducerParams
 
     def setup(self) -> None:
         self.source = TokenizerSource(self.params.modelName or None)
+        engine = self.params.vllm
+        self.remote_tokenizer_url: str | None = engine.base_url if engine else None
+        self.remote_tokenizer_timeout = DEFAULT_TIMEOUT
+        if engine is not None and engine.timeout is not None:
+            self.remote_tokenizer_timeout = go_duration(engine.timeout, "vllm.timeout")
 
     def inert(self) -> dict[str, str]:
         why = {
-            "vllm": "tokenizing through the engine is not wired; the model folder's tokenizer is",
+            "vllm.mmTimeout": "text only: no multimodal inputs",
             "image": "text only: no multimodal inputs",
             "video": "text only: no multimodal inputs",
             "udsSocketPath": "no tokenizer sidecar; the model folder's tokenizer is used",
         }
-        return {k: v for k, v in why.items() if k in self.params.model_fields_set}
+        engine = self.params.vllm
+        given = set(self.params.model_fields_set)
+        given |= {f"vllm.{k}" for k in engine.model_fields_set} if engine else set()
+        return {k: v for k, v in why.items() if k in given}

@@ -1,0 +1,71 @@
+"""The token producer's `vllm`: the precise producer says where the engine tokenizes, and
+scores the tokens the request path brings (Request.prompt_tokens) instead of its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from pdserve.engine_tokens import DEFAULT_TIMEOUT
+from pdserve.epp.config import load
+from pdserve.epp.framework import ConfigError
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer
+from pdserve.epp.types import Cycle, Endpoint, Request
+
+CONFIG = """
+plugins:
+- type: token-producer
+  parameters: {{modelName: org/model{vllm}}}
+- type: precise-prefix-cache-producer
+  parameters: {{tokenProcessorConfig: {{blockSize: 4}}}}
+- type: prefix-cache-scorer
+  parameters: {{prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+schedulingProfiles:
+- name: a
+  plugins: [{{pluginRef: prefix-cache-scorer}}]
+"""
+
+
+def producer(vllm: str = "") -> PrecisePrefixProducer:
+    found = load(CONFIG.format(vllm=vllm)).plugins["precise-prefix-cache-producer"]
+    assert isinstance(found, PrecisePrefixProducer)
+    return found
+
+
+def test_the_producer_says_which_engine_tokenizes_and_how_long_to_wait() -> None:
+    assert producer().remote_tokenizer_url is None
+    default = producer(", vllm: {}")
+    assert default.remote_tokenizer_url == "http://localhost:8000"
+    assert default.remote_tokenizer_timeout == DEFAULT_TIMEOUT
+    v010 = producer(', vllm: {url: "http://10.0.0.7:8000/", timeout: 250ms}')
+    assert v010.remote_tokenizer_url == "http://10.0.0.7:8000"
+    assert v010.remote_tokenizer_timeout == 0.25
+    assert producer(", vllm: {http: http://render:8200}").remote_tokenizer_url == (
+        "http://render:8200"
+    )
+
+
+def test_a_bad_engine_timeout_or_field_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"parameters\.vllm\.timeout: not a duration") as err:
+        producer(", vllm: {timeout: soon}")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"parameters\.vllm\.grpc: unknown parameter"):
+        producer(", vllm: {grpc: x}")
+
+
+def test_tokens_the_request_brings_are_the_ones_matched() -> None:
+    p = producer(", vllm: {}")
+    engine = Endpoint("10.0.0.1", 8000)
+    tokens = list(range(100, 108))  # two blocks of 4
+    p.apply_event(engine.address, ["BlockStored", p.scheme.hashes(tokens, 4), None, [], 4, None])
+    fetched = Request("r1", "m", "any text at all", prompt_tokens=tokens)
+    match = p.match(Cycle(now=0.0), fetched)
+    assert match.total == 2 and p.matched_blocks(match, engine) == 2
+    local = Request("r2", "m", "any text at all")  # no engine tokens: the local tokenizer's
+    assert p.matched_blocks(p.match(Cycle(now=0.0), local), engine) == 0
+
+
+def test_only_the_multimodal_timeout_is_inert() -> None:
+    cfg = load(CONFIG.format(vllm=", vllm: {url: http://e:8000, timeout: 5s, mmTimeout: 30s}"))
+    assert cfg.plugins["token-producer"].inert() == {
+        "vllm.mmTimeout": "text only: no multimodal inputs"
+    }
