@@ -69,3 +69,58 @@ def test_only_the_multimodal_timeout_is_inert() -> None:
     assert cfg.plugins["token-producer"].inert() == {
         "vllm.mmTimeout": "text only: no multimodal inputs"
     }
+
+
+async def test_the_director_asks_the_engine_before_scheduling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A /tokenize on 127.0.0.1 answers the engine's tokens; the decision matches on them.
+    With the engine gone the request is still routed, on the local tokenizer, and logged."""
+    import json
+
+    from aiohttp import web
+
+    from pdserve.epp.datastore import Datastore, StaticSource
+    from pdserve.epp.director import Director
+    from pdserve.epp.metrics import EppMetrics
+    from pdserve.epp.scheduler import Scheduler
+    from pdserve.process import free_port
+
+    tokens = list(range(100, 108))
+    asked: list[dict[str, object]] = []
+
+    async def tokenize(request: web.Request) -> web.Response:
+        asked.append(await request.json())
+        return web.json_response({"count": 8, "max_model_len": 64, "tokens": tokens})
+
+    app = web.Application()
+    app.router.add_post("/tokenize", tokenize)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        for url, hit in (
+            (f"http://127.0.0.1:{port}", 1.0),
+            (f"http://127.0.0.1:{free_port()}", 0.0),
+        ):
+            cfg = load(CONFIG.format(vllm=f", vllm: {{url: {url}}}"))
+            engine = Endpoint("10.0.0.1", 8000)
+            store = Datastore(StaticSource([engine]))
+            store.refresh()
+            d = Director(Scheduler(cfg), store, EppMetrics())
+            p = cfg.plugins["precise-prefix-cache-producer"]
+            assert isinstance(p, PrecisePrefixProducer)
+            p.apply_event(
+                "10.0.0.1", ["BlockStored", p.scheme.hashes(tokens, 4), None, [], 4, None]
+            )
+            body = json.dumps({"model": "m", "prompt": "some text"}).encode()
+            with caplog.at_level("WARNING", logger="pdserve.epp"):
+                result, _ = await d.route({}, body)
+            scores = result.profiles["a"].scores["prefix-cache-scorer"]
+            assert scores == {"10.0.0.1:8000": hit}
+            await d.close()
+        assert asked == [{"model": "m", "prompt": "some text", "add_special_tokens": True}]
+        assert [r.getMessage() for r in caplog.records][0] == "engine_tokenize_failed"
+    finally:
+        await runner.cleanup()

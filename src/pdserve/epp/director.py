@@ -17,13 +17,16 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
+
 from pdserve import wire
+from pdserve.engine_tokens import EngineTokensError, engine_tokens
 from pdserve.epp import admission, objectives
 from pdserve.epp.datastore import Datastore
 from pdserve.epp.flow_control import Dropped, FlowController, FlowGate
 from pdserve.epp.metrics import EppMetrics
 from pdserve.epp.plugins.handlers import DECISION, REASON
-from pdserve.epp.plugins.prefix import PrefixCacheScorer
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer, PrefixCacheScorer
 from pdserve.epp.request import BadRequest, parse
 from pdserve.epp.scheduler import Scheduler, Trace
 from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
@@ -78,18 +81,59 @@ class Director:
         self.gate: FlowGate | None = None
         if config.flow is not None:
             self.gate = FlowGate(FlowController(config.flow), self._saturated, self._has_endpoints)
+        # The token producer's `vllm` parameter: (the engine's URL, timeout) to tokenize with.
+        self.tokenizer = next(
+            (
+                (p.remote_tokenizer_url, p.remote_tokenizer_timeout)
+                for p in config.plugins.values()
+                if isinstance(p, PrecisePrefixProducer) and p.remote_tokenizer_url
+            ),
+            None,
+        )
+        self._http: aiohttp.ClientSession | None = None
 
     async def route(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
         """The request path as the ext_proc server runs it: with flow control, wait for a
-        turn first (other requests and bands go on meanwhile)."""
-        if self.gate is None:
+        turn first (other requests and bands go on meanwhile); with a token producer that
+        tokenizes through the engine, ask the engine before scheduling."""
+        if self.gate is None and self.tokenizer is None:
             return self.decide(headers, raw)
         start = time.perf_counter()
         req = self._parse(headers, raw)
         self.metrics.requests.labels(req.model, req.model).inc()
+        if self.gate is None:
+            self._legacy_admit(req)
+        else:
+            await self._wait_turn(req, headers, len(raw))
+        if self.tokenizer is not None and raw:
+            req.prompt_tokens = await self._engine_tokens(req)
+        return self._schedule(req, headers, raw, start, flow=self.gate is not None), req.model
+
+    def decide(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
+        """Without flow control: parse, legacy admission, schedule (synchronous)."""
+        start = time.perf_counter()
+        req = self._parse(headers, raw)
+        self.metrics.requests.labels(req.model, req.model).inc()
+        self._legacy_admit(req)
+        return self._schedule(req, headers, raw, start, flow=False), req.model
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def _legacy_admit(self, req: Request) -> None:
+        reason = self._shed(self.store.list(), time.monotonic()) if req.sheddable else None
+        if reason is not None:
+            self.metrics.errors.labels(req.model, req.model, "429").inc()
+            event(log, "shed", request_id=req.request_id, model=req.model,
+                  priority=req.priority, reason=reason)  # fmt: skip
+            raise Decision(429, f"{reason}, sheddable request dropped", wire.DROPPED_SATURATED)
+
+    async def _wait_turn(self, req: Request, headers: dict[str, str], size: int) -> None:
+        assert self.gate is not None
         try:
             waited = await self.gate.admit(
-                req.request_id, objectives.fairness_id(headers), req.priority, len(raw)
+                req.request_id, objectives.fairness_id(headers), req.priority, size
             )
         except Dropped as drop:
             self.metrics.errors.labels(req.model, req.model, str(drop.status)).inc()
@@ -98,21 +142,20 @@ class Director:
             raise Decision(drop.status, drop.message, drop.reason) from None
         if waited:
             self.metrics.queue_wait.labels(str(req.priority)).observe(waited)
-        return self._schedule(req, headers, raw, start, flow=True), req.model
 
-    def decide(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
-        """Without flow control: parse, legacy admission, schedule (synchronous)."""
-        start = time.perf_counter()
-        req = self._parse(headers, raw)
-        self.metrics.requests.labels(req.model, req.model).inc()
-        endpoints = self.store.list()
-        reason = self._shed(endpoints, time.monotonic()) if req.sheddable else None
-        if reason is not None:
-            self.metrics.errors.labels(req.model, req.model, "429").inc()
-            event(log, "shed", request_id=req.request_id, model=req.model,
-                  priority=req.priority, reason=reason)  # fmt: skip
-            raise Decision(429, f"{reason}, sheddable request dropped", wire.DROPPED_SATURATED)
-        return self._schedule(req, headers, raw, start, flow=False), req.model
+    async def _engine_tokens(self, req: Request) -> list[int] | None:
+        """The engine's own tokens for the prompt; on failure None, and the producer falls
+        back to the tokenizer on disk (logged: a precise hit needs the engine's tokens)."""
+        assert self.tokenizer is not None
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        url, timeout = self.tokenizer
+        try:
+            return await engine_tokens(self._http, url, req, timeout=timeout)
+        except EngineTokensError as err:
+            event(log, "engine_tokenize_failed", logging.WARNING, request_id=req.request_id,
+                  error=str(err))  # fmt: skip
+            return None
 
     def _parse(self, headers: dict[str, str], raw: bytes) -> Request:
         try:

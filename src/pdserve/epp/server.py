@@ -103,3 +103,4 @@ async def serve(
         task.cancel()
     await server.stop(1)
     await health_server.stop(0)
+    await director.close()
