@@ -19,6 +19,16 @@ def test_model_server_port_and_its_deprecated_alias() -> None:
     assert settings(["--vllm-port", "9001"])[0].model_server_port == 9001
     both = ["--vllm-port", "9001", "--model-server-port", "9002"]
     assert settings(both)[0].model_server_port == 9002
+    assert settings(both)[0].deprecated == ["--vllm-port: use --model-server-port"]
+    assert settings(["--model-server-port", "9002"])[0].deprecated == []
+
+
+def test_prefiller_sampling_defaults_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("ENABLE_PREFILLER_SAMPLING", "true")
+    assert settings([])[0].enable_prefiller_sampling is True
+    assert settings(["--enable-prefiller-sampling=false"])[0].enable_prefiller_sampling is False
+    monkeypatch.setenv("ENABLE_PREFILLER_SAMPLING", "maybe")  # upstream ignores it
+    assert settings([])[0].enable_prefiller_sampling is False
 
 
 def test_the_configuration_fills_what_the_flags_leave() -> None:

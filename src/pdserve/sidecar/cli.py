@@ -158,6 +158,7 @@ def _resolve(args: argparse.Namespace, explicit: set[str]) -> None:
         "vllm_port" in explicit and "model_server_port" not in explicit
     ):
         args.model_server_port = args.vllm_port
+    args.deprecated = ["--vllm-port: use --model-server-port"] if "vllm_port" in explicit else []
     args.connector = _connector(args, explicit)
     tls, skip = (
         _stages(args.enable_tls, "--enable-tls"),
@@ -329,6 +330,8 @@ def main(argv: list[str]) -> int:
     }
     if ignored:
         ready["ignored_configuration"] = ignored
+    if args.deprecated:
+        ready["deprecated_flags"] = args.deprecated
 
     async def run() -> None:
         stop = asyncio.Event()

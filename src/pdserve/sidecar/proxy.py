@@ -441,7 +441,8 @@ class Sidecar:
         stream has started, an error event and [DONE])."""
         resp: web.StreamResponse | None = None
         if stream:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            sse = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            resp = web.StreamResponse(headers=sse)
             await resp.prepare(leg.request)
         while (body := chunks.next_body()) is not None:
             failed, answer = await self._chunk(leg, body)
@@ -548,7 +549,7 @@ class Sidecar:
         attempt = 0
         while True:
             status, payload, content_type, reason = await self._prefill_once(leg, leg_body, target)
-            if status == 200:
+            if 200 <= status < 300:
                 return _prefill_answer(payload)
             if 400 <= status < 500:
                 self._rejected(
