@@ -727,10 +727,11 @@ def _json_headers(headers: dict[str, str]) -> dict[str, str]:
 async def serve(
     sidecar: Sidecar, host: str, ssl_ctx: ssl.SSLContext | None, stop: asyncio.Event
 ) -> None:
-    """Every data-parallel rank's listener, until `stop`; none serves unless all can."""
+    """Every data-parallel rank's listener, until `stop`; rank 0's opens last, so a probe
+    that finds it ready finds every rank ready."""
     runners = []
     try:
-        for port, each in [(sidecar.opts.port, sidecar), *sidecar.rank_listeners()]:
+        for port, each in [*sidecar.rank_listeners(), (sidecar.opts.port, sidecar)]:
             runner = web.AppRunner(each.app(), access_log=None, handler_cancellation=True)
             await runner.setup()
             runners.append(runner)
