@@ -203,3 +203,6 @@ def test_chunked_decode_from_the_configuration(sim, sidecar, recorder) -> None:
     assert _events(short)[-1] == "[DONE]"
     completions = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 9})
     assert completions.status_code == 200 and rd.seen[-1]["max_tokens"] == 9  # chat only
+    rd.fail_with, rd.fail_times = 503, len(rd.seen) + 1  # the next chunk fails
+    failed = httpx.post(s.url + CHAT, json={**body, "stream": True}, timeout=30)
+    assert _error(failed, 503)["message"] == "boom"  # the stream had not started: its status

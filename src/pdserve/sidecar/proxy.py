@@ -438,24 +438,29 @@ class Sidecar:
         self, leg: Leg, chunks: chunked.Chunks, stream: bool, cached: int | None
     ) -> web.StreamResponse:
         """Run a chunked decode; a chunk the engine fails is the client's answer (or, once a
-        stream has started, an error event and [DONE])."""
+        stream has started, an error event and [DONE]). A stream starts with the first
+        chunk's answer, so a first chunk that fails keeps its status, as upstream's."""
         resp: web.StreamResponse | None = None
         if stream:
             sse = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             resp = web.StreamResponse(headers=sse)
-            await resp.prepare(leg.request)
         while (body := chunks.next_body()) is not None:
             failed, answer = await self._chunk(leg, body)
             if failed is not None:
-                return await _chunk_failed(resp, failed)
+                started = resp is not None and resp.prepared
+                return await _chunk_failed(resp if started else None, failed)
             chunks.add(answer)
             if resp is not None:
+                if not resp.prepared:
+                    await resp.prepare(leg.request)
                 await resp.write(chunked.sse_event(answer))
         last = {"usage": chunks.usage(), "choices": []} if resp is not None else chunks.whole()
         if cached is not None:
             usage.set_cached_tokens(last, cached)
         if resp is None:
             return web.json_response(last)
+        if not resp.prepared:  # the budget allowed no chunk at all
+            await resp.prepare(leg.request)
         await resp.write(b"data: " + json.dumps(last).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
