@@ -4,6 +4,7 @@ flags, the deprecated aliases, and one line with exit 2 for every bad value."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -112,3 +113,16 @@ def test_an_unsupported_kv_connector_is_refused_before_anything_listens() -> Non
         "pdserve sidecar: --kv-connector 'offloading': not supported by pdserve, "
         "which runs nixlv2\n"
     )
+
+
+def test_ssrf_protection_names_every_way_to_give_its_allow_list() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_POOL")}
+    proc = subprocess.run(
+        [*PDSERVE, "sidecar", "--port", "0", "--enable-ssrf-protection"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--allowed-prefill-hosts" in proc.stderr and "--inference-pool " in proc.stderr

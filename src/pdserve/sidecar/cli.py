@@ -285,8 +285,8 @@ def main(argv: list[str]) -> int:
         else:
             raise UserError(
                 "--enable-ssrf-protection needs --allowed-prefill-hosts, "
-                "--allowed-prefill-endpoints-file or "
-                "--inference-pool-namespace and --inference-pool-name"
+                "--allowed-prefill-endpoints-file or --inference-pool "
+                "(or --inference-pool-namespace and --inference-pool-name)"
             )
     opts = Options(
         vllm_port=args.model_server_port,
