@@ -1,10 +1,13 @@
 """Sidecar benchmark: the P/D path through `pdserve sidecar` vs the Rust vllm-router.
 
     .venv/bin/python bench/sidecar.py [--requests 2000] [--concurrency 32]
+        [--prefill-max-retries 3] [--no-router]
 
 Both proxies drive the same two zero-cost sim engines (one prefill, one decode) in the same
 run. The anchor is the client doing the two legs itself (no proxy): the difference is the
-latency each proxy adds.
+latency each proxy adds. With --prefill-max-retries N a second sidecar runs with retries on
+beside the one without, so what the retry path costs a request that needs none is the
+difference of their added latencies, measured in the same run.
 """
 
 from __future__ import annotations
@@ -75,17 +78,39 @@ async def measure(call, n_seq: int, n_load: int, conc: int) -> tuple[float, floa
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], rps
 
 
+def sidecar(tmp: Path, name: str, port: int, decode_port: int, retries: int) -> ManagedProcess:
+    argv = [*PDSERVE, "sidecar", "--port", str(port), "--model-server-port", str(decode_port)]
+    argv += ["--secure-proxy=false", "--log-level", "warning"]
+    argv += ["--prefill-max-retries", str(retries)]
+    return start(tmp, name, argv, f"http://127.0.0.1:{port}/health")
+
+
+def report(rows: list[tuple[str, tuple[float, float, float]]]) -> None:
+    for name, (p50, p99, rps) in rows:
+        print(f"{name:32s} p50 {p50 * 1e3:6.2f} ms  p99 {p99 * 1e3:6.2f} ms  {rps:7.0f} req/s")
+
+
+def router_argv(url: dict[str, str], ports: dict[str, int]) -> list[str]:
+    router = str(Path(sys.executable).parent / "vllm-router")
+    argv = [router, "--host", "127.0.0.1", "--port", str(ports["router"])]
+    argv += ["--vllm-pd-disaggregation", "--prefill", url["p"], "none", "--decode", url["d"]]
+    return [*argv, "--policy", "round_robin", "--prometheus-port", str(ports["prom"])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--sequential", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--prefill-max-retries", type=int, default=0, help="also bench retries on")
+    ap.add_argument("--no-router", action="store_true", help="skip vllm-router")
     args = ap.parse_args()
     procs: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         try:
-            ports = {k: free_port() for k in ("p", "d", "sidecar", "router", "prom")}
+            names = ("p", "d", "sidecar", "retrying", "router", "prom")
+            ports = {k: free_port() for k in names}
             url = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
             for k in ("p", "d"):
                 procs.append(
@@ -106,49 +131,20 @@ def main() -> None:
                         f"{url[k]}/health",
                     )
                 )
-            procs.append(
-                start(
+            procs.append(sidecar(tmp, "sidecar", ports["sidecar"], ports["d"], 0))
+            if args.prefill_max_retries:
+                retrying = (
                     tmp,
-                    "sidecar",
-                    [
-                        *PDSERVE,
-                        "sidecar",
-                        "--port",
-                        str(ports["sidecar"]),
-                        "--vllm-port",
-                        str(ports["d"]),
-                        "--secure-proxy=false",
-                        "--log-level",
-                        "warning",
-                    ],
-                    f"{url['sidecar']}/health",
+                    "retrying",
+                    ports["retrying"],
+                    ports["d"],
+                    args.prefill_max_retries,
                 )
-            )
-            router = str(Path(sys.executable).parent / "vllm-router")
-            procs.append(
-                start(
-                    tmp,
-                    "router",
-                    [
-                        router,
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(ports["router"]),
-                        "--vllm-pd-disaggregation",
-                        "--prefill",
-                        url["p"],
-                        "none",
-                        "--decode",
-                        url["d"],
-                        "--policy",
-                        "round_robin",
-                        "--prometheus-port",
-                        str(ports["prom"]),
-                    ],
-                    f"{url['router']}/health",
+                procs.append(sidecar(*retrying))
+            if not args.no_router:
+                procs.append(
+                    start(tmp, "router", router_argv(url, ports), f"{url['router']}/health")
                 )
-            )
             n = (args.sequential, args.requests, args.concurrency)
             print(
                 f"== P/D completions (8 tokens), {args.sequential} sequential for latency, "
@@ -156,28 +152,31 @@ def main() -> None:
                 flush=True,
             )
             base = asyncio.run(measure(lambda h: direct(h, url["p"], url["d"]), *n))
-            side = asyncio.run(
-                measure(
-                    lambda h: via(h, url["sidecar"], {PREFILLER_HEADER: f"127.0.0.1:{ports['p']}"}),
-                    *n,
-                )
-            )
-            rout = asyncio.run(measure(lambda h: via(h, url["router"], {}), *n))
-            for name, (p50, p99, rps) in (
-                ("client does both legs (anchor)", base),
-                ("pdserve sidecar", side),
-                ("vllm-router", rout),
-            ):
-                print(
-                    f"{name:32s} p50 {p50 * 1e3:6.2f} ms  p99 {p99 * 1e3:6.2f} ms  {rps:7.0f} req/s"
-                )
+            target = {PREFILLER_HEADER: f"127.0.0.1:{ports['p']}"}
+            side = asyncio.run(measure(lambda h: via(h, url["sidecar"], target), *n))
+            rows = [("client does both legs (anchor)", base), ("pdserve sidecar", side)]
+            if args.prefill_max_retries:
+                again = asyncio.run(measure(lambda h: via(h, url["retrying"], target), *n))
+                rows.append((f"sidecar, {args.prefill_max_retries} retries", again))
+            if not args.no_router:
+                rout = asyncio.run(measure(lambda h: via(h, url["router"], {}), *n))
+                rows.append(("vllm-router", rout))
+            report(rows)
             add_s = side[0] - base[0]
-            add_r = rout[0] - base[0]
-            print(
-                f"added p50: sidecar {add_s * 1e3:.2f} ms, vllm-router {add_r * 1e3:.2f} ms "
-                f"(ratio {add_s / add_r if add_r > 0 else float('inf'):.2f}; goal <= 1)"
-            )
-            print(f"throughput: sidecar / vllm-router = {side[2] / rout[2]:.2f} (goal >= 0.70)")
+            print(f"added p50: sidecar {add_s * 1e3:.2f} ms")
+            if args.prefill_max_retries:
+                add_r = again[0] - base[0]
+                print(
+                    f"added p50 with retries on: {add_r * 1e3:.2f} ms, "
+                    f"{(add_r - add_s) * 1e3:+.2f} ms against retries off (goal <= +0.1)"
+                )
+            if not args.no_router:
+                add_v = rout[0] - base[0]
+                print(
+                    f"added p50: vllm-router {add_v * 1e3:.2f} ms "
+                    f"(ratio {add_s / add_v if add_v > 0 else float('inf'):.2f}; goal <= 1)"
+                )
+                print(f"throughput: sidecar / vllm-router = {side[2] / rout[2]:.2f} (goal >= 0.70)")
         finally:
             for p in reversed(procs):
                 p.stop()

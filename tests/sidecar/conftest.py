@@ -35,8 +35,8 @@ class Server:
 
 @pytest.fixture
 def sim(spawn: Spawn):
-    def start(*args: str) -> Server:
-        port = free_port()
+    def start(*args: str, port: int | None = None) -> Server:
+        port = port or free_port()
         proc = spawn(
             f"sim-{port}",
             [
@@ -60,8 +60,15 @@ def sim(spawn: Spawn):
 
 @pytest.fixture
 def sidecar(spawn: Spawn):
-    def start(vllm_port: int, *args: str, tls: bool = False, engine: bool = True) -> Server:
-        port = free_port()
+    def start(
+        vllm_port: int,
+        *args: str,
+        tls: bool = False,
+        engine: bool = True,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Server:
+        port = port or free_port()
         argv = [
             *PDSERVE,
             "sidecar",
@@ -75,7 +82,7 @@ def sidecar(spawn: Spawn):
         ]
         if not tls:
             argv.append("--secure-proxy=false")
-        proc = spawn(f"sidecar-{port}", argv, env=dict(os.environ))
+        proc = spawn(f"sidecar-{port}", argv, env={**os.environ, **(env or {})})
         server = Server(proc, port, "https" if tls else "http")
         if engine:
             proc.wait_http(f"{server.url}/health", timeout=30, verify=False)
@@ -105,9 +112,11 @@ class Recorder:
     port: int = 0
     seen: list[dict[str, Any]] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
+    streams: list[bytes] = field(default_factory=list)  # each streamed answer, whole
     headers: list[dict[str, str]] = field(default_factory=list)
     content_types: list[list[str]] = field(default_factory=list)  # every value, in order
     fail_with: int | None = None
+    fail_times: int = 0  # with fail_with: fail only the first this many POSTs (0: all)
     stall: bool = False
     break_off: str | None = None  # "sse" | "whole": answer part of the body, then hang up
     answer_with: Any = None  # answer 200 with this JSON instead of forwarding
@@ -135,7 +144,7 @@ class Recorder:
             return await self._break_off(request)
         if self.answer_with is not None:
             return web.json_response(self.answer_with)
-        if self.fail_with:
+        if self.fail_with and (not self.fail_times or len(self.seen) <= self.fail_times):
             return web.json_response(wire.error_body("boom", self.fail_with), status=self.fail_with)
         async with (
             aiohttp.ClientSession() as http,
@@ -154,8 +163,11 @@ class Recorder:
                 status=up.status, headers={"Content-Type": "text/event-stream"}
             )
             await resp.prepare(request)
+            sent = b""
             async for chunk in up.content.iter_any():
+                sent += chunk
                 await resp.write(chunk)
+            self.streams.append(sent)
             await resp.write_eof()
             return resp
 

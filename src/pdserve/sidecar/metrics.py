@@ -12,7 +12,7 @@ class SidecarMetrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "pdserve_sidecar_requests",
-            "Requests by path and outcome (pd, decode-only, fallback, rejected, error).",
+            "Requests by path and outcome (pd, decode-only, fallback, rejected, prefill-failed).",
             ["path", "outcome"],
             registry=r,
         )
@@ -20,6 +20,11 @@ class SidecarMetrics:
             "pdserve_sidecar_prefill_fallbacks",
             "Prefill failures served decode-only, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.prefill_retries = Counter(
+            "pdserve_sidecar_prefill_retries",
+            "Prefill legs sent again after a 502/503/504 or no answer (--prefill-max-retries).",
             registry=r,
         )
         self.prefill = Histogram(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import random
 import ssl
 import time
 import uuid
@@ -18,8 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import json_body, wire
 from pdserve.logs import event, now_ms
-from pdserve.sidecar import legs
-from pdserve.sidecar.allowlist import AllowAll, AllowList
+from pdserve.sidecar import chunked, legs, usage
+from pdserve.sidecar.allowlist import AllowAll, AllowList, parse_target
 from pdserve.sidecar.checks import ContextLimits, check
 from pdserve.sidecar.metrics import SidecarMetrics
 from pdserve.tls import client_context
@@ -57,9 +59,21 @@ class Options:
     # (the wait for the first token included). A stream as a whole stays unbounded.
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    # Upstream's retry: a 502/503/504 (or no answer) is tried again this many times, this
+    # many seconds apart; once they run out the client gets the prefiller's error. With
+    # none, a failed prefill falls back to decode-only (pdserve's contract, PROTOCOLS.md).
+    prefill_max_retries: int = 0
+    prefill_retry_backoff: float = 0.2
+    prefiller_sampling: bool = False  # a random one of the header's targets, not the first
+    # Data parallel: rank i is served on port+i by the engine on vllm_port+i.
+    data_parallel_size: int = 1
+    port: int = 8000
+    pod_ip: str = ""  # the host x-data-parallel-host-port must name ("": any)
+    decode_chunk_size: int = 0
 
 
 PROBE_TIMEOUT = 2.0  # the engine's /health and /metrics, asked on our own /health and /metrics
+RETRYABLE = (502, 503, 504)  # upstream's transient statuses; 500 and 501 fail at once
 
 
 def _headers(src: Any) -> dict[str, str]:
@@ -71,11 +85,19 @@ def _error(status: int, message: str, param: str | None = None) -> web.Response:
 
 
 class Sidecar:
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, forward_data_parallel: bool = True) -> None:
         self.opts = opts
         self.metrics = SidecarMetrics()
         scheme = "https" if opts.decoder_tls else "http"
         self.decoder = f"{scheme}://127.0.0.1:{opts.vllm_port}"
+        # Sidecar rank port -> that rank's engine; only the rank-0 listener forwards by the
+        # header, as upstream's (a rank's own listener serves its own engine).
+        self.ranks: dict[int, str] = {}
+        if forward_data_parallel:
+            self.ranks = {
+                opts.port + i: f"{scheme}://127.0.0.1:{opts.vllm_port + i}"
+                for i in range(opts.data_parallel_size)
+            }
         # Built once: a client context loads the system's CA store, milliseconds per request.
         self.decoder_ssl = _client_ssl(opts.decoder_tls, opts.decoder_insecure)
         self.prefiller_ssl = _client_ssl(opts.prefiller_tls, opts.prefiller_insecure)
@@ -96,6 +118,16 @@ class Sidecar:
     async def close(self, _: web.Application) -> None:
         if self.http is not None:
             await self.http.close()
+
+    def rank_listeners(self) -> list[tuple[int, Sidecar]]:
+        """(port, sidecar) for every data-parallel rank past the first."""
+        out = []
+        for i in range(1, self.opts.data_parallel_size):
+            opts = dataclasses.replace(
+                self.opts, port=self.opts.port + i, vllm_port=self.opts.vllm_port + i
+            )
+            out.append((opts.port, Sidecar(opts, forward_data_parallel=False)))
+        return out
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -171,10 +203,13 @@ class Sidecar:
         body: bytes,
         headers: dict[str, str],
         started: float | None = None,
+        decoder: str | None = None,
+        cached: int | None = None,
     ) -> web.StreamResponse:
-        """Send to the local engine and stream its answer back as it arrives."""
+        """Send to the local engine (or the data-parallel rank's) and stream its answer back
+        as it arrives; with `cached`, the prefiller's cache hits go in its usage."""
         assert self.http is not None
-        url = self.decoder + path
+        url = (decoder or self.decoder) + path
         try:
             upstream = await self.http.request(
                 method,
@@ -206,12 +241,15 @@ class Sidecar:
                     return self._broke_off(path, err)
                 if started is not None:
                     self.metrics.ttft.observe(time.perf_counter() - started)
+                if cached is not None:
+                    body = usage.rewrite_json(body, cached)
                 return web.Response(
                     status=upstream.status, body=body, headers=_headers(upstream.headers)
                 )
             resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
             try:
-                await self._stream(resp, request, upstream, path, sse, started)
+                rewriter = None if cached is None else usage.SseRewriter(cached)
+                await self._stream(resp, request, upstream, path, sse, started, rewriter)
             except ConnectionResetError:
                 if not _client_gone(request):
                     raise
@@ -233,6 +271,7 @@ class Sidecar:
         path: str,
         sse: bool,
         started: float | None,
+        rewriter: usage.SseRewriter | None = None,
     ) -> None:
         """Copy an answer as it arrives. A write to a client that has gone raises
         ConnectionResetError; a read from an engine that died, ClientPayloadError."""
@@ -243,7 +282,12 @@ class Sidecar:
                 if first and started is not None:
                     self.metrics.ttft.observe(time.perf_counter() - started)
                 first = False
-                await resp.write(data)
+                out = data if rewriter is None else rewriter.feed(data)
+                if out:
+                    await resp.write(out)
+            rest = b"" if rewriter is None else rewriter.flush()
+            if rest:
+                await resp.write(rest)
         except TimeoutError as err:  # the engine went silent mid-answer
             self._timed_out(path, err)
             if sse:
@@ -292,7 +336,8 @@ class Sidecar:
         raw = await request.read()
         rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
         try:
-            named = _prefill_target(request.headers)
+            named = _prefill_target(request.headers, self.opts.prefiller_sampling)
+            decoder = self._rank_decoder(request.headers)
         except ValueError as err:
             self._rejected(request.path_qs, request_id=rid, status=400, reason=str(err))
             return _error(400, str(err))
@@ -300,19 +345,9 @@ class Sidecar:
         headers = {k: v for k, v in headers.items() if k.lower() != wire.REQUEST_ID_HEADER}
         headers[wire.REQUEST_ID_HEADER] = rid
         path = request.path_qs
-        if named is None:
-            self.metrics.requests.labels(path, "decode-only").inc()
-            resp = await self._relay(request, "POST", path, raw, headers, started)
-            event(
-                log,
-                "request",
-                request_id=rid,
-                path=path,
-                outcome="decode-only",
-                status=resp.status,
-                ms=now_ms(started),
-            )
-            return resp
+        leg = Leg(request, path, headers, rid, started, decoder)
+        if named is None and not self._chunks(request.path):
+            return await self._decode_only(leg, raw)
         try:
             body = json_body.loads(raw)
             if not isinstance(body, dict):
@@ -320,6 +355,8 @@ class Sidecar:
         except (ValueError, UnicodeDecodeError) as err:
             self._rejected(path, request_id=rid, status=400, reason=f"invalid JSON body: {err}")
             return _error(400, f"invalid JSON body: {err}")
+        if named is None:
+            return await self._decode_only(leg, raw, body)
         _, target = named
         if not self.opts.allow.allows(target):
             self._rejected(
@@ -341,7 +378,122 @@ class Sidecar:
                 param=refused.param,
             )
             return _error(refused.status, refused.message, refused.param)
-        return await self._pd(request, path, body, headers, target, rid, started)
+        return await self._pd(leg, body, target)
+
+    def _chunks(self, path: str) -> bool:
+        return self.opts.decode_chunk_size > 0 and path == chunked.PATH
+
+    def _rank_decoder(self, headers: Any) -> str | None:
+        """The engine of the data-parallel rank the EPP chose (x-data-parallel-host-port),
+        None for this listener's own. ValueError for a rank this pod does not have, which
+        upstream answers 400 too."""
+        value = headers.get(wire.DATA_PARALLEL_HEADER, "").strip()
+        if not value or not self.ranks:
+            return None
+        try:
+            host, port = parse_target(value)
+        except ValueError:
+            host, port = "", 0
+        decoder = self.ranks.get(port)
+        if decoder is None or (self.opts.pod_ip and host != self.opts.pod_ip):
+            raise ValueError(f"{wire.DATA_PARALLEL_HEADER}: no data-parallel rank at {value!r}")
+        return decoder
+
+    async def _decode_only(
+        self, leg: Leg, raw: bytes, body: dict[str, Any] | None = None
+    ) -> web.StreamResponse:
+        self.metrics.requests.labels(leg.path, "decode-only").inc()
+        if body is not None:
+            resp = await self._decode(leg, body, None)
+        else:
+            resp = await self._relay(
+                leg.request, "POST", leg.path, raw, leg.headers, leg.started, leg.decoder
+            )
+        event(
+            log,
+            "request",
+            request_id=leg.rid,
+            path=leg.path,
+            outcome="decode-only",
+            status=resp.status,
+            ms=now_ms(leg.started),
+        )
+        return resp
+
+    async def _decode(
+        self, leg: Leg, body: dict[str, Any], cached: int | None
+    ) -> web.StreamResponse:
+        """The decode leg: one request, or a chunked decode when that is on."""
+        if self._chunks(leg.request.path):
+            chunks = chunked.Chunks(body, self.opts.decode_chunk_size)
+            if not chunks.fits_one():
+                return await self._chunked(leg, chunks, body.get("stream") is True, cached)
+        raw = json.dumps(body).encode()
+        headers = _json_headers(leg.headers)
+        return await self._relay(
+            leg.request, "POST", leg.path, raw, headers, leg.started, leg.decoder, cached
+        )
+
+    async def _chunked(
+        self, leg: Leg, chunks: chunked.Chunks, stream: bool, cached: int | None
+    ) -> web.StreamResponse:
+        """Run a chunked decode; a chunk the engine fails is the client's answer (or, once a
+        stream has started, an error event and [DONE]). A stream starts with the first
+        chunk's answer, so a first chunk that fails keeps its status, as upstream's."""
+        resp: web.StreamResponse | None = None
+        if stream:
+            sse = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            resp = web.StreamResponse(headers=sse)
+        while (body := chunks.next_body()) is not None:
+            failed, answer = await self._chunk(leg, body)
+            if failed is not None:
+                started = resp is not None and resp.prepared
+                return await _chunk_failed(resp if started else None, failed)
+            chunks.add(answer)
+            if resp is not None:
+                if not resp.prepared:
+                    await resp.prepare(leg.request)
+                await resp.write(chunked.sse_event(answer))
+        last = {"usage": chunks.usage(), "choices": []} if resp is not None else chunks.whole()
+        if cached is not None:
+            usage.set_cached_tokens(last, cached)
+        if resp is None:
+            return web.json_response(last)
+        if not resp.prepared:  # the budget allowed no chunk at all
+            await resp.prepare(leg.request)
+        await resp.write(b"data: " + json.dumps(last).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _chunk(
+        self, leg: Leg, body: dict[str, Any]
+    ) -> tuple[web.Response | None, dict[str, Any]]:
+        """One chunk, unstreamed and read whole: (None, its answer), or (the response to
+        fail with, {}): the engine's own error, or a vLLM-shaped 502/504."""
+        assert self.http is not None
+        try:
+            async with self.http.post(
+                (leg.decoder or self.decoder) + leg.path,
+                json=body,
+                headers=_json_headers(leg.headers),
+                ssl=self.decoder_ssl,
+            ) as up:
+                payload = await up.read()
+                status, content_type = up.status, up.content_type or "application/json"
+        except TimeoutError as err:
+            return self._timed_out(leg.path, err), {}
+        except (aiohttp.ClientError, OSError) as err:
+            return self._broke_off(leg.path, err), {}
+        if status != 200:
+            return web.Response(status=status, body=payload, content_type=content_type), {}
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            return _error(502, "the decode engine answered a chunk with no JSON object"), {}
+        return None, answer
 
     async def _refusal(self, path: str, body: dict[str, Any]) -> ApiError | None:
         """What the decode engine would refuse, found before the prefill leg is spent on it."""
@@ -353,40 +505,32 @@ class Sidecar:
             return err
         return None
 
-    async def _pd(
-        self,
-        request: web.Request,
-        path: str,
-        body: dict[str, Any],
-        headers: dict[str, str],
-        target: str,
-        rid: str,
-        started: float,
-    ) -> web.StreamResponse:
+    async def _pd(self, leg: Leg, body: dict[str, Any], target: str) -> web.StreamResponse:
         t0 = time.perf_counter()
-        prefilled = await self._prefill(path, body, headers, target, rid)
+        prefilled = await self._prefill(leg, body, target)
         if isinstance(prefilled, web.Response):
-            return prefilled  # the prefiller's 4xx, passed on
+            return prefilled  # the prefiller's 4xx (or, with retries, its last error)
         answer, reason = prefilled
         prefill_s = time.perf_counter() - t0
         self.metrics.prefill.observe(prefill_s)
+        cached: int | None = None
         if reason is not None:
             self.metrics.fallbacks.labels(reason.split(":")[0]).inc()
             decode_body: dict[str, Any] = body
             outcome = "fallback"
         else:
             decode_body = legs.decode_body(body, answer, self.opts.connector)
+            cached = usage.prefill_cached_tokens(answer)
             outcome = "pd"
-        self.metrics.requests.labels(path, outcome).inc()
+        self.metrics.requests.labels(leg.path, outcome).inc()
         t1 = time.perf_counter()
-        raw = json.dumps(decode_body).encode()
-        resp = await self._relay(request, "POST", path, raw, _json_headers(headers), started)
+        resp = await self._decode(leg, decode_body, cached)
         self.metrics.decode.observe(time.perf_counter() - t1)
         event(
             log,
             "request",
-            request_id=rid,
-            path=path,
+            request_id=leg.rid,
+            path=leg.path,
             outcome=outcome,
             prefill_target=target,
             kv_handle=legs.handle_summary(answer.get("kv_transfer_params")),
@@ -394,54 +538,94 @@ class Sidecar:
             status=resp.status,
             prefill_ms=round(prefill_s * 1000, 3),
             decode_ms=now_ms(t1),
-            total_ms=now_ms(started),
+            total_ms=now_ms(leg.started),
         )
         return resp
 
     async def _prefill(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], target: str, rid: str
+        self, leg: Leg, body: dict[str, Any], target: str
     ) -> tuple[dict[str, Any], str | None] | web.Response:
-        """The prefill leg: (the prefiller's answer, None), or ({}, why decode-only must do
-        it all) when the prefiller failed on its side, or the prefiller's own 4xx response:
-        a request it rejects would be rejected by the decoder too."""
+        """The prefill leg: (the prefiller's answer, None); or ({}, why decode-only must do
+        it all) when the prefiller failed on its side and retries are off; or a response for
+        the client: the prefiller's own 4xx (a request it rejects would be rejected by the
+        decoder too), or, with retries on, the failure that outlived them, as upstream's."""
+        retries = self.opts.prefill_max_retries
+        leg_body = legs.prefill_body(body, self.opts.connector)
+        attempt = 0
+        while True:
+            status, payload, content_type, reason = await self._prefill_once(leg, leg_body, target)
+            if 200 <= status < 300:
+                return _prefill_answer(payload)
+            if 400 <= status < 500:
+                self._rejected(
+                    leg.path,
+                    request_id=leg.rid,
+                    prefill_target=target,
+                    status=status,
+                    reason="the prefiller refused the request",
+                    outcome="prefill-rejected",
+                )
+                return web.Response(status=status, body=payload, content_type=content_type)
+            if not retries:
+                return {}, reason
+            if status not in RETRYABLE or attempt >= retries:
+                return self._prefill_failed(leg, target, status, payload, content_type, reason)
+            attempt += 1
+            self.metrics.prefill_retries.inc()
+            event(
+                log,
+                "prefill_retry",
+                logging.WARNING,
+                request_id=leg.rid,
+                prefill_target=target,
+                attempt=attempt,
+                previous=reason,
+            )
+            await asyncio.sleep(self.opts.prefill_retry_backoff)
+
+    async def _prefill_once(
+        self, leg: Leg, leg_body: dict[str, Any], target: str
+    ) -> tuple[int, bytes, str, str]:
+        """(status, body, content type, what went wrong); a prefiller that does not answer
+        is a 502 (a 504 when it timed out) with a vLLM-shaped body, as a proxy answers."""
         assert self.http is not None
         scheme = "https" if self.opts.prefiller_tls else "http"
         try:
             async with self.http.post(
-                f"{scheme}://{target}{path}",
-                json=legs.prefill_body(body, self.opts.connector),
-                headers=_json_headers(headers),
+                f"{scheme}://{target}{leg.path}",
+                json=leg_body,
+                headers=_json_headers(leg.headers),
                 allow_redirects=False,
                 ssl=self.prefiller_ssl,
                 timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
             ) as pre:
                 payload = await pre.read()
-                if pre.status >= 500:
-                    return {}, f"prefiller answered {pre.status}"
-                if pre.status >= 400:
-                    self._rejected(
-                        path,
-                        request_id=rid,
-                        prefill_target=target,
-                        status=pre.status,
-                        reason="the prefiller refused the request",
-                        outcome="prefill-rejected",
-                    )
-                    return web.Response(
-                        status=pre.status,
-                        body=payload,
-                        content_type=pre.content_type or "application/json",
-                    )
-                answer = json_body.loads(payload)
+                content_type = pre.content_type or "application/json"
+                return pre.status, payload, content_type, f"prefiller answered {pre.status}"
         except TimeoutError:
-            return {}, "prefiller timed out"
-        except (aiohttp.ClientError, OSError) as err:
-            return {}, f"prefiller unreachable: {err}"
-        except ValueError as err:
-            return {}, f"prefiller answered invalid JSON: {err}"
-        if not isinstance(answer, dict):
-            return {}, "prefiller answered JSON that is not an object"
-        return answer, None
+            status, reason, message = 504, "prefiller timed out", "the prefill engine timed out"
+        except (aiohttp.ClientError, OSError) as err:  # no internal address for the client
+            status, reason, message = 502, f"prefiller unreachable: {err}", _UNREACHABLE
+        body = json.dumps(wire.error_body(message, status)).encode()
+        return status, body, "application/json", reason
+
+    def _prefill_failed(
+        self, leg: Leg, target: str, status: int, payload: bytes, content_type: str, reason: str
+    ) -> web.Response:
+        self.metrics.requests.labels(leg.path, "prefill-failed").inc()
+        event(
+            log,
+            "request",
+            logging.WARNING,
+            request_id=leg.rid,
+            path=leg.path,
+            outcome="prefill-failed",
+            prefill_target=target,
+            status=status,
+            reason=reason,
+            retries=self.opts.prefill_max_retries,
+        )
+        return web.Response(status=status, body=payload, content_type=content_type)
 
     def _rejected(self, path: str, outcome: str = "rejected", **fields: Any) -> None:
         """A request answered with an error before any leg ran (or by the prefiller's): counted
@@ -450,16 +634,45 @@ class Sidecar:
         event(log, "request", logging.WARNING, path=path, outcome=outcome, **fields)
 
 
-def _prefill_target(headers: Any) -> tuple[str, str] | None:
+_UNREACHABLE = "the prefill engine is unreachable"
+
+
+@dataclass
+class Leg:
+    """What every leg of one client request shares."""
+
+    request: web.Request
+    path: str
+    headers: dict[str, str]
+    rid: str
+    started: float
+    decoder: str | None  # the data-parallel rank's engine; None: this listener's
+
+
+def _prefill_answer(payload: bytes) -> tuple[dict[str, Any], str | None]:
+    """A 200 from the prefiller that is no JSON object has no KV handle: decode-only."""
+    try:
+        answer = json_body.loads(payload)
+    except (ValueError, UnicodeDecodeError) as err:
+        return {}, f"prefiller answered invalid JSON: {err}"
+    if not isinstance(answer, dict):
+        return {}, "prefiller answered JSON that is not an object"
+    return answer, None
+
+
+def _prefill_target(headers: Any, sampling: bool = False) -> tuple[str, str] | None:
     """(host, "host:port") of the prefill pod the EPP named, or None for decode-only.
+
+    The header may name several targets (several values, or one comma-separated value):
+    the first is taken, or with --enable-prefiller-sampling one at random, as upstream.
 
     Only a bare host:port is taken (the legacy URL header may add a scheme): with a user
     part, `10.0.0.5:8000@elsewhere` would pass an allow-list check on 10.0.0.5 and then
     connect elsewhere. ValueError names the header and the value when it is anything else.
     """
-    name, value = wire.PREFILLER_HEADER, headers.get(wire.PREFILLER_HEADER, "").strip()
+    name, value = wire.PREFILLER_HEADER, _pick(headers, wire.PREFILLER_HEADER, sampling)
     if not value:
-        name, value = wire.PREFILLER_URL_HEADER, headers.get(wire.PREFILLER_URL_HEADER, "").strip()
+        name, value = wire.PREFILLER_URL_HEADER, _pick(headers, wire.PREFILLER_URL_HEADER, sampling)
         if not value:
             return None
     parts = urlsplit(
@@ -474,6 +687,28 @@ def _prefill_target(headers: Any) -> tuple[str, str] | None:
         raise ValueError(f"{name}: expected host:port, got {value!r}")
     host = parts.hostname
     return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _pick(headers: Any, name: str, sampling: bool) -> str:
+    values = headers.getall(name, []) if hasattr(headers, "getall") else [headers.get(name, "")]
+    if len(values) == 1:
+        values = values[0].split(",")
+    values = [v.strip() for v in values]
+    if not any(values):
+        return ""
+    return random.choice(values) if sampling else values[0]
+
+
+async def _chunk_failed(
+    stream: web.StreamResponse | None, failed: web.Response
+) -> web.StreamResponse:
+    if stream is None:
+        return failed
+    error = failed.body if isinstance(failed.body, bytes) else b"{}"
+    await stream.write(b"data: " + error + b"\n\n")
+    await stream.write(b"data: [DONE]\n\n")
+    await stream.write_eof()
+    return stream
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -495,12 +730,18 @@ def _json_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 async def serve(
-    sidecar: Sidecar, host: str, port: int, ssl_ctx: ssl.SSLContext | None, stop: asyncio.Event
+    sidecar: Sidecar, host: str, ssl_ctx: ssl.SSLContext | None, stop: asyncio.Event
 ) -> None:
-    runner = web.AppRunner(sidecar.app(), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024).start()
+    """Every data-parallel rank's listener, until `stop`; rank 0's opens last, so a probe
+    that finds it ready finds every rank ready."""
+    runners = []
     try:
+        for port, each in [*sidecar.rank_listeners(), (sidecar.opts.port, sidecar)]:
+            runner = web.AppRunner(each.app(), access_log=None, handler_cancellation=True)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024).start()
         await stop.wait()
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
