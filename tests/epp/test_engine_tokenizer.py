@@ -121,6 +121,6 @@ async def test_the_director_asks_the_engine_before_scheduling(
             assert scores == {"10.0.0.1:8000": hit}
             await d.close()
         assert asked == [{"model": "m", "prompt": "some text", "add_special_tokens": True}]
-        assert [r.getMessage() for r in caplog.records][0] == "engine_tokenize_failed"
+        assert caplog.records[0].getMessage() == "engine_tokenize_failed"
     finally:
         await runner.cleanup()
