@@ -176,7 +176,7 @@ class Director:
         result = self.scheduler.schedule(cycle, req, endpoints, trace)
         elapsed = time.perf_counter() - start
         self._observe(req.model, len(req.prompt), elapsed, trace)
-        self.metrics.pd.labels(cycle.state.get(DECISION, "decode-only")).inc()
+        self.metrics.pd.labels(cycle.get(DECISION, "decode-only")).inc()
         # A request without a body (GET /v1/models, /health) is routed but not scheduled on
         # a prompt: logged at debug, so the routing trace shows only inference requests; its
         # line is built only when debug is on, since the profiles' scores cost a dict each.
@@ -291,8 +291,8 @@ def _decision_fields(
         "profiles": {name: _profile_log(r) for name, r in result.profiles.items()},
         "decode": result.endpoint.name if result.endpoint else None,
         "prefill": result.headers.get(wire.PREFILLER_HEADER),
-        "pd": cycle.state.get(DECISION, "decode-only"),
-        "reason": cycle.state.get(REASON),
+        "pd": cycle.get(DECISION, "decode-only"),
+        "reason": cycle.find(REASON),
     }
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pdserve.wire import ROLE_LABEL
 
+T = TypeVar("T")
 STALE_AFTER = 2.0  # seconds without a fresh scrape before metrics are not trusted
 IN_TRANSIT = 0.02  # seconds a routed request may take to reach its engine (Envoy, sidecar)
 
@@ -83,6 +84,15 @@ class Request:
         return self.priority < 0
 
 
+@dataclass(frozen=True)
+class StateKey(Generic[T]):
+    """A key of Cycle.state: its type says what the value is, so the plugin that writes it
+    and those that read it agree by declaration (mypy checks `Cycle.get` and `put`), not
+    by a string they happen to share."""
+
+    name: str
+
+
 @dataclass
 class Cycle:
     """One scheduling cycle's inputs that are not the request: the clock and randomness,
@@ -90,7 +100,23 @@ class Cycle:
 
     now: float
     rng: random.Random = field(default_factory=random.Random)
-    state: dict[str, Any] = field(default_factory=dict)
+    state: dict[StateKey[Any], Any] = field(default_factory=dict)
+
+    def get(self, key: StateKey[T], default: T) -> T:
+        value: T = self.state.get(key, default)
+        return value
+
+    def find(self, key: StateKey[T]) -> T | None:
+        value: T | None = self.state.get(key)
+        return value
+
+    def put(self, key: StateKey[T], value: T) -> T:
+        self.state[key] = value
+        return value
+
+    def setdefault(self, key: StateKey[T], value: T) -> T:
+        out: T = self.state.setdefault(key, value)
+        return out
 
 
 @dataclass

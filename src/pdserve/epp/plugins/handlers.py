@@ -25,11 +25,11 @@ from pdserve.epp.plugins.prefix import (
     estimated_tokens,
     held,
 )
-from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result
+from pdserve.epp.types import Cycle, Endpoint, ProfileResult, Request, Result, StateKey
 from pdserve.wire import DATA_PARALLEL_HEADER, ENCODER_HEADER, PREFILLER_HEADER
 
-DECISION = "pd.decision"  # cycle.state: "prefill-decode" | "decode-only"
-REASON = "pd.reason"  # cycle.state: why, in words, for the routing trace
+DECISION = StateKey[str]("pd.decision")  # "prefill-decode" | "decode-only"
+REASON = StateKey[str]("pd.reason")  # why, in words, for the routing trace
 
 
 class Verdict(NamedTuple):
@@ -50,10 +50,11 @@ def _threshold_verdict(uncached: float, threshold: float, unit: str, param: str)
 def no_prefill_endpoint(cycle: Cycle, profile: str) -> None:
     """The decider chose P/D but `profile` left no endpoint: the reason keeps both, so the
     trace of a decode-only request still shows why it wanted a prefill."""
-    wanted = cycle.state.get(REASON, "")
-    cycle.state[REASON] = (
+    wanted = cycle.get(REASON, "")
+    cycle.put(
+        REASON,
         f"decode-only: no endpoint passed profile {profile!r}"
-        f" (wanted {wanted.removeprefix('disaggregated: ')})"
+        f" (wanted {wanted.removeprefix('disaggregated: ')})",
     )
 
 
@@ -208,11 +209,11 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
         profile: str,
     ) -> bool:
         if not isinstance(decider, Decider):
-            cycle.state.setdefault(REASON, f"decode-only: no decider for profile {profile!r}")
+            cycle.setdefault(REASON, f"decode-only: no decider for profile {profile!r}")
             return False
         verdict = decider.disaggregate(cycle, req, endpoint)
         if profile == self.prefill:
-            cycle.state[REASON] = verdict.reason
+            cycle.put(REASON, verdict.reason)
         return verdict.disaggregate
 
     def pick_profiles(
@@ -238,7 +239,7 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
         if self.decode in done:
             return []
         if self.prefill in profiles and self.prefill not in done:
-            cycle.state[REASON] = "disaggregated: stageOrder prefill-first"
+            cycle.put(REASON, "disaggregated: stageOrder prefill-first")
             return [self.prefill]
         if self.encode in profiles and self.encode not in done:
             if self._stage(cycle, req, self.enc, None, self.encode):
@@ -250,12 +251,12 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
         kept = {k: v for k, v in done.items() if not v.skipped}
         prefill = kept.get(self.prefill)
         pd = prefill is not None and prefill.endpoint is not None
-        cycle.state[DECISION] = "prefill-decode" if pd else "decode-only"
+        cycle.put(DECISION, "prefill-decode" if pd else "decode-only")
         if prefill is not None and prefill.endpoint is None:
             no_prefill_endpoint(cycle, self.prefill)
         decode = kept.get(self.decode)
         if decode is None or decode.endpoint is None:
-            cycle.state[REASON] = "no decode endpoint"
+            cycle.put(REASON, "no decode endpoint")
             kept.setdefault(self.decode, ProfileResult(None))
         return Result(kept, self.decode)
 
@@ -313,7 +314,7 @@ class PDProfileHandler(ProfileHandler):
         if chosen is None:
             return []
         verdict = self._verdict(cycle, req, chosen)
-        cycle.state[REASON] = verdict.reason
+        cycle.put(REASON, verdict.reason)
         return [prefill] if verdict.disaggregate else []
 
     def _verdict(self, cycle: Cycle, req: Request, chosen: Endpoint) -> Verdict:
@@ -333,11 +334,11 @@ class PDProfileHandler(ProfileHandler):
         decode, prefill_name = self.params.decodeProfile, self.params.prefillProfile
         prefill = done.get(prefill_name)
         pd = prefill is not None and prefill.endpoint is not None
-        cycle.state[DECISION] = "prefill-decode" if pd else "decode-only"
+        cycle.put(DECISION, "prefill-decode" if pd else "decode-only")
         if prefill is not None and prefill.endpoint is None:
             no_prefill_endpoint(cycle, prefill_name)
         elif done[decode].endpoint is None:
-            cycle.state[REASON] = "no decode endpoint"
+            cycle.put(REASON, "no decode endpoint")
         return Result(done, decode)
 
     def finish(self, cycle: Cycle, req: Request, result: Result) -> None:

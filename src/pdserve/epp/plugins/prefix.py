@@ -30,14 +30,14 @@ from pdserve.epp.framework import (
     register,
 )
 from pdserve.epp.plugins.datalayer import Extractor
-from pdserve.epp.types import Cycle, Endpoint, Request, Result
+from pdserve.epp.types import Cycle, Endpoint, Request, Result, StateKey
 from pdserve.logs import event
 
 if TYPE_CHECKING:
     from pdserve.tokenization import Tokenizer
 
 log = logging.getLogger("pdserve.epp")
-HITS = "prefix.hits"  # cycle.state key: endpoint name -> matched fraction (routing trace)
+HITS = StateKey[dict[str, float]]("prefix.hits")  # endpoint name -> matched fraction (trace)
 BYTES_PER_TOKEN = 4
 MIN_BLOCK_TOKENS = 64  # upstream raises smaller blockSizeTokens to this (llm-d-router #1158)
 
@@ -150,15 +150,14 @@ class PrefixProducer(PreRequest):
 
     def __init__(self, name: str, params: Parameters | dict[str, Any] | None = None) -> None:
         self.lookups = self.hits = 0
+        self.match_key = StateKey[Match](f"prefix.match.{name}")
         super().__init__(name, params)
 
     def match(self, cycle: Cycle, req: Request) -> Match:
         """Computed once per cycle, shared by every scorer, profile and decider."""
-        key = f"prefix.match.{self.name}"
-        found = cycle.state.get(key)
+        found = cycle.find(self.match_key)
         if found is None:
-            found = cycle.state[key] = self.lookup(req)
-        assert isinstance(found, Match)
+            found = cycle.put(self.match_key, self.lookup(req))
         return found
 
     def lookup(self, req: Request) -> Match:
@@ -555,7 +554,7 @@ class PrefixCacheScorer(Scorer, PreRequest):
             n = held(src, m, e)
             length = min(1.0, n * m.block_tokens / scale) ** 2 if w > 0 else 0.0
             scores[e.name] = w * length + (1 - w) * n / m.total
-        cycle.state.setdefault(HITS, {}).update(scores)
+        cycle.setdefault(HITS, {}).update(scores)
         return scores
 
     def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
@@ -605,7 +604,7 @@ class PrecisePrefixCacheScorer(PrecisePrefixProducer, Scorer):
         m = self.match(cycle, req)
         total = m.total or 1
         out = {e.name: self.matched_blocks(m, e) / total for e in endpoints}
-        cycle.state.setdefault(HITS, {}).update(out)
+        cycle.setdefault(HITS, {}).update(out)
         return out
 
     def inert(self) -> dict[str, str]:

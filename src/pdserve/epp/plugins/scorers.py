@@ -10,7 +10,7 @@ from pydantic import Field
 
 from pdserve.epp.framework import Parameters, Plugin, PreRequest, Ref, Scorer, register
 from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, held
-from pdserve.epp.types import Cycle, Endpoint, Request, Result
+from pdserve.epp.types import Cycle, Endpoint, Request, Result, StateKey
 from pdserve.wire import SESSION_HEADER
 
 
@@ -138,9 +138,6 @@ class NoHitLRUParams(Parameters):
     prefixMatchInfoProducerName: Annotated[str, Ref("PrefixProducer")] = ""
 
 
-COLD = "no-hit-lru.cold"
-
-
 @register("no-hit-lru-scorer")
 class NoHitLRUScorer(Scorer, PreRequest):
     """For a prompt no endpoint has cached (cold), spread by recency: endpoints never used
@@ -155,6 +152,8 @@ class NoHitLRUScorer(Scorer, PreRequest):
     def setup(self) -> None:
         self.lru: OrderedDict[str, None] = OrderedDict()  # oldest first
         self.producer: PrefixProducer | None = None
+        # Whether this cycle's prompt was cold, from score() to pre_request().
+        self.cold_key = StateKey[bool](f"no-hit-lru.cold.{self.name}")
 
     def bind(self, plugins: dict[str, Plugin], profiles: object) -> None:
         named = self.refs.get("prefixMatchInfoProducerName")
@@ -164,7 +163,7 @@ class NoHitLRUScorer(Scorer, PreRequest):
         src = self.producer
         m = src.match(cycle, req) if src is not None else None
         cold = m is None or not any(held(src, m, e) for e in endpoints if src is not None)
-        cycle.state[f"{COLD}.{self.name}"] = cold
+        cycle.put(self.cold_key, cold)
         if not cold:
             return dict.fromkeys((e.name for e in endpoints), 0.5)
         n = len(endpoints)
@@ -179,7 +178,7 @@ class NoHitLRUScorer(Scorer, PreRequest):
         return out
 
     def pre_request(self, cycle: Cycle, req: Request, result: Result) -> None:
-        if not cycle.state.get(f"{COLD}.{self.name}"):
+        if not cycle.get(self.cold_key, False):
             return
         for profile in (result.primary, "prefill"):
             chosen = result.profiles.get(profile)
