@@ -4,11 +4,12 @@ queue policies flow control names (validated; queueing itself is a later slice).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import Field
 
-from pdserve.epp.framework import Parameters, Passive, Plugin, go_duration, register
-from pdserve.epp.types import Cycle, Endpoint
+from pdserve.epp.framework import Filter, Parameters, Passive, Plugin, go_duration, register
+from pdserve.epp.types import Cycle, Endpoint, Request
 
 
 class SaturationDetector(Plugin):
@@ -31,9 +32,11 @@ class UtilizationParams(Parameters):
 
 
 @register("utilization-detector")
-class UtilizationDetector(SaturationDetector):
+class UtilizationDetector(SaturationDetector, Filter):
     """Mean over endpoints of max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold);
-    an endpoint without fresh metrics counts 1 (fail closed), no endpoint at all is 1."""
+    an endpoint without fresh metrics counts 1 (fail closed), no endpoint at all is 1.
+    In a profile it is also a filter, as upstream's (utilization/detector.go Filter): fresh
+    endpoints under both thresholds x (1 + headroom), or all of them when none is."""
 
     Params = UtilizationParams
     params: UtilizationParams
@@ -55,23 +58,32 @@ class UtilizationDetector(SaturationDetector):
             total += max(m.waiting / p.queueDepthThreshold, m.kv_usage / p.kvCacheUtilThreshold)
         return total / len(endpoints)
 
-    def inert(self) -> dict[str, str]:
-        if self.params.headroom:
-            return {"headroom": "it shapes flow control's dispatch filter, not yet implemented"}
-        return {}
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        p, room = self.params, 1.0 + self.params.headroom
+        kept = [
+            e
+            for e in endpoints
+            if e.metrics.updated is not None
+            and cycle.now - e.metrics.updated <= self.stale_after
+            and e.metrics.waiting < p.queueDepthThreshold * room
+            and e.metrics.kv_usage < p.kvCacheUtilThreshold * room
+        ]
+        return kept or endpoints
 
 
 class ConcurrencyParams(Parameters):
-    concurrencyMode: str = "requests"
+    concurrencyMode: Literal["requests", "tokens", "hybrid"] = "requests"
     maxConcurrency: int = Field(100, gt=0)
     maxTokenConcurrency: int = Field(1_000_000, gt=0)
     headroom: float = Field(0.0, ge=0.0)
 
 
 @register("concurrency-detector")
-class ConcurrencyDetector(SaturationDetector):
+class ConcurrencyDetector(SaturationDetector, Filter):
     """Requests (running + waiting, scraped) per endpoint over maxConcurrency, averaged.
-    Token mode needs per-request token accounting the EPP does not keep."""
+    Token mode needs per-request token accounting the EPP does not keep. In a profile it is
+    also a filter, as upstream's (concurrency/detector.go Filter): endpoints with fewer
+    requests than int(maxConcurrency x (1 + headroom)); it may leave none."""
 
     Params = ConcurrencyParams
     params: ConcurrencyParams
@@ -84,14 +96,16 @@ class ConcurrencyDetector(SaturationDetector):
             endpoints
         )
 
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        limit = int(self.params.maxConcurrency * (1.0 + self.params.headroom))
+        return [e for e in endpoints if e.metrics.running + e.metrics.waiting < limit]
+
     def inert(self) -> dict[str, str]:
         out = {}
         if self.params.concurrencyMode != "requests":
             out["concurrencyMode"] = "only requests mode is implemented"
         if "maxTokenConcurrency" in self.params.model_fields_set:
             out["maxTokenConcurrency"] = "only requests mode is implemented"
-        if self.params.headroom:
-            out["headroom"] = "it shapes flow control's dispatch filter, not yet implemented"
         return out
 
 

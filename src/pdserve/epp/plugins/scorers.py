@@ -25,8 +25,12 @@ def min_max(values: dict[str, float], lower_is_better: bool = True) -> dict[str,
     return {k: ((hi - v) if lower_is_better else (v - lo)) / span for k, v in values.items()}
 
 
+LOAD_AWARE_THRESHOLD = 128
+
+
 class LoadAwareParams(Parameters):
-    threshold: int = Field(128, ge=1)
+    # Any integer, as upstream (load_aware.go NewLoadAware): <= 0 loads and means the default.
+    threshold: int = LOAD_AWARE_THRESHOLD
 
 
 @register("load-aware-scorer")
@@ -36,8 +40,17 @@ class LoadAwareScorer(Scorer):
     Params = LoadAwareParams
     params: LoadAwareParams
 
+    @property
+    def threshold(self) -> int:
+        return self.params.threshold if self.params.threshold > 0 else LOAD_AWARE_THRESHOLD
+
+    def inert(self) -> dict[str, str]:
+        if self.params.threshold <= 0:
+            return {"threshold": f"not positive: the default {LOAD_AWARE_THRESHOLD} is used"}
+        return {}
+
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
-        thr = self.params.threshold
+        thr = self.threshold
         out = {}
         for e in endpoints:
             q = e.metrics.waiting
