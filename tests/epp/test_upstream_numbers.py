@@ -17,7 +17,7 @@ from pdserve.epp.framework import ConfigError, Filter, Picker, Scorer, make
 from pdserve.epp.plugins.flowcontrol import SaturationDetector
 from pdserve.epp.scheduler import Scheduler
 from pdserve.epp.types import Cycle, Endpoint, Metrics, Request
-from pdserve.wire import SESSION_HEADER
+from pdserve.wire import ROLE_LABEL, SESSION_HEADER
 
 
 def ep(
@@ -282,3 +282,32 @@ def test_random_picker_uniform() -> None:
     eps = [ep(i) for i in range(1, 5)]
     got = picks("random-picker", [(e, float(i)) for i, e in enumerate(eps)], 8000)
     assert [got[(p,)] / 8000 for p in range(1, 5)] == pytest.approx([0.25] * 4, abs=0.025)
+
+
+# scheduling/filter/bylabel/roles.go NewDecodeRole, NewEncodeRole (v0.7 to v0.10): decode
+# keeps decode, prefill-decode, both, encode-prefill-decode and unlabelled pods; encode keeps
+# encode, encode-prefill, encode-prefill-decode. NewPrefillRole also keeps both and the
+# combined roles there; pdserve keeps prefill pods only (see filters.PrefillFilter).
+def test_role_filters() -> None:
+    roles = ["decode", "prefill", "both", "prefill-decode", "encode", "encode-prefill"]
+    roles += ["encode-prefill-decode", None]
+    eps = [ep(i, labels={ROLE_LABEL: r} if r else {}) for i, r in enumerate(roles)]
+    assert kept("decode-filter", eps) == [0, 2, 3, 6, 7]
+    assert kept("encode-filter", eps) == [4, 5, 6]
+    assert kept("prefill-filter", eps) == [1]
+
+
+# scheduling/filter/bylabel/filter.go ByLabel.Filter: the label's value among validValues, or
+# the label absent where allowsNoLabel.
+def test_by_label_filter() -> None:
+    eps = [ep(1, labels={"gpu": "h100"}), ep(2, labels={"gpu": "a10"}), ep(3)]
+    assert kept("by-label", eps, {"label": "gpu", "validValues": ["h100"]}) == [1]
+    assert kept(
+        "by-label", eps, {"label": "gpu", "validValues": ["a10"], "allowsNoLabel": True}
+    ) == [
+        2,
+        3,
+    ]
+    # the factory refuses a filter that could keep nothing
+    with pytest.raises(ConfigError, match="validValues must be non-empty or allowsNoLabel"):
+        make("by-label", "b", {"label": "gpu"})
