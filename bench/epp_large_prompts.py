@@ -12,7 +12,9 @@ upstream's v0.10 pd-epp-config.yaml, given with --config and read where it lies,
 profiles); prompts share long prefixes with one of 16 "documents", so the prefix index walks
 real chains. The EPP's own time is the `ms` field of its `decision` log lines (parse, admission,
 scheduling, metrics: from the body complete to the answer built), cross-checked against its
-inference_extension_scheduler_e2e_duration_seconds histogram on the metrics port.
+inference_extension_scheduler_e2e_duration_seconds histogram on the metrics port. Beside it,
+the EPP process's CPU time per request over its phases (/proc: utime + stime), which also
+counts what the decision does not: the gRPC stream, gathering the body and sending it back.
 
 Anchors, same run: the same bodies at the same concurrency straight to the engines (no proxy)
 and through Envoy without ext_proc; and, in this process between the phases, json.loads plus
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import statistics
 import sys
@@ -123,8 +126,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * q))]
 
 
-def start(fleet: Fleet, args: argparse.Namespace) -> tuple[list[str], int, int, int]:
-    """Engines, the EPP (decision log at info) and the two Envoys; their addresses."""
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(fleet: Fleet, args: argparse.Namespace) -> tuple[list[str], int, int, int, int]:
+    """Engines, the EPP (decision log at info) and the two Envoys; their addresses and the
+    EPP's pid."""
     engines = [free_port(), free_port()]
     for i, port in enumerate(engines):
         fleet.start(
@@ -157,11 +167,12 @@ def start(fleet: Fleet, args: argparse.Namespace) -> tuple[list[str], int, int, 
     fleet.envoy("envoy-epp", gw_epp, cfg)
     plain = envoy.bootstrap(gw_plain, grpc, free_port(), [], ext_proc=False)
     fleet.envoy("envoy-plain", gw_plain, plain)
-    return dests, gw_epp, gw_plain, metrics
+    assert epp.pid is not None
+    return dests, gw_epp, gw_plain, metrics, epp.pid
 
 
 def run(fleet: Fleet, args: argparse.Namespace) -> None:
-    dests, gw_epp, gw_plain, metrics = start(fleet, args)
+    dests, gw_epp, gw_plain, metrics, epp_pid = start(fleet, args)
     rng = random.Random(1109)
     work = bodies(args.kbytes, args.requests, rng)
     warm = work[: args.concurrency * 2]
@@ -175,6 +186,7 @@ def run(fleet: Fleet, args: argparse.Namespace) -> None:
     skip = len(warm)
     lat: dict[str, list[float]] = {k: [] for k in paths}
     parse_anchor: list[float] = []
+    epp_cpu = 0.0
     before = histogram(f"http://127.0.0.1:{metrics}/metrics")
     for order in (list(paths), list(reversed(paths))):
         for name in order:
@@ -182,12 +194,20 @@ def run(fleet: Fleet, args: argparse.Namespace) -> None:
             if url is None:  # the client spreads the bodies over the engines itself
                 lat[name] += asyncio.run(direct(dests, work, args.concurrency))
             else:
+                cpu = cpu_seconds(epp_pid)
                 lat[name] += asyncio.run(
                     drive(url, work, args.concurrency, rr() if routed_here else None)
                 )
+                if not routed_here:
+                    epp_cpu += cpu_seconds(epp_pid) - cpu
             parse_anchor.append(anchor_parse(work[0]))
     after = histogram(f"http://127.0.0.1:{metrics}/metrics")
-    report(args, lat, decision_ms(fleet.tmp / "epp.log", skip), parse_anchor, before, after)
+    cpu_ms = epp_cpu * 1e3 / (2 * len(work))
+    report(args, lat, decision_ms(fleet.tmp / "epp.log", skip), parse_anchor, (before, after))
+    print(f"EPP process CPU per request (stream, body, decision, log line): {cpu_ms:.2f} ms")
+    epp_name = next(k for k, (_, here) in paths.items() if not here)
+    added = pct(lat[epp_name], 0.5) - pct(lat["envoy, no ext_proc"], 0.5)
+    print(f"request p50 added by the ext_proc hop (envoy + epp - envoy): {added * 1e3:.1f} ms")
 
 
 async def direct(dests: list[str], work: list[bytes], conc: int) -> list[float]:
@@ -203,8 +223,7 @@ def report(
     lat: dict[str, list[float]],
     epp_ms: list[float],
     parse_anchor: list[float],
-    before: dict[float, float],
-    after: dict[float, float],
+    hist: tuple[dict[float, float], dict[float, float]],
 ) -> None:
     print(
         f"== {args.kbytes} KB prompts, {args.requests} requests x 2 runs per path at "
@@ -220,7 +239,7 @@ def report(
     direct_p50 = pct(next(iter(lat.values())), 0.5) * 1e3
     print(
         f"EPP's own time per decision ({len(epp_ms)} decision lines): p50 {p50:.3f} ms, "
-        f"p99 {p99:.3f} ms; histogram median bucket <= {bucket_of_median(before, after) * 1e3:g} ms"
+        f"p99 {p99:.3f} ms; histogram median bucket <= {bucket_of_median(*hist) * 1e3:g} ms"
     )
     print(
         f"anchors: json.loads + xxh64 of one body {anchor:.3f} ms (EPP p50 / it = "
