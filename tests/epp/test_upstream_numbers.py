@@ -311,3 +311,40 @@ def test_by_label_filter() -> None:
     # the factory refuses a filter that could keep nothing
     with pytest.raises(ConfigError, match="validValues must be non-empty or allowsNoLabel"):
         make("by-label", "b", {"label": "gpu"})
+
+
+# scheduling/filter/utilization/filter.go UtilizationFilter.Filter (alpha in cmd/epp/runner/
+# runner.go): every condition's
+# metric <= maxValue; none left is [] unless fallbackOnEmpty; NewUtilizationFilter refuses no
+# condition, an unknown metric, a negative maxValue and a kv-cache-utilization one over 1.
+def test_utilization_filter() -> None:
+    eps = [ep(1, waiting=2, kv=0.5), ep(2, waiting=3, kv=0.5), ep(3, waiting=0, kv=0.9)]
+    both = [
+        {"metric": "waiting-queue", "maxValue": 2},
+        {"metric": "kv-cache-utilization", "maxValue": 0.8},
+    ]
+    assert kept("utilization-filter", eps, {"conditions": both}) == [1]  # 2 <= 2 kept
+    none = [{"metric": "running-requests", "maxValue": 0}]
+    busy = [ep(4, running=1), ep(5, running=2)]
+    assert kept("utilization-filter", busy, {"conditions": none}) == []
+    assert kept("utilization-filter", busy, {"conditions": none, "fallbackOnEmpty": True}) == [4, 5]
+    for bad in (
+        {"conditions": []},
+        {"conditions": [{"metric": "gpu", "maxValue": 1}]},
+        {"conditions": [{"metric": "waiting-queue", "maxValue": -1}]},
+        {"conditions": [{"metric": "kv-cache-utilization", "maxValue": 80}]},
+        {"conditions": [{"metric": "waiting-queue"}]},
+    ):
+        with pytest.raises(ConfigError):
+            make("utilization-filter", "u", bad)
+
+
+def test_utilization_filter_is_alpha() -> None:
+    text = (
+        "plugins: [{type: utilization-filter, parameters: {conditions: "
+        "[{metric: waiting-queue, maxValue: 4}]}}]\n"
+        "schedulingProfiles: [{name: a, plugins: [{pluginRef: utilization-filter}]}]"
+    )
+    with pytest.raises(ConfigError, match="an Alpha plugin"):
+        load(text)
+    assert "utilization-filter" in load(text, allow_experimental=True).plugins

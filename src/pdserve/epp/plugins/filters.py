@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from pdserve.epp.framework import ConfigError, Filter, Parameters, register
 from pdserve.epp.types import Cycle, Endpoint, Request
@@ -106,3 +106,54 @@ class LabelSelectorFilter(Filter):
 
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
         return [e for e in endpoints if matches(self.params, e.labels)]
+
+
+class Condition(BaseModel):
+    model_config = Parameters.model_config
+    metric: Literal["active-requests", "running-requests", "waiting-queue", "kv-cache-utilization"]
+    maxValue: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _fraction(self) -> Condition:
+        """KV-cache utilization is a fraction: a maxValue over 1 is a percentage mistaken."""
+        if self.metric == "kv-cache-utilization" and self.maxValue > 1:
+            raise ValueError("maxValue for kv-cache-utilization is a fraction, at most 1")
+        return self
+
+
+class UtilizationFilterParams(Parameters):
+    conditions: list[Condition] = Field(min_length=1)
+    fallbackOnEmpty: bool = False
+    inFlightLoadProducerName: str = ""
+
+
+@register("utilization-filter")
+class UtilizationFilter(Filter):
+    """Endpoints whose every metric is at most its maxValue; none left gives them all back
+    only with fallbackOnEmpty. As upstream's (filter/utilization/filter.go, alpha), except
+    that active-requests is the engine's running count here (the EPP keeps no in-flight
+    count of its own), as active-request-scorer reads it."""
+
+    stability = "alpha"
+    Params = UtilizationFilterParams
+    params: UtilizationFilterParams
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        kept = [e for e in endpoints if all(self._within(e, c) for c in self.params.conditions)]
+        return endpoints if not kept and self.params.fallbackOnEmpty else kept
+
+    @staticmethod
+    def _within(e: Endpoint, c: Condition) -> bool:
+        m = e.metrics
+        value = {
+            "active-requests": m.running,
+            "running-requests": m.running,
+            "waiting-queue": m.waiting,
+            "kv-cache-utilization": m.kv_usage,
+        }[c.metric]
+        return value <= c.maxValue
+
+    def inert(self) -> dict[str, str]:
+        if self.params.inFlightLoadProducerName:
+            return {"inFlightLoadProducerName": "active-requests is the engine's running count"}
+        return {}
