@@ -348,3 +348,36 @@ def test_utilization_filter_is_alpha() -> None:
     with pytest.raises(ConfigError, match="an Alpha plugin"):
         load(text)
     assert "utilization-filter" in load(text, allow_experimental=True).plugins
+
+
+# scheduling/scorer/contextlengthaware/context_length_aware.go Score and calculateRangeScore:
+# inside min-max, 0.3 + 0.7 x (0.7 / (1 + width / 10000) + 0.3 x (max - tokens) / width), a
+# zero-width range 1; outside, 0.3 / (1 + distance / 1000); unlabelled 0.5; a label that does
+# not parse (or min > max, parseContextRange) 0. Filter (enableFiltering): pods whose range
+# holds the length, and unlabelled ones; pass-through without it. 4000 bytes = 1000 tokens.
+def test_context_length_aware() -> None:
+    label = "llm-d.ai/context-length-range"
+    ranges = ["0-8000", "8001-32000", "1000-1000", "1000-4000", None, "abc", "9-3"]
+    eps = [ep(i, labels={label: r} if r else {}) for i, r in enumerate(ranges)]
+    plugin = make("context-length-aware", "c")
+    assert isinstance(plugin, Scorer)
+    out = plugin.score(cycle(), Request("r", "m", "x" * 4000), eps)
+    assert [out[e.name] for e in eps] == pytest.approx(
+        [
+            0.3 + 0.7 * (0.7 / 1.8 + 0.3 * 7000 / 8000),  # 0.75597...
+            0.3 / (1 + 7001 / 1000),  # 0.03750...
+            1.0,
+            0.3 + 0.7 * (0.7 / 1.3 + 0.3 * 3000 / 3000),  # 0.88692...
+            0.5,
+            0.0,
+            0.0,
+        ]
+    )
+    on = {"enableFiltering": True}
+    assert kept("context-length-aware", eps) == list(range(7))
+    filt = make("context-length-aware", "c", on)
+    assert isinstance(filt, Filter)
+    kept_ports = [e.port for e in filt.filter(cycle(), Request("r", "m", "x" * 4000), eps)]
+    assert kept_ports == [0, 2, 3, 4]
+    with pytest.raises(ConfigError):
+        make("context-length-aware", "c", {"label": ""})

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections import OrderedDict
 from typing import Annotated
 
 from pydantic import Field
 
-from pdserve.epp.framework import Parameters, Plugin, PreRequest, Ref, Scorer, register
-from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, held
+from pdserve.epp.framework import Filter, Parameters, Plugin, PreRequest, Ref, Scorer, register
+from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, estimated_tokens, held
 from pdserve.epp.types import Cycle, Endpoint, Request, Result
 from pdserve.wire import SESSION_HEADER
 
@@ -205,3 +206,68 @@ class NoHitLRUScorer(Scorer, PreRequest):
     def inert(self) -> dict[str, str]:
         why = "upstream ignores it too since v0.9; use prefixMatchInfoProducerName"
         return {k: why for k in ("prefixPluginType", "prefixPluginName") if getattr(self.params, k)}
+
+
+CONTEXT_LABEL = "llm-d.ai/context-length-range"
+_RANGE = re.compile(r"\s*\+?(\d+)\s*-\s*\+?(\d+)\s*")
+
+
+class ContextLengthParams(Parameters):
+    label: str = Field(CONTEXT_LABEL, min_length=1)
+    enableFiltering: bool = False
+
+
+def context_range(text: str) -> tuple[int, int] | None:
+    """A `min-max` label value (strconv.Atoi on each side, as upstream); None if malformed."""
+    m = _RANGE.fullmatch(text)
+    if m is None or int(m[1]) > int(m[2]):
+        return None
+    return int(m[1]), int(m[2])
+
+
+def range_score(tokens: int, lo: int, hi: int) -> float:
+    """Inside the range: 0.3 + 0.7 x (0.7 x narrowness + 0.3 x headroom); outside: 0.3 decaying
+    with the distance in thousands of tokens (context_length_aware.go calculateRangeScore)."""
+    if lo <= tokens <= hi:
+        width = hi - lo
+        if width == 0:
+            return 1.0
+        raw = 0.7 / (1.0 + width / 10000.0) + 0.3 * (hi - tokens) / width
+        return 0.3 + raw * 0.7
+    distance = tokens - hi if tokens > hi else lo - tokens
+    return 0.3 / (1.0 + distance / 1000.0)
+
+
+@register("context-length-aware")
+class ContextLengthAware(Scorer, Filter):
+    """Prefers pods whose context-length-range label holds the prompt's (estimated) tokens,
+    and with enableFiltering keeps only those and unlabelled pods. Unlabelled scores 0.5, a
+    malformed label 0 (and is filtered out), as upstream's."""
+
+    Params = ContextLengthParams
+    params: ContextLengthParams
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        if not self.params.enableFiltering:
+            return endpoints
+        tokens, out = estimated_tokens(req.prompt), []
+        for e in endpoints:
+            text = e.labels.get(self.params.label)
+            if text is None:  # unlabelled pods serve any length
+                out.append(e)
+                continue
+            r = context_range(text)
+            if r is not None and r[0] <= tokens <= r[1]:
+                out.append(e)
+        return out
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        tokens, out = estimated_tokens(req.prompt), {}
+        for e in endpoints:
+            text = e.labels.get(self.params.label)
+            r = context_range(text) if text is not None else None
+            if text is None:
+                out[e.name] = 0.5
+            else:
+                out[e.name] = 0.0 if r is None else range_score(tokens, *r)
+        return out
