@@ -381,3 +381,42 @@ def test_context_length_aware() -> None:
     assert kept_ports == [0, 2, 3, 4]
     with pytest.raises(ConfigError):
         make("context-length-aware", "c", {"label": ""})
+
+
+HEADER_PROFILES = """\
+plugins:
+- {type: header-profile-handler, parameters: {headerName: X-Profile}}
+- {type: label-selector-filter, name: small, parameters: {matchLabels: {size: small}}}
+- {type: label-selector-filter, name: big, parameters: {matchLabels: {size: big}}}
+schedulingProfiles:
+- {name: decode, plugins: [{pluginRef: small}]}
+- {name: large, plugins: [{pluginRef: big}]}
+"""
+
+
+# scheduling/profilehandler/headerprofile/header_profile_handler.go Pick and ProcessResults
+# (alpha): the profile the header names (headerName lowercased, EPP-Profile by default), else
+# defaultProfile ("decode"); a name no profile has runs nothing and the request fails; with
+# one profile, that one whatever the header says.
+def test_header_profile_handler() -> None:
+    small, big = ep(1, labels={"size": "small"}), ep(2, labels={"size": "big"})
+    sched = Scheduler(load(HEADER_PROFILES, allow_experimental=True))
+
+    def routed(headers: dict[str, str]) -> int | None:
+        result = sched.schedule(cycle(), Request("r", "m", "p", headers), [small, big])
+        return result.endpoint.port if result.endpoint else None
+
+    assert routed({"x-profile": "large"}) == 2
+    assert routed({"x-profile": " decode "}) == 1
+    assert routed({}) == 1  # defaultProfile decode
+    assert routed({"x-profile": "nope"}) is None
+    assert routed({"epp-profile": "large"}) == 1  # not the configured header
+    one = HEADER_PROFILES.replace("- {name: large, plugins: [{pluginRef: big}]}\n", "")
+    only = Scheduler(load(one, allow_experimental=True))
+    result = only.schedule(cycle(), Request("r", "m", "p", {"x-profile": "large"}), [small, big])
+    assert result.endpoint is small
+    other = HEADER_PROFILES.replace("headerName: X-Profile", "defaultProfile: large")
+    result = Scheduler(load(other, allow_experimental=True)).schedule(
+        cycle(), Request("r", "m", "p", {}), [small, big]
+    )
+    assert result.endpoint is big
