@@ -420,3 +420,23 @@ def test_header_profile_handler() -> None:
         cycle(), Request("r", "m", "p", {}), [small, big]
     )
     assert result.endpoint is big
+
+
+# scheduling/filter/sessionaffinity/encoded_endpoint_header.go filter (alpha): the endpoint
+# the decoded token names, alone, when it is among the candidates; every candidate otherwise
+# (no token, one that does not decode, or one naming a pod not here).
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (base64.b64encode(b"10.0.0.1:2").decode(), [2]),
+        (base64.b64encode(b"10.0.0.9:2").decode(), [1, 2, 3]),
+        ("%%%not-base64", [1, 2, 3]),
+        ("", [1, 2, 3]),
+    ],
+)
+def test_session_affinity_filter(token: str, expected: list[int]) -> None:
+    plugin = make("session-affinity-filter", "s")
+    assert isinstance(plugin, Filter)
+    headers = {SESSION_HEADER: token} if token else {}
+    out = plugin.filter(cycle(), Request("r", "m", "p", headers), [ep(1), ep(2), ep(3)])
+    assert [e.port for e in out] == expected

@@ -110,6 +110,15 @@ class ActiveRequestScorer(Scorer):
         return out
 
 
+def session_target(req: Request) -> str:
+    """The endpoint the x-session-token header names (base64 of address:port), or ""."""
+    token = req.headers.get(SESSION_HEADER, "")
+    try:
+        return base64.b64decode(token).decode() if token else ""
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
 @register("session-affinity-scorer")
 class SessionAffinityScorer(Scorer):
     """The endpoint named by the x-session-token header (base64 of address:port) scores 1."""
@@ -117,12 +126,21 @@ class SessionAffinityScorer(Scorer):
     stability = "alpha"
 
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
-        token = req.headers.get(SESSION_HEADER, "")
-        try:
-            target = base64.b64decode(token).decode() if token else ""
-        except (ValueError, UnicodeDecodeError):
-            target = ""
+        target = session_target(req)
         return {e.name: 1.0 if e.name == target else 0.0 for e in endpoints}
+
+
+@register("session-affinity-filter")
+class SessionAffinityFilter(Filter):
+    """Only the endpoint the x-session-token header names, when it is a candidate; else all
+    (upstream's encoded-endpoint-header strategy, filter/sessionaffinity, alpha)."""
+
+    stability = "alpha"
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        target = session_target(req)
+        named = [e for e in endpoints if e.name == target] if target else []
+        return named[:1] or endpoints
 
 
 @register("lora-affinity-scorer")
