@@ -1,8 +1,11 @@
 """One behaviour test per plugin family that lacked one, against the numbers llm-d-router
-v0.10.0's own code gives for the same inputs. Each expectation names the upstream file (under
-pkg/epp/framework/plugins/) and function it was worked out from; pdserve reads the engine's
-scraped running count where upstream counts its own in-flight requests, which changes where
-the number comes from, not the formula."""
+v0.10.0's own code gives for the same inputs: the metric scorers, the role, label and
+utilization filters, the saturation detectors (as detectors and as filters), the pickers'
+distributions, and the v0.10 families added alongside (utilization-filter,
+context-length-aware, header-profile-handler, session-affinity-filter). Each expectation names
+the upstream file (under pkg/epp/framework/plugins/) and function it was worked out from.
+pdserve reads the engine's scraped running count where upstream counts its own in-flight
+requests: that changes where the number comes from, not the formula."""
 
 from __future__ import annotations
 
