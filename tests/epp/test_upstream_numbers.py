@@ -17,7 +17,7 @@ import pytest
 
 from pdserve.epp.config import load
 from pdserve.epp.framework import ConfigError, Filter, Picker, Scorer, make
-from pdserve.epp.plugins.flowcontrol import SaturationDetector
+from pdserve.epp.plugins.flowcontrol import Admitter, SaturationDetector
 from pdserve.epp.scheduler import Scheduler
 from pdserve.epp.types import Cycle, Endpoint, Metrics, Request
 from pdserve.wire import ROLE_LABEL, SESSION_HEADER
@@ -443,3 +443,12 @@ def test_session_affinity_filter(token: str, expected: list[int]) -> None:
     headers = {SESSION_HEADER: token} if token else {}
     out = plugin.filter(cycle(), Request("r", "m", "p", headers), [ep(1), ep(2), ep(3)])
     assert [e.port for e in out] == expected
+
+
+# requestcontrol/admitter/probabilisticadmitter/plugin.go Admit: a sheddable request is
+# refused when rand < min(saturation^power x k, 1), with upstream's message.
+def test_probabilistic_admitter_message() -> None:
+    adm = make("probabilistic-admitter", "p")
+    assert isinstance(adm, Admitter)
+    eps = [ep(1, waiting=5), ep(2, kv=0.4)]  # (1 + 0.5) / 2 = 0.75: 0.75^5 x 300 > 1
+    assert adm.admit(cycle(), eps) == "probabilistic-admitter: rejected, saturation=0.750 prob=1.00"

@@ -124,23 +124,27 @@ class ProbabilisticAdmitter(Admitter):
     Params = ProbabilisticParams
     params: ProbabilisticParams
 
-    def chance(self, endpoints: list[Endpoint]) -> float:
+    def saturation(self, endpoints: list[Endpoint]) -> float:
         p = self.params
-        sat = sum(
+        return sum(
             max(
                 e.metrics.waiting / p.queueDepthThreshold,
                 e.metrics.kv_usage / p.kvCacheUtilThreshold,
             )
             for e in endpoints
         ) / len(endpoints)
-        return min(math.pow(sat, p.power) * p.k, 1.0)
+
+    def chance(self, endpoints: list[Endpoint]) -> float:
+        return min(math.pow(self.saturation(endpoints), self.params.power) * self.params.k, 1.0)
 
     def admit(self, cycle: Cycle, endpoints: list[Endpoint]) -> str | None:
         if not endpoints:
             return None
-        prob = self.chance(endpoints)
+        sat = self.saturation(endpoints)
+        prob = min(math.pow(sat, self.params.power) * self.params.k, 1.0)
         if cycle.rng.random() < prob:
-            return f"probabilistic-admitter: rejected, prob={prob:.2f}"
+            # upstream's words (probabilisticadmitter/plugin.go Admit), as the 429 says them
+            return f"probabilistic-admitter: rejected, saturation={sat:.3f} prob={prob:.2f}"
         return None
 
 
