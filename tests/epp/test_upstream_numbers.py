@@ -452,3 +452,12 @@ def test_probabilistic_admitter_message() -> None:
     assert isinstance(adm, Admitter)
     eps = [ep(1, waiting=5), ep(2, kv=0.4)]  # (1 + 0.5) / 2 = 0.75: 0.75^5 x 300 > 1
     assert adm.admit(cycle(), eps) == "probabilistic-admitter: rejected, saturation=0.750 prob=1.00"
+
+
+# scheduling/scorer/activerequest/active_request.go NewActiveRequest: a negative idleThreshold
+# is 0 and a maxBusyScore outside [0, 1] is the default 1.0; both load (and --check says so).
+def test_active_request_out_of_range_parameters_load_as_upstreams_defaults() -> None:
+    eps = [ep(i, running=n) for i, n in enumerate([0, 2, 4, 8])]
+    odd = {"idleThreshold": -4, "maxBusyScore": 1.5}
+    assert scores("active-request-scorer", eps, odd) == [1.0, 0.75, 0.5, 0.0]
+    assert set(make("active-request-scorer", "a", odd).inert()) == {"idleThreshold", "maxBusyScore"}

@@ -79,8 +79,10 @@ class KVCacheUtilizationScorer(Scorer):
 
 class ActiveRequestParams(Parameters):
     requestTimeout: str = ""  # deprecated upstream (its in-flight producer owns timeouts)
-    idleThreshold: int = Field(0, ge=0)
-    maxBusyScore: float = Field(1.0, ge=0.0, le=1.0)
+    # Out-of-range values load as the defaults, as upstream (active_request.go
+    # NewActiveRequest): a negative idleThreshold is 0, a maxBusyScore outside [0, 1] is 1.
+    idleThreshold: int = 0
+    maxBusyScore: float = 1.0
     inFlightLoadProducerName: str = ""
 
 
@@ -92,17 +94,25 @@ class ActiveRequestScorer(Scorer):
     Params = ActiveRequestParams
     params: ActiveRequestParams
 
-    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+    def setup(self) -> None:
         p = self.params
+        self.idle = max(p.idleThreshold, 0)
+        self.busy = p.maxBusyScore if 0.0 <= p.maxBusyScore <= 1.0 else 1.0
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
         top = max((e.metrics.running for e in endpoints), default=0)
         out = {}
         for e in endpoints:
             n = e.metrics.running
-            out[e.name] = 1.0 if n <= p.idleThreshold else (top - n) / top * p.maxBusyScore
+            out[e.name] = 1.0 if n <= self.idle else (top - n) / top * self.busy
         return out
 
     def inert(self) -> dict[str, str]:
         out = {}
+        if self.params.idleThreshold < 0:
+            out["idleThreshold"] = "negative: 0 is used, as upstream"
+        if self.busy != self.params.maxBusyScore:
+            out["maxBusyScore"] = "outside [0, 1]: 1.0 is used, as upstream"
         if self.params.requestTimeout:
             out["requestTimeout"] = "counts are the engine's own, nothing times out here"
         if self.params.inFlightLoadProducerName:
