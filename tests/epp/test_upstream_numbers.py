@@ -461,3 +461,13 @@ def test_active_request_out_of_range_parameters_load_as_upstreams_defaults() -> 
     odd = {"idleThreshold": -4, "maxBusyScore": 1.5}
     assert scores("active-request-scorer", eps, odd) == [1.0, 0.75, 0.5, 0.0]
     assert set(make("active-request-scorer", "a", odd).inert()) == {"idleThreshold", "maxBusyScore"}
+
+
+# scheduling/picker/maxscore/picker.go NewMaxScorePicker (and the random and weighted ones):
+# maxNumOfEndpoints <= 0 loads and falls back to 1 (picker/common.go DefaultMaxNumOfEndpoints).
+@pytest.mark.parametrize("kind", ["max-score-picker", "random-picker", "weighted-random-picker"])
+def test_pickers_take_a_non_positive_count_as_one(kind: str) -> None:
+    a, b = ep(1), ep(2)
+    for n in (0, -2):
+        got = picks(kind, [(a, 0.9), (b, 0.1)], 20, maxNumOfEndpoints=n)
+        assert all(len(order) == 1 for order in got)
