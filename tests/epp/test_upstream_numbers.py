@@ -471,3 +471,13 @@ def test_pickers_take_a_non_positive_count_as_one(kind: str) -> None:
     for n in (0, -2):
         got = picks(kind, [(a, 0.9), (b, 0.1)], 20, maxNumOfEndpoints=n)
         assert all(len(order) == 1 for order in got)
+
+
+# scheduling/scorer/prefix/plugin.go New: matchLengthScaleTokens must be positive only when
+# matchLengthWeight > 0 uses it; a weight outside [0, 1] is refused.
+def test_prefix_scorer_scale_is_checked_only_when_used() -> None:
+    make("prefix-cache-scorer", "p", {"matchLengthScaleTokens": 0})
+    with pytest.raises(ConfigError, match="matchLengthScaleTokens must be > 0"):
+        make("prefix-cache-scorer", "p", {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 0})
+    with pytest.raises(ConfigError, match="matchLengthWeight"):
+        make("prefix-cache-scorer", "p", {"matchLengthWeight": 1.5})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import xxhash
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from pdserve.block_hashes import Scheme
 from pdserve.epp.framework import (
@@ -433,7 +433,7 @@ class PrecisePrefixProducer(PrefixProducer, Extractor):
 class PrefixScorerParams(Parameters):
     prefixMatchInfoProducerName: Annotated[str, Ref("PrefixProducer")] = ""
     matchLengthWeight: float = Field(0.0, ge=0.0, le=1.0)
-    matchLengthScaleTokens: int = Field(8192, gt=0)
+    matchLengthScaleTokens: int = 8192
     # v0.2-v0.4: the scorer held its own index (estimate) or the KV-event one (cache_tracking)
     mode: Literal["estimate", "cache_tracking"] | None = None
     hashBlockSize: int | None = Field(None, ge=1)
@@ -441,6 +441,13 @@ class PrefixScorerParams(Parameters):
     lruCapacityPerServer: int | None = Field(None, ge=1)
     kvEventsConfig: KVEvents | None = None
     indexerConfig: Indexer | None = None
+
+    @model_validator(mode="after")
+    def _scale(self) -> PrefixScorerParams:
+        """Only a scale that is used must be positive, as upstream (scorer/prefix/plugin.go)."""
+        if self.matchLengthWeight > 0 and self.matchLengthScaleTokens <= 0:
+            raise ValueError("matchLengthScaleTokens must be > 0 when matchLengthWeight > 0")
+        return self
 
 
 OWN_PRODUCER = "-producer"  # a legacy scorer's own producer is named <scorer><this>
