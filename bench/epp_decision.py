@@ -1,11 +1,16 @@
 """EPP scheduling decision time, in process, no gRPC: p50/p99 per endpoint count x prompt size.
 
     .venv/bin/python bench/epp_decision.py [--requests 300] [--endpoints 8,64,256]
-                                           [--chars 1000,32000,200000]
+                                           [--chars 1000,32000,200000] [--config FILE]
 
 Config: the default single profile (decode-filter, prefix-cache-scorer x2, load-aware-scorer,
-max-score-picker). "core" is `Scheduler.schedule` (hashing, scoring, picking, recording the
-blocks); "request path" is `Picker.decide` as the ext_proc server calls it (JSON body parse,
+max-score-picker), or `--config FILE`, an EndpointPickerConfig read where it lies (e.g.
+upstream's v0.10 pd-epp-config.yaml: disagg-profile-handler + prefix-based-pd-decider, which
+counts prompt tokens, so the token estimate and the token-block hashing are in the timings).
+With a config that has a "prefill" profile, every other endpoint is a prefill pod, so both
+profiles run; the "P/D" column is the share of timed decisions that chose a prefill pod.
+"core" is `Scheduler.schedule` (hashing, scoring, picking, recording the blocks); "request
+path" is `Picker.decide` as the ext_proc server calls it (JSON body parse,
 admission, scheduling, Prometheus observations and the JSON decision log line to /dev/null),
 timed as wall clock and as this thread's CPU time ("cpu p99": the same work without the waits
 for a core that a loaded 2-core machine adds to the wall-clock tail).
@@ -24,10 +29,11 @@ import logging
 import random
 import statistics
 import time
+from pathlib import Path
 
 import xxhash
 
-from pdserve.epp.config import load
+from pdserve.epp.config import Config, load
 from pdserve.epp.datastore import Datastore, StaticSource
 from pdserve.epp.director import Director
 from pdserve.epp.metrics import EppMetrics
@@ -35,14 +41,15 @@ from pdserve.epp.scheduler import Scheduler
 from pdserve.epp.types import Cycle, Endpoint, Request
 from pdserve.logs import JsonFormatter
 from pdserve.render.epp_defaults import SINGLE
-from pdserve.wire import ROLE_LABEL
+from pdserve.wire import PREFILLER_HEADER, ROLE_LABEL
 
 MODEL = "bench-model"
 
 
-def endpoints(n: int, rng: random.Random) -> list[Endpoint]:
+def endpoints(n: int, rng: random.Random, roles: tuple[str, ...]) -> list[Endpoint]:
     eps = [
-        Endpoint(f"10.0.{i // 250}.{i % 250 + 1}", 8000, {ROLE_LABEL: "decode"}) for i in range(n)
+        Endpoint(f"10.0.{i // 250}.{i % 250 + 1}", 8000, {ROLE_LABEL: roles[i % len(roles)]})
+        for i in range(n)
     ]
     for e in eps:
         e.metrics.waiting = rng.choice((0, 0, 1, 3, 8, 40))
@@ -67,22 +74,28 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * q))]
 
 
-def run_case(n_ep: int, chars: int, n_req: int) -> dict[str, float]:
+def roles_for(cfg: Config) -> tuple[str, ...]:
+    """Prefill pods only where a profile would pick them; else all decode, as before."""
+    return ("decode", "prefill") if "prefill" in cfg.profiles else ("decode",)
+
+
+def run_case(n_ep: int, chars: int, n_req: int, config: str) -> dict[str, float]:
     rng = random.Random(n_ep * 7 + chars)
-    eps = endpoints(n_ep, rng)
+    eps = endpoints(n_ep, rng, roles_for(load(config)))
     texts = prompts(chars, n_req + 64, rng)
-    sched = Scheduler(load(SINGLE))
+    sched = Scheduler(load(config))
     # Warm the index: every document has been sent a few times, so it is cached somewhere.
     for i, text in enumerate(texts[:64]):
         sched.schedule(Cycle(now=1.0, rng=rng), Request(f"w{i}", MODEL, text), eps)
     store = Datastore(StaticSource(eps))
     store.refresh()
-    picker = Director(Scheduler(load(SINGLE)), store, EppMetrics(), "bench")
+    picker = Director(Scheduler(load(config)), store, EppMetrics(), "bench")
     for i, text in enumerate(texts[:64]):
         picker.decide(
             {"x-request-id": f"w{i}"}, json.dumps({"model": MODEL, "prompt": text}).encode()
         )
     core, path, path_cpu, anchor = [], [], [], []
+    disaggregated = 0
     for i, text in enumerate(texts[64:]):
         for e in eps:
             e.metrics.updated = time.monotonic()  # fresh, so admission sees a live pool
@@ -93,8 +106,9 @@ def run_case(n_ep: int, chars: int, n_req: int) -> dict[str, float]:
         t2 = time.perf_counter()
         body = json.dumps({"model": MODEL, "prompt": text}).encode()
         t3, c3 = time.perf_counter(), time.thread_time()
-        picker.decide({"x-request-id": f"r{i}"}, body)
+        result, _ = picker.decide({"x-request-id": f"r{i}"}, body)
         t4, c4 = time.perf_counter(), time.thread_time()
+        disaggregated += PREFILLER_HEADER in result.headers
         path_cpu.append(c4 - c3)
         anchor.append(t1 - t0)
         core.append(t2 - t1)
@@ -106,6 +120,7 @@ def run_case(n_ep: int, chars: int, n_req: int) -> dict[str, float]:
         "path_p99": pct(path, 0.99),
         "cpu_p99": pct(path_cpu, 0.99),
         "anchor_p50": statistics.median(anchor),
+        "pd_share": disaggregated / max(n_req, 1),
     }
 
 
@@ -114,28 +129,30 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--endpoints", default="8,64,256")
     ap.add_argument("--chars", default="1000,32000,200000")
+    ap.add_argument("--config", type=Path, help="an EndpointPickerConfig file (read in place)")
     args = ap.parse_args()
+    config = args.config.read_text() if args.config else SINGLE
+    label = str(args.config) if args.config else "prefix-cache-scorer x2 + load-aware-scorer"
     # The request path writes its decision log line, as in production, but to /dev/null.
     sink = logging.StreamHandler(open("/dev/null", "w"))  # noqa: SIM115
     sink.setFormatter(JsonFormatter("epp"))
     logging.getLogger().handlers[:] = [sink]
     logging.getLogger().setLevel(logging.INFO)
-    print(
-        f"== decision time, {args.requests} requests per case "
-        "(prefix-cache-scorer x2 + load-aware-scorer, warm index)"
-    )
+    print(f"== decision time, {args.requests} requests per case ({label}, warm index)")
     print(
         f"{'endpoints':>9} {'chars':>7} | {'core p50':>9} {'core p99':>9} | "
         f"{'path p50':>9} {'path p99':>9} {'cpu p99':>9} | {'anchor':>8} {'core/anchor':>11}"
+        f" {'P/D':>5}"
     )
     for n_ep in map(int, args.endpoints.split(",")):
         for chars in map(int, args.chars.split(",")):
-            r = run_case(n_ep, chars, args.requests)
+            r = run_case(n_ep, chars, args.requests, config)
             print(
                 f"{n_ep:>9} {chars:>7} | {r['core_p50'] * 1e3:7.3f}ms {r['core_p99'] * 1e3:7.3f}ms"
                 f" | {r['path_p50'] * 1e3:7.3f}ms {r['path_p99'] * 1e3:7.3f}ms"
                 f" {r['cpu_p99'] * 1e3:7.3f}ms"
-                f" | {r['anchor_p50'] * 1e6:6.1f}us {r['core_p50'] / r['anchor_p50']:11.0f}",
+                f" | {r['anchor_p50'] * 1e6:6.1f}us {r['core_p50'] / r['anchor_p50']:11.0f}"
+                f" {r['pd_share']:5.0%}",
                 flush=True,
             )
             if (n_ep, chars) == (64, 32000):

@@ -242,9 +242,9 @@ def test_scores_are_clamped_and_weighted() -> None:
             "schedulingProfiles[0].plugins[0].pluginRef",
         ),
         (
-            "plugins: [{type: load-aware-scorer, parameters: {threshold: -1}}]\n"
+            "plugins: [{type: load-aware-scorer, parameters: {threshold: many}}]\n"
             "schedulingProfiles: [{name: a}]",
-            "plugins[0].parameters.threshold: Input should be greater than or equal to 1",
+            "plugins[0].parameters.threshold: Input should be a valid integer",
         ),
         (
             "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: "

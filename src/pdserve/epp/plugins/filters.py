@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from pdserve.epp.framework import Filter, Parameters, register
+from pdserve.epp.framework import ConfigError, Filter, Parameters, register
 from pdserve.epp.types import Cycle, Endpoint, Request
 from pdserve.wire import ROLE_BOTH, ROLE_DECODE, ROLE_LABEL, ROLE_PREFILL
+
+# The role values each stage's filter keeps, as upstream's (bylabel/roles.go, v0.7 to v0.10):
+# pdserve labels pods prefill, decode or both; the combined roles come from other deployers.
+DECODE_ROLES = frozenset({None, ROLE_DECODE, ROLE_BOTH, "prefill-decode", "encode-prefill-decode"})
+ENCODE_ROLES = frozenset({"encode", "encode-prefill", "encode-prefill-decode"})
 
 
 @register("decode-filter")
 class DecodeFilter(Filter):
-    """Decode or aggregated pods; a pod without the role label counts as both."""
+    """Decode-capable pods; a pod without the role label counts as both."""
 
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
-        return [e for e in endpoints if e.role in (None, ROLE_DECODE, ROLE_BOTH)]
+        return [e for e in endpoints if e.role in DECODE_ROLES]
 
 
 @register("prefill-filter")
 class PrefillFilter(Filter):
+    """Prefill pods only. Upstream (since v0.7) also keeps both, prefill-decode and the
+    encode-prefill roles; under `pdserve up` a pod labelled both runs without a KV connector
+    and is not among the sidecar's allowed prefill targets, so choosing it would fail the
+    request (a divergence kept on purpose until aggregated pods can prefill)."""
+
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
         return [e for e in endpoints if e.role == ROLE_PREFILL]
 
@@ -28,7 +38,7 @@ class PrefillFilter(Filter):
 @register("encode-filter")
 class EncodeFilter(Filter):
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
-        return [e for e in endpoints if e.role == "encode"]
+        return [e for e in endpoints if e.role in ENCODE_ROLES]
 
 
 class ByLabelParams(Parameters):
@@ -43,6 +53,13 @@ class ByLabel(Filter):
 
     Params = ByLabelParams
     params: ByLabelParams
+
+    def setup(self) -> None:
+        """As upstream's factory (bylabel/filter.go): a filter that could keep nothing."""
+        if not self.params.validValues and not self.params.allowsNoLabel:
+            raise ConfigError(
+                "parameters: either validValues must be non-empty or allowsNoLabel must be true"
+            )
 
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
         p = self.params
@@ -89,3 +106,54 @@ class LabelSelectorFilter(Filter):
 
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
         return [e for e in endpoints if matches(self.params, e.labels)]
+
+
+class Condition(BaseModel):
+    model_config = Parameters.model_config
+    metric: Literal["active-requests", "running-requests", "waiting-queue", "kv-cache-utilization"]
+    maxValue: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _fraction(self) -> Condition:
+        """KV-cache utilization is a fraction: a maxValue over 1 is a percentage mistaken."""
+        if self.metric == "kv-cache-utilization" and self.maxValue > 1:
+            raise ValueError("maxValue for kv-cache-utilization is a fraction, at most 1")
+        return self
+
+
+class UtilizationFilterParams(Parameters):
+    conditions: list[Condition] = Field(min_length=1)
+    fallbackOnEmpty: bool = False
+    inFlightLoadProducerName: str = ""
+
+
+@register("utilization-filter")
+class UtilizationFilter(Filter):
+    """Endpoints whose every metric is at most its maxValue; none left gives them all back
+    only with fallbackOnEmpty. As upstream's (filter/utilization/filter.go, alpha), except
+    that active-requests is the engine's running count here (the EPP keeps no in-flight
+    count of its own), as active-request-scorer reads it."""
+
+    stability = "alpha"
+    Params = UtilizationFilterParams
+    params: UtilizationFilterParams
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        kept = [e for e in endpoints if all(self._within(e, c) for c in self.params.conditions)]
+        return endpoints if not kept and self.params.fallbackOnEmpty else kept
+
+    @staticmethod
+    def _within(e: Endpoint, c: Condition) -> bool:
+        m = e.metrics
+        value = {
+            "active-requests": m.running,
+            "running-requests": m.running,
+            "waiting-queue": m.waiting,
+            "kv-cache-utilization": m.kv_usage,
+        }[c.metric]
+        return value <= c.maxValue
+
+    def inert(self) -> dict[str, str]:
+        if self.params.inFlightLoadProducerName:
+            return {"inFlightLoadProducerName": "active-requests is the engine's running count"}
+        return {}

@@ -4,12 +4,12 @@ and the fairness and ordering policies of flow control's priority bands (flow_co
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import Field
 
-from pdserve.epp.framework import Parameters, Passive, Plugin, go_duration, register
-from pdserve.epp.types import Cycle, Endpoint
+from pdserve.epp.framework import Filter, Parameters, Passive, Plugin, go_duration, register
+from pdserve.epp.types import Cycle, Endpoint, Request
 
 
 class SaturationDetector(Plugin):
@@ -47,10 +47,12 @@ class UtilizationParams(Parameters):
 
 
 @register("utilization-detector")
-class UtilizationDetector(SaturationDetector):
+class UtilizationDetector(SaturationDetector, Filter):
     """max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold) per endpoint, an endpoint
     without fresh metrics counting 1 (fail closed). The queue counts the requests this EPP
-    sent since the last scrape as waiting, so a burst between scrapes cannot overshoot."""
+    sent since the last scrape as waiting, so a burst between scrapes cannot overshoot.
+    In a profile it is also a filter, as upstream's (utilization/detector.go Filter): fresh
+    endpoints under both thresholds x (1 + headroom), or all of them when none is."""
 
     Params = UtilizationParams
     params: UtilizationParams
@@ -70,9 +72,21 @@ class UtilizationDetector(SaturationDetector):
             m.kv_usage / p.kvCacheUtilThreshold,
         )
 
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        p, room = self.params, 1.0 + self.params.headroom
+        kept = [
+            e
+            for e in endpoints
+            if e.metrics.updated is not None
+            and cycle.now - e.metrics.updated <= self.stale_after
+            and e.metrics.waiting < p.queueDepthThreshold * room
+            and e.metrics.kv_usage < p.kvCacheUtilThreshold * room
+        ]
+        return kept or endpoints
+
 
 class ConcurrencyParams(Parameters):
-    concurrencyMode: str = "requests"
+    concurrencyMode: Literal["requests", "tokens", "hybrid"] = "requests"
     maxConcurrency: int = Field(100, gt=0)
     maxTokenConcurrency: int = Field(1_000_000, gt=0)
     headroom: float = Field(0.0, ge=0.0)
@@ -80,9 +94,12 @@ class ConcurrencyParams(Parameters):
 
 
 @register("concurrency-detector")
-class ConcurrencyDetector(SaturationDetector):
+class ConcurrencyDetector(SaturationDetector, Filter):
     """Requests per endpoint (running + waiting as scraped, plus those this EPP sent since)
-    over maxConcurrency. Token mode needs per-request token accounting the EPP does not keep."""
+    over maxConcurrency. Token mode needs per-request token accounting the EPP does not keep.
+    In a profile it is also a filter, as upstream's (concurrency/detector.go Filter):
+    endpoints with fewer requests than int(maxConcurrency x (1 + headroom)); it may leave
+    none."""
 
     Params = ConcurrencyParams
     params: ConcurrencyParams
@@ -93,6 +110,10 @@ class ConcurrencyDetector(SaturationDetector):
     def load(self, endpoint: Endpoint, now: float) -> float:
         m = endpoint.metrics
         return (m.running + m.waiting + m.dispatched) / self.params.maxConcurrency
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        limit = int(self.params.maxConcurrency * (1.0 + self.params.headroom))
+        return [e for e in endpoints if e.metrics.running + e.metrics.waiting < limit]
 
     def inert(self) -> dict[str, str]:
         out = {}
@@ -122,23 +143,27 @@ class ProbabilisticAdmitter(Admitter):
     Params = ProbabilisticParams
     params: ProbabilisticParams
 
-    def chance(self, endpoints: list[Endpoint]) -> float:
+    def saturation(self, endpoints: list[Endpoint]) -> float:
         p = self.params
-        sat = sum(
+        return sum(
             max(
                 e.metrics.waiting / p.queueDepthThreshold,
                 e.metrics.kv_usage / p.kvCacheUtilThreshold,
             )
             for e in endpoints
         ) / len(endpoints)
-        return min(math.pow(sat, p.power) * p.k, 1.0)
+
+    def chance(self, endpoints: list[Endpoint]) -> float:
+        return min(math.pow(self.saturation(endpoints), self.params.power) * self.params.k, 1.0)
 
     def admit(self, cycle: Cycle, endpoints: list[Endpoint]) -> str | None:
         if not endpoints:
             return None
-        prob = self.chance(endpoints)
+        sat = self.saturation(endpoints)
+        prob = min(math.pow(sat, self.params.power) * self.params.k, 1.0)
         if cycle.rng.random() < prob:
-            return f"probabilistic-admitter: rejected, prob={prob:.2f}"
+            # upstream's words (probabilisticadmitter/plugin.go Admit), as the 429 says them
+            return f"probabilistic-admitter: rejected, saturation={sat:.3f} prob={prob:.2f}"
         return None
 
 

@@ -395,3 +395,46 @@ class PrefillHeaderHandler(PreRequest):
         prefill = result.profiles.get(self.params.prefillProfile)
         if prefill is not None and prefill.endpoint is not None:
             result.headers[PREFILLER_HEADER] = prefill.endpoint.name
+
+
+class HeaderProfileParams(Parameters):
+    headerName: str = ""
+    defaultProfile: str = ""
+
+
+@register("header-profile-handler")
+class HeaderProfileHandler(ProfileHandler):
+    """One profile per request, named by a request header (EPP-Profile unless headerName),
+    else defaultProfile ("decode"); a name no profile has routes nowhere. With one profile,
+    that one. As upstream's (headerprofile/header_profile_handler.go, alpha)."""
+
+    stability = "alpha"
+    Params = HeaderProfileParams
+    params: HeaderProfileParams
+
+    def setup(self) -> None:
+        self.header = self.params.headerName.strip().lower() or "epp-profile"
+        self.default = self.params.defaultProfile.strip() or "decode"
+
+    def pick_profiles(
+        self, cycle: Cycle, req: Request, profiles: Sequence[str], done: dict[str, ProfileResult]
+    ) -> list[str]:
+        if done:
+            return []
+        if len(profiles) == 1:
+            return list(profiles)
+        asked = req.headers.get(self.header, "").strip()
+        name = asked or self.default
+        if name in profiles:
+            return [name]
+        cycle.state[REASON] = (
+            f"no scheduling profile {asked!r} (header {self.header})"
+            if asked
+            else f"defaultProfile {name!r} is not a scheduling profile"
+        )
+        return []
+
+    def results(self, cycle: Cycle, req: Request, done: dict[str, ProfileResult]) -> Result:
+        if not done:  # nothing ran: no endpoint, the request is refused (503)
+            return Result({self.default: ProfileResult(None)}, self.default)
+        return Result(done, next(iter(done)))

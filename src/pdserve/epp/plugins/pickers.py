@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from pdserve.epp.framework import Parameters, Picker, register
 from pdserve.epp.types import Cycle, Endpoint
 
 
 class PickerParams(Parameters):
-    maxNumOfEndpoints: int = Field(1, ge=0)  # upstream treats <= 0 as 1
+    maxNumOfEndpoints: int = 1  # <= 0 loads and means 1, as upstream (maxscore/picker.go)
 
 
 class _Picker(Picker):

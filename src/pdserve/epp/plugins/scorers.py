@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections import OrderedDict
 from typing import Annotated
 
 from pydantic import Field
 
-from pdserve.epp.framework import Parameters, Plugin, PreRequest, Ref, Scorer, register
-from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, held
+from pdserve.epp.framework import Filter, Parameters, Plugin, PreRequest, Ref, Scorer, register
+from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, estimated_tokens, held
 from pdserve.epp.types import Cycle, Endpoint, Request, Result, StateKey
 from pdserve.wire import SESSION_HEADER
 
@@ -25,8 +26,12 @@ def min_max(values: dict[str, float], lower_is_better: bool = True) -> dict[str,
     return {k: ((hi - v) if lower_is_better else (v - lo)) / span for k, v in values.items()}
 
 
+LOAD_AWARE_THRESHOLD = 128
+
+
 class LoadAwareParams(Parameters):
-    threshold: int = Field(128, ge=1)
+    # Any integer, as upstream (load_aware.go NewLoadAware): <= 0 loads and means the default.
+    threshold: int = LOAD_AWARE_THRESHOLD
 
 
 @register("load-aware-scorer")
@@ -36,8 +41,17 @@ class LoadAwareScorer(Scorer):
     Params = LoadAwareParams
     params: LoadAwareParams
 
+    @property
+    def threshold(self) -> int:
+        return self.params.threshold if self.params.threshold > 0 else LOAD_AWARE_THRESHOLD
+
+    def inert(self) -> dict[str, str]:
+        if self.params.threshold <= 0:
+            return {"threshold": f"not positive: the default {LOAD_AWARE_THRESHOLD} is used"}
+        return {}
+
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
-        thr = self.params.threshold
+        thr = self.threshold
         out = {}
         for e in endpoints:
             q = e.metrics.waiting
@@ -65,8 +79,10 @@ class KVCacheUtilizationScorer(Scorer):
 
 class ActiveRequestParams(Parameters):
     requestTimeout: str = ""  # deprecated upstream (its in-flight producer owns timeouts)
-    idleThreshold: int = Field(0, ge=0)
-    maxBusyScore: float = Field(1.0, ge=0.0, le=1.0)
+    # Out-of-range values load as the defaults, as upstream (active_request.go
+    # NewActiveRequest): a negative idleThreshold is 0, a maxBusyScore outside [0, 1] is 1.
+    idleThreshold: int = 0
+    maxBusyScore: float = 1.0
     inFlightLoadProducerName: str = ""
 
 
@@ -78,22 +94,39 @@ class ActiveRequestScorer(Scorer):
     Params = ActiveRequestParams
     params: ActiveRequestParams
 
-    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+    def setup(self) -> None:
         p = self.params
+        self.idle = max(p.idleThreshold, 0)
+        self.busy = p.maxBusyScore if 0.0 <= p.maxBusyScore <= 1.0 else 1.0
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
         top = max((e.metrics.running for e in endpoints), default=0)
         out = {}
         for e in endpoints:
             n = e.metrics.running
-            out[e.name] = 1.0 if n <= p.idleThreshold else (top - n) / top * p.maxBusyScore
+            out[e.name] = 1.0 if n <= self.idle else (top - n) / top * self.busy
         return out
 
     def inert(self) -> dict[str, str]:
         out = {}
+        if self.params.idleThreshold < 0:
+            out["idleThreshold"] = "negative: 0 is used, as upstream"
+        if self.busy != self.params.maxBusyScore:
+            out["maxBusyScore"] = "outside [0, 1]: 1.0 is used, as upstream"
         if self.params.requestTimeout:
             out["requestTimeout"] = "counts are the engine's own, nothing times out here"
         if self.params.inFlightLoadProducerName:
             out["inFlightLoadProducerName"] = "counts are the engine's running requests"
         return out
+
+
+def session_target(req: Request) -> str:
+    """The endpoint the x-session-token header names (base64 of address:port), or ""."""
+    token = req.headers.get(SESSION_HEADER, "")
+    try:
+        return base64.b64decode(token).decode() if token else ""
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 @register("session-affinity-scorer")
@@ -103,12 +136,21 @@ class SessionAffinityScorer(Scorer):
     stability = "alpha"
 
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
-        token = req.headers.get(SESSION_HEADER, "")
-        try:
-            target = base64.b64decode(token).decode() if token else ""
-        except (ValueError, UnicodeDecodeError):
-            target = ""
+        target = session_target(req)
         return {e.name: 1.0 if e.name == target else 0.0 for e in endpoints}
+
+
+@register("session-affinity-filter")
+class SessionAffinityFilter(Filter):
+    """Only the endpoint the x-session-token header names, when it is a candidate; else all
+    (upstream's encoded-endpoint-header strategy, filter/sessionaffinity, alpha)."""
+
+    stability = "alpha"
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        target = session_target(req)
+        named = [e for e in endpoints if e.name == target] if target else []
+        return named[:1] or endpoints
 
 
 @register("lora-affinity-scorer")
@@ -191,3 +233,68 @@ class NoHitLRUScorer(Scorer, PreRequest):
     def inert(self) -> dict[str, str]:
         why = "upstream ignores it too since v0.9; use prefixMatchInfoProducerName"
         return {k: why for k in ("prefixPluginType", "prefixPluginName") if getattr(self.params, k)}
+
+
+CONTEXT_LABEL = "llm-d.ai/context-length-range"
+_RANGE = re.compile(r"\s*\+?(\d+)\s*-\s*\+?(\d+)\s*")
+
+
+class ContextLengthParams(Parameters):
+    label: str = Field(CONTEXT_LABEL, min_length=1)
+    enableFiltering: bool = False
+
+
+def context_range(text: str) -> tuple[int, int] | None:
+    """A `min-max` label value (strconv.Atoi on each side, as upstream); None if malformed."""
+    m = _RANGE.fullmatch(text)
+    if m is None or int(m[1]) > int(m[2]):
+        return None
+    return int(m[1]), int(m[2])
+
+
+def range_score(tokens: int, lo: int, hi: int) -> float:
+    """Inside the range: 0.3 + 0.7 x (0.7 x narrowness + 0.3 x headroom); outside: 0.3 decaying
+    with the distance in thousands of tokens (context_length_aware.go calculateRangeScore)."""
+    if lo <= tokens <= hi:
+        width = hi - lo
+        if width == 0:
+            return 1.0
+        raw = 0.7 / (1.0 + width / 10000.0) + 0.3 * (hi - tokens) / width
+        return 0.3 + raw * 0.7
+    distance = tokens - hi if tokens > hi else lo - tokens
+    return 0.3 / (1.0 + distance / 1000.0)
+
+
+@register("context-length-aware")
+class ContextLengthAware(Scorer, Filter):
+    """Prefers pods whose context-length-range label holds the prompt's (estimated) tokens,
+    and with enableFiltering keeps only those and unlabelled pods. Unlabelled scores 0.5, a
+    malformed label 0 (and is filtered out), as upstream's."""
+
+    Params = ContextLengthParams
+    params: ContextLengthParams
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        if not self.params.enableFiltering:
+            return endpoints
+        tokens, out = estimated_tokens(req.prompt), []
+        for e in endpoints:
+            text = e.labels.get(self.params.label)
+            if text is None:  # unlabelled pods serve any length
+                out.append(e)
+                continue
+            r = context_range(text)
+            if r is not None and r[0] <= tokens <= r[1]:
+                out.append(e)
+        return out
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        tokens, out = estimated_tokens(req.prompt), {}
+        for e in endpoints:
+            text = e.labels.get(self.params.label)
+            r = context_range(text) if text is not None else None
+            if text is None:
+                out[e.name] = 0.5
+            else:
+                out[e.name] = 0.0 if r is None else range_score(tokens, *r)
+        return out
