@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preflight": ("pdserve.install.preflight", "check a cluster has what a manifest needs"),
     "model-job": ("pdserve.render.cli", "print a PVC and a Job that download a manifest's model"),
     "bench": ("pdserve.bench.cli", "measure a running OpenAI-API service under a workload"),
+    "simulate": ("pdserve.simulate.cli", "simulate a manifest's fleet under a workload"),
 }
 
 
