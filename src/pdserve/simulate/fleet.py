@@ -15,6 +15,7 @@ from pdserve.engines.sim.profile import Profile, load_profile
 from pdserve.epp import config as epp_config
 from pdserve.runner.manifest import load_plan
 from pdserve.runner.plan import Plan, Pool
+from pdserve.simulate.tokens import fast
 from pdserve.tokenization import BuiltinTokenizer, HFTokenizer, Tokenizer
 from pdserve.wire import ROLE_PREFILL
 
@@ -50,7 +51,7 @@ def load_fleet(path: Path, profile_path: str | None = None) -> Fleet:
     if plan.prefill is not None:
         pools.insert(0, _pool(plan.prefill, profile_path))
     folder = _tokenizer_dir(plan.model_uri)
-    tokenizer: Tokenizer = HFTokenizer(folder) if folder else BuiltinTokenizer()
+    tokenizer: Tokenizer = fast(HFTokenizer(folder), folder) if folder else BuiltinTokenizer()
     return Fleet(plan, tuple(pools), config, tokenizer, folder)
 
 
