@@ -111,12 +111,19 @@ def main(argv: list[str]) -> int:
 
 
 def _progress(stream: TextIO, started: float) -> Progress:
-    """A status line once a second of wall time, redrawn in place on a terminal."""
+    """A status line on stderr: once a second, redrawn in place, on a terminal; in a log
+    every 5 s (as bench's), so a long simulation shows it is alive without flooding it."""
     tty = stream.isatty()
+    every = 1.0 if tty else 5.0
+    shown = [started]
 
     def show(c: Counts) -> None:
+        now = time.perf_counter()
+        if now - shown[0] < every:
+            return
+        shown[0] = now
         line = (
-            f"simulate {time.perf_counter() - started:5.0f} s  virtual {c.now:.1f} s  "
+            f"simulate {now - started:5.0f} s  virtual {c.now:.1f} s  "
             f"arrived {c.arrived}  done {c.done}  in flight {c.live}"
         )
         stream.write(f"\r{line}\033[K" if tty else line + "\n")
