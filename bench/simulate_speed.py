@@ -59,13 +59,16 @@ def main() -> None:
     sim = Simulation(
         fleet, workload, Options(max_requests=args.requests), make_link(fleet.pools[-1].profile)
     )
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     results, virtual = sim.run()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     summary = report.build(results, virtual)
     steps = sum(e.steps for e in sim.engines)
     print(f"fleet: {args.prefill} prefill + {args.decode} decode engines, rate {args.rate}/s")
-    print(f"simulated {len(results)} requests ({virtual:.0f} s virtual) in {wall:.1f} s wall")
+    print(
+        f"simulated {len(results)} requests ({virtual:.0f} s virtual) in {wall:.1f} s wall, "
+        f"{cpu:.1f} s CPU (the machine is shared: CPU time is this process's own share)"
+    )
     print(f"  {len(results) / wall:,.0f} requests/s, {steps / wall:,.0f} engine steps/s")
     ratio = wall / anchor
     print(f"anchor: the generator alone, {planned} req in {anchor:.1f} s (sim/anchor {ratio:.0f}x)")
