@@ -77,3 +77,55 @@ def test_requests_bound_and_scrapes_age(tmp_path: Path) -> None:
     assert summary["requests"] == 7
     updated = [e.endpoint.metrics.updated for e in sim.engines]
     assert all(u is not None and u <= sim.counts.now for u in updated)
+
+
+PRECISE = {
+    "apiVersion": "llm-d.ai/v1alpha1",
+    "kind": "EndpointPickerConfig",
+    "plugins": [
+        {"type": "precise-prefix-cache-producer",
+         "parameters": {"tokenProcessorConfig": {"blockSize": 16},
+                        "kvEventsConfig": {"zmqEndpoint": "tcp://*:5557"}}},
+        {"type": "prefix-cache-scorer",
+         "parameters": {"prefixMatchInfoProducerName": "precise-prefix-cache-producer"}},
+        {"type": "max-score-picker"},
+        {"type": "single-profile-handler"},
+    ],
+    "schedulingProfiles": [
+        {"name": "default", "plugins": [{"pluginRef": "prefix-cache-scorer"},
+                                        {"pluginRef": "max-score-picker"}]}
+    ],
+}  # fmt: skip
+
+
+def test_precise_prefix_routing_follows_the_engines_kv_events(tmp_path: Path) -> None:
+    """As under `up`: the engines' KV events reach the config's precise producer, so each
+    shared prefix's requests gather on the engine that cached it."""
+    import yaml
+
+    manifest = fleet(tmp_path, None, 2)
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["router"]["scheduler"] = {"config": {"inline": PRECISE}}
+    manifest.write_text(yaml.safe_dump(doc))
+    workload = {
+        "api": "completions",
+        "arrival": {"process": "constant", "rate": 2},
+        "shared_prefix": {"groups": 2, "prefix_tokens": 400, "suffix_tokens": 20},
+        "output_tokens": 4,
+    }
+    f = load_fleet(manifest)
+    assert f.events_to is not None
+    sim = Simulation(f, parse(workload), Options(duration=20), make_link(f.pools[-1].profile))
+    placed: dict[int, list[int]] = {}
+    submit = sim._submit
+
+    def record(index: int, req: Any, flight: Any, now: float) -> None:
+        placed.setdefault(flight.planned.group, []).append(index)
+        submit(index, req, flight, now)
+
+    sim._submit = record  # type: ignore[method-assign]
+    sim.run()
+    assert f.events_to.size() > 0
+    for group, engines in placed.items():
+        later = engines[1:]
+        assert later.count(engines[1]) >= 0.9 * len(later), (group, engines)

@@ -7,9 +7,12 @@ request that arrived mid-step is not yet in the queue the EPP reads.
 
 from __future__ import annotations
 
-from pdserve.engines.sim.block_manager import BlockManager
+from pdserve.engines.sim.block_manager import BlockManager, CacheEvent
+from pdserve.engines.sim.kv_events import encode
 from pdserve.engines.sim.scheduler import Scheduler, StepOutput
 from pdserve.engines.sim.tokens import Generator
+from pdserve.epp.kv_events import as_array
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer
 from pdserve.epp.types import Endpoint
 from pdserve.simulate.fleet import PoolSpec
 from pdserve.wire import ROLE_LABEL
@@ -18,11 +21,24 @@ PORT = 8000  # every simulated engine listens here; endpoints differ by address 
 
 
 class SimulatedEngine:
-    def __init__(self, name: str, spec: PoolSpec, generator: Generator) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: PoolSpec,
+        generator: Generator,
+        events_to: PrecisePrefixProducer | None = None,
+    ) -> None:
         p = spec.profile
         self.name = name
         self.spec = spec
-        self.blocks = BlockManager(p.num_blocks, p.block_size, enable_caching=spec.prefix_caching)
+        self.events_to = events_to
+        self.events: list[CacheEvent] = []  # KV events since the last flush
+        self.blocks = BlockManager(
+            p.num_blocks,
+            p.block_size,
+            self.events.append if events_to is not None else None,
+            enable_caching=spec.prefix_caching,
+        )
         self.sched = Scheduler(
             p, generator, self.blocks, max_loras=spec.max_loras, scheme=spec.scheme
         )
@@ -37,6 +53,17 @@ class SimulatedEngine:
     def observe(self) -> None:
         s = self.sched
         self.gauges = (len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage)
+        if self.events:
+            self._publish()
+
+    def _publish(self) -> None:
+        """The KV events of the last step, as the sim engine publishes them (one batch
+        when it observes) and the EPP's subscriber applies them, by endpoint name."""
+        assert self.events_to is not None
+        size = self.spec.profile.block_size
+        for ev in self.events:
+            self.events_to.apply_event(self.endpoint.name, as_array(encode(ev, size)))
+        self.events.clear()
 
     def scrape(self, now: float) -> None:
         m = self.endpoint.metrics

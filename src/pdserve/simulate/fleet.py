@@ -13,6 +13,9 @@ from pdserve.engines import vllm
 from pdserve.engines.sim.cli import parse_args, profile_overrides
 from pdserve.engines.sim.profile import Profile, load_profile
 from pdserve.epp import config as epp_config
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer
+from pdserve.runner import components
+from pdserve.runner.components import KVFeed
 from pdserve.runner.manifest import load_plan
 from pdserve.runner.plan import Plan, Pool
 from pdserve.simulate.tokens import fast
@@ -37,6 +40,8 @@ class Fleet:
     epp: epp_config.Config
     tokenizer: Tokenizer
     tokenizer_dir: Path | None
+    # The config's precise-prefix producer, which the engines' KV events feed; else None.
+    events_to: PrecisePrefixProducer | None = None
 
     @property
     def engines(self) -> int:
@@ -46,26 +51,38 @@ class Fleet:
 def load_fleet(path: Path, profile_path: str | None = None) -> Fleet:
     """UserError (one line) for a manifest `validate` refuses or a bad profile."""
     plan = load_plan(path)
-    config = epp_config.load(plan.scheduler_config, "scheduler config", allow_experimental=True)
-    pools = [_pool(plan.decode, profile_path)]
-    if plan.prefill is not None:
-        pools.insert(0, _pool(plan.prefill, profile_path))
     folder = _tokenizer_dir(plan.model_uri)
+    # As `up`: a precise-prefix config makes the engines hash and block as its producer.
+    feed = components.kv_feed(plan.scheduler_config, 0, "sim")
+    text = plan.scheduler_config
+    if feed is not None:
+        text = components.localize_epp_config(text, feed.port, folder)
+    config = epp_config.load(text, "scheduler config", allow_experimental=True)
+    pools = [_pool(plan, plan.decode, profile_path, feed)]
+    if plan.prefill is not None:
+        pools.insert(0, _pool(plan, plan.prefill, profile_path, feed))
     tokenizer: Tokenizer = fast(HFTokenizer(folder), folder) if folder else BuiltinTokenizer()
-    return Fleet(plan, tuple(pools), config, tokenizer, folder)
+    producer = next(
+        (p for p in config.plugins.values() if isinstance(p, PrecisePrefixProducer)), None
+    )
+    return Fleet(plan, tuple(pools), config, tokenizer, folder, producer)
 
 
-def _pool(pool: Pool, profile_path: str | None) -> PoolSpec:
+def _pool(plan: Plan, pool: Pool, profile_path: str | None, feed: KVFeed | None) -> PoolSpec:
     """The engine args `up` would give `pdserve sim-engine` for this pool, parsed by it."""
-    args, _ = parse_args(vllm.manifest_args(pool.args))
+    argv = vllm.manifest_args(pool.args)
+    if feed is not None:
+        argv += feed.engine_args(pool.role, plan.served_name, pool.args)
+    args, _ = parse_args(argv)
     profile = load_profile(profile_path or args.profile, **profile_overrides(args))
     algo = args.prefix_caching_hash_algo
+    seed = feed.seed if feed is not None else seed_from_env(algo)
     return PoolSpec(
         role=pool.role,
         replicas=pool.replicas,
         profile=profile,
         prefix_caching=args.enable_prefix_caching,
-        scheme=Scheme(algo, seed_from_env(algo)),
+        scheme=Scheme(algo, seed),
         max_loras=args.max_loras,
     )
 

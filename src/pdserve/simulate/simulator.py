@@ -32,7 +32,7 @@ from pdserve.simulate.fleet import Fleet
 from pdserve.simulate.flight import Flight
 from pdserve.simulate.link import Link
 from pdserve.simulate.traffic import Traffic
-from pdserve.wire import PREFILLER_HEADER, ROLE_PREFILL
+from pdserve.wire import PREFILLER_HEADER, ROLE_BOTH
 
 # Progress is checked every this many events: a clock read per event would cost more than
 # the events themselves.
@@ -61,6 +61,11 @@ class Counts:
 Progress = Callable[[Counts], None]
 
 
+def _name(role: str, index: int) -> str:
+    """As `up` names engines: prefill-0, decode-0, or engine-0 in an aggregated fleet."""
+    return f"{'engine' if role == ROLE_BOTH else role}-{index}"
+
+
 @contextlib.contextmanager
 def _few_collections() -> Iterator[None]:
     """A run allocates millions of small objects that mostly live until its end (results,
@@ -81,7 +86,7 @@ class Simulation:
         self.options, self.link = options, link
         self.gen = Generator(fleet.tokenizer)
         self.engines = [
-            SimulatedEngine(f"{'prefill' if s.role == ROLE_PREFILL else 'decode'}-{i}", s, self.gen)
+            SimulatedEngine(_name(s.role, i), s, self.gen, fleet.events_to)
             for s in fleet.pools
             for i in range(s.replicas)
         ]
