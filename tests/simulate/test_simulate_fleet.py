@@ -37,6 +37,9 @@ def test_report_has_bench_keys_and_counts_every_request(tmp_path: Path) -> None:
     summary, sim = simulate(fleet(tmp_path, 1, 1), LONG_PROMPTS, duration=10)
     assert tuple(summary) == report.KEYS
     assert summary["requests"] == sim.counts.arrived > 5
+    # --duration bounds the arrivals, as bench's; the run lasts until the last one is done.
+    last = max(r.planned.at for r in sim.results)
+    assert 8 < last < 10 and last + 0.1 < summary["duration_s"]
     assert summary["errors"] == {}
     for key in ("ttft_ms", "itl_ms", "e2e_ms"):
         s = summary[key]
