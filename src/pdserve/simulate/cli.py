@@ -49,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("file", type=Path, help="an LLMInferenceService manifest (as for pdserve up)")
     ap.add_argument("--workload", required=True, help="a workload YAML file (as for bench)")
-    ap.add_argument("--profile", help="sim engine profile YAML (default: the sim's defaults)")
+    ap.add_argument(
+        "--profile",
+        help="sim engine profile YAML for every engine (default: the manifest's engine "
+        "--profile if it gives one, else the sim engine's defaults)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="the workload's and the EPP's seed")
     ap.add_argument("--duration", type=_number(float), help="seconds of arrivals (virtual)")
     ap.add_argument("--requests", type=_number(int), help="or this many requests")
