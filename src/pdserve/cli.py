@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-job": ("pdserve.render.cli", "print a PVC and a Job that download a manifest's model"),
     "bench": ("pdserve.bench.cli", "measure a running OpenAI-API service under a workload"),
     "profile": ("pdserve.bench.profiling", "measure an engine and write its sim-engine profile"),
+    "simulate": ("pdserve.simulate.cli", "simulate a manifest's fleet under a workload"),
 }
 
 

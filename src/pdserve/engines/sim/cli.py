@@ -127,6 +127,12 @@ def _takes_value(flag: str) -> bool:
     return not flag.startswith(("--enable-", "--disable-", "--no-"))
 
 
+def profile_overrides(args: argparse.Namespace) -> dict[str, int | None]:
+    """The profile keys the vLLM flags set (None: not given), for `load_profile`; the
+    simulator reads a manifest's engine args through this too, so both agree on them."""
+    return {dest: getattr(args, dest) for dest in _PROFILE_FLAGS.values()}
+
+
 def _json_flag(name: str, text: str | None) -> dict[str, Any] | None:
     if not text:
         return None
@@ -145,7 +151,7 @@ def main(argv: list[str]) -> int:
     from pdserve.engines.sim.kv_events import enabled_config
     from pdserve.engines.sim.profile import load_profile
 
-    profile = load_profile(args.profile, **{d: getattr(args, d) for d in _PROFILE_FLAGS.values()})
+    profile = load_profile(args.profile, **profile_overrides(args))
     if args.zero_cost:
         profile = profile.zero()
     if args.print_profile:

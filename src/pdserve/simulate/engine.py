@@ -1,0 +1,71 @@
+"""One engine of the fleet: the sim engine's Scheduler and cache, and what /metrics shows.
+
+The gauges are taken when a step's tokens are delivered and when the engine goes idle, as
+the real engine's `_observe` does, and an EPP scrape copies those, not the live state: a
+request that arrived mid-step is not yet in the queue the EPP reads.
+"""
+
+from __future__ import annotations
+
+from pdserve.engines.sim.block_manager import BlockManager, CacheEvent
+from pdserve.engines.sim.kv_events import encode
+from pdserve.engines.sim.scheduler import Scheduler, StepOutput
+from pdserve.engines.sim.tokens import Generator
+from pdserve.epp.kv_events import as_array
+from pdserve.epp.plugins.prefix import PrecisePrefixProducer
+from pdserve.epp.types import Endpoint
+from pdserve.simulate.fleet import PoolSpec
+from pdserve.wire import ROLE_LABEL
+
+PORT = 8000  # every simulated engine listens here; endpoints differ by address (their name)
+
+
+class SimulatedEngine:
+    def __init__(
+        self,
+        name: str,
+        spec: PoolSpec,
+        generator: Generator,
+        events_to: PrecisePrefixProducer | None = None,
+    ) -> None:
+        p = spec.profile
+        self.name = name
+        self.spec = spec
+        self.events_to = events_to
+        self.events: list[CacheEvent] = []  # KV events since the last flush
+        self.blocks = BlockManager(
+            p.num_blocks,
+            p.block_size,
+            self.events.append if events_to is not None else None,
+            enable_caching=spec.prefix_caching,
+        )
+        self.sched = Scheduler(
+            p, generator, self.blocks, max_loras=spec.max_loras, scheme=spec.scheme
+        )
+        self.endpoint = Endpoint(name, PORT, {ROLE_LABEL: spec.role})
+        # As the sim engine: a sequence must fit in the KV cache.
+        self.max_model_len = min(p.max_model_len, p.num_blocks * p.block_size)
+        self.stepping = False  # a step event is queued: arrivals join its next step
+        self.pending: StepOutput | None = None  # the step now running, delivered at its end
+        self.gauges: tuple[int, int, float] = (0, 0, 0.0)  # running, waiting, kv usage
+        self.steps = 0
+
+    def observe(self) -> None:
+        s = self.sched
+        self.gauges = (len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage)
+        if self.events:
+            self._publish()
+
+    def _publish(self) -> None:
+        """The KV events of the last step, as the sim engine publishes them (one batch
+        when it observes) and the EPP's subscriber applies them, by endpoint name."""
+        assert self.events_to is not None
+        size = self.spec.profile.block_size
+        for ev in self.events:
+            self.events_to.apply_event(self.endpoint.name, as_array(encode(ev, size)))
+        self.events.clear()
+
+    def scrape(self, now: float) -> None:
+        m = self.endpoint.metrics
+        m.running, m.waiting, m.kv_usage = self.gauges
+        m.updated = now

@@ -1,0 +1,117 @@
+"""Prompt tokens at the simulator's pace: the model's tokenizer, word by word, memoised.
+
+The engines of `up --engine sim` tokenize with the model folder's tokenizer (SmolLM2's, for
+the examples); a full encode there costs ~2 ms for a 250-word prompt, which alone would spend
+the 100k-request budget. A byte-level BPE (GPT-2 style: every pre-token is encoded on its
+own) gives the same ids word by word, and a workload reuses a few hundred words, so each
+distinct pre-token is encoded once. The tokenizer's own encode is used whenever this shape
+cannot be confirmed: another pre-tokenizer, a normalizer, or a sample that disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import regex
+
+from pdserve.tokenization import HFTokenizer, Tokenizer
+
+# The pattern of the ByteLevel pre-tokenizer (use_regex: true), GPT-2's.
+_GPT2 = regex.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
+_CHECK = "<|im_start|>user\n the of and, to 12 in?\n<|im_end|>\n it's  them  \n"
+
+
+class PieceEncoder:
+    """`encode(text)` equal to `tokenizer.encode(text)`, from memoised pre-tokens."""
+
+    def __init__(self, tokenizer: HFTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.added: dict[str, int] = dict(tokenizer.tok.get_added_vocab())
+        names = sorted(self.added, key=len, reverse=True)
+        self.split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        self.single: dict[str, int] = {}
+        self.many: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        parts = self.split.split(text) if self.split else [text]
+        out: list[int] = []
+        for part in parts:
+            special = self.added.get(part)
+            if special is not None:
+                out.append(special)
+            elif part:
+                self._pieces(part, out)
+        return out
+
+    def _pieces(self, part: str, out: list[int]) -> None:
+        pieces = _GPT2.findall(part)
+        try:  # the common case: every word seen before, and one token
+            out += [self.single[p] for p in pieces]
+        except KeyError:
+            for piece in pieces:
+                out += self._piece(piece)
+
+    def _piece(self, piece: str) -> list[int]:
+        tid = self.single.get(piece)
+        if tid is not None:
+            return [tid]
+        ids = self.many.get(piece)
+        if ids is None:
+            ids = self.tokenizer.encode(piece)
+            if len(ids) == 1:
+                self.single[piece] = ids[0]
+            else:
+                self.many[piece] = ids
+        return ids
+
+
+class FastTokenizer:
+    """The Tokenizer protocol over a PieceEncoder; the rest is the model's tokenizer."""
+
+    def __init__(self, tokenizer: HFTokenizer, pieces: PieceEncoder) -> None:
+        self.inner, self.pieces = tokenizer, pieces
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.pieces.encode(text)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.inner.encode_prompt(text)  # completions add special tokens: rare here
+
+    def decode(self, ids: Any) -> str:
+        return self.inner.decode(ids)
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        return self.inner.chat_prompt(messages)
+
+    def output_ids(self) -> list[int]:
+        return self.inner.output_ids()
+
+
+def fast(tokenizer: Tokenizer, folder: Path | None) -> Tokenizer:
+    """`tokenizer` with memoised word-by-word encoding where that is provably the same."""
+    if not isinstance(tokenizer, HFTokenizer) or folder is None or not _byte_level(folder):
+        return tokenizer
+    pieces = PieceEncoder(tokenizer)
+    if pieces.encode(_CHECK) != tokenizer.encode(_CHECK):
+        return tokenizer
+    return FastTokenizer(tokenizer, pieces)
+
+
+def _byte_level(folder: Path) -> bool:
+    try:
+        spec = json.loads((folder / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return False
+    pre = spec.get("pre_tokenizer") or {}
+    return (
+        spec.get("normalizer") is None
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True)
+        and not pre.get("add_prefix_space", False)
+    )

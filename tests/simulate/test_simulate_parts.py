@@ -1,0 +1,49 @@
+"""The simulator's own models: the KV link, and tokenizing word by word."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from pdserve.bench.text import words
+from pdserve.engines import model as models
+from pdserve.engines.sim.profile import Profile
+from pdserve.simulate.link import make_link
+from pdserve.simulate.tokens import FastTokenizer, fast
+from pdserve.tokenization import HFTokenizer, request_tokens
+
+
+def test_link_defaults_to_what_a_sim_engine_waits() -> None:
+    profile = Profile()
+    link = make_link(profile)
+    for tokens in (1, 500, 6000):
+        assert link.pull_seconds(tokens) == pytest.approx(profile.kv_pull_seconds(tokens))
+    assert link.pull_seconds(0) == 0.0
+
+
+def test_link_parameters_set_latency_and_bandwidth() -> None:
+    link = make_link(Profile(), latency_ms=2.0, gbytes_per_s=10.0, kv_bytes_per_token=100_000)
+    # 1000 tokens x 100 kB = 100 MB over 10 GB/s = 10 ms, plus 2 ms
+    assert link.pull_seconds(1000) == pytest.approx(0.012)
+    free = make_link(replace(Profile(), kv_pull_ms_per_token=0, kv_pull_overhead_ms=0))
+    assert free.pull_seconds(1000) == 0.0
+
+
+SMOLLM2 = models.cached("builtin://smollm2-135m-instruct")
+
+
+@pytest.mark.skipif(SMOLLM2 is None, reason="no cached SmolLM2 folder (make up makes one)")
+def test_word_by_word_tokens_equal_the_models_own() -> None:
+    assert SMOLLM2 is not None
+    model = HFTokenizer(SMOLLM2)
+    quick = fast(model, SMOLLM2)
+    assert isinstance(quick, FastTokenizer)
+    rng = random.Random(1)
+    for _ in range(30):
+        messages = [
+            {"role": "system", "content": words(rng, rng.randint(0, 50)).lstrip()},
+            {"role": "user", "content": words(rng, rng.randint(1, 300)).lstrip() + " 42?!"},
+        ]
+        assert request_tokens(quick, "", messages) == request_tokens(model, "", messages)
