@@ -83,6 +83,9 @@ class FastTokenizer:
     def encode_prompt(self, text: str) -> list[int]:
         return self.inner.encode_prompt(text)  # completions add special tokens: rare here
 
+    def encode_ends(self, text: str, special: bool) -> tuple[list[int], list[int]]:
+        return self.inner.encode_ends(text, special)  # the prefix store's: the model's own
+
     def decode(self, ids: Any) -> str:
         return self.inner.decode(ids)
 
