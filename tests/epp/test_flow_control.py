@@ -186,7 +186,7 @@ def test_without_the_gate_flow_control_is_reported_ignored() -> None:
 
 async def test_the_gate_holds_while_saturated_and_serves_high_bands_first() -> None:
     full = {"on": True}
-    gate = FlowGate(controller(), lambda now: full["on"], lambda: True, tick=0.001)
+    gate = FlowGate(controller(), lambda now: float(full["on"]), lambda: True, tick=0.001)
     order: list[str] = []
 
     async def ask(rid: str, priority: int) -> None:
@@ -202,7 +202,7 @@ async def test_the_gate_holds_while_saturated_and_serves_high_bands_first() -> N
 
 
 async def test_a_waiting_request_expires_with_429_and_cancelling_removes_it() -> None:
-    gate = FlowGate(controller(), lambda now: True, lambda: True, tick=0.001)
+    gate = FlowGate(controller(), lambda now: 1.0, lambda: True, tick=0.001)
     t0 = time.monotonic()
     with pytest.raises(Dropped) as err:
         await gate.admit("r", "", 0, 1)
@@ -217,7 +217,7 @@ async def test_a_waiting_request_expires_with_429_and_cancelling_removes_it() ->
 
 
 async def test_an_unsaturated_pool_with_an_empty_queue_costs_no_wait() -> None:
-    gate = FlowGate(controller(), lambda now: False, lambda: True)
+    gate = FlowGate(controller(), lambda now: 0.0, lambda: True)
     assert await gate.admit("r", "", 0, 1) == 0.0
     assert gate._pump is None  # no task was needed
 
@@ -246,7 +246,7 @@ async def test_the_director_queues_then_drops_with_the_reason() -> None:
     assert result.endpoint is not None
     # Counted against the pod until the next scrape: two dispatches reach threshold 2.
     await d.route({}, BODY)
-    assert result.endpoint.metrics.dispatched == 2 and d._saturated(time.monotonic())
+    assert result.endpoint.metrics.dispatched == 2 and d._saturation(time.monotonic()) >= 1
 
 
 async def test_an_objective_header_picks_the_band() -> None:
@@ -306,3 +306,80 @@ def test_a_scrape_shows_the_requests_sent_well_before_it() -> None:
     m = Metrics(sent=[1.0, 1.99, 2.5])
     m.scraped_since(2.0)  # begun at 2.0: 1.0 is in it, 1.99 may still be on its way
     assert m.sent == [1.99, 2.5] and m.dispatched == 2
+
+
+HOLDBACK = GATED.replace(
+    "- {type: queue-scorer}\n",
+    "- {type: queue-scorer}\n"
+    "- {type: priority-holdback-policy, parameters: {minCeiling: 0.4, maxCeiling: 0.9}}\n",
+).replace(
+    "  maxRequests: 50\n",
+    "  maxRequests: 50\n  usageLimitPolicyPluginRef: priority-holdback-policy\n",
+)
+
+
+def test_priority_holdback_gates_low_priorities_first() -> None:
+    """rank domain over the active priorities (the configured bands 10 and 0, and -1 once
+    it has been seen): ceilings 0.9, 0.65, 0.4."""
+    ctl = controller(HOLDBACK)
+    for rid, prio in (("hi", 10), ("mid", 0), ("lo", -1)):
+        offer(ctl, rid, prio, 0.0)
+    assert ctl.ceilings(0.5) == pytest.approx({10: 0.9, 0: 0.65, -1: 0.4})
+    assert ctl.next(0.95) is None  # past every ceiling
+    assert [ctl.next(0.7).request_id, ctl.next(0.7)] == ["hi", None]  # type: ignore[union-attr]
+    assert [ctl.next(0.5).request_id, ctl.next(0.5)] == ["mid", None]  # type: ignore[union-attr]
+    assert ctl.next(0.3).request_id == "lo"  # type: ignore[union-attr]
+
+
+async def test_with_holdback_a_low_priority_waits_while_a_high_one_goes_at_once() -> None:
+    ctl = controller(HOLDBACK)
+    ctl.ceiling(-1, 0.0)  # band -1 has been seen
+    gate = FlowGate(ctl, lambda now: 0.5, lambda: True, tick=0.001)
+    assert await gate.admit("hi", "", 10, 1) == 0.0
+    low = asyncio.create_task(gate.admit("lo", "", -1, 1))
+    await asyncio.sleep(0.02)
+    assert not low.done() and ctl.depth()[-1] == 1
+    with pytest.raises(Dropped):  # its TTL (200 ms) runs out while 0.5 stays over 0.4
+        await asyncio.wait_for(low, 2)
+
+
+@pytest.mark.parametrize(
+    ("params", "ceilings"),
+    [
+        ("{domain: value, minCeiling: 0.2}", {10: 1.0, 0: 0.2 + 0.8 / 11, -1: 0.2}),
+        ("{domain: explicit, ceilings: {10: 0.9, 0: 0.5}}", {10: 0.9, 0: 0.5, -1: 0.0}),
+    ],
+)
+def test_holdback_domains(params: str, ceilings: dict[int, float]) -> None:
+    ctl = controller(HOLDBACK.replace("{minCeiling: 0.4, maxCeiling: 0.9}", params))
+    for rid, prio in (("hi", 10), ("mid", 0), ("lo", -1)):
+        offer(ctl, rid, prio, 0.0)
+    assert ctl.ceilings(0.5) == pytest.approx(ceilings)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("{domain: rank}", "parameters.minCeiling: required with domain rank"),
+        ("{domain: explicit}", "parameters.ceilings: required with domain explicit"),
+        ("{domain: explicit, minCeiling: 0.1, ceilings: {1: 0.5}}", "minCeiling: not allowed"),
+        ("{domain: explicit, ceilings: {1: 0.2, 0: 0.5}}", "must not rise as priority falls"),
+        ("{minCeiling: 0.8, maxCeiling: 0.5}", "minCeiling: must not exceed maxCeiling"),
+    ],
+)
+def test_bad_holdback_parameters_are_one_line(params: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(HOLDBACK.replace("{minCeiling: 0.4, maxCeiling: 0.9}", params))
+
+
+def test_a_static_limit_gates_every_band_at_its_threshold() -> None:
+    text = HOLDBACK.replace(
+        "priority-holdback-policy, parameters: {minCeiling: 0.4, maxCeiling: 0.9}",
+        "static-usage-limit-policy, parameters: {threshold: 0.5}",
+    ).replace(
+        "usageLimitPolicyPluginRef: priority-holdback-policy",
+        "usageLimitPolicyPluginRef: static-usage-limit-policy",
+    )
+    ctl = controller(text)
+    offer(ctl, "a", 0, 0.0)
+    assert ctl.next(0.5) is None and ctl.next(0.49) is not None

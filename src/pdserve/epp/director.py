@@ -80,7 +80,7 @@ class Director:
         config = scheduler.config
         self.gate: FlowGate | None = None
         if config.flow is not None:
-            self.gate = FlowGate(FlowController(config.flow), self._saturated, self._has_endpoints)
+            self.gate = FlowGate(FlowController(config.flow), self._saturation, self._has_endpoints)
         # The token producer's `vllm` parameter: (the engine's URL, timeout) to tokenize with.
         self.tokenizer = next(
             (
@@ -206,9 +206,8 @@ class Director:
     def _has_endpoints(self) -> bool:
         return bool(self._ready())
 
-    def _saturated(self, now: float) -> bool:
-        detector = self.scheduler.config.detector
-        return bool(detector.saturation(self._ready(), now) >= 1.0)
+    def _saturation(self, now: float) -> float:
+        return float(self.scheduler.config.detector.saturation(self._ready(), now))
 
     def _with_room(self, endpoints: list[Endpoint], now: float) -> list[Endpoint]:
         """Flow control's dispatch filter: endpoints past 1 + headroom of their capacity sit

@@ -31,7 +31,7 @@ from typing import Any
 from pdserve import wire
 from pdserve.epp.config import FlowControl, PriorityBand
 from pdserve.epp.framework import ConfigError, Plugin, go_duration, make
-from pdserve.epp.plugins.flowcontrol import FairnessPolicy, OrderingPolicy
+from pdserve.epp.plugins.flowcontrol import FairnessPolicy, OrderingPolicy, UsageLimitPolicy
 
 DEFAULT_TTL = 60.0
 BAND_MAX_REQUESTS = 5000
@@ -140,6 +140,7 @@ class Settings:
     default: PriorityBand | None = None
     default_negative: PriorityBand | None = None
     policies: dict[str, Plugin] = field(default_factory=dict)
+    usage_limit: UsageLimitPolicy | None = None  # None: static, ceiling 1.0 for all
 
     def band(self, priority: int) -> BandSettings:
         """A configured band, else one made from the default (or negative default) template,
@@ -167,6 +168,8 @@ def settings(fc: FlowControl | None, plugins: dict[str, Plugin]) -> Settings:
         default_negative=fc.defaultNegativePriorityBand,
         policies=plugins,
     )
+    limit = plugins.get(fc.usageLimitPolicyPluginRef) if fc.usageLimitPolicyPluginRef else None
+    out.usage_limit = limit if isinstance(limit, UsageLimitPolicy) else None
     for i, band in enumerate(fc.priorityBands):
         at = f"flowControl.priorityBands[{i}]"
         if band.priority is None:
@@ -253,7 +256,11 @@ class FlowController:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bands: dict[int, Band] = {}
+        # The configured bands and band 0 exist from the start, as upstream provisions them;
+        # others appear with their first request. All count as active for the usage limit.
+        self.bands: dict[int, Band] = {
+            p: Band(settings.band(p)) for p in sorted({0, *settings.bands}, reverse=True)
+        }
         self.count = 0
         self.bytes = 0
         self._seq = itertools.count()
@@ -286,14 +293,37 @@ class FlowController:
         heapq.heappush(self._no_endpoint, (item.enqueued + item.no_endpoint_ttl, item.seq, item))
         return None
 
-    def next(self) -> Item | None:
-        """The request to dispatch now: the highest band's, by its fairness and ordering."""
-        for priority in sorted(self.bands, reverse=True):
-            item = self.bands[priority].pop()
-            if item is not None:
-                self._left(item)
-                return item
-        return None
+    def waiting(self) -> list[int]:
+        """The priorities with requests waiting, highest first."""
+        return sorted((p for p, b in self.bands.items() if b.count), reverse=True)
+
+    def ceilings(self, saturation: float) -> dict[int, float]:
+        """Each active priority's admission ceiling under the usage limit policy."""
+        active = sorted(self.bands, reverse=True)
+        policy = self.settings.usage_limit
+        if policy is None:
+            return dict.fromkeys(active, 1.0)
+        return dict(zip(active, policy.ceilings(saturation, active), strict=True))
+
+    def ceiling(self, priority: int, saturation: float) -> float:
+        if priority not in self.bands:
+            self.bands[priority] = Band(self.settings.band(priority))
+        return self.ceilings(saturation)[priority]
+
+    def next(self, saturation: float = 0.0) -> Item | None:
+        """The request to dispatch at this saturation: the highest waiting band's, by its
+        fairness and ordering, if the saturation is below that band's ceiling. A band held
+        back holds back those below it too: bands are strict."""
+        waiting = self.waiting()
+        if not waiting:
+            return None
+        top = waiting[0]
+        if saturation >= self.ceilings(saturation)[top]:
+            return None
+        item = self.bands[top].pop()
+        if item is not None:
+            self._left(item)
+        return item
 
     def expire(self, now: float, has_endpoints: bool) -> list[tuple[Item, Dropped]]:
         """Requests whose wait budget ran out: the TTL, or with no endpoint its own budget."""
@@ -337,14 +367,14 @@ class FlowGate:
     def __init__(
         self,
         controller: FlowController,
-        saturated: Callable[[float], bool],
+        saturation: Callable[[float], float],
         has_endpoints: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
         tick: float = TICK,
     ) -> None:
         self.controller = controller
-        self.saturated, self.has_endpoints, self.clock, self.tick = (
-            saturated,
+        self.saturation, self.has_endpoints, self.clock, self.tick = (
+            saturation,
             has_endpoints,
             clock,
             tick,
@@ -355,7 +385,7 @@ class FlowGate:
     async def admit(self, request_id: str, flow: str, priority: int, size: int) -> float:
         now = self.clock()
         ctl = self.controller
-        if not len(ctl) and self.has_endpoints() and not self.saturated(now):
+        if not len(ctl) and self.has_endpoints() and self._room(priority, now):
             return 0.0
         item = ctl.item(request_id, flow, priority, size, now)
         drop = ctl.offer(item, self.has_endpoints())
@@ -369,6 +399,11 @@ class FlowGate:
         except asyncio.CancelledError:
             ctl.cancel(item)  # the client went away while it waited
             raise
+
+    def _room(self, priority: int, now: float) -> bool:
+        """Nothing waits: may a request of this priority go at once?"""
+        saturation = self.saturation(now)
+        return saturation < self.controller.ceiling(priority, saturation)
 
     def _start(self) -> None:
         self._wake.set()
@@ -386,10 +421,9 @@ class FlowGate:
             has = self.has_endpoints()
             for item, drop in ctl.expire(now, has):
                 _settle(item, drop)
-            if has and len(ctl) and not self.saturated(now):
-                turn = ctl.next()
-                if turn is not None:
-                    _settle(turn, now - turn.enqueued)
+            turn = ctl.next(self.saturation(now)) if has and len(ctl) else None
+            if turn is not None:
+                _settle(turn, now - turn.enqueued)
                 # Let the dispatched request be scheduled (and counted on its endpoint)
                 # before saturation is read again.
                 await asyncio.sleep(0)

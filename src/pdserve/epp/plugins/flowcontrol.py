@@ -3,12 +3,21 @@ and the fairness and ordering policies of flow control's priority bands (flow_co
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Literal, Protocol
 
 from pydantic import Field
 
-from pdserve.epp.framework import Filter, Parameters, Passive, Plugin, go_duration, register
+from pdserve.epp.framework import (
+    ConfigError,
+    Filter,
+    Parameters,
+    Passive,
+    Plugin,
+    go_duration,
+    register,
+)
 from pdserve.epp.types import Cycle, Endpoint, Request
 
 
@@ -193,7 +202,80 @@ class FairnessPolicy(Passive):
 
 
 class UsageLimitPolicy(Passive):
-    pass
+    """Each waiting priority's admission ceiling: its band dispatches only while the pool's
+    saturation is below it, so lower priorities can be held back before the pool is full."""
+
+    def ceilings(self, saturation: float, priorities: list[int]) -> list[float]:
+        """`priorities` highest first; a ceiling per priority, in [0, 1]."""
+        raise NotImplementedError
+
+
+class StaticLimitParams(Parameters):
+    threshold: float = Field(1.0, ge=0.0)
+
+
+@register("static-usage-limit-policy")
+class StaticUsageLimit(UsageLimitPolicy):
+    """One ceiling for every priority; the default, 1.0, gates only a full pool."""
+
+    Params = StaticLimitParams
+    params: StaticLimitParams
+
+    def ceilings(self, saturation: float, priorities: list[int]) -> list[float]:
+        return [self.params.threshold] * len(priorities)
+
+
+class HoldbackParams(Parameters):
+    shape: Literal["linear"] = "linear"
+    domain: Literal["rank", "value", "explicit"] = "rank"
+    minCeiling: float | None = Field(None, ge=0.0, lt=1.0)
+    maxCeiling: float | None = Field(None, gt=0.0, le=1.0)
+    ceilings: dict[int, float] | None = None
+
+
+@register("priority-holdback-policy")
+class PriorityHoldback(UsageLimitPolicy):
+    """Ceilings from maxCeiling (the highest waiting priority) down to minCeiling (the
+    lowest), evenly by rank or in proportion to the priority values; or given per priority
+    (`explicit`, where a priority without an entry is fully held back)."""
+
+    Params = HoldbackParams
+    params: HoldbackParams
+
+    def setup(self) -> None:
+        p = self.params
+        if p.domain == "explicit":
+            if p.ceilings is None:
+                raise ConfigError("parameters.ceilings: required with domain explicit")
+            given = {"shape", "minCeiling", "maxCeiling"} & p.model_fields_set
+            if given:
+                first = sorted(given)[0]
+                raise ConfigError(f"parameters.{first}: not allowed with domain explicit")
+            ordered = [p.ceilings[k] for k in sorted(p.ceilings, reverse=True)]
+            if any(not 0.0 <= c <= 1.0 for c in ordered):
+                raise ConfigError("parameters.ceilings: each must be in [0, 1]")
+            if any(a < b for a, b in itertools.pairwise(ordered)):
+                raise ConfigError("parameters.ceilings: must not rise as priority falls")
+        elif p.minCeiling is None:
+            raise ConfigError(f"parameters.minCeiling: required with domain {p.domain}")
+        elif p.minCeiling > (p.maxCeiling if p.maxCeiling is not None else 1.0):
+            raise ConfigError("parameters.minCeiling: must not exceed maxCeiling")
+
+    def ceilings(self, saturation: float, priorities: list[int]) -> list[float]:
+        p = self.params
+        if p.domain == "explicit":
+            table = p.ceilings or {}
+            return [table.get(q, 0.0) for q in priorities]
+        low, high = p.minCeiling or 0.0, p.maxCeiling if p.maxCeiling is not None else 1.0
+        n = len(priorities)
+        if n <= 1:
+            return [high] * n
+        if p.domain == "rank":
+            return [high - i * (high - low) / (n - 1) for i in range(n)]
+        top, bottom = max(priorities), min(priorities)
+        if top == bottom:
+            return [high] * n
+        return [low + (q - bottom) / (top - bottom) * (high - low) for q in priorities]
 
 
 @register("global-strict-fairness-policy")
