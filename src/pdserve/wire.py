@@ -22,6 +22,8 @@ SESSION_HEADER = "x-session-token"
 OBJECTIVE_HEADERS = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
 FAIRNESS_HEADERS = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
 CRITICALITY_HEADER = "x-gateway-inference-criticality"
+# The largest request body the EPP reads (bytes); past it, a 413 before any parsing.
+MAX_REQUEST_BODY = 8 * 2**20
 # Why the EPP refused a request (llm-d-router's values), on its 429 and 503 answers.
 DROPPED_HEADER = "x-llm-d-request-dropped-reason"
 DROPPED_SATURATED = "rejected-saturated"

@@ -510,3 +510,23 @@ def test_malformed_body_through_envoy_is_a_4xx_error(cluster: Cluster, path: str
 def test_still_serving_after_the_envoy_fuzz(cluster: Cluster) -> None:
     resp = httpx.post(f"{cluster.url}/v1/completions", content=GOOD, timeout=30)
     assert resp.status_code == 200, resp.text
+
+
+def test_oversized_headers_and_bodies_are_refused_in_the_engines_shape(cluster: Cluster) -> None:
+    """Headers past 64 KiB are Envoy's 431; a body past the EPP's 8 MiB its 413, before it is
+    parsed; neither reaches an engine, and the gateway goes on serving."""
+    with httpx.Client(timeout=60) as http:
+        big = {"x-padding": "a" * (70 * 1024)}
+        resp = http.post(f"{cluster.url}/v1/completions", json={"model": "sim"}, headers=big)
+        assert _vllm_error(resp, 431)
+        body = b'{"model": "sim", "prompt": "' + b"p" * (9 * 2**20) + b'"}'
+        resp = http.post(
+            f"{cluster.url}/v1/completions",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        assert _vllm_error(resp, 413)["message"] == f"request body over {8 * 2**20} bytes"
+        ok = http.post(
+            f"{cluster.url}/v1/completions", json={"model": "sim", "prompt": "hi", "max_tokens": 2}
+        )
+        assert ok.status_code == 200

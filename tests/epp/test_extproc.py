@@ -258,3 +258,20 @@ def test_the_routed_line_is_built_only_when_debug_is_on(
     with caplog.at_level(logging.DEBUG, logger="pdserve.epp"):
         picker.decide(get, b"")
     assert built and [r.getMessage() for r in caplog.records] == ["routed"]
+
+
+@pytest.mark.parametrize("duplex", [True, False])
+async def test_a_body_over_the_limit_is_a_413_before_it_is_parsed(duplex: bool) -> None:
+    store = Datastore(StaticSource([DECODE, PREFILL]))
+    store.refresh()
+    ext = ExtProc(Director(Scheduler(load(PD)), store, EppMetrics()), max_body=100)
+    answers = await process(ext, {}, b"{" * 101, duplex)  # not even JSON: never parsed
+    assert [a.WhichOneof("response") for a in answers] == (
+        ["immediate_response"] if duplex else ["request_headers", "immediate_response"]
+    )
+    answer = answers[-1].immediate_response
+    error = json.loads(answer.body)["error"]
+    assert (answer.status.code, error["code"]) == (413, 413)
+    assert error["message"] == "request body over 100 bytes"
+    ok = await process(ext, {}, {"model": "m", "prompt": "p"}, duplex)  # still serving
+    assert mutation(ok)

@@ -300,6 +300,12 @@ async def test_an_empty_pool_is_a_503_with_the_reason_header_in_envoys_answer() 
     assert answer.status.code == 503
     assert headers[wire.DROPPED_HEADER] == wire.DROPPED_NO_ENDPOINTS
     assert json.loads(answer.body)["error"]["code"] == 503
+    # A TTL expiry: 429, the reason and a Retry-After.
+    ext = ExtProc(director(waiting=5))
+    answer = (await ext._answer({":method": "POST"}, BODY, "body")).immediate_response
+    headers = {h.header.key: h.header.raw_value.decode() for h in answer.headers.set_headers}
+    assert answer.status.code == 429 and headers["retry-after"] == "1"
+    assert headers[wire.DROPPED_HEADER] == wire.DROPPED_TTL_EXPIRED
 
 
 def test_a_scrape_shows_the_requests_sent_well_before_it() -> None:

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from pdserve import wire
 from pdserve.errors import UserError
 from pdserve.flags import GoStyleParser, add_bool
 
@@ -58,6 +59,12 @@ def epp_parser() -> argparse.ArgumentParser:
         "--default-criticality",
         choices=("Critical", "Standard", "Sheddable"),
         help="legacy: the criticality of a request naming no InferenceObjective (else priority 0)",
+    )
+    ap.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=wire.MAX_REQUEST_BODY,
+        help="a larger body is a 413, refused before it is parsed (default 8 MiB)",
     )
     ap.add_argument(
         "--inference-objectives",

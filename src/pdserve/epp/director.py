@@ -227,15 +227,18 @@ class Director:
         return "system saturated" if admission.saturated(endpoints, now) else None
 
     def _rejected(self, headers: dict[str, str], reason: str) -> None:
+        self.refuse(headers, 400, reason)
+
+    def refuse(self, headers: dict[str, str], status: int, reason: str) -> None:
         """A body the EPP cannot read never reaches an engine, so this line is the only trace
         of it: under the id Envoy gave the request, which is in the gateway's access log."""
-        self.metrics.errors.labels("", "", "400").inc()
+        self.metrics.errors.labels("", "", str(status)).inc()
         event(
             log,
             "bad_request",
             logging.WARNING,
             request_id=headers.get(wire.REQUEST_ID_HEADER),
-            status=400,
+            status=status,
             reason=reason,
         )
 

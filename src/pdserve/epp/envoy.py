@@ -104,6 +104,7 @@ STREAM_IDLE_TIMEOUT = 300.0
 # How long Envoy waits for the EPP's routing answer. It covers flow control's default
 # request TTL (60 s): a request waiting its turn in the EPP is not a failed EPP.
 EPP_TIMEOUT = 75.0
+MAX_HEADERS_KB = 64
 
 
 def _seconds(value: float) -> str:
@@ -204,6 +205,9 @@ def bootstrap(
         "preserve_external_request_id": True,
         "stream_idle_timeout": _seconds(stream_idle_timeout),
         "request_timeout": "0s",
+        # Headers past this are Envoy's own 431 (in vLLM's error shape, local_replies);
+        # the body's bound is the EPP's (--max-request-body-bytes), which reads it whole.
+        "max_request_headers_kb": MAX_HEADERS_KB,
         "route_config": {
             "name": "local",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],

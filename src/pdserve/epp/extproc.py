@@ -83,6 +83,8 @@ def _immediate(err: Decision) -> pb.ProcessingResponse:
     headers = {"content-type": "application/json"}
     if err.reason:
         headers[wire.DROPPED_HEADER] = err.reason
+    if err.status == 429:  # a queue or band that is full now may not be in a second
+        headers["retry-after"] = RETRY_AFTER
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=err.status),
@@ -100,9 +102,18 @@ def _immediate(err: Decision) -> pb.ProcessingResponse:
     )
 
 
+RETRY_AFTER = "1"  # seconds, on every 429
+
+
 class ExtProc(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, director: Director) -> None:
+    def __init__(self, director: Director, max_body: int = wire.MAX_REQUEST_BODY) -> None:
         self.director = director
+        self.max_body = max_body
+
+    def _too_large(self, headers: dict[str, str]) -> Decision:
+        message = f"request body over {self.max_body} bytes"
+        self.director.refuse(headers, 413, message)
+        return Decision(413, message)
 
     async def Process(
         self, requests: AsyncIterator[pb.ProcessingRequest], context: Any
@@ -122,7 +133,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[pb.ProcessingResponse]:
         headers: dict[str, str] = {}
         body = bytearray()
-        duplex = False
+        duplex = refused = False
         async for msg in _chain(first, rest):
             kind = msg.WhichOneof("request")
             if kind == "request_headers":
@@ -133,7 +144,13 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 elif not duplex:
                     yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
             elif kind == "request_body":
+                if refused:
+                    continue  # answered already; the rest of the body is read, not kept
                 body += msg.request_body.body
+                if len(body) > self.max_body:
+                    refused = True
+                    yield _immediate(self._too_large(headers))
+                    continue
                 if msg.request_body.end_of_stream:
                     if duplex:
                         for out in await self._answer_duplex(headers, bytes(body)):

@@ -63,8 +63,10 @@ async def serve(
         from pdserve.epp.kv_events import subscribe
 
         tasks.append(asyncio.create_task(subscribe(producer, endpoint)))
-    server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExtProc(director), server)
+    limit = args.max_request_body_bytes
+    # A BUFFERED body comes in one message: gRPC's 4 MiB default must not be the limit.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit + 2**20)])
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExtProc(director, limit), server)
     server.add_insecure_port(f"{args.host}:{args.grpc_port}")
     health_server = grpc.aio.server()
     checker = health.aio.HealthServicer()
