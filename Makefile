@@ -9,7 +9,7 @@ PORT ?= 8080
 # a local wheel folder (PIP_FIND_LINKS) when one holds it, else from PyTorch's CPU index.
 TORCH_CPU_INDEX ?= $(if $(wildcard $(addsuffix /torch-*+cpu-*.whl,$(PIP_FIND_LINKS))),,https://download.pytorch.org/whl/cpu)
 
-.PHONY: install engines up test lint bench clean config e2e-kind
+.PHONY: install engines up test lint bench clean config e2e-kind soak
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,10 @@ test: install engines
 	$(BIN)/mypy src
 	command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client)
 	$(BIN)/python -m pytest -ra
+
+# Not part of `make test`: ten minutes of load while a component is killed every 30 s.
+soak: install
+	$(BIN)/python bench/soak.py --minutes $(or $(MINUTES),10) --kill-every $(or $(KILL_EVERY),30)
 
 lint: install
 	$(BIN)/ruff check src tests bench

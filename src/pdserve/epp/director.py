@@ -101,12 +101,14 @@ class Director:
         start = time.perf_counter()
         req = self._parse(headers, raw)
         self.metrics.requests.labels(req.model, req.model).inc()
+        if self.tokenizer is not None and raw:
+            # Before the turn: from a dispatch to its scheduling nothing may wait, or other
+            # requests would pass the gate before this one is counted on its endpoint.
+            req.prompt_tokens = await self._engine_tokens(req)
         if self.gate is None:
             self._legacy_admit(req)
         else:
             await self._wait_turn(req, headers, len(raw))
-        if self.tokenizer is not None and raw:
-            req.prompt_tokens = await self._engine_tokens(req)
         return self._schedule(req, headers, raw, start, flow=self.gate is not None), req.model
 
     def decide(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
