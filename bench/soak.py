@@ -127,7 +127,7 @@ async def chaos(folder: Path, every: float, seconds: float, log: list[str]) -> N
     while time.monotonic() - t0 + every < seconds:
         await asyncio.sleep(every)
         rows = [r for r in state(folder)["components"] if r.get("pid")]
-        victims = [r for r in rows if r["name"].startswith(VICTIMS) and r["status"] == "running"]
+        victims = [r for r in rows if r["name"].startswith(VICTIMS) and r["status"] == "ready"]
         if not victims:
             continue
         victim = rng.choice(victims)
@@ -159,7 +159,7 @@ def settled(folder: Path, deadline: float) -> dict[str, Any]:
     """The service with every component running again (after the last kill)."""
     while True:
         st = state(folder)
-        if all(r["status"] in ("running", "ready") for r in st["components"]):
+        if all(r["status"] == "ready" for r in st["components"]):
             return st
         if time.monotonic() > deadline:
             raise SystemExit(f"soak: components not back: {st['components']}")
