@@ -121,12 +121,24 @@ async def load(url: str, rate: float, seconds: float, timeout: float) -> list[Ou
         return list(await asyncio.gather(*tasks))
 
 
-async def chaos(folder: Path, every: float, seconds: float, log: list[str]) -> None:
+Seen = dict[int, tuple[str, int, float]]  # pid -> (component, first RSS KiB, when)
+
+
+def note_rss(st: dict[str, Any], seen: Seen) -> None:
+    """Each process's RSS when first seen: a restarted component is a new process."""
+    for name, pid in processes(st).items():
+        if pid not in seen and (kb := rss_kb(pid)) is not None:
+            seen[pid] = (name, kb, time.monotonic())
+
+
+async def chaos(folder: Path, every: float, seconds: float, log: list[str], seen: Seen) -> None:
     rng = random.Random(7)
     t0 = time.monotonic()
     while time.monotonic() - t0 + every < seconds:
         await asyncio.sleep(every)
-        rows = [r for r in state(folder)["components"] if r.get("pid")]
+        st = state(folder)
+        note_rss(st, seen)
+        rows = [r for r in st["components"] if r.get("pid")]
         victims = [r for r in rows if r["name"].startswith(VICTIMS) and r["status"] == "ready"]
         if not victims:
             continue
@@ -185,12 +197,13 @@ def main() -> int:
     try:
         start = settled(state_dir, time.monotonic() + 60)
         baseline = engine_gauges(start)
-        rss_start = {n: rss_kb(p) for n, p in processes(start).items()}
+        seen: Seen = {}
+        note_rss(start, seen)
         url = f"http://127.0.0.1:{port}/v1/completions"
         kills: list[str] = []
 
         async def run() -> list[Outcome]:
-            killer = asyncio.create_task(chaos(state_dir, args.kill_every, seconds, kills))
+            killer = asyncio.create_task(chaos(state_dir, args.kill_every, seconds, kills, seen))
             outcomes = await load(url, args.rate, seconds, args.timeout)
             await killer
             return outcomes
@@ -202,10 +215,13 @@ def main() -> int:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        pids = processes(end)
-        start_pids = processes(start)
-        lived = [n for n, p in pids.items() if start_pids.get(n) == p]
-        rss = {n: (rss_start[n], rss_kb(pids[n])) for n in lived}
+        # Processes alive at the end that ran at least two kill intervals: their growth is
+        # the leak figure (one just restarted is still warming up).
+        now, rss = time.monotonic(), {}
+        for pid, (name, first, since) in seen.items():
+            last = rss_kb(pid)
+            if last is not None and now - since >= 2 * args.kill_every:
+                rss[f"{name} (pid {pid}, {(now - since) / 60:.1f} min)"] = (first, last)
     finally:
         subprocess.run([*PDSERVE, "down", "--state-dir", str(state_dir)], check=False,
                        capture_output=True)  # fmt: skip
