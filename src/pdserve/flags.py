@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import NoReturn
+
+from pdserve.errors import UserError
 
 _TRUE = {"1", "t", "true", "yes", "on"}
 _FALSE = {"0", "f", "false", "no", "off"}
@@ -36,7 +39,15 @@ def env_default(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
-class GoStyleParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags are one line and exit 2 (the dispatcher prints `pdserve CMD: ...`), like
+    every other user error of pdserve, not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message)
+
+
+class GoStyleParser(OneLineParser):
     """argparse that also accepts single-dash long flags (`-port=8000`), as Go does."""
 
     def parse_args(  # type: ignore[override]

@@ -46,3 +46,21 @@ def test_a_second_up_traces_only_its_own_requests(up: Callable[..., Service]) ->
     bad = second.cli("logs", "--run", "7")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "--run 7: no such earlier run" in bad.stderr
+
+
+def test_the_gateways_timeouts_are_flags_of_up(up: Callable[..., Service]) -> None:
+    service = up("--engine", "sim", "--route-timeout", "90s", "--stream-idle-timeout", "20s")
+    boot = json.loads((service.state_dir / "envoy.json").read_text())
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert {(r["route"]["timeout"], r["route"]["idle_timeout"]) for r in routes} == {("90s", "20s")}
+    assert hcm["typed_config"]["stream_idle_timeout"] == "20s"
+
+
+def test_a_bad_gateway_timeout_is_one_line_exit_2(tmp_path) -> None:
+    from upkit import EXAMPLE, pdserve
+
+    done = pdserve("up", str(EXAMPLE), "--engine", "sim", "--route-timeout", "soon",
+                   "--state-dir", str(tmp_path))  # fmt: skip
+    assert done.returncode == 2 and "--route-timeout" in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2 and "Traceback" not in done.stderr

@@ -21,11 +21,7 @@ from pdserve.bench.generator import PlannedRequest, requests
 from pdserve.bench.progress import show
 from pdserve.bench.workload import load
 from pdserve.errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
+from pdserve.flags import OneLineParser
 
 
 def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
@@ -42,7 +38,7 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = OneLineParser(
         prog="pdserve bench",
         description="Measure a running OpenAI-API service (streaming) under a workload.",
         epilog="The report (--output) has ttft_ms, itl_ms, e2e_ms (p50, p90, p99), "

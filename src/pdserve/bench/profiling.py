@@ -29,6 +29,7 @@ import httpx
 
 from pdserve.engines.sim.profile import Profile
 from pdserve.errors import UserError
+from pdserve.flags import OneLineParser
 
 TOKEN_BASE = 1000  # token ids from here: inside any real vocabulary, past special tokens
 CACHE_LABELS = (("block_size", "block_size"), ("num_blocks", "num_gpu_blocks"))
@@ -195,13 +196,8 @@ def _counts(text: str) -> list[int]:
     return values
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"pdserve profile: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="pdserve profile", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="pdserve profile", description=__doc__.splitlines()[0])
     ap.add_argument("--url", required=True, help="the engine's base URL, e.g. http://host:8000")
     ap.add_argument("--model", required=True, help="the model name the engine serves")
     ap.add_argument("--output", "-o", required=True, help="profile YAML to write")

@@ -5,20 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
-from pdserve.errors import UserError
+from pdserve.flags import OneLineParser
 from pdserve.install.manifests import install
 from pdserve.install.write_config import dump_yaml
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2, through the dispatcher
-        raise UserError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="pdserve install",
         description="Print the pdserve operator's install manifests (CRDs, RBAC, operator "
         "Deployment, webhooks, presets): pdserve install | kubectl apply -f -",

@@ -6,21 +6,15 @@ import argparse
 import os
 import socket
 import uuid
-from typing import Any, NoReturn
+from typing import Any
 
 from pdserve.errors import UserError
+from pdserve.flags import OneLineParser
 from pdserve.operator.certs import DEFAULT_NAMESPACE, SECRET
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags are one line and exit 2, like every other user error of pdserve."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = OneLineParser(
         prog="pdserve operator",
         description="Reconcile LLMInferenceServices (serving.kserve.io) on the current cluster.",
     )

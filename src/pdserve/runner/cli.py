@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pdserve.epp import envoy as envoy_defaults
 from pdserve.errors import UserError
+from pdserve.flags import OneLineParser
 from pdserve.process import pid_alive
 from pdserve.runner.state import StateDir, default_dir
 
@@ -61,13 +63,25 @@ def up(argv: list[str]) -> int:
     from pdserve.process import port_in_use
     from pdserve.runner.manifest import load_plan
 
-    ap = argparse.ArgumentParser(prog="pdserve up", description="run a manifest on this machine")
+    ap = OneLineParser(prog="pdserve up", description="run a manifest on this machine")
     ap.add_argument("file", type=Path, help="LLMInferenceService manifest (with its configs)")
     ap.add_argument("--engine", choices=("vllm", "sim"), help="default: vllm when installed")
     ap.add_argument("--port", type=int, default=8080, help="the gateway's port on 127.0.0.1")
     ap.add_argument("--namespace", default=None, help="default: the manifest's, else default")
     ap.add_argument("--detach", action="store_true", help="return once ready, keep running")
     ap.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--route-timeout",
+        type=_duration,
+        default=envoy_defaults.ROUTE_TIMEOUT,
+        help="the gateway's bound on a whole answer (0, the default: none)",
+    )
+    ap.add_argument(
+        "--stream-idle-timeout",
+        type=_duration,
+        default=envoy_defaults.STREAM_IDLE_TIMEOUT,
+        help="the gateway ends a stream silent this long (default 300s)",
+    )
     _state_arg(ap)
     args = ap.parse_args(argv)
     state = _state(args)
@@ -105,7 +119,25 @@ def up(argv: list[str]) -> int:
         return _detach(argv, state)
     from pdserve.runner.supervisor import run
 
-    return run(plan, kind, state, args.port, live=not args.supervise, source=str(args.file))
+    timeouts = (args.route_timeout, args.stream_idle_timeout)
+    return run(
+        plan,
+        kind,
+        state,
+        args.port,
+        live=not args.supervise,
+        source=str(args.file),
+        timeouts=timeouts,
+    )
+
+
+def _duration(text: str) -> float:
+    from pdserve.epp.framework import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _detach(argv: list[str], state: StateDir) -> int:
@@ -169,7 +201,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def status(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="pdserve status")
+    ap = OneLineParser(prog="pdserve status")
     _state_arg(ap)
     ap.add_argument("--json", action="store_true", help="print the state file")
     args = ap.parse_args(argv)
@@ -246,7 +278,7 @@ def _row_text(row: dict[str, Any]) -> str:
 def logs(argv: list[str]) -> int:
     from pdserve.runner import trace
 
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="pdserve logs", description="a component's log, or the routing trace of requests"
     )
     ap.add_argument("component", nargs="?", help="e.g. epp, envoy, decode-0, sidecar-0")
@@ -297,7 +329,7 @@ _SCRAPE_LINE = re.compile(r'"GET /(metrics|health)[ ?][^"]*" (200|204)')
 def down(argv: list[str]) -> int:
     from pdserve.process import stop_group, wait_until
 
-    ap = argparse.ArgumentParser(prog="pdserve down")
+    ap = OneLineParser(prog="pdserve down")
     _state_arg(ap)
     args = ap.parse_args(argv)
     state = _state(args)
@@ -347,7 +379,7 @@ def _record_stopped(state: StateDir, data: dict[str, Any], reason: str) -> None:
 def scale(argv: list[str]) -> int:
     from pdserve.runner.control import read_token, request
 
-    ap = argparse.ArgumentParser(prog="pdserve scale", description="resize a pool while serving")
+    ap = OneLineParser(prog="pdserve scale", description="resize a pool while serving")
     ap.add_argument("pool", choices=POOLS)
     ap.add_argument("replicas", type=int)
     _state_arg(ap)

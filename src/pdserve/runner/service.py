@@ -154,9 +154,16 @@ def scratch_dir() -> Path:
 
 class LocalService:
     def __init__(
-        self, plan: Plan, kind: str, state: StateDir, gateway_port: int, board: Board
+        self,
+        plan: Plan,
+        kind: str,
+        state: StateDir,
+        gateway_port: int,
+        board: Board,
+        timeouts: tuple[float, float] | None = None,  # the gateway's route, stream idle
     ) -> None:
         self.plan = plan
+        self.timeouts = timeouts
         self.kind = kind
         self.state = state
         self.gateway_port = gateway_port
@@ -500,8 +507,14 @@ class LocalService:
         from pdserve.epp import envoy
 
         self.envoy_admin_port = admin = free_port()
+        route, idle = self.timeouts or (envoy.ROUTE_TIMEOUT, envoy.STREAM_IDLE_TIMEOUT)
         bootstrap = envoy.bootstrap(
-            self.gateway_port, grpc, admin, route_prefixes=[self.plan.route_prefix]
+            self.gateway_port,
+            grpc,
+            admin,
+            route_prefixes=[self.plan.route_prefix],
+            route_timeout=route,
+            stream_idle_timeout=idle,
         )
         envoy_file = self.state.path / "envoy.json"
         envoy_file.write_text(json.dumps(bootstrap, indent=1))

@@ -42,7 +42,16 @@ def _log_to(state: StateDir) -> None:
     logger.propagate = False
 
 
-def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source: str) -> int:
+def run(
+    plan: Plan,
+    kind: str,
+    state: StateDir,
+    port: int,
+    *,
+    live: bool,
+    source: str,
+    timeouts: tuple[float, float] | None = None,
+) -> int:
     import os
 
     from pdserve.runner.control import serve
@@ -69,7 +78,7 @@ def run(plan: Plan, kind: str, state: StateDir, port: int, *, live: bool, source
                 follower.show(record["components"])
 
     board = Board(on_change=lambda: save())
-    service = LocalService(plan, kind, state, port, board)
+    service = LocalService(plan, kind, state, port, board, timeouts=timeouts)
     stop = threading.Event()
     started = False
 

@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pdserve.errors import UserError
 from pdserve.flags import GoStyleParser, add_bool, parse_bool
@@ -20,11 +20,6 @@ from pdserve.flags import GoStyleParser, add_bool, parse_bool
 KV_CONNECTORS = ("nixlv2", "shared-storage", "sglang", "mooncake", "offloading")
 TLS_STAGES = ("prefiller", "decoder", "encoder")
 MAX_PORT = 65535
-
-
-class _Parser(GoStyleParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2, through the dispatcher
-        raise UserError(message)
 
 
 def _env_bool(name: str) -> bool:
@@ -36,7 +31,7 @@ def _env_bool(name: str) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = GoStyleParser(
         prog="pdserve sidecar", description="P/D routing sidecar in front of a decode engine."
     )
     ap.add_argument("--port", type=int, default=8000, help="port the sidecar listens on")

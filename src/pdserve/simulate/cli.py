@@ -14,14 +14,10 @@ from typing import TYPE_CHECKING, TextIO
 from pdserve.bench import report
 from pdserve.bench.workload import load as load_workload
 from pdserve.errors import UserError
+from pdserve.flags import OneLineParser
 
 if TYPE_CHECKING:
     from pdserve.simulate.simulator import Counts, Progress
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
 
 
 def _number(kind: type[float] | type[int], minimum: float = 0.0) -> Callable[[str], float | int]:
@@ -38,7 +34,7 @@ def _number(kind: type[float] | type[int], minimum: float = 0.0) -> Callable[[st
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = OneLineParser(
         prog="pdserve simulate",
         description="Simulate a manifest's fleet (EPP, prefill and decode engines) under a "
         "workload in virtual time: same seed, same report.",
