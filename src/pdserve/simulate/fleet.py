@@ -18,6 +18,7 @@ from pdserve.runner import components
 from pdserve.runner.components import KVFeed
 from pdserve.runner.manifest import load_plan
 from pdserve.runner.plan import Plan, Pool
+from pdserve.simulate.tensor import tensor_parallel
 from pdserve.simulate.tokens import fast
 from pdserve.tokenization import BuiltinTokenizer, HFTokenizer, Tokenizer
 from pdserve.wire import ROLE_PREFILL
@@ -27,7 +28,7 @@ from pdserve.wire import ROLE_PREFILL
 class PoolSpec:
     role: str
     replicas: int
-    profile: Profile
+    profile: Profile  # of one replica: its TP group's envelope
     prefix_caching: bool
     scheme: Scheme
     max_loras: int
@@ -75,6 +76,8 @@ def _pool(plan: Plan, pool: Pool, profile_path: str | None, feed: KVFeed | None)
         argv += feed.engine_args(pool.role, plan.served_name, pool.args)
     args, _ = parse_args(argv)
     profile = load_profile(profile_path or args.profile, **profile_overrides(args))
+    # The manifest's parallelism.tensor, or a --tensor-parallel-size in the args given.
+    profile = tensor_parallel(profile, max(pool.tensor, args.tensor_parallel_size))
     algo = args.prefix_caching_hash_algo
     seed = feed.seed if feed is not None else seed_from_env(algo)
     return PoolSpec(
