@@ -16,7 +16,7 @@ import yaml
 from pdserve.bench.workload import load as load_workload
 from pdserve.errors import UserError
 from pdserve.plan.search import Result, Space, Trial, search
-from pdserve.plan.simulation import Setup, manifest, simulate
+from pdserve.plan.simulation import Setup, Simulator, manifest
 
 DEFAULT_MODEL = "builtin://smollm2-135m-instruct"
 DEFAULT_REQUESTS = 200
@@ -113,10 +113,11 @@ def main(argv: list[str]) -> int:
     space = Space(
         args.accelerators, args.max_tp, args.layouts != "pd", args.layouts != "aggregated"
     )
+    simulate = Simulator(setup)
     started = time.perf_counter()
     result = search(
         space,
-        lambda c: simulate(setup, c, args.seed),
+        lambda c: simulate(c, args.seed),
         args.threshold,
         _progress(sys.stderr, started),
     )
@@ -126,7 +127,7 @@ def main(argv: list[str]) -> int:
     if result.winner is None:
         return 1
     if args.check_seed is not None:
-        print(check(result, lambda t: simulate(setup, t.candidate, args.check_seed).goodput))
+        print(check(result, lambda t: simulate(t.candidate, args.check_seed).goodput))
     if args.output is not None:
         write(args.output, manifest(setup, result.winner.candidate))
     return 0
@@ -139,7 +140,7 @@ def _served_name(uri: str) -> str:
 
 
 def _progress(stream: TextIO, started: float) -> Callable[[Trial, int, int], None]:
-    """A line per simulated layout: each takes about a second, so this is the search's
+    """A line per simulated layout: each takes up to seconds, so this is the search's
     heartbeat and shows why a count was passed over."""
 
     def show(trial: Trial, index: int, total: int) -> None:

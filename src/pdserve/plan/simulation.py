@@ -20,6 +20,7 @@ from pdserve.plan.search import Outcome
 from pdserve.simulate.fleet import load_fleet
 from pdserve.simulate.link import make_link
 from pdserve.simulate.simulator import Options, Simulation
+from pdserve.tokenization import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,26 @@ def manifest(setup: Setup, candidate: Candidate) -> dict[str, Any]:
     return service(candidate, setup.name, setup.model_uri, setup.model_name)
 
 
-def simulate(setup: Setup, candidate: Candidate, seed: int) -> Outcome:
-    with tempfile.TemporaryDirectory(prefix="pdserve-plan-") as folder:
-        path = Path(folder) / "service.yaml"
-        path.write_text(yaml.safe_dump(manifest(setup, candidate), sort_keys=False))
-        fleet = load_fleet(path, setup.profile)
-    link = make_link(fleet.pools[-1].profile)
-    options = Options(seed, setup.duration, setup.requests)
-    results, elapsed = Simulation(fleet, setup.workload, options, link).run()
-    summary = report.build(results, elapsed, setup.objectives)
-    return Outcome(float(summary["goodput"]), _met(results, setup.objectives), summary)
+class Simulator:
+    """Runs layouts of one setup; every layout serves the same model, so its tokenizer is
+    loaded once (and its memo of encoded words kept) rather than once a run."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.tokenizer: Tokenizer | None = None
+
+    def __call__(self, candidate: Candidate, seed: int) -> Outcome:
+        setup = self.setup
+        with tempfile.TemporaryDirectory(prefix="pdserve-plan-") as folder:
+            path = Path(folder) / "service.yaml"
+            path.write_text(yaml.safe_dump(manifest(setup, candidate), sort_keys=False))
+            fleet = load_fleet(path, setup.profile, self.tokenizer)
+        self.tokenizer = fleet.tokenizer
+        link = make_link(fleet.pools[-1].profile)
+        options = Options(seed, setup.duration, setup.requests)
+        results, elapsed = Simulation(fleet, setup.workload, options, link).run()
+        summary = report.build(results, elapsed, setup.objectives)
+        return Outcome(float(summary["goodput"]), _met(results, setup.objectives), summary)
 
 
 def _met(results: list[Result], objectives: tuple[slo.Objective, ...]) -> float:

@@ -49,8 +49,12 @@ class Fleet:
         return sum(p.replicas for p in self.pools)
 
 
-def load_fleet(path: Path, profile_path: str | None = None) -> Fleet:
-    """UserError (one line) for a manifest `validate` refuses or a bad profile."""
+def load_fleet(
+    path: Path, profile_path: str | None = None, tokenizer: Tokenizer | None = None
+) -> Fleet:
+    """UserError (one line) for a manifest `validate` refuses or a bad profile. `tokenizer`:
+    one already loaded for this manifest's model (a planner simulating many layouts of one
+    model would otherwise spend most of each run loading it again)."""
     plan = load_plan(path)
     folder = _tokenizer_dir(plan.model_uri)
     # As `up`: a precise-prefix config makes the engines hash and block as its producer.
@@ -62,7 +66,8 @@ def load_fleet(path: Path, profile_path: str | None = None) -> Fleet:
     pools = [_pool(plan, plan.decode, profile_path, feed)]
     if plan.prefill is not None:
         pools.insert(0, _pool(plan, plan.prefill, profile_path, feed))
-    tokenizer: Tokenizer = fast(HFTokenizer(folder), folder) if folder else BuiltinTokenizer()
+    if tokenizer is None:
+        tokenizer = fast(HFTokenizer(folder), folder) if folder else BuiltinTokenizer()
     producer = next(
         (p for p in config.plugins.values() if isinstance(p, PrecisePrefixProducer)), None
     )
