@@ -158,8 +158,9 @@ def _progress(stream: TextIO, started: float) -> Callable[[Trial, int, int], Non
 def describe(trial: Trial) -> str:
     c, o = trial.candidate, trial.outcome
     ratio = "aggregated" if c.aggregated else f"prefill:decode {c.ratio}"
+    gpus = f"{c.accelerators} GPU{'s' if c.accelerators > 1 else ''}"
     return (
-        f"{c.label} ({c.accelerators} accelerators, {ratio}): goodput {o.goodput:.2f} req/s, "
+        f"{c.label} ({gpus}, {ratio}): goodput {o.goodput:.2f} req/s, "
         f"{o.fraction:.0%} of requests within the SLOs"
     )
 
@@ -180,9 +181,13 @@ def check(result: Result, goodput: Callable[[Trial], float]) -> str:
     again = {t.candidate: goodput(t) for t in result.tried}
     mine = again[result.winner.candidate]
     rivals = [g for c, g in again.items() if c != result.winner.candidate]
+    if not rivals:
+        return f"check seed: recommendation goodput {mine:.2f} req/s (no other layout tried)"
     verdict = "still the highest" if all(mine > g for g in rivals) else "NOT the highest"
-    best = max(rivals, default=0.0)
-    return f"check seed: recommendation goodput {mine:.2f} req/s, best other {best:.2f}: {verdict}"
+    return (
+        f"check seed: recommendation goodput {mine:.2f} req/s, best other "
+        f"{max(rivals):.2f}: {verdict}"
+    )
 
 
 def write(path: Path, doc: dict[str, object]) -> None:
