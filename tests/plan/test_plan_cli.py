@@ -46,6 +46,17 @@ def test_recommends_and_writes_the_service(tmp_path: Path) -> None:
     assert service.metadata is not None and service.metadata.name == "llm"
 
 
+def test_no_layout_meeting_the_slos_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "service.yaml"
+    done = plan(
+        "--workload", workload(tmp_path), "--slo", "ttft_p90=1ms", "--accelerators", "1",
+        "--requests", "5", "--output", str(out),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "no layout on up to 1 GPUs meets the SLOs" in done.stdout
+    assert not out.exists()
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = [line for line in done.stderr.splitlines() if line.startswith("pdserve plan:")]

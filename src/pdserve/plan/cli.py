@@ -60,24 +60,32 @@ def parser() -> argparse.ArgumentParser:
         "every SLO reaches --threshold; among those, the highest goodput. TP t is modelled "
         "as t x 0.9 per doubling faster compute and t x the KV blocks (simulate/tensor.py).",
     )
-    ap.add_argument("--workload", required=True, help="a workload YAML file (as for bench)")
+    ap.add_argument(
+        "--workload", required=True, metavar="FILE", help="a workload YAML file (as for bench)"
+    )
     ap.add_argument("--slo", required=True, help="objectives, e.g. ttft_p90=2s,itl_p90=50ms")
-    ap.add_argument("--accelerators", required=True, type=_number(int), help="GPUs to spend")
+    ap.add_argument(
+        "--accelerators", required=True, type=_number(int), metavar="N", help="GPUs to spend"
+    )
     ap.add_argument("--profile", help="sim engine profile of one GPU (default: its defaults)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})")
-    ap.add_argument("--name", default="llm", help="the LLMInferenceService's name")
-    ap.add_argument("--max-tp", type=_number(int), default=8, help="largest TP group (8)")
+    ap.add_argument("--name", default="llm", help="the LLMInferenceService's name (llm)")
     ap.add_argument(
-        "--layouts", choices=("all", "pd", "aggregated"), default="all", help="what to try"
+        "--max-tp", type=_number(int), default=8, metavar="T", help="largest TP group (8)"
     )
-    ap.add_argument("--threshold", type=_fraction, default=0.9, help="share meeting the SLOs")
+    ap.add_argument(
+        "--layouts", choices=("all", "pd", "aggregated"), default="all", help="what to try (all)"
+    )
+    ap.add_argument("--threshold", type=_fraction, default=0.9, help="share meeting the SLOs (0.9)")
     ap.add_argument("--seed", type=int, default=0, help="the workload's and the EPP's seed")
     ap.add_argument("--duration", type=_number(float), help="seconds of arrivals per run")
     ap.add_argument(
         "--requests", type=_number(int), help=f"or requests per run ({DEFAULT_REQUESTS})"
     )
     ap.add_argument("--rate", type=_number(float), help="requests/s, overriding the workload's")
-    ap.add_argument("--output", type=Path, help="write the recommended LLMInferenceService here")
+    ap.add_argument(
+        "--output", type=Path, metavar="FILE", help="write the recommended LLMInferenceService here"
+    )
     ap.add_argument(
         "--check-seed",
         type=int,
@@ -168,7 +176,7 @@ def describe(trial: Trial) -> str:
 def summary(result: Result, accelerators: int) -> str:
     if result.winner is None:
         best = f"; the best was {describe(result.runner_up)}" if result.runner_up else ""
-        return f"no layout on {accelerators} accelerators meets the SLOs{best}"
+        return f"no layout on up to {accelerators} GPUs meets the SLOs{best}"
     lines = [f"recommended: {describe(result.winner)}"]
     if result.runner_up is not None:
         lines.append(f"runner-up:   {describe(result.runner_up)}")
