@@ -28,7 +28,7 @@ def service(candidate: Candidate, name: str, model_uri: str, model_name: str) ->
     return {
         "apiVersion": API_VERSION,
         "kind": "LLMInferenceService",
-        "metadata": {"name": name, "annotations": {"pdserve.dev/plan": candidate.label}},
+        "metadata": {"name": name, "annotations": {"pdserve.io/plan": candidate.label}},
         "spec": spec,
     }
 
