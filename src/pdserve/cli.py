@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("pdserve.bench.cli", "measure a running OpenAI-API service under a workload"),
     "profile": ("pdserve.bench.profiling", "measure an engine and write its sim-engine profile"),
     "simulate": ("pdserve.simulate.cli", "simulate a manifest's fleet under a workload"),
+    "plan": ("pdserve.plan.cli", "find the cheapest P/D layout that meets SLOs, by simulation"),
 }
 
 

@@ -20,6 +20,7 @@ class Pool:
     role: str  # llm-d.ai/role of its endpoints: prefill, decode, or both (aggregated)
     replicas: int
     args: tuple[str, ...]  # the main container's vLLM args
+    tensor: int = 1  # spec parallelism.tensor: GPUs per replica (render adds the vLLM flag)
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,15 @@ def make_plan(merged: dict[str, Any], namespace: str, scheduler_config: str) -> 
     decode_role = ROLE_DECODE if prefill_spec is not None else ROLE_BOTH
     prefill = None
     if prefill_spec is not None:
-        prefill = Pool(ROLE_PREFILL, _replicas(prefill_spec), _main_args(prefill_spec))
+        prefill = Pool(
+            ROLE_PREFILL, _replicas(prefill_spec), _main_args(prefill_spec), _tensor(prefill_spec)
+        )
     return Plan(
         name=name,
         namespace=meta.get("namespace") or namespace,
         model_uri=model.get("uri", ""),
         served_name=model.get("name") or name,
-        decode=Pool(decode_role, _replicas(spec), _main_args(spec)),
+        decode=Pool(decode_role, _replicas(spec), _main_args(spec), _tensor(spec)),
         prefill=prefill,
         scheduler_config=scheduler_config,
     )
@@ -75,6 +78,10 @@ def _replicas(workload: dict[str, Any]) -> int:
     if value is None:
         value = (workload.get("scaling") or {}).get("minReplicas", 1)
     return int(value)
+
+
+def _tensor(workload: dict[str, Any]) -> int:
+    return int((workload.get("parallelism") or {}).get("tensor") or 1)
 
 
 def _main_args(workload: dict[str, Any]) -> tuple[str, ...]:

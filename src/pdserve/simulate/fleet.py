@@ -18,6 +18,7 @@ from pdserve.runner import components
 from pdserve.runner.components import KVFeed
 from pdserve.runner.manifest import load_plan
 from pdserve.runner.plan import Plan, Pool
+from pdserve.simulate.tensor import tensor_parallel
 from pdserve.simulate.tokens import fast
 from pdserve.tokenization import BuiltinTokenizer, HFTokenizer, Tokenizer
 from pdserve.wire import ROLE_PREFILL
@@ -27,7 +28,7 @@ from pdserve.wire import ROLE_PREFILL
 class PoolSpec:
     role: str
     replicas: int
-    profile: Profile
+    profile: Profile  # of one replica: its TP group's envelope
     prefix_caching: bool
     scheme: Scheme
     max_loras: int
@@ -48,8 +49,12 @@ class Fleet:
         return sum(p.replicas for p in self.pools)
 
 
-def load_fleet(path: Path, profile_path: str | None = None) -> Fleet:
-    """UserError (one line) for a manifest `validate` refuses or a bad profile."""
+def load_fleet(
+    path: Path, profile_path: str | None = None, tokenizer: Tokenizer | None = None
+) -> Fleet:
+    """UserError (one line) for a manifest `validate` refuses or a bad profile. `tokenizer`:
+    one already loaded for this manifest's model (a planner simulating many layouts of one
+    model would otherwise spend most of each run loading it again)."""
     plan = load_plan(path)
     folder = _tokenizer_dir(plan.model_uri)
     # As `up`: a precise-prefix config makes the engines hash and block as its producer.
@@ -61,7 +66,8 @@ def load_fleet(path: Path, profile_path: str | None = None) -> Fleet:
     pools = [_pool(plan, plan.decode, profile_path, feed)]
     if plan.prefill is not None:
         pools.insert(0, _pool(plan, plan.prefill, profile_path, feed))
-    tokenizer: Tokenizer = fast(HFTokenizer(folder), folder) if folder else BuiltinTokenizer()
+    if tokenizer is None:
+        tokenizer = fast(HFTokenizer(folder), folder) if folder else BuiltinTokenizer()
     producer = next(
         (p for p in config.plugins.values() if isinstance(p, PrecisePrefixProducer)), None
     )
@@ -75,6 +81,8 @@ def _pool(plan: Plan, pool: Pool, profile_path: str | None, feed: KVFeed | None)
         argv += feed.engine_args(pool.role, plan.served_name, pool.args)
     args, _ = parse_args(argv)
     profile = load_profile(profile_path or args.profile, **profile_overrides(args))
+    # The manifest's parallelism.tensor, or a --tensor-parallel-size in the args given.
+    profile = tensor_parallel(profile, max(pool.tensor, args.tensor_parallel_size))
     algo = args.prefix_caching_hash_algo
     seed = feed.seed if feed is not None else seed_from_env(algo)
     return PoolSpec(
