@@ -15,16 +15,12 @@ import yaml
 
 from pdserve.bench.workload import load as load_workload
 from pdserve.errors import UserError
+from pdserve.flags import OneLineParser
 from pdserve.plan.search import Result, Space, Trial, search
 from pdserve.plan.simulation import Setup, Simulator, manifest
 
 DEFAULT_MODEL = "builtin://smollm2-135m-instruct"
 DEFAULT_REQUESTS = 200
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
 
 
 def _number(kind: type[float] | type[int]) -> Callable[[str], float | int]:
@@ -51,7 +47,7 @@ def _fraction(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = OneLineParser(
         prog="pdserve plan",
         description="Find the cheapest serving layout (prefill and decode replicas and "
         "tensor parallelism, or aggregated) that meets the SLOs, by simulating each one "
