@@ -78,6 +78,26 @@ async def measure(call, n_seq: int, n_load: int, conc: int) -> tuple[float, floa
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], rps
 
 
+async def interleaved(calls: list, n_seq: int) -> list[tuple[float, float]]:
+    """p50 and p99 of each call, the calls taking turns request by request, so a change in
+    the machine's load between them cannot pass for a difference of the paths."""
+    async with aiohttp.ClientSession() as http:
+        for call in calls:
+            for _ in range(20):
+                await call(http)
+        lat: list[list[float]] = [[] for _ in calls]
+        for _ in range(n_seq):
+            for i, call in enumerate(calls):
+                t = time.perf_counter()
+                await call(http)
+                lat[i].append(time.perf_counter() - t)
+    out = []
+    for values in lat:
+        values.sort()
+        out.append((values[len(values) // 2], values[int(len(values) * 0.99)]))
+    return out
+
+
 def sidecar(tmp: Path, name: str, port: int, decode_port: int, retries: int) -> ManagedProcess:
     argv = [*PDSERVE, "sidecar", "--port", str(port), "--model-server-port", str(decode_port)]
     argv += ["--secure-proxy=false", "--log-level", "warning"]
@@ -169,6 +189,21 @@ def main() -> None:
                 print(
                     f"added p50 with retries on: {add_r * 1e3:.2f} ms, "
                     f"{(add_r - add_s) * 1e3:+.2f} ms against retries off (goal <= +0.1)"
+                )
+                calls = [
+                    lambda h: direct(h, url["p"], url["d"]),
+                    lambda h: via(h, url["sidecar"], target),
+                    lambda h: via(h, url["retrying"], target),
+                ]
+                (b50, b99), (s50, s99), (r50, r99) = asyncio.run(
+                    interleaved(calls, args.sequential)
+                )
+                print(
+                    f"interleaved, {args.sequential} each: anchor p50 {b50 * 1e3:.2f} ms "
+                    f"p99 {b99 * 1e3:.2f}; sidecar {s50 * 1e3:.2f} / {s99 * 1e3:.2f}; "
+                    f"retries on {r50 * 1e3:.2f} / {r99 * 1e3:.2f}; added p50: sidecar "
+                    f"{(s50 - b50) * 1e3:.2f} ms, retries on {(r50 - b50) * 1e3:.2f} ms "
+                    f"({(r50 - s50) * 1e3:+.2f} ms; goal <= +0.1)"
                 )
             if not args.no_router:
                 add_v = rout[0] - base[0]
