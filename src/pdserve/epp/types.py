@@ -78,6 +78,9 @@ class Request:
     # The engine's own tokens of the prompt, when the request path fetched them
     # (engine_tokens, for a token-producer with `vllm`); the plugins do no I/O themselves.
     prompt_tokens: list[int] | None = None
+    # The client's cap on output tokens (max_completion_tokens or max_tokens, max_output_tokens
+    # for the Responses API), None when it set none: an output estimate stays under it.
+    max_output_tokens: int | None = None
 
     @property
     def sheddable(self) -> bool:

@@ -1,7 +1,16 @@
 """Built-in plugins; importing this package registers them."""
 
 from pdserve.epp.framework import Plugin
-from pdserve.epp.plugins import datalayer, filters, flowcontrol, handlers, pickers, prefix, scorers
+from pdserve.epp.plugins import (
+    datalayer,
+    filters,
+    flowcontrol,
+    handlers,
+    inflight,
+    pickers,
+    prefix,
+    scorers,
+)
 
 # Plugin kinds a Ref may demand, by class name.
 KINDS: dict[str, type[Plugin]] = {
@@ -10,6 +19,7 @@ KINDS: dict[str, type[Plugin]] = {
         handlers.Decider,
         prefix.PrefixProducer,
         prefix.PrefixCacheScorer,
+        inflight.InFlightLoadProducer,
         datalayer.DataSource,
         datalayer.Extractor,
         datalayer.Discovery,
@@ -27,6 +37,7 @@ __all__ = [
     "filters",
     "flowcontrol",
     "handlers",
+    "inflight",
     "pickers",
     "prefix",
     "scorers",

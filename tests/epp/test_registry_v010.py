@@ -1,0 +1,266 @@
+"""Plugin types of llm-d-router v0.10's registry added after the first v0.10 pass, each
+against the numbers upstream's source gives for the same inputs (the comments name the
+upstream file and function), plus the completion hook that feeds the in-flight counts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from pdserve import wire
+from pdserve.epp.config import load
+from pdserve.epp.datastore import Datastore, StaticSource
+from pdserve.epp.director import Director
+from pdserve.epp.extproc import FULL_DUPLEX, ExtProc
+from pdserve.epp.framework import ConfigError, make
+from pdserve.epp.metrics import EppMetrics
+from pdserve.epp.plugins.inflight import STALE_AFTER, InFlightLoadProducer, TokenLoadScorer
+from pdserve.epp.plugins.prefix import ApproxPrefixProducer
+from pdserve.epp.request import parse
+from pdserve.epp.scheduler import Scheduler
+from pdserve.epp.types import Cycle, Endpoint, Metrics, ProfileResult, Request, Result
+
+A = Endpoint("10.0.0.1", 8000, {}, Metrics(updated=0.0))
+B = Endpoint("10.0.0.2", 8000, {}, Metrics(updated=0.0))
+
+
+def req(prompt: str, rid: str = "r1", max_tokens: int | None = None) -> Request:
+    return Request(rid, "m", prompt, {}, max_output_tokens=max_tokens)
+
+
+def routed(*picks: tuple[str, Endpoint]) -> Result:
+    profiles = {name: ProfileResult(e) for name, e in picks}
+    return Result(profiles, primary=picks[-1][0])
+
+
+def producer(**params: object) -> InFlightLoadProducer:
+    p = make("inflight-load-producer", "ifl", dict(params))
+    assert isinstance(p, InFlightLoadProducer)
+    p.bind({}, ())
+    return p
+
+
+# --- inflight-load-producer (requestcontrol/dataproducer/inflightload/producer.go) ---
+
+
+def test_in_flight_counts_rise_at_dispatch_and_fall_with_the_answer() -> None:
+    """400 bytes are 100 estimated tokens. Without output estimates the tokens go at the
+    first chunk (ResponseBody, StartOfStream) and the request at the end (EndOfStream)."""
+    p = producer()
+    p.pre_request(Cycle(now=0.0), req("x" * 400), routed(("d", A)))
+    assert p.in_flight(A.name) == (1, 100)
+    p.response("r1", "watched", 1.0)
+    p.response("r1", "started", 1.0)
+    assert p.in_flight(A.name) == (1, 0)
+    p.response("r1", "complete", 2.0)
+    assert p.in_flight(A.name) == (0, 0)
+    p.response("r1", "complete", 2.0)  # released once only: counts never go below 0
+    assert p.in_flight(A.name) == (0, 0)
+
+
+def test_prefill_share_goes_whole_at_the_first_chunk_decode_keeps_its_request() -> None:
+    """P/D: at StartOfStream the "prefill" profile's entry is released (release), the other
+    profiles' tokens only (releaseTokensEarly)."""
+    p = producer()
+    p.pre_request(Cycle(now=0.0), req("x" * 400), routed(("prefill", B), ("decode", A)))
+    assert (p.in_flight(A.name), p.in_flight(B.name)) == ((1, 100), (1, 100))
+    p.response("r1", "started", 0.5)
+    assert (p.in_flight(A.name), p.in_flight(B.name)) == ((1, 0), (0, 0))
+
+
+def test_output_estimate_is_capped_by_the_client_and_the_operator() -> None:
+    """token_estimator.go EstimateOutput: min(round(100 x 1.5), max_tokens 120) = 120; with
+    maxEstimatedOutputTokens 50, 50. With output estimates the decode tokens stay until the
+    end; the prefill share still goes at the first chunk."""
+    p = producer(addEstimatedOutputTokens=True)
+    p.pre_request(Cycle(now=0.0), req("x" * 400, max_tokens=120), routed(("decode", A)))
+    assert p.in_flight(A.name) == (1, 220)
+    p.response("r1", "started", 0.1)
+    assert p.in_flight(A.name) == (1, 220)
+    capped = producer(addEstimatedOutputTokens=True, maxEstimatedOutputTokens=50)
+    assert capped.output_estimate(100, None) == 50
+    # Go's math.Round takes 3 x 1.5 = 4.5 away from zero, to 5 (Python's round gives 4).
+    assert p.output_estimate(3, None) == 5
+    assert producer(addEstimatedOutputTokens=True, outputRatio=0.0).output_estimate(9, None) == 0
+
+
+def test_uncached_tokens_count_whole_blocks_and_the_tail_past_the_index() -> None:
+    """uncachedInputTokens: (total - matched) x block + max(input - total x block, 0). 1000
+    bytes are 250 tokens, 4 blocks of 64 (the last partial): a cold endpoint owes 256; one
+    holding the first 2 blocks (a 512-byte prompt sent there) owes 128."""
+    cfg = load(
+        "plugins:\n"
+        "- {type: approx-prefix-cache-producer, parameters: {autoTune: false}}\n"
+        "- type: inflight-load-producer\n"
+        "schedulingProfiles: [{name: d}]\n"
+    )
+    approx, p = cfg.plugins["approx-prefix-cache-producer"], cfg.plugins["inflight-load-producer"]
+    assert isinstance(approx, ApproxPrefixProducer) and isinstance(p, InFlightLoadProducer)
+    first = Cycle(now=0.0)
+    approx.pre_request(first, req("y" * 512, "r0"), routed(("d", A)))
+    c = Cycle(now=0.0)
+    prompt = "y" * 1000
+    assert p.request_tokens(c, req(prompt), A) == 128
+    assert p.request_tokens(c, req(prompt), B) == 256
+
+
+def test_a_capped_index_adds_the_prompt_tail_back() -> None:
+    """maxPrefixTokensToMatch 128 indexes 2 blocks of 64; a 250-token prompt held whole in
+    those blocks still owes 250 - 128 = 122 tokens."""
+    cfg = load(
+        "plugins:\n"
+        "- type: approx-prefix-cache-producer\n"
+        "  parameters: {autoTune: false, maxPrefixTokensToMatch: 128}\n"
+        "- type: inflight-load-producer\n"
+        "schedulingProfiles: [{name: d}]\n"
+    )
+    approx, p = cfg.plugins["approx-prefix-cache-producer"], cfg.plugins["inflight-load-producer"]
+    assert isinstance(approx, ApproxPrefixProducer) and isinstance(p, InFlightLoadProducer)
+    approx.pre_request(Cycle(now=0.0), req("z" * 1000, "r0"), routed(("d", A)))
+    assert p.request_tokens(Cycle(now=0.0), req("z" * 1000), A) == 122
+
+
+def test_unwatched_entries_go_after_the_staleness_threshold_watched_ones_stay() -> None:
+    """PluginState reaps a request after 5 minutes without access unless its stream is bound
+    (BindLiveness): here, until the watching filter has reported it."""
+    p = producer()
+    p.pre_request(Cycle(now=0.0), req("x" * 40, "lost"), routed(("d", A)))
+    p.pre_request(Cycle(now=0.0), req("x" * 40, "kept"), routed(("d", B)))
+    p.response("kept", "watched", 0.0)
+    p.pre_request(Cycle(now=STALE_AFTER + 1), req("", "later"), routed(("d", B)))
+    assert p.in_flight(A.name) == (0, 0)
+    assert p.in_flight(B.name) == (2, 10)
+    assert list(p.waiting) == ["later"] and list(p.watched) == ["kept"]
+
+
+def test_in_flight_producer_reports_what_it_does_not_act_on() -> None:
+    assert set(producer(outputRatio=2.0, syncCrossReplicaState=False).inert()) == {
+        "outputRatio",
+        "syncCrossReplicaState",
+    }
+    assert producer(addEstimatedOutputTokens=True, outputRatio=2.0).inert() == {}
+    with pytest.raises(ConfigError, match="outputRatio"):
+        producer(outputRatio=-1.0)
+
+
+# --- token-load-scorer (scheduling/scorer/tokenload/token_load.go Score) ---
+
+
+def test_token_load_scores_in_flight_plus_this_requests_tokens() -> None:
+    """1 - min(load, threshold) / threshold: A carries 300 in flight, the request is 100
+    tokens: 1 - 400/1000 = 0.6; B 1 - 100/1000 = 0.9; past the threshold 0; no load 1."""
+    cfg = load(
+        "plugins:\n"
+        "- {type: token-load-scorer, parameters: {queueThresholdTokens: 1000}}\n"
+        "schedulingProfiles: [{name: d, plugins: [{pluginRef: token-load-scorer}]}]\n"
+    )
+    scorer = cfg.plugins["token-load-scorer"]
+    p = cfg.plugins["inflight-load-producer"]  # the default producer joins the config
+    assert isinstance(scorer, TokenLoadScorer) and isinstance(p, InFlightLoadProducer)
+    assert p in cfg.pre_request
+    p.pre_request(Cycle(now=0.0), req("x" * 1200, "old"), routed(("d", A)))
+    c = Cycle(now=0.0)
+    assert scorer.score(c, req("x" * 400), [A, B]) == pytest.approx({A.name: 0.6, B.name: 0.9})
+    assert scorer.score(c, req("x" * 8000), [A])[A.name] == 0.0
+    assert scorer.score(c, req(""), [B]) == {B.name: 1.0}
+
+
+def test_token_load_threshold_not_positive_is_the_default() -> None:
+    scorer = make("token-load-scorer", "t", {"queueThresholdTokens": 0})
+    assert isinstance(scorer, TokenLoadScorer) and scorer.threshold == 4194304
+    assert "queueThresholdTokens" in scorer.inert()
+
+
+def test_a_named_in_flight_producer_must_be_one() -> None:
+    with pytest.raises(ConfigError, match="not a in flight load producer"):
+        load(
+            "plugins:\n"
+            "- type: queue-scorer\n"
+            "- {type: token-load-scorer, parameters: {inFlightLoadProducerName: queue-scorer}}\n"
+            "schedulingProfiles: [{name: d}]\n"
+        )
+
+
+# --- the completion hook: the watching filter's phases reach the producer ---
+
+CONFIG = """
+plugins:
+- type: token-load-scorer
+schedulingProfiles: [{name: d, plugins: [{pluginRef: token-load-scorer}]}]
+"""
+
+
+def headers_msg(headers: dict[str, str], end: bool = False) -> pb.HttpHeaders:
+    values = [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    return pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values), end_of_stream=end)
+
+
+async def route(ext: ExtProc, rid: str, body: dict[str, object]) -> None:
+    async def stream() -> AsyncIterator[pb.ProcessingRequest]:
+        yield pb.ProcessingRequest(
+            request_headers=headers_msg({wire.REQUEST_ID_HEADER: rid, ":path": "/v1/completions"}),
+            protocol_config=pb.ProtocolConfiguration(request_body_mode=FULL_DUPLEX),
+        )
+        yield pb.ProcessingRequest(
+            request_body=pb.HttpBody(body=json.dumps(body).encode(), end_of_stream=True)
+        )
+
+    _ = [out async for out in ext.Process(stream(), None)]
+
+
+async def test_the_watching_filter_releases_in_flight_load() -> None:
+    """Routed: 1 request, 100 tokens. The first response chunk frees the tokens, the end of
+    the answer the request; a stream cut before its end releases too."""
+    store = Datastore(StaticSource([A]))
+    store.refresh()
+    director = Director(Scheduler(load(CONFIG)), store, EppMetrics())
+    ext = ExtProc(director)
+    p = director.scheduler.config.plugins["inflight-load-producer"]
+    assert isinstance(p, InFlightLoadProducer) and director.listeners == [p]
+    await route(ext, "w1", {"model": "m", "prompt": "x" * 400})
+    assert p.in_flight(A.name) == (1, 100)
+    seen: list[tuple[int, int]] = []
+
+    async def watch(rid: str, cut: bool) -> AsyncIterator[pb.ProcessingRequest]:
+        yield pb.ProcessingRequest(
+            request_headers=headers_msg({wire.REQUEST_ID_HEADER: rid}), observability_mode=True
+        )
+        yield pb.ProcessingRequest(response_headers=headers_msg({"content-type": "text/plain"}))
+        seen.append(p.in_flight(A.name))
+        yield pb.ProcessingRequest(response_body=pb.HttpBody(body=b"a"))
+        seen.append(p.in_flight(A.name))
+        if cut:
+            return
+        yield pb.ProcessingRequest(response_body=pb.HttpBody(body=b"b", end_of_stream=True))
+
+    assert [out async for out in ext.Process(watch("w1", cut=False), None)] == []
+    assert seen == [(1, 100), (1, 0)]
+    assert p.in_flight(A.name) == (0, 0)
+    await route(ext, "w2", {"model": "m", "prompt": "x" * 400})
+    _ = [out async for out in ext.Process(watch("w2", cut=True), None)]
+    assert p.in_flight(A.name) == (0, 0)
+
+
+# --- the request's output cap (parsers/openai/openai.go maxOutputTokensForAPI) ---
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "cap"),
+    [
+        ("/v1/chat/completions", {"messages": [], "max_completion_tokens": 7, "max_tokens": 9}, 7),
+        ("/v1/chat/completions", {"messages": [], "max_completion_tokens": -1, "max_tokens": 9}, 9),
+        ("/v1/completions", {"prompt": "p", "max_tokens": 5.0}, 5),
+        ("/v1/completions", {"prompt": "p", "max_tokens": 5.5}, None),
+        ("/v1/completions", {"prompt": "p", "max_completion_tokens": 5}, None),
+        ("/v1/responses", {"max_output_tokens": 0, "max_tokens": 3}, 0),
+    ],
+)
+def test_max_output_tokens_follow_each_apis_fields(
+    path: str, body: dict[str, object], cap: int | None
+) -> None:
+    parsed = parse({":path": path}, json.dumps(body).encode(), None)
+    assert parsed.max_output_tokens == cap
