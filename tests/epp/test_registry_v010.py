@@ -5,6 +5,7 @@ upstream file and function), plus the completion hook that feeds the in-flight c
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +19,7 @@ from pdserve.epp.director import Director
 from pdserve.epp.extproc import FULL_DUPLEX, ExtProc
 from pdserve.epp.framework import ConfigError, make
 from pdserve.epp.metrics import EppMetrics
+from pdserve.epp.plugins.filters import PrefixCacheAffinityFilter
 from pdserve.epp.plugins.inflight import STALE_AFTER, InFlightLoadProducer, TokenLoadScorer
 from pdserve.epp.plugins.prefix import ApproxPrefixProducer
 from pdserve.epp.request import parse
@@ -183,6 +185,71 @@ def test_a_named_in_flight_producer_must_be_one() -> None:
             "- {type: token-load-scorer, parameters: {inFlightLoadProducerName: queue-scorer}}\n"
             "schedulingProfiles: [{name: d}]\n"
         )
+
+
+# --- prefix-cache-affinity-filter (scheduling/filter/prefixcacheaffinity/plugin.go) ---
+
+AFFINITY = """
+plugins:
+- {type: approx-prefix-cache-producer, parameters: {autoTune: false}}
+- type: prefix-cache-affinity-filter
+  parameters: %s
+schedulingProfiles: [{name: d, plugins: [{pluginRef: prefix-cache-affinity-filter}]}]
+"""
+
+
+def affinity(params: str = "{}") -> tuple[PrefixCacheAffinityFilter, InFlightLoadProducer]:
+    """A filter whose prefix producer has seen a 1000-byte prompt (4 blocks) sent to A."""
+    cfg = load(AFFINITY % params)
+    f, approx = (
+        cfg.plugins["prefix-cache-affinity-filter"],
+        cfg.plugins["approx-prefix-cache-producer"],
+    )
+    assert isinstance(f, PrefixCacheAffinityFilter) and isinstance(approx, ApproxPrefixProducer)
+    approx.pre_request(Cycle(now=0.0), req("w" * 1000, "r0"), routed(("d", A)))
+    load_ = cfg.plugins.get("inflight-load-producer") or producer()
+    assert isinstance(load_, InFlightLoadProducer)
+    return f, load_
+
+
+def test_affinity_keeps_the_sticky_endpoints() -> None:
+    f, _ = affinity()
+    assert f.filter(Cycle(now=0.0), req("w" * 1000), [A, B]) == [A]
+    assert f.filter(Cycle(now=0.0), req("v" * 1000), [A, B]) == [A, B]  # no one sticky
+    assert f.filter(Cycle(now=0.0), req("w" * 1000), [B]) == [B]
+
+
+def test_affinity_breaks_when_the_sticky_ttft_is_too_far_behind() -> None:
+    """TTFT_ms = in-flight tokens / 15928 x 1000: 400000 tokens on A are 25113 ms, 0 on B
+    are 0: 25113 - 0 > 18000 keeps all; 200000 tokens (12556 ms) stay sticky."""
+    f, ifl = affinity()
+    ifl.pre_request(Cycle(now=0.0), req("x" * 800000, "busy"), routed(("d", A)))
+    assert ifl.in_flight(A.name)[1] == 200000
+    assert f.filter(Cycle(now=0.0), req("w" * 1000), [A, B]) == [A]
+    ifl.pre_request(Cycle(now=0.0), req("x" * 800000, "busier"), routed(("d", A)))
+    assert f.filter(Cycle(now=0.0), req("w" * 1000), [A, B]) == [A, B]
+
+
+def test_affinity_explores_and_can_be_turned_off() -> None:
+    f, _ = affinity("{explorationProbability: 1.0}")
+    assert f.filter(Cycle(now=0.0, rng=random.Random(0)), req("w" * 1000), [A, B]) == [A, B]
+    f, _ = affinity("{affinityThreshold: 0}")
+    assert f.filter(Cycle(now=0.0), req("w" * 1000), [A, B]) == [A, B]
+    f, _ = affinity("{maxTTFTPenaltyMs: 0}")  # always stick; no in-flight producer needed
+    assert f.load is None
+    assert f.filter(Cycle(now=0.0), req("w" * 1000), [A, B]) == [A]
+
+
+def test_affinity_validates_as_upstream_and_reports_the_latency_predictor() -> None:
+    with pytest.raises(ConfigError, match="peakPrefillThroughput must be > 0"):
+        load(AFFINITY % "{peakPrefillThroughput: 0}")
+    with pytest.raises(ConfigError, match="affinityThreshold"):
+        load(AFFINITY % "{affinityThreshold: 1.5}")
+    cfg = load(AFFINITY % "{ttftSource: latencyPredictor}")
+    assert any("ttftSource" in line for line in cfg.ignored())
+    assert "inflight-load-producer" not in cfg.plugins
+    f, _ = affinity("{ttftSource: latencyPredictor}")
+    assert f.filter(Cycle(now=0.0), req("w" * 1000), [A, B]) == [A]  # the gate never breaks
 
 
 # --- the completion hook: the watching filter's phases reach the producer ---
