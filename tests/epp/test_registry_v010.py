@@ -331,3 +331,30 @@ def test_max_output_tokens_follow_each_apis_fields(
 ) -> None:
     parsed = parse({":path": path}, json.dumps(body).encode(), None)
     assert parsed.max_output_tokens == cap
+
+
+# --- header-label-affinity-scorer (scheduling/scorer/headerlabelaffinity/plugin.go Score) ---
+
+
+def test_header_label_affinity_scores_the_matching_label() -> None:
+    """1 where labels[labelKey] equals the header (its name lowered), 0 elsewhere and for an
+    absent or empty header; Alpha, so refused without --allow-experimental-plugins."""
+    text = (
+        "plugins:\n"
+        "- type: header-label-affinity-scorer\n"
+        "  parameters: {headerName: X-Tenant, labelKey: tenant}\n"
+        "schedulingProfiles: [{name: d}]\n"
+    )
+    with pytest.raises(ConfigError, match="allow-experimental-plugins"):
+        load(text)
+    scorer = load(text, allow_experimental=True).plugins["header-label-affinity-scorer"]
+    gold = Endpoint("10.0.0.3", 8000, {"tenant": "gold"})
+    r = Request("r", "m", "p", {"x-tenant": "gold"})
+    assert scorer.score(Cycle(now=0.0), r, [gold, A]) == {gold.name: 1.0, A.name: 0.0}
+    empty = Request("r", "m", "p", {"x-tenant": ""})
+    assert scorer.score(Cycle(now=0.0), empty, [gold, Endpoint("h", 1, {"tenant": ""})]) == {
+        gold.name: 0.0,
+        "h:1": 0.0,
+    }
+    with pytest.raises(ConfigError, match="labelKey"):
+        make("header-label-affinity-scorer", "h", {"headerName": "x"})

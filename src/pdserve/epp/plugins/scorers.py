@@ -298,3 +298,24 @@ class ContextLengthAware(Scorer, Filter):
             else:
                 out[e.name] = 0.0 if r is None else range_score(tokens, *r)
         return out
+
+
+class HeaderLabelParams(Parameters):
+    headerName: str = Field(min_length=1)
+    labelKey: str = Field(min_length=1)
+
+
+@register("header-label-affinity-scorer")
+class HeaderLabelAffinityScorer(Scorer):
+    """1 where the endpoint's labelKey label equals the request's headerName header, else 0,
+    and 0 everywhere without the header: a soft preference, no endpoint is removed
+    (scorer/headerlabelaffinity, alpha). Header names compare case-insensitively."""
+
+    stability = "alpha"
+    Params = HeaderLabelParams
+    params: HeaderLabelParams
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        wanted = req.headers.get(self.params.headerName.lower(), "")
+        key = self.params.labelKey
+        return {e.name: 1.0 if wanted and e.labels.get(key) == wanted else 0.0 for e in endpoints}
