@@ -358,3 +358,87 @@ def test_header_label_affinity_scores_the_matching_label() -> None:
     }
     with pytest.raises(ConfigError, match="labelKey"):
         make("header-label-affinity-scorer", "h", {"headerName": "x"})
+
+
+# --- topology (datalayer/extractor/topology, scheduling/{filter,scorer}/topologyaffinity) ---
+
+TOPOLOGY = """
+plugins:
+- type: topology-extractor
+  parameters: {hostname: node}
+- type: topology-affinity-filter
+  parameters: {minAffinity: %s}
+- type: topology-affinity-scorer
+- type: prefill-filter
+- type: decode-filter
+- type: always-disagg-pd-decider
+- type: disagg-profile-handler
+  parameters: {stageOrder: %s%s}
+schedulingProfiles:
+- name: prefill
+  plugins:
+  - {pluginRef: prefill-filter}
+  - {pluginRef: topology-affinity-filter}
+  - {pluginRef: topology-affinity-scorer}
+- name: decode
+  plugins: [{pluginRef: decode-filter}, {pluginRef: topology-affinity-scorer}]
+"""
+ZONE = "topology.kubernetes.io/zone"
+
+
+def pod(ip: str, role: str, **labels: str) -> Endpoint:
+    return Endpoint(ip, 8000, {wire.ROLE_LABEL: role, **labels}, Metrics(updated=0.0))
+
+
+DEC = pod("10.1.0.1", "decode", node="h1", **{ZONE: "z1"})
+SAME_HOST = pod("10.1.0.2", "prefill", node="h1", **{ZONE: "z1"})
+SAME_ZONE = pod("10.1.0.3", "prefill", node="h2", **{ZONE: "z1"})
+ELSEWHERE = pod("10.1.0.4", "prefill")
+
+
+def topology_run(min_affinity: str, order: str, eps: list[Endpoint]) -> Result:
+    deciders = ", deciders: {prefill: always-disagg-pd-decider}" if order == "decode-first" else ""
+    cfg = load(TOPOLOGY % (min_affinity, order, deciders), allow_experimental=True)
+    return Scheduler(cfg).schedule(Cycle(now=0.0), Request("r", "m", "p"), eps)
+
+
+def test_topology_scores_by_the_level_shared_with_the_decode_peer() -> None:
+    """levelScores: host 1, zone 0.05, nothing 0; the prefill stage's peer is the decode
+    pick, published before the prefill profile runs (disagg_profile_handler.go)."""
+    result = topology_run("region", "decode-first", [DEC, SAME_HOST, SAME_ZONE, ELSEWHERE])
+    scores = result.profiles["prefill"].scores["topology-affinity-scorer"]
+    assert scores == {SAME_HOST.name: 1.0, SAME_ZONE.name: 0.05}  # region floor: no label
+    assert result.profiles["decode"].scores["topology-affinity-scorer"] == {DEC.name: 0.0}
+    assert result.profiles["prefill"].endpoint is SAME_HOST
+
+
+def test_topology_filter_keeps_the_floor_and_fails_open() -> None:
+    result = topology_run("host", "decode-first", [DEC, SAME_HOST, SAME_ZONE, ELSEWHERE])
+    assert result.profiles["prefill"].candidates == 1
+    result = topology_run("host", "decode-first", [DEC, SAME_ZONE, ELSEWHERE])
+    assert result.profiles["prefill"].candidates == 2  # none on the host: all kept
+    result = topology_run("zone", "decode-first", [DEC, SAME_ZONE, ELSEWHERE])
+    assert result.profiles["prefill"].candidates == 1
+
+
+def test_prefill_first_makes_the_prefill_pick_the_decode_peer() -> None:
+    far = pod("10.1.0.5", "decode", node="h9")
+    result = topology_run("host", "prefill-first", [SAME_HOST, DEC, far])
+    # The prefill stage runs first, without a peer: its filter keeps all, its scores are 0.
+    assert result.profiles["prefill"].scores["topology-affinity-scorer"] == {SAME_HOST.name: 0.0}
+    decode = result.profiles["decode"].scores["topology-affinity-scorer"]
+    assert decode == {DEC.name: 1.0, far.name: 0.0}
+
+
+def test_topology_plugins_are_alpha_and_need_an_extractor() -> None:
+    with pytest.raises(ConfigError, match="allow-experimental-plugins"):
+        load(TOPOLOGY % ("host", "decode-first", ""))
+    with pytest.raises(ConfigError, match="minAffinity"):
+        load(TOPOLOGY % ("node", "decode-first", ""), allow_experimental=True)
+    text = TOPOLOGY.replace("- type: topology-extractor\n  parameters: {hostname: node}\n", "")
+    always = ", deciders: {prefill: always-disagg-pd-decider}"
+    result = Scheduler(
+        load(text % ("host", "decode-first", always), allow_experimental=True)
+    ).schedule(Cycle(now=0.0), Request("r", "m", "p"), [DEC, SAME_HOST, SAME_ZONE])
+    assert result.profiles["prefill"].candidates == 2
+    assert set(result.profiles["prefill"].scores["topology-affinity-scorer"].values()) == {0.0}

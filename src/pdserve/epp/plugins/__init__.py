@@ -10,6 +10,7 @@ from pdserve.epp.plugins import (
     pickers,
     prefix,
     scorers,
+    topology,
 )
 
 # Plugin kinds a Ref may demand, by class name.
@@ -20,6 +21,7 @@ KINDS: dict[str, type[Plugin]] = {
         prefix.PrefixProducer,
         prefix.PrefixCacheScorer,
         inflight.InFlightLoadProducer,
+        topology.TopologyExtractor,
         datalayer.DataSource,
         datalayer.Extractor,
         datalayer.Discovery,
@@ -41,4 +43,5 @@ __all__ = [
     "pickers",
     "prefix",
     "scorers",
+    "topology",
 ]
