@@ -442,3 +442,137 @@ def test_topology_plugins_are_alpha_and_need_an_extractor() -> None:
     ).schedule(Cycle(now=0.0), Request("r", "m", "p"), [DEC, SAME_HOST, SAME_ZONE])
     assert result.profiles["prefill"].candidates == 2
     assert set(result.profiles["prefill"].scores["topology-affinity-scorer"].values()) == {0.0}
+
+
+# --- endpoint attributes: core-metrics-extractor customMetrics (extractor/metrics spec.go,
+# extractor.go) and the endpoint-attribute filter and scorer (filter/endpointattribute
+# filter.go, scorer/endpointattribute endpointattribute.go) ---
+
+ATTRIBUTES = """
+plugins:
+- type: core-metrics-extractor
+  parameters:
+    engineConfigs:
+    - name: vllm
+      customMetrics:
+      - {attributeKey: spec.decode, metricSpec: "vllm:spec_decode_efficiency{kind=draft}"}
+    - name: other
+      customMetrics: [{attributeKey: spec.decode, metricSpec: other_efficiency}]
+- type: endpoint-attribute-filter
+  parameters:
+    attribute: spec.decode
+    onMissing: %s
+    fallbackOnEmpty: %s
+    algorithm: {type: threshold, threshold: {operator: GreaterThanOrEqual, value: 0.5}}
+- type: endpoint-attribute-scorer
+  parameters:
+    attributeKey: spec.decode
+    algorithm: {type: linear_higher_is_better, normalization: %s}
+schedulingProfiles: [{name: d}]
+"""
+PAGE = """# TYPE vllm:spec_decode_efficiency gauge
+vllm:spec_decode_efficiency{kind="target"} 0.1
+vllm:spec_decode_efficiency{kind="draft"} 0.7
+vllm:spec_decode_efficiency{kind="draft"} 0.2
+other_efficiency 0.9
+"""
+
+
+def attribute_config(
+    missing: str = "Pass", fallback: str = "false", norm: str = "{}"
+) -> dict[str, object]:
+    return load(ATTRIBUTES % (missing, fallback, norm), allow_experimental=True).plugins
+
+
+def with_attribute(port: int, value: float | None) -> Endpoint:
+    e = Endpoint("10.2.0.1", port, {}, Metrics(updated=0.0))
+    if value is not None:
+        e.metrics.attributes["spec.decode"] = value
+    return e
+
+
+def test_custom_metrics_follow_the_engine_label_and_the_first_matching_series() -> None:
+    """Without timestamps the first series whose labels match wins (getLatestMetric); the
+    engine is the pod's llm-d.ai/engine-type label, else defaultEngine (vllm)."""
+    from pdserve.epp.datastore import parse_metrics
+    from pdserve.epp.plugins.datalayer import CoreMetricsExtractor
+
+    ext = attribute_config()["core-metrics-extractor"]
+    assert isinstance(ext, CoreMetricsExtractor)
+    m = Metrics()
+    parse_metrics(PAGE, m, 0.0, ext.custom_metrics({}))
+    assert m.attributes == {"spec.decode": 0.7}
+    parse_metrics(PAGE, m, 0.0, ext.custom_metrics({"llm-d.ai/engine-type": "other"}))
+    assert m.attributes == {"spec.decode": 0.9}
+    parse_metrics("other_efficiency 0.3\n", m, 0.0, ext.custom_metrics({}))
+    assert m.attributes == {"spec.decode": 0.9}  # absent from the page: the last value stays
+    assert ext.custom_metrics({"llm-d.ai/engine-type": "sglang"}) == []
+
+
+def test_metric_specs_parse_as_upstreams() -> None:
+    from pdserve.epp.plugins.datalayer import MetricSpec
+
+    assert MetricSpec.parse(' a:b { x = y , z="w v" } ') == MetricSpec(
+        "a:b", (("x", "y"), ("z", "w v"))
+    )
+    with pytest.raises(ValueError, match="not a valid metric specification"):
+        MetricSpec.parse("9lives")
+    with pytest.raises(ConfigError, match="invalid label pair"):
+        load(ATTRIBUTES.replace("{kind=draft}", "{kind}") % ("Pass", "false", "{}"))
+
+
+def test_attribute_filter_compares_and_handles_the_missing() -> None:
+    """GreaterThanOrEqual 0.5: 0.7 kept, 0.2 dropped; missing kept (Pass) or dropped (Fail);
+    nothing left gives all back only with fallbackOnEmpty."""
+    hi, lo, none = with_attribute(1, 0.7), with_attribute(2, 0.2), with_attribute(3, None)
+    f = attribute_config()["endpoint-attribute-filter"]
+    assert f.filter(Cycle(now=0.0), req("p"), [hi, lo, none]) == [hi, none]
+    f = attribute_config("Fail")["endpoint-attribute-filter"]
+    assert f.filter(Cycle(now=0.0), req("p"), [hi, lo, none]) == [hi]
+    assert f.filter(Cycle(now=0.0), req("p"), [lo]) == []
+    f = attribute_config("Fail", "true")["endpoint-attribute-filter"]
+    assert f.filter(Cycle(now=0.0), req("p"), [lo, none]) == [lo, none]
+
+
+def test_attribute_scorer_normalises_fixed_or_adaptive() -> None:
+    """Adaptive over 0.2..0.8: (v - 0.2) / 0.6; missing 0; fixed [0, 0.5] clamps 0.8 to 1;
+    all equal scores 1 (scoreAdaptiveRange)."""
+    a, b, c, none = (with_attribute(i, v) for i, v in enumerate((0.2, 0.5, 0.8, None)))
+    s = attribute_config()["endpoint-attribute-scorer"]
+    got = s.score(Cycle(now=0.0), req("p"), [a, b, c, none])
+    assert got == pytest.approx({a.name: 0.0, b.name: 0.5, c.name: 1.0, none.name: 0.0})
+    s = attribute_config(norm="{fixedRange: {min: 0, max: 0.5}}")["endpoint-attribute-scorer"]
+    got = s.score(Cycle(now=0.0), req("p"), [a, c])
+    assert got == pytest.approx({a.name: 0.4, c.name: 1.0})
+    s = attribute_config()["endpoint-attribute-scorer"]
+    assert s.score(Cycle(now=0.0), req("p"), [b, with_attribute(9, 0.5)]) == {
+        b.name: 1.0,
+        "10.2.0.1:9": 1.0,
+    }
+    with pytest.raises(ConfigError, match="min < max"):
+        attribute_config(norm="{fixedRange: {min: 1, max: 1}}")
+    with pytest.raises(ConfigError, match="at most one"):
+        attribute_config(norm="{fixedRange: {min: 0, max: 1}, adaptiveRange: {}}")
+
+
+def test_attribute_plugins_report_an_attribute_nothing_fills() -> None:
+    text = (
+        "plugins:\n"
+        "- type: endpoint-attribute-scorer\n"
+        "  parameters: {attributeKey: x, algorithm: {type: linear_lower_is_better}}\n"
+        "- type: endpoint-attribute-filter\n"
+        "  parameters: {attribute: x, algorithm: {type: threshold,"
+        " threshold: {operator: LessThan}}}\n"
+        "schedulingProfiles: [{name: d}]\n"
+    )
+    ignored = load(text, allow_experimental=True).ignored()
+    assert [line.split(": ")[0] for line in ignored] == [
+        "plugins[0].parameters.attributeKey",
+        "plugins[1].parameters.attribute",
+    ]
+    assert (
+        attribute_config("Pass", "false", "{}")
+        and not load(ATTRIBUTES % ("Pass", "false", "{}"), allow_experimental=True).ignored()
+    )
+    with pytest.raises(ConfigError, match="threshold is required"):
+        load(text.replace(", threshold: {operator: LessThan}", ""), allow_experimental=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from prometheus_client.samples import Sample
@@ -23,6 +23,11 @@ from pdserve.epp.types import Endpoint, Metrics
 from pdserve.errors import UserError
 from pdserve.logs import event
 from pdserve.pool_pods import KubernetesPods, PoolPods, pod_ip
+
+if TYPE_CHECKING:
+    from pdserve.epp.plugins.datalayer import CustomMetric
+
+    CustomMetrics = Callable[[dict[str, str]], Sequence[CustomMetric]]
 
 log = logging.getLogger("pdserve.epp")
 
@@ -134,13 +139,20 @@ _WANTED = frozenset(
 )
 
 
-def parse_metrics(text: str, into: Metrics, now: float) -> None:
+def parse_metrics(
+    text: str, into: Metrics, now: float, custom: Sequence[CustomMetric] = ()
+) -> None:
     """Read the few vLLM gauges the scorers need; a gauge without a usable sample keeps its
-    last value."""
+    last value. Each custom metric becomes an attribute: of the series its spec matches, the
+    first with the latest timestamp, as upstream's getLatestMetric."""
     kv_new = kv_old = None
     lora: Sample | None = None
-    for sample in promtext.samples(text, _WANTED):
-        if sample.name == wire.METRIC_WAITING:
+    names = _WANTED | {c.spec.name for c in custom} if custom else _WANTED
+    page: dict[str, list[Sample]] = {}
+    for sample in promtext.samples(text, names):
+        if sample.name not in _WANTED:
+            page.setdefault(sample.name, []).append(sample)
+        elif sample.name == wire.METRIC_WAITING:
             into.waiting = int(sample.value)
         elif sample.name == wire.METRIC_RUNNING:
             into.running = int(sample.value)
@@ -156,7 +168,23 @@ def parse_metrics(text: str, into: Metrics, now: float) -> None:
         max_lora = lora.labels.get("max_lora", "")
         into.max_loras = int(max_lora) if max_lora.isdigit() else 0
     into.kv_usage = kv_new if kv_new is not None else (kv_old or 0.0)
+    for c in custom:
+        _attribute(c, page.get(c.spec.name, []), into.attributes)
     into.updated = now
+
+
+def _attribute(c: CustomMetric, series: list[Sample], into: dict[str, float]) -> None:
+    latest: Sample | None = None
+    for s in series:
+        if c.spec.matches(s.labels) and (latest is None or _stamp(s) > _stamp(latest)):
+            latest = s
+    if latest is not None:
+        into[c.attribute] = latest.value
+
+
+def _stamp(s: Sample) -> float:
+    """Upstream reads an absent timestamp as 0."""
+    return float(s.timestamp) if s.timestamp is not None else 0.0
 
 
 def _adapters(sample: Sample, label: str) -> frozenset[str]:
@@ -164,9 +192,13 @@ def _adapters(sample: Sample, label: str) -> frozenset[str]:
 
 
 class Datastore:
-    def __init__(self, source: EndpointSource, interval: float = 0.05) -> None:
+    def __init__(
+        self, source: EndpointSource, interval: float = 0.05, custom: CustomMetrics | None = None
+    ) -> None:
         self.source = source
         self.interval = interval
+        # The custom metrics an endpoint's labels call for (core-metrics-extractor).
+        self.custom = custom
         self.endpoints: dict[str, Endpoint] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
@@ -250,7 +282,8 @@ class Datastore:
             async with self.http.get(url) as resp:
                 if resp.status != 200:
                     return f"metrics answered {resp.status}"
-                parse_metrics(await resp.text(), ep.metrics, time.monotonic())
+                custom = self.custom(ep.labels) if self.custom is not None else ()
+                parse_metrics(await resp.text(), ep.metrics, time.monotonic(), custom)
                 ep.metrics.scraped_since(started)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
             return f"{type(err).__name__}: {err}"

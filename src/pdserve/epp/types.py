@@ -29,6 +29,9 @@ class Metrics:
     # When this EPP sent requests here that no scrape can show yet: flow control's dispatch
     # gate counts them, or a burst between two scrapes would overshoot its threshold.
     sent: list[float] = field(default_factory=list)
+    # Scalar endpoint attributes by key: the core metrics extractor's customMetrics, for the
+    # endpoint-attribute filter and scorer. A key keeps its last value when a scrape lacks it.
+    attributes: dict[str, float] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

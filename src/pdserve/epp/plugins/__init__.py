@@ -2,6 +2,7 @@
 
 from pdserve.epp.framework import Plugin
 from pdserve.epp.plugins import (
+    attributes,
     datalayer,
     filters,
     flowcontrol,
@@ -35,6 +36,7 @@ KINDS: dict[str, type[Plugin]] = {
 }
 __all__ = [
     "KINDS",
+    "attributes",
     "datalayer",
     "filters",
     "flowcontrol",
