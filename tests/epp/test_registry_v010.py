@@ -4,21 +4,25 @@ upstream file and function), plus the completion hook that feeds the in-flight c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from pdserve import wire
 from pdserve.epp.config import load
-from pdserve.epp.datastore import Datastore, StaticSource
+from pdserve.epp.datastore import Datastore, StaticSource, parse_metrics
 from pdserve.epp.director import Director
 from pdserve.epp.extproc import FULL_DUPLEX, ExtProc
 from pdserve.epp.framework import ConfigError, make
 from pdserve.epp.metrics import EppMetrics
+from pdserve.epp.plugins.datalayer import CoreMetricsExtractor, DCGMDataSource, MetricSpec
 from pdserve.epp.plugins.filters import PrefixCacheAffinityFilter
 from pdserve.epp.plugins.inflight import STALE_AFTER, InFlightLoadProducer, TokenLoadScorer
 from pdserve.epp.plugins.prefix import ApproxPrefixProducer
@@ -494,8 +498,6 @@ def with_attribute(port: int, value: float | None) -> Endpoint:
 def test_custom_metrics_follow_the_engine_label_and_the_first_matching_series() -> None:
     """Without timestamps the first series whose labels match wins (getLatestMetric); the
     engine is the pod's llm-d.ai/engine-type label, else defaultEngine (vllm)."""
-    from pdserve.epp.datastore import parse_metrics
-    from pdserve.epp.plugins.datalayer import CoreMetricsExtractor
 
     ext = attribute_config()["core-metrics-extractor"]
     assert isinstance(ext, CoreMetricsExtractor)
@@ -510,7 +512,6 @@ def test_custom_metrics_follow_the_engine_label_and_the_first_matching_series() 
 
 
 def test_metric_specs_parse_as_upstreams() -> None:
-    from pdserve.epp.plugins.datalayer import MetricSpec
 
     assert MetricSpec.parse(' a:b { x = y , z="w v" } ') == MetricSpec(
         "a:b", (("x", "y"), ("z", "w v"))
@@ -576,3 +577,94 @@ def test_attribute_plugins_report_an_attribute_nothing_fills() -> None:
     )
     with pytest.raises(ConfigError, match="threshold is required"):
         load(text.replace(", threshold: {operator: LessThan}", ""), allow_experimental=True)
+
+
+# --- dcgm-data-source and dcgm-extractor (datalayer/source/dcgm, extractor/dcgm) ---
+
+DCGM = """
+plugins:
+- type: dcgm-data-source
+  parameters: {port: %d, interval: %s}
+- type: dcgm-extractor
+- type: endpoint-attribute-scorer
+  parameters:
+    attributeKey: GPUUtilization/dcgm-extractor
+    algorithm: {type: linear_lower_is_better, normalization: {fixedRange: {min: 0, max: 1}}}
+dataLayer:
+  sources: [{pluginRef: dcgm-data-source%s}]
+schedulingProfiles: [{name: d}]
+"""
+WIRED = ", extractors: [{pluginRef: dcgm-extractor}]"
+DCGM_PAGE = """# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{gpu="0",pod="a"} 35
+DCGM_FI_DEV_GPU_UTIL{gpu="1",pod="a"} 80
+"""
+
+
+def test_dcgm_reads_the_busiest_gpu_as_a_fraction() -> None:
+    """max(35, 80) / 100 = 0.8 (Extractor.Extract); the scorer, lower is better over [0, 1],
+    gives 1 - 0.8 = 0.2. The interval rounds to whole --refresh-metrics-interval ticks."""
+
+    cfg = load(DCGM % (9400, "1s", WIRED), allow_experimental=True)
+    src = cfg.plugins["dcgm-data-source"]
+    assert isinstance(src, DCGMDataSource) and src.extractor is not None
+    assert src.url(A) == "http://10.0.0.1:9400/metrics"
+    assert src.period(0.05) == pytest.approx(1.0)
+    e = Endpoint("10.3.0.1", 8000, {}, Metrics(updated=0.0))
+    src.read(DCGM_PAGE, e.metrics)
+    assert e.metrics.attributes == {"GPUUtilization/dcgm-extractor": 0.8}
+    scorer = cfg.plugins["endpoint-attribute-scorer"]
+    assert scorer.score(Cycle(now=0.0), req("p"), [e]) == pytest.approx({e.name: 0.2})
+    assert cfg.ignored() == []
+    short = load(DCGM % (9400, "70ms", WIRED), allow_experimental=True).plugins
+    assert short["dcgm-data-source"].period(0.05) == pytest.approx(0.05)
+
+
+def test_dcgm_without_an_extractor_scrapes_nothing_and_says_so() -> None:
+    cfg = load(DCGM % (9400, "1s", ""), allow_experimental=True)
+    assert sorted(line.split(": ")[0] for line in cfg.ignored()) == [
+        "plugins[0].parameters.interval",
+        "plugins[0].parameters.port",
+        "plugins[2].parameters.attributeKey",
+    ]
+    with pytest.raises(ConfigError, match="allow-experimental-plugins"):
+        load(DCGM % (9400, "1s", WIRED))
+
+
+async def test_the_datastore_scrapes_dcgm_beside_the_engine() -> None:
+    """A side poll fills the attribute; its failure never marks the endpoint down."""
+
+    async def serve(text: str) -> tuple[web.AppRunner, int]:
+        async def page(_: web.Request) -> web.Response:
+            return web.Response(text=text)
+
+        app = web.Application()
+        app.router.add_get("/metrics", page)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    engine, engine_port = await serve("vllm:num_requests_waiting 3\n")
+    dcgm, dcgm_port = await serve(DCGM_PAGE)
+    cfg = load(DCGM % (dcgm_port, "10ms", WIRED), allow_experimental=True)
+    src = cfg.plugins["dcgm-data-source"]
+    assert isinstance(src, DCGMDataSource)
+    ep = Endpoint("127.0.0.1", engine_port)
+    store = Datastore(StaticSource([ep]), interval=0.02, side=[src])
+    task = asyncio.create_task(store.run())
+    try:
+        for _ in range(500):
+            if ep.metrics.attributes and ep.metrics.waiting == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert ep.metrics.attributes == {"GPUUtilization/dcgm-extractor": 0.8}
+        await dcgm.cleanup()
+        await asyncio.sleep(0.1)
+        assert ep.metrics.ready and ep.metrics.attributes["GPUUtilization/dcgm-extractor"] == 0.8
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await engine.cleanup()

@@ -118,6 +118,13 @@ def _custom_metrics(config: Config) -> ds.CustomMetrics | None:
     return None
 
 
+def _side_polls(config: Config) -> list[ds.SidePoll]:
+    """Each dcgm-data-source the dataLayer section gives a dcgm-extractor to."""
+    from pdserve.epp.plugins.datalayer import DCGMDataSource
+
+    return [p for p in config.plugins.values() if isinstance(p, DCGMDataSource) and p.extractor]
+
+
 def main(argv: list[str]) -> int:
     if argv[0] == "gateway-config":
         return gateway_config(argv[1:])
@@ -152,7 +159,9 @@ def main(argv: list[str]) -> int:
     from pdserve.epp.server import serve
 
     try:
-        store = ds.Datastore(src, args.refresh_metrics_interval, _custom_metrics(config))
+        store = ds.Datastore(
+            src, args.refresh_metrics_interval, _custom_metrics(config), _side_polls(config)
+        )
         asyncio.run(serve(args, config, store, log))
     except OSError as err:
         raise UserError(f"cannot serve: {err}") from None

@@ -385,6 +385,14 @@ def _handler(
     return handler
 
 
+def _attach(source: Plugin, extractor: Plugin) -> None:
+    """Tell a data source which extractors the dataLayer section lists under it."""
+    from pdserve.epp.plugins.datalayer import DataSource, Extractor
+
+    if isinstance(source, DataSource) and isinstance(extractor, Extractor):
+        source.attach(extractor)
+
+
 def _top_level(cfg: Config, source: str) -> None:
     """The v0.9+ sections name plugins by pluginRef: each must exist and be of its kind."""
     doc, plugins = cfg.doc, cfg.plugins
@@ -393,9 +401,11 @@ def _top_level(cfg: Config, source: str) -> None:
     if layer is not None:
         for i, src in enumerate(layer.sources):
             at = f"{source}: {section}.sources[{i}]"
-            _target(plugins, src.pluginRef, "DataSource", f"{at}.pluginRef")
+            source_plugin = _target(plugins, src.pluginRef, "DataSource", f"{at}.pluginRef")
             for j, ext in enumerate(src.extractors):
-                _target(plugins, ext.pluginRef, "Extractor", f"{at}.extractors[{j}].pluginRef")
+                at_ext = f"{at}.extractors[{j}].pluginRef"
+                extractor = _target(plugins, ext.pluginRef, "Extractor", at_ext)
+                _attach(source_plugin, extractor)
         if layer.discovery is not None:
             _target(
                 plugins,

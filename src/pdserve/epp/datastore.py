@@ -191,14 +191,32 @@ def _adapters(sample: Sample, label: str) -> frozenset[str]:
     return frozenset(sample.labels.get(label, "").split(",")) - {""}
 
 
+class SidePoll(Protocol):
+    """A data source besides the engine's /metrics (dcgm-data-source): scraped per endpoint
+    on its own period, its failures never marking the endpoint down."""
+
+    verify: bool
+
+    def url(self, ep: Endpoint) -> str: ...
+
+    def period(self, base: float) -> float: ...
+
+    def read(self, text: str, into: Metrics) -> None: ...
+
+
 class Datastore:
     def __init__(
-        self, source: EndpointSource, interval: float = 0.05, custom: CustomMetrics | None = None
+        self,
+        source: EndpointSource,
+        interval: float = 0.05,
+        custom: CustomMetrics | None = None,
+        side: Sequence[SidePoll] = (),
     ) -> None:
         self.source = source
         self.interval = interval
         # The custom metrics an endpoint's labels call for (core-metrics-extractor).
         self.custom = custom
+        self.side = list(side)
         self.endpoints: dict[str, Endpoint] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
@@ -245,7 +263,7 @@ class Datastore:
             else:
                 self.endpoints[name] = ep
                 if self.http is not None:
-                    self.tasks[name] = asyncio.create_task(self._scrape(ep))
+                    self.tasks[name] = asyncio.create_task(self._scrapers(ep))
         log.info(
             "endpoints",
             extra={"fields": {"endpoints": {n: e.role for n, e in self.endpoints.items()}}},
@@ -255,7 +273,7 @@ class Datastore:
         """Follow the source and keep one scraper per endpoint."""
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
         for ep in self.endpoints.values():
-            self.tasks[ep.name] = asyncio.create_task(self._scrape(ep))
+            self.tasks[ep.name] = asyncio.create_task(self._scrapers(ep))
         try:
             while True:
                 await self.poll()
@@ -264,6 +282,25 @@ class Datastore:
             for task in self.tasks.values():
                 task.cancel()
             await self.http.close()
+
+    async def _scrapers(self, ep: Endpoint) -> None:
+        """The engine's scraper and any side polls, ended together when the task is."""
+        if not self.side:
+            await self._scrape(ep)
+            return
+        await asyncio.gather(self._scrape(ep), *(self._side(poll, ep) for poll in self.side))
+
+    async def _side(self, poll: SidePoll, ep: Endpoint) -> None:
+        assert self.http is not None
+        url, period = poll.url(ep), poll.period(self.interval)
+        while True:
+            try:
+                async with self.http.get(url, ssl=poll.verify) as resp:
+                    if resp.status == 200:
+                        poll.read(await resp.text(), ep.metrics)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                pass  # the attribute keeps its last value; the engine's scrape decides health
+            await asyncio.sleep(period)
 
     async def _scrape(self, ep: Endpoint) -> None:
         assert self.http is not None

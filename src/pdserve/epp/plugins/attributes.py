@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from pdserve.epp.framework import Filter, Parameters, Plugin, Scorer, register
-from pdserve.epp.plugins.datalayer import CoreMetricsExtractor
+from pdserve.epp.plugins.datalayer import GPU_UTILIZATION, CoreMetricsExtractor, DCGMDataSource
 from pdserve.epp.types import Cycle, Endpoint, Request
 
 Operator = Literal[
@@ -56,15 +56,18 @@ class AttributeFilterParams(Parameters):
 
 
 def produced(plugins: dict[str, Plugin]) -> set[str]:
-    """The attribute keys some core-metrics-extractor's customMetrics fill."""
+    """The attribute keys something fills: a core-metrics-extractor's customMetrics, a
+    dcgm-data-source feeding a dcgm-extractor."""
     keys: set[str] = set()
     for p in plugins.values():
         if isinstance(p, CoreMetricsExtractor):
             keys |= {c.attribute for metrics in p.custom.values() for c in metrics}
+        if isinstance(p, DCGMDataSource) and p.extractor is not None:
+            keys.add(GPU_UTILIZATION)
     return keys
 
 
-NOT_PRODUCED = "no core-metrics-extractor customMetrics entry fills it: every endpoint lacks it"
+NOT_PRODUCED = "no customMetrics entry or fed dcgm-extractor fills it: every endpoint lacks it"
 
 
 @register("endpoint-attribute-filter")
@@ -82,10 +85,10 @@ class EndpointAttributeFilter(Filter):
         assert threshold is not None  # the model demands it
         self.compare, self.value = COMPARE[threshold.operator], threshold.value
         self.keep_missing = self.params.onMissing != "Fail"
-        self.produced = True
+        self.plugins: dict[str, Plugin] = {}
 
     def bind(self, plugins: dict[str, Plugin], profiles: object) -> None:
-        self.produced = self.params.attribute in produced(plugins)
+        self.plugins = plugins  # read by inert(), once the dataLayer section is wired too
 
     def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
         key, kept = self.params.attribute, []
@@ -96,7 +99,8 @@ class EndpointAttributeFilter(Filter):
         return endpoints if not kept and self.params.fallbackOnEmpty else kept
 
     def inert(self) -> dict[str, str]:
-        return {} if self.produced else {"attribute": NOT_PRODUCED}
+        filled = self.params.attribute in produced(self.plugins)
+        return {} if filled else {"attribute": NOT_PRODUCED}
 
 
 class FixedRange(Strict):
@@ -141,11 +145,11 @@ class EndpointAttributeScorer(Scorer):
     params: AttributeScorerParams
 
     def setup(self) -> None:
-        self.produced = True
+        self.plugins: dict[str, Plugin] = {}
         self.lower = self.params.algorithm.type == "linear_lower_is_better"
 
     def bind(self, plugins: dict[str, Plugin], profiles: object) -> None:
-        self.produced = self.params.attributeKey in produced(plugins)
+        self.plugins = plugins  # read by inert(), once the dataLayer section is wired too
 
     def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
         key = self.params.attributeKey
@@ -165,4 +169,5 @@ class EndpointAttributeScorer(Scorer):
         return out
 
     def inert(self) -> dict[str, str]:
-        return {} if self.produced else {"attributeKey": NOT_PRODUCED}
+        filled = self.params.attributeKey in produced(self.plugins)
+        return {} if filled else {"attributeKey": NOT_PRODUCED}

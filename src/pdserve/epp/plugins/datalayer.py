@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from pdserve.epp.framework import ConfigError, Parameters, Passive, register
+from pdserve import promtext
+from pdserve.epp.framework import ConfigError, Parameters, Passive, go_duration, register
+
+if TYPE_CHECKING:
+    from pdserve.epp.types import Endpoint, Metrics
 
 
 class DataSource(Passive):
-    pass
+    def attach(self, extractor: Extractor) -> None:
+        """dataLayer.sources[].extractors lists `extractor` under this source (the loader
+        calls this): a source whose work needs an extractor learns it has one."""
+        extractor.fed = True
 
 
 class Extractor(Passive):
-    pass
+    fed = False  # some dataLayer source lists it
 
 
 class Discovery(Passive):
@@ -252,3 +260,74 @@ class VllmHTTPParser(Parser):
 @register("passthrough-parser")
 class PassthroughParser(Parser):
     pass
+
+
+GPU_UTILIZATION = "GPUUtilization/dcgm-extractor"  # upstream's key string for the attribute
+GPU_UTIL_METRIC = "DCGM_FI_DEV_GPU_UTIL"
+
+
+class DCGMParams(Parameters):
+    scheme: Literal["http", "https"] = "http"
+    path: str = "/metrics"
+    port: int = Field(9400, ge=1, le=65535)
+    insecureSkipVerify: bool = True
+    useNodeAddress: bool = False
+    interval: str = ""
+
+
+@register("dcgm-data-source")
+class DCGMDataSource(DataSource):
+    """NVIDIA's DCGM exporter beside each engine (a sidecar on the pod's address), scraped
+    by the datastore on its own schedule for the dcgm-extractor it feeds (source/dcgm)."""
+
+    stability = "alpha"
+    Params = DCGMParams
+    params: DCGMParams
+
+    def setup(self) -> None:
+        p = self.params
+        self.every = go_duration(p.interval, "interval") if p.interval else 0.0
+        self.verify = p.scheme == "http" or not p.insecureSkipVerify
+        self.extractor: DCGMExtractor | None = None
+
+    def attach(self, extractor: Extractor) -> None:
+        super().attach(extractor)
+        if isinstance(extractor, DCGMExtractor):
+            self.extractor = extractor
+
+    def url(self, ep: Endpoint) -> str:
+        p = self.params
+        return f"{p.scheme}://{ep.address}:{p.port}{p.path}"
+
+    def period(self, base: float) -> float:
+        """The interval rounded to a multiple of the base scrape tick (at least one), as
+        upstream rounds it to --refresh-metrics-interval; unset: every tick."""
+        return max(round(self.every / base), 1) * base if base > 0 else self.every
+
+    def read(self, text: str, into: Metrics) -> None:
+        value = gpu_utilization(text)
+        if value is not None:
+            into.attributes[GPU_UTILIZATION] = value
+
+    def inert(self) -> dict[str, str]:
+        if self.extractor is None:
+            why = "no dcgm-extractor listed under it in dataLayer.sources: nothing scraped"
+            return {k: why for k in sorted(self.params.model_fields_set)}
+        if self.params.useNodeAddress:
+            return {"useNodeAddress": "endpoints carry no node address: the pod's is scraped"}
+        return {}
+
+
+@register("dcgm-extractor")
+class DCGMExtractor(Extractor):
+    """The highest GPU utilisation DCGM reports for the pod, 0-100 read as a fraction, as
+    the attribute GPUUtilization/dcgm-extractor (extractor/dcgm). Upstream keeps only the
+    samples whose `pod` label names the endpoint's pod; the endpoints here carry no pod name,
+    so every sample counts, which is the same for the exporter beside one pod."""
+
+    stability = "alpha"
+
+
+def gpu_utilization(text: str) -> float | None:
+    values = [s.value for s in promtext.samples(text, (GPU_UTIL_METRIC,))]
+    return max(values) / 100.0 if values else None
