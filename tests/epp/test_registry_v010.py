@@ -668,3 +668,43 @@ async def test_the_datastore_scrapes_dcgm_beside_the_engine() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await engine.cleanup()
+
+
+# --- static-usage-limit-policy (flowcontrol/usagelimits/usagelimitpolicy.go; the processor's
+# dispatchCycle holds a band while saturation >= its ceiling) ---
+
+USAGE = """
+featureGates: [flowControl]
+plugins:
+- {type: utilization-detector, parameters: {queueDepthThreshold: 4}}
+- {type: static-usage-limit-policy, parameters: {threshold: 0.5}}
+flowControl:
+  saturationDetector: {pluginRef: utilization-detector}
+  usageLimitPolicyPluginRef: static-usage-limit-policy
+schedulingProfiles: [{name: d}]
+"""
+
+
+def test_static_usage_limit_holds_the_queue_at_its_threshold() -> None:
+    """Saturation is the mean of waiting / 4: 1 waiting is 0.25 (under 0.5, dispatch), 2
+    is 0.5 (at the ceiling, hold), where upstream's default ceiling 1 would still dispatch."""
+    store = Datastore(StaticSource([ep := Endpoint("10.4.0.1", 8000)]))
+    store.refresh()
+    director = Director(Scheduler(load(USAGE)), store, EppMetrics())
+    ep.metrics = Metrics(waiting=1, updated=0.0)
+    assert not director._saturated(0.0)
+    ep.metrics = Metrics(waiting=2, updated=0.0)
+    assert director._saturated(0.0)
+    default = Director(
+        Scheduler(
+            load(USAGE.replace("  usageLimitPolicyPluginRef: static-usage-limit-policy\n", ""))
+        ),
+        store,
+        EppMetrics(),
+    )
+    assert not default._saturated(0.0)
+    ignored = load(USAGE.replace("  usageLimitPolicyPluginRef: static-usage-limit-policy\n", ""))
+    assert [line.split(": ")[0] for line in ignored.ignored()] == [
+        "plugins[1].parameters.threshold"
+    ]
+    assert load(USAGE).ignored() == []

@@ -218,8 +218,11 @@ class Director:
         return bool(self._ready())
 
     def _saturated(self, now: float) -> bool:
-        detector = self.scheduler.config.detector
-        return bool(detector.saturation(self._ready(), now) >= 1.0)
+        """Flow control's gate: at or past the usage-limit policy's ceiling (1 without one)."""
+        config = self.scheduler.config
+        saturation = float(config.detector.saturation(self._ready(), now))
+        limit = config.usage_limit
+        return saturation >= (limit.ceiling(saturation) if limit is not None else 1.0)
 
     def _with_room(self, endpoints: list[Endpoint], now: float) -> list[Endpoint]:
         """Flow control's dispatch filter: endpoints past 1 + headroom of their capacity sit

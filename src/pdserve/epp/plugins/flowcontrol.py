@@ -193,7 +193,27 @@ class FairnessPolicy(Passive):
 
 
 class UsageLimitPolicy(Passive):
-    pass
+    """How saturated the pool may be before queued requests wait (upstream's per-band
+    ceilings; the gate here holds the queue as one, so one ceiling for all bands)."""
+
+    def ceiling(self, saturation: float) -> float:
+        raise NotImplementedError
+
+
+class StaticUsageLimitParams(Parameters):
+    threshold: float = 1.0
+
+
+@register("static-usage-limit-policy")
+class StaticUsageLimitPolicy(UsageLimitPolicy):
+    """Every band's ceiling is `threshold`: queued requests are dispatched while saturation
+    is under it (usagelimits/usagelimitpolicy.go, upstream's default at 1.0)."""
+
+    Params = StaticUsageLimitParams
+    params: StaticUsageLimitParams
+
+    def ceiling(self, saturation: float) -> float:
+        return self.params.threshold
 
 
 @register("global-strict-fairness-policy")
