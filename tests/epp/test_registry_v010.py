@@ -708,3 +708,18 @@ def test_static_usage_limit_holds_the_queue_at_its_threshold() -> None:
         "plugins[1].parameters.threshold"
     ]
     assert load(USAGE).ignored() == []
+
+
+# --- session-id-producer (requestcontrol/dataproducer/sessionid/producer.go extract) ---
+
+
+def test_session_id_comes_from_the_header_or_the_cookie() -> None:
+    by_header = make("session-id-producer", "s", {"headerName": " X-Session-Id "})
+    r = Request("r", "m", "p", {"x-session-id": " abc ", "cookie": "a=1; sid=xyz"})
+    assert by_header.session_id(r) == "abc"
+    by_cookie = make("session-id-producer", "s", {"cookieName": "sid"})
+    assert by_cookie.session_id(r) == "xyz"
+    assert by_cookie.session_id(Request("r", "m", "p", {"cookie": "sidx=1"})) == ""
+    for both in ({}, {"headerName": "a", "cookieName": "b"}, {"headerName": " "}):
+        with pytest.raises(ConfigError, match="exactly one"):
+            make("session-id-producer", "s", both)
