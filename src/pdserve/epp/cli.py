@@ -8,10 +8,15 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pdserve import wire
 from pdserve.errors import UserError
 from pdserve.flags import GoStyleParser, add_bool
+
+if TYPE_CHECKING:
+    from pdserve.epp import datastore as ds
+    from pdserve.epp.config import Config
 
 # Upstream EPP flags that manifests pass and that have no meaning here.
 _IGNORED = (
@@ -110,6 +115,23 @@ def _objectives(path: str | None, pool: str) -> dict[str, int]:
     return objectives.parse(text, path, pool)
 
 
+def _custom_metrics(config: Config) -> ds.CustomMetrics | None:
+    """The core metrics extractor's per-engine custom metrics, for the scraper to read."""
+    from pdserve.epp.plugins.datalayer import CoreMetricsExtractor
+
+    for plugin in config.plugins.values():
+        if isinstance(plugin, CoreMetricsExtractor) and any(plugin.custom.values()):
+            return plugin.custom_metrics
+    return None
+
+
+def _side_polls(config: Config) -> list[ds.SidePoll]:
+    """Each dcgm-data-source the dataLayer section gives a dcgm-extractor to."""
+    from pdserve.epp.plugins.datalayer import DCGMDataSource
+
+    return [p for p in config.plugins.values() if isinstance(p, DCGMDataSource) and p.extractor]
+
+
 def main(argv: list[str]) -> int:
     if argv[0] == "gateway-config":
         return gateway_config(argv[1:])
@@ -144,7 +166,10 @@ def main(argv: list[str]) -> int:
     from pdserve.epp.server import serve
 
     try:
-        asyncio.run(serve(args, config, ds.Datastore(src, args.refresh_metrics_interval), log))
+        store = ds.Datastore(
+            src, args.refresh_metrics_interval, _custom_metrics(config), _side_polls(config)
+        )
+        asyncio.run(serve(args, config, store, log))
     except OSError as err:
         raise UserError(f"cannot serve: {err}") from None
     return 0

@@ -138,6 +138,9 @@ class Config:
     # flow_control.Settings when `featureGates` turns flow control on, else None: the legacy
     # path then sheds sheddable requests at saturation.
     flow: Any = None
+    # The usage-limit policy flowControl names (plugins.flowcontrol); None: upstream's
+    # default, dispatch while saturation is under 1.
+    usage_limit: Any = None
     paths: dict[str, str] = field(default_factory=dict)  # plugin name -> plugins[i]
     rng: random.Random = field(default_factory=random.Random)
 
@@ -163,6 +166,12 @@ class Config:
             for key, why in plugin.inert().items():
                 out.append(f"{where}.parameters.{key}: {why}")
         out += _flow_control_inert(self.doc.flowControl, self.flow is not None)
+        for plugin in self.plugins.values():
+            used = self.flow is not None and plugin is self.usage_limit
+            if isinstance(plugin, kind("UsageLimitPolicy")) and not used:
+                where = self.paths.get(plugin.name, f"plugin {plugin.name}")
+                for key in sorted(plugin.params.model_fields_set):
+                    out.append(f"{where}.parameters.{key}: no flow control uses this policy")
         if self.flow is None and self.detector is not None and self.detector.headroom:
             where = self.paths.get(self.detector.name, f"plugin {self.detector.name}")
             out.append(f"{where}.parameters.headroom: it shapes flow control's dispatch, off")
@@ -385,6 +394,14 @@ def _handler(
     return handler
 
 
+def _attach(source: Plugin, extractor: Plugin) -> None:
+    """Tell a data source which extractors the dataLayer section lists under it."""
+    from pdserve.epp.plugins.datalayer import DataSource, Extractor
+
+    if isinstance(source, DataSource) and isinstance(extractor, Extractor):
+        source.attach(extractor)
+
+
 def _top_level(cfg: Config, source: str) -> None:
     """The v0.9+ sections name plugins by pluginRef: each must exist and be of its kind."""
     doc, plugins = cfg.doc, cfg.plugins
@@ -393,9 +410,11 @@ def _top_level(cfg: Config, source: str) -> None:
     if layer is not None:
         for i, src in enumerate(layer.sources):
             at = f"{source}: {section}.sources[{i}]"
-            _target(plugins, src.pluginRef, "DataSource", f"{at}.pluginRef")
+            source_plugin = _target(plugins, src.pluginRef, "DataSource", f"{at}.pluginRef")
             for j, ext in enumerate(src.extractors):
-                _target(plugins, ext.pluginRef, "Extractor", f"{at}.extractors[{j}].pluginRef")
+                at_ext = f"{at}.extractors[{j}].pluginRef"
+                extractor = _target(plugins, ext.pluginRef, "Extractor", at_ext)
+                _attach(source_plugin, extractor)
         if layer.discovery is not None:
             _target(
                 plugins,
@@ -423,7 +442,7 @@ def _top_level(cfg: Config, source: str) -> None:
                     plugins, band.orderingPolicyRef, "OrderingPolicy", f"{at}.orderingPolicyRef"
                 )
         if fc.usageLimitPolicyPluginRef:
-            _target(
+            cfg.usage_limit = _target(
                 plugins,
                 fc.usageLimitPolicyPluginRef,
                 "UsageLimitPolicy",

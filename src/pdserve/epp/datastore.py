@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from prometheus_client.samples import Sample
@@ -23,6 +23,11 @@ from pdserve.epp.types import Endpoint, Metrics
 from pdserve.errors import UserError
 from pdserve.logs import event
 from pdserve.pool_pods import KubernetesPods, PoolPods, pod_ip
+
+if TYPE_CHECKING:
+    from pdserve.epp.plugins.datalayer import CustomMetric
+
+    CustomMetrics = Callable[[dict[str, str]], Sequence[CustomMetric]]
 
 log = logging.getLogger("pdserve.epp")
 
@@ -134,13 +139,20 @@ _WANTED = frozenset(
 )
 
 
-def parse_metrics(text: str, into: Metrics, now: float) -> None:
+def parse_metrics(
+    text: str, into: Metrics, now: float, custom: Sequence[CustomMetric] = ()
+) -> None:
     """Read the few vLLM gauges the scorers need; a gauge without a usable sample keeps its
-    last value."""
+    last value. Each custom metric becomes an attribute: of the series its spec matches, the
+    first with the latest timestamp, as upstream's getLatestMetric."""
     kv_new = kv_old = None
     lora: Sample | None = None
-    for sample in promtext.samples(text, _WANTED):
-        if sample.name == wire.METRIC_WAITING:
+    names = _WANTED | {c.spec.name for c in custom} if custom else _WANTED
+    page: dict[str, list[Sample]] = {}
+    for sample in promtext.samples(text, names):
+        if sample.name not in _WANTED:
+            page.setdefault(sample.name, []).append(sample)
+        elif sample.name == wire.METRIC_WAITING:
             into.waiting = int(sample.value)
         elif sample.name == wire.METRIC_RUNNING:
             into.running = int(sample.value)
@@ -156,17 +168,55 @@ def parse_metrics(text: str, into: Metrics, now: float) -> None:
         max_lora = lora.labels.get("max_lora", "")
         into.max_loras = int(max_lora) if max_lora.isdigit() else 0
     into.kv_usage = kv_new if kv_new is not None else (kv_old or 0.0)
+    for c in custom:
+        _attribute(c, page.get(c.spec.name, []), into.attributes)
     into.updated = now
+
+
+def _attribute(c: CustomMetric, series: list[Sample], into: dict[str, float]) -> None:
+    latest: Sample | None = None
+    for s in series:
+        if c.spec.matches(s.labels) and (latest is None or _stamp(s) > _stamp(latest)):
+            latest = s
+    if latest is not None:
+        into[c.attribute] = latest.value
+
+
+def _stamp(s: Sample) -> float:
+    """Upstream reads an absent timestamp as 0."""
+    return float(s.timestamp) if s.timestamp is not None else 0.0
 
 
 def _adapters(sample: Sample, label: str) -> frozenset[str]:
     return frozenset(sample.labels.get(label, "").split(",")) - {""}
 
 
+class SidePoll(Protocol):
+    """A data source besides the engine's /metrics (dcgm-data-source): scraped per endpoint
+    on its own period, its failures never marking the endpoint down."""
+
+    verify: bool
+
+    def url(self, ep: Endpoint) -> str: ...
+
+    def period(self, base: float) -> float: ...
+
+    def read(self, text: str, into: Metrics) -> None: ...
+
+
 class Datastore:
-    def __init__(self, source: EndpointSource, interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        source: EndpointSource,
+        interval: float = 0.05,
+        custom: CustomMetrics | None = None,
+        side: Sequence[SidePoll] = (),
+    ) -> None:
         self.source = source
         self.interval = interval
+        # The custom metrics an endpoint's labels call for (core-metrics-extractor).
+        self.custom = custom
+        self.side = list(side)
         self.endpoints: dict[str, Endpoint] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
@@ -213,7 +263,7 @@ class Datastore:
             else:
                 self.endpoints[name] = ep
                 if self.http is not None:
-                    self.tasks[name] = asyncio.create_task(self._scrape(ep))
+                    self.tasks[name] = asyncio.create_task(self._scrapers(ep))
         log.info(
             "endpoints",
             extra={"fields": {"endpoints": {n: e.role for n, e in self.endpoints.items()}}},
@@ -223,7 +273,7 @@ class Datastore:
         """Follow the source and keep one scraper per endpoint."""
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
         for ep in self.endpoints.values():
-            self.tasks[ep.name] = asyncio.create_task(self._scrape(ep))
+            self.tasks[ep.name] = asyncio.create_task(self._scrapers(ep))
         try:
             while True:
                 await self.poll()
@@ -232,6 +282,25 @@ class Datastore:
             for task in self.tasks.values():
                 task.cancel()
             await self.http.close()
+
+    async def _scrapers(self, ep: Endpoint) -> None:
+        """The engine's scraper and any side polls, ended together when the task is."""
+        if not self.side:
+            await self._scrape(ep)
+            return
+        await asyncio.gather(self._scrape(ep), *(self._side(poll, ep) for poll in self.side))
+
+    async def _side(self, poll: SidePoll, ep: Endpoint) -> None:
+        assert self.http is not None
+        url, period = poll.url(ep), poll.period(self.interval)
+        while True:
+            try:
+                async with self.http.get(url, ssl=poll.verify) as resp:
+                    if resp.status == 200:
+                        poll.read(await resp.text(), ep.metrics)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                pass  # the attribute keeps its last value; the engine's scrape decides health
+            await asyncio.sleep(period)
 
     async def _scrape(self, ep: Endpoint) -> None:
         assert self.http is not None
@@ -250,7 +319,8 @@ class Datastore:
             async with self.http.get(url) as resp:
                 if resp.status != 200:
                     return f"metrics answered {resp.status}"
-                parse_metrics(await resp.text(), ep.metrics, time.monotonic())
+                custom = self.custom(ep.labels) if self.custom is not None else ()
+                parse_metrics(await resp.text(), ep.metrics, time.monotonic(), custom)
                 ep.metrics.scraped_since(started)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
             return f"{type(err).__name__}: {err}"

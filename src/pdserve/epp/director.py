@@ -24,6 +24,7 @@ from pdserve.engine_tokens import EngineTokensError, engine_tokens
 from pdserve.epp import admission, objectives
 from pdserve.epp.datastore import Datastore
 from pdserve.epp.flow_control import Dropped, FlowController, FlowGate
+from pdserve.epp.framework import ResponseComplete, ResponsePhase
 from pdserve.epp.metrics import EppMetrics
 from pdserve.epp.plugins.handlers import DECISION, REASON
 from pdserve.epp.plugins.prefix import PrecisePrefixProducer, PrefixCacheScorer
@@ -91,6 +92,7 @@ class Director:
             None,
         )
         self._http: aiohttp.ClientSession | None = None
+        self.listeners = [p for p in config.plugins.values() if isinstance(p, ResponseComplete)]
 
     async def route(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
         """The request path as the ext_proc server runs it: with flow control, wait for a
@@ -201,6 +203,15 @@ class Director:
             # routing trace can join them.
             result.headers[wire.REQUEST_ID_HEADER] = req.request_id
         return result
+
+    def response(self, request_id: str, phase: ResponsePhase) -> None:
+        """How a routed request's answer goes, from the watching filter: each plugin that
+        keeps per-request state (in-flight counts) hears it, with the director's clock."""
+        if not self.listeners:
+            return
+        now = time.monotonic()
+        for plugin in self.listeners:
+            plugin.response(request_id, phase, now)
 
     def _ready(self) -> list[Endpoint]:
         return [e for e in self.store.list() if e.metrics.ready]

@@ -169,14 +169,18 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
     ) -> None:
         """A routed request's life as the watching filter reports it (Envoy does not wait
         for us): in flight from its headers to the end of its answer, and the completion
-        tokens its answer reports."""
-        metrics, model, usage = self.director.metrics, "", ResponseUsage("")
+        tokens its answer reports. The director hears each phase, so plugins counting
+        in-flight work release it however the stream ends."""
+        metrics, usage = self.director.metrics, ResponseUsage("")
+        rid, model, started = "", None, False
         try:
             async for msg in _chain(first, rest):
                 kind = msg.WhichOneof("request")
                 if kind == "request_headers":
                     rid = _headers(msg.request_headers).get(wire.REQUEST_ID_HEADER, "")
-                    model = self.director.routed.pop(rid, "")
+                    model = self.director.routed.pop(rid, None)
+                    if model is not None:
+                        self.director.response(rid, "watched")
                     if model:
                         metrics.running.labels(model).inc()
                 elif kind == "response_headers":
@@ -184,6 +188,9 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                     if msg.response_headers.end_of_stream:
                         break
                 elif kind == "response_body":
+                    if model is not None and not started:
+                        started = True
+                        self.director.response(rid, "started")
                     usage.feed(msg.response_body.body)
                     if msg.response_body.end_of_stream:
                         tokens = usage.finish()
@@ -191,6 +198,8 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                             metrics.output_tokens.labels(model, model).observe(tokens)
                         break
         finally:
+            if model is not None:
+                self.director.response(rid, "complete")
             if model:
                 metrics.running.labels(model).dec()
 

@@ -173,6 +173,21 @@ class PreRequest(Plugin):
         raise NotImplementedError
 
 
+ResponsePhase = Literal["watched", "started", "complete"]
+
+
+class ResponseComplete(Plugin):
+    """Hears how a routed request's answer goes, as the gateway's watching filter reports it
+    (extproc.ExtProc._watch through Director.response): state a pre-request hook keeps per
+    request (in-flight counts) is released here, so it lives as long as the request does.
+    Phases: "watched" once the filter has the request (it will end, as upstream binds state
+    to the stream's life), "started" at the first response body chunk, "complete" once the
+    answer or the stream ended, whichever way. `now` is the director's clock reading."""
+
+    def response(self, request_id: str, phase: ResponsePhase, now: float) -> None:
+        raise NotImplementedError
+
+
 class Passive(Plugin):
     """A plugin whose work is done outside the scheduling cycle (data sources, extractors,
     parsers, discovery, flow-control policies): loaded, validated and referenced."""
@@ -210,7 +225,16 @@ def kind(name: str) -> type[Plugin]:
     """A plugin base class by name, for Ref metadata (the plugins package defines some)."""
     from pdserve.epp import plugins
 
-    for cls in (Filter, Scorer, Picker, ProfileHandler, PreRequest, Passive, Plugin):
+    for cls in (
+        Filter,
+        Scorer,
+        Picker,
+        ProfileHandler,
+        PreRequest,
+        ResponseComplete,
+        Passive,
+        Plugin,
+    ):
         if cls.__name__ == name:
             return cls
     found = plugins.KINDS.get(name)

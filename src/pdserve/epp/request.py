@@ -55,6 +55,26 @@ def _prompt_field(prompt: Any) -> str:
     return str(prompt)
 
 
+def max_output_tokens(body: dict[str, Any], path: str) -> int | None:
+    """The first of the API's cap fields holding a whole non-negative number, as upstream's
+    parser reads it (MaxOutputTokensFromPayload): a malformed one is skipped, not refused."""
+    if path.split("?")[0].endswith("/responses"):
+        keys: tuple[str, ...] = ("max_output_tokens",)
+    elif "messages" in body:
+        keys = ("max_completion_tokens", "max_tokens")
+    else:
+        keys = ("max_tokens",)
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and value >= 0:
+            return value
+        if isinstance(value, float) and value >= 0 and value.is_integer():
+            return int(value)
+    return None
+
+
 def parse(
     headers: dict[str, str],
     raw: bytes,
@@ -78,6 +98,7 @@ def parse(
         model=str(body.get("model") or ""),
         prompt=prompt_text(body),
         messages=_messages(body),
+        max_output_tokens=max_output_tokens(body, headers.get(":path", "")),
         headers=headers,
         priority=priority(
             crit, headers.get("x-gateway-inference-priority"), named(headers), objectives

@@ -29,6 +29,9 @@ class Metrics:
     # When this EPP sent requests here that no scrape can show yet: flow control's dispatch
     # gate counts them, or a burst between two scrapes would overshoot its threshold.
     sent: list[float] = field(default_factory=list)
+    # Scalar endpoint attributes by key: the core metrics extractor's customMetrics, for the
+    # endpoint-attribute filter and scorer. A key keeps its last value when a scrape lacks it.
+    attributes: dict[str, float] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -78,6 +81,9 @@ class Request:
     # The engine's own tokens of the prompt, when the request path fetched them
     # (engine_tokens, for a token-producer with `vllm`); the plugins do no I/O themselves.
     prompt_tokens: list[int] | None = None
+    # The client's cap on output tokens (max_completion_tokens or max_tokens, max_output_tokens
+    # for the Responses API), None when it set none: an output estimate stays under it.
+    max_output_tokens: int | None = None
 
     @property
     def sheddable(self) -> bool:

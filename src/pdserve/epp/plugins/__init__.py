@@ -1,7 +1,18 @@
 """Built-in plugins; importing this package registers them."""
 
 from pdserve.epp.framework import Plugin
-from pdserve.epp.plugins import datalayer, filters, flowcontrol, handlers, pickers, prefix, scorers
+from pdserve.epp.plugins import (
+    attributes,
+    datalayer,
+    filters,
+    flowcontrol,
+    handlers,
+    inflight,
+    pickers,
+    prefix,
+    scorers,
+    topology,
+)
 
 # Plugin kinds a Ref may demand, by class name.
 KINDS: dict[str, type[Plugin]] = {
@@ -10,6 +21,8 @@ KINDS: dict[str, type[Plugin]] = {
         handlers.Decider,
         prefix.PrefixProducer,
         prefix.PrefixCacheScorer,
+        inflight.InFlightLoadProducer,
+        topology.TopologyExtractor,
         datalayer.DataSource,
         datalayer.Extractor,
         datalayer.Discovery,
@@ -23,11 +36,14 @@ KINDS: dict[str, type[Plugin]] = {
 }
 __all__ = [
     "KINDS",
+    "attributes",
     "datalayer",
     "filters",
     "flowcontrol",
     "handlers",
+    "inflight",
     "pickers",
     "prefix",
     "scorers",
+    "topology",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from pdserve.epp.framework import ConfigError, Filter, Parameters, register
+from pdserve.epp.framework import ConfigError, Filter, Parameters, Plugin, Ref, register
+from pdserve.epp.plugins.inflight import InFlightLoadProducer, bound_in_flight
+from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, held
 from pdserve.epp.types import Cycle, Endpoint, Request
 from pdserve.wire import ROLE_BOTH, ROLE_DECODE, ROLE_LABEL, ROLE_PREFILL
 
@@ -157,3 +159,93 @@ class UtilizationFilter(Filter):
         if self.params.inFlightLoadProducerName:
             return {"inFlightLoadProducerName": "active-requests is the engine's running count"}
         return {}
+
+
+class AffinityParams(Parameters):
+    affinityThreshold: float = Field(0.80, le=1.0)
+    explorationProbability: float = Field(0.0, ge=0.0, le=1.0)
+    maxTTFTPenaltyMs: float = Field(18000.0, ge=0.0)
+    ttftSource: Literal["prefillThroughput", "latencyPredictor"] = "prefillThroughput"
+    peakPrefillThroughput: float = Field(15928.0, ge=0.0)  # tokens/s, upstream's calibration
+    prefixMatchInfoProducerName: Annotated[str, Ref("PrefixProducer")] = ""
+    latencyPredictionInfoProducerName: str = ""
+    inFlightLoadProducerName: Annotated[str, Ref("InFlightLoadProducer")] = ""
+
+    @model_validator(mode="after")
+    def _throughput(self) -> AffinityParams:
+        """As upstream's validate: a throughput gate that is on needs a throughput."""
+        src = self.ttftSource
+        gate = src == "prefillThroughput" and self.maxTTFTPenaltyMs > 0
+        if gate and self.peakPrefillThroughput == 0:
+            raise ValueError("peakPrefillThroughput must be > 0 when ttftSource is " + repr(src))
+        return self
+
+
+@register("prefix-cache-affinity-filter")
+class PrefixCacheAffinityFilter(Filter):
+    """Keeps the endpoints whose prefix match (matched / total blocks) reaches
+    affinityThreshold, unless none does, a coin with explorationProbability says explore, or
+    the best sticky one's TTFT (in-flight tokens / peakPrefillThroughput) is more than
+    maxTTFTPenaltyMs behind the best other's (filter/prefixcacheaffinity/plugin.go Filter)."""
+
+    Params = AffinityParams
+    params: AffinityParams
+
+    def setup(self) -> None:
+        self.prefix: PrefixProducer | None = None
+        self.load: InFlightLoadProducer | None = None
+
+    @property
+    def gated_by_load(self) -> bool:
+        p = self.params
+        return p.maxTTFTPenaltyMs > 0 and p.ttftSource == "prefillThroughput"
+
+    def bind(self, plugins: dict[str, Plugin], profiles: object) -> None:
+        """Both inputs are required upstream, so their default producers join the config."""
+        named = self.refs.get("prefixMatchInfoProducerName")
+        self.prefix = named if isinstance(named, PrefixProducer) else default_producer(plugins)
+        if self.gated_by_load:
+            self.load = bound_in_flight(self, plugins)
+
+    def filter(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> list[Endpoint]:
+        p = self.params
+        if len(endpoints) <= 1 or p.affinityThreshold <= 0 or self.prefix is None:
+            return endpoints
+        # Upstream draws on every call; drawing only when exploring keeps a seeded cycle's
+        # other draws (the pickers') where they were.
+        if p.explorationProbability > 0 and cycle.rng.random() < p.explorationProbability:
+            return endpoints
+        src = self.prefix
+        m = src.match(cycle, req)
+        sticky: list[Endpoint] = []
+        other: list[Endpoint] = []
+        for e in endpoints:
+            score = held(src, m, e) / m.total if m.total > 0 else 0.0
+            (sticky if score >= p.affinityThreshold else other).append(e)
+        if not sticky:
+            return endpoints
+        behind = self._best_ttft(sticky) - self._best_ttft(other) if other else 0.0
+        if p.maxTTFTPenaltyMs > 0 and behind > p.maxTTFTPenaltyMs:
+            return endpoints
+        return sticky
+
+    def _best_ttft(self, endpoints: list[Endpoint]) -> float:
+        """Milliseconds; with the latency predictor, which is not here, every endpoint has
+        none (upstream's MaxFloat64), so the gate never breaks."""
+        if self.load is None:
+            return float("inf")
+        peak = self.params.peakPrefillThroughput
+        return min(self.load.in_flight(e.name)[1] for e in endpoints) / peak * 1000
+
+    def inert(self) -> dict[str, str]:
+        p, out = self.params, {}
+        if p.ttftSource == "latencyPredictor" and p.maxTTFTPenaltyMs > 0:
+            out["ttftSource"] = "no predicted-latency-producer here: the TTFT gate never breaks"
+        if p.latencyPredictionInfoProducerName:
+            out["latencyPredictionInfoProducerName"] = "no predicted-latency-producer here"
+        if not self.gated_by_load:
+            if "peakPrefillThroughput" in p.model_fields_set:
+                out["peakPrefillThroughput"] = "only the prefillThroughput TTFT gate uses it"
+            if p.inFlightLoadProducerName:
+                out["inFlightLoadProducerName"] = "only the prefillThroughput TTFT gate uses it"
+        return out

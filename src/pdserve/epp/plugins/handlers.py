@@ -30,6 +30,9 @@ from pdserve.wire import DATA_PARALLEL_HEADER, ENCODER_HEADER, PREFILLER_HEADER
 
 DECISION = StateKey[str]("pd.decision")  # "prefill-decode" | "decode-only"
 REASON = StateKey[str]("pd.reason")  # why, in words, for the routing trace
+# The endpoint an earlier stage chose (decode before prefill, prefill before decode), for the
+# later profile's plugins to compare with (topology affinity): upstream's peer-endpoint.
+PEER = StateKey[Endpoint]("disagg.peer-endpoint")
 
 
 class Verdict(NamedTuple):
@@ -229,6 +232,8 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
         for stage, decider in ((self.encode, self.enc), (self.prefill, self.pd)):
             if stage in profiles and stage not in done:
                 if self._stage(cycle, req, decider, chosen, stage):
+                    if stage == self.prefill:
+                        cycle.put(PEER, chosen)
                     return [stage]
                 done[stage] = ProfileResult(None, skipped=True)
         return []
@@ -245,6 +250,9 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
             if self._stage(cycle, req, self.enc, None, self.encode):
                 return [self.encode]
             done[self.encode] = ProfileResult(None, skipped=True)
+        ran = done.get(self.prefill)
+        if ran is not None and ran.endpoint is not None:
+            cycle.put(PEER, ran.endpoint)
         return [self.decode] if self.decode in profiles else []
 
     def results(self, cycle: Cycle, req: Request, done: dict[str, ProfileResult]) -> Result:

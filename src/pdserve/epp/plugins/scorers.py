@@ -9,7 +9,16 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pdserve.epp.framework import Filter, Parameters, Plugin, PreRequest, Ref, Scorer, register
+from pdserve.epp.framework import (
+    ConfigError,
+    Filter,
+    Parameters,
+    Plugin,
+    PreRequest,
+    Ref,
+    Scorer,
+    register,
+)
 from pdserve.epp.plugins.prefix import PrefixProducer, default_producer, estimated_tokens, held
 from pdserve.epp.types import Cycle, Endpoint, Request, Result, StateKey
 from pdserve.wire import SESSION_HEADER
@@ -126,6 +135,36 @@ def session_target(req: Request) -> str:
     try:
         return base64.b64decode(token).decode() if token else ""
     except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+class SessionIDParams(Parameters):
+    headerName: str = ""
+    cookieName: str = ""
+
+
+@register("session-id-producer")
+class SessionIDProducer(Plugin):
+    """The request's session id, from a header (its name lowered) or a cookie of the Cookie
+    header, trimmed; "" when absent (dataproducer/sessionid). v0.10 has no plugin reading
+    it yet, so it only loads and answers `session_id`, as upstream's only publishes it."""
+
+    Params = SessionIDParams
+    params: SessionIDParams
+
+    def setup(self) -> None:
+        self.header = self.params.headerName.strip().lower()
+        self.cookie = self.params.cookieName.strip()
+        if bool(self.header) == bool(self.cookie):
+            raise ConfigError("parameters: exactly one of headerName or cookieName must be set")
+
+    def session_id(self, req: Request) -> str:
+        if self.header:
+            return req.headers.get(self.header, "").strip()
+        for pair in req.headers.get("cookie", "").split(";"):
+            key, sep, value = pair.strip().partition("=")
+            if sep and key == self.cookie:
+                return value.strip()
         return ""
 
 
@@ -298,3 +337,24 @@ class ContextLengthAware(Scorer, Filter):
             else:
                 out[e.name] = 0.0 if r is None else range_score(tokens, *r)
         return out
+
+
+class HeaderLabelParams(Parameters):
+    headerName: str = Field(min_length=1)
+    labelKey: str = Field(min_length=1)
+
+
+@register("header-label-affinity-scorer")
+class HeaderLabelAffinityScorer(Scorer):
+    """1 where the endpoint's labelKey label equals the request's headerName header, else 0,
+    and 0 everywhere without the header: a soft preference, no endpoint is removed
+    (scorer/headerlabelaffinity, alpha). Header names compare case-insensitively."""
+
+    stability = "alpha"
+    Params = HeaderLabelParams
+    params: HeaderLabelParams
+
+    def score(self, cycle: Cycle, req: Request, endpoints: list[Endpoint]) -> dict[str, float]:
+        wanted = req.headers.get(self.params.headerName.lower(), "")
+        key = self.params.labelKey
+        return {e.name: 1.0 if wanted and e.labels.get(key) == wanted else 0.0 for e in endpoints}
