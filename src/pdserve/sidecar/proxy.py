@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import json_body, wire
 from pdserve.logs import event, now_ms
-from pdserve.sidecar import chunked, legs, usage
+from pdserve.sidecar import chunked, kv_release, legs, usage
 from pdserve.sidecar.allowlist import AllowAll, AllowList, parse_target
 from pdserve.sidecar.checks import ContextLimits, check
 from pdserve.sidecar.metrics import SidecarMetrics
@@ -70,10 +70,16 @@ class Options:
     port: int = 8000
     pod_ip: str = ""  # the host x-data-parallel-host-port must name ("": any)
     decode_chunk_size: int = 0
+    # Free a prefill's KV lease the decode engine will not claim (kv_release.py).
+    release_unclaimed_kv: bool = True
 
 
 PROBE_TIMEOUT = 2.0  # the engine's /health and /metrics, asked on our own /health and /metrics
 RETRYABLE = (502, 503, 504)  # upstream's transient statuses; 500 and 501 fail at once
+# How long a prefill leg may still finish after its client left: an answer already on its
+# way holds a lease that only its KV handle can free, so it is read and released instead of
+# dropped; a leg still running past this is cancelled, which aborts it on the prefiller.
+ABANDON_GRACE = 0.1
 
 
 def _headers(src: Any) -> dict[str, str]:
@@ -103,6 +109,7 @@ class Sidecar:
         self.prefiller_ssl = _client_ssl(opts.prefiller_tls, opts.prefiller_insecure)
         self.http: aiohttp.ClientSession | None = None
         self.limits = ContextLimits(self._model_cards)
+        self.background: set[asyncio.Task[Any]] = set()  # releases outliving their request
 
     async def start(self, _: web.Application) -> None:
         self.http = aiohttp.ClientSession(
@@ -116,6 +123,8 @@ class Sidecar:
         )
 
     async def close(self, _: web.Application) -> None:
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=kv_release.RELEASE_TIMEOUT)
         if self.http is not None:
             await self.http.close()
 
@@ -507,7 +516,7 @@ class Sidecar:
 
     async def _pd(self, leg: Leg, body: dict[str, Any], target: str) -> web.StreamResponse:
         t0 = time.perf_counter()
-        prefilled = await self._prefill(leg, body, target)
+        prefilled = await self._prefill_guarded(leg, body, target)
         if isinstance(prefilled, web.Response):
             return prefilled  # the prefiller's 4xx (or, with retries, its last error)
         answer, reason = prefilled
@@ -523,8 +532,16 @@ class Sidecar:
             cached = usage.prefill_cached_tokens(answer)
             outcome = "pd"
         self.metrics.requests.labels(leg.path, outcome).inc()
+        kv = self._unclaimed_handle(answer) if reason is None else None
         t1 = time.perf_counter()
-        resp = await self._decode(leg, decode_body, cached)
+        try:
+            resp = await self._decode(leg, decode_body, cached)
+        except asyncio.CancelledError:
+            self._client_left(leg, "decode", kv)
+            raise
+        if kv is not None and resp.status != 200:
+            # A decode engine that is down, or refused or failed the leg, will never pull.
+            await kv_release.release(leg.rid, kv, f"the decode leg answered {resp.status}")
         self.metrics.decode.observe(time.perf_counter() - t1)
         event(
             log,
@@ -541,6 +558,53 @@ class Sidecar:
             total_ms=now_ms(leg.started),
         )
         return resp
+
+    def _unclaimed_handle(self, answer: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.opts.release_unclaimed_kv or self.opts.connector == "lmcache":
+            return None
+        return kv_release.handle(answer)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def _client_left(self, leg: Leg, phase: str, kv: dict[str, Any] | None) -> None:
+        """The client went away (aiohttp cancelled the handler): one line, and the lease the
+        decode engine may never claim is released in the background."""
+        self.metrics.requests.labels(leg.path, "client-aborted").inc()
+        event(
+            log,
+            "client_disconnected",
+            request_id=leg.rid,
+            path=leg.path,
+            phase=phase,
+            kv_handle=legs.handle_summary(kv),
+            ms=now_ms(leg.started),
+        )
+        if kv is not None:
+            self._spawn(kv_release.release(leg.rid, kv, f"client disconnected during {phase}"))
+
+    async def _prefill_guarded(
+        self, leg: Leg, body: dict[str, Any], target: str
+    ) -> tuple[dict[str, Any], str | None] | web.Response:
+        """The prefill leg, which a client leaving does not simply drop (ABANDON_GRACE)."""
+        task = asyncio.get_running_loop().create_task(self._prefill(leg, body, target))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._spawn(self._prefill_abandoned(leg, task))
+            raise
+
+    async def _prefill_abandoned(
+        self, leg: Leg, task: asyncio.Task[tuple[dict[str, Any], str | None] | web.Response]
+    ) -> None:
+        try:  # past the grace, wait_for cancels the leg: the prefiller aborts the request
+            prefilled = await asyncio.wait_for(task, ABANDON_GRACE)
+        except (TimeoutError, asyncio.CancelledError):
+            prefilled = None
+        answer = prefilled[0] if isinstance(prefilled, tuple) else {}
+        self._client_left(leg, "prefill", self._unclaimed_handle(answer))
 
     async def _prefill(
         self, leg: Leg, body: dict[str, Any], target: str

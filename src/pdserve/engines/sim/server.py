@@ -169,6 +169,8 @@ class Api:
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         engine = self.engine
+        base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
+        p: Params | None = None
         try:
             try:
                 body = json_body.loads(await request.read())
@@ -177,16 +179,21 @@ class Api:
             p = parse(body, chat)
             lora = self._lora(p.model)
             prompt = engine.tokenize(p)
-            base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
             req = engine.new_request(p, prompt, base)
             req.lora_id = lora
+            engine.refuse_producer(req)
         except ApiError as err:
+            if p is not None and p.kv_transfer_params and engine.cfg.kv_transfer:
+                engine.release_unclaimed(p.kv_transfer_params, base, f"rejected: {err.status}")
             return _error(err.status, err.message, err.param)
         queue = engine.submit(req)
         try:
             if p.stream:
                 return await self._stream(request, p, req, queue)
             return await self._whole(p, req, queue)
+        except asyncio.CancelledError:
+            engine.undelivered(req)
+            raise
         finally:
             engine.forget(req)
 
