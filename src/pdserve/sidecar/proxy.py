@@ -341,9 +341,20 @@ class Sidecar:
 
     # --- P/D --------------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        raw = await request.read()
+        """A client that leaves at any point is one line under its request id; a lease its
+        prefill leg took is released (kv_release.py)."""
         rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+        where = Where()
+        try:
+            return await self._generate(request, rid, where)
+        except asyncio.CancelledError:
+            if where.phase != "prefill":  # an abandoned prefill leg reports after its grace
+                self._client_left(rid, request.path_qs, where)
+            raise
+
+    async def _generate(self, request: web.Request, rid: str, where: Where) -> web.StreamResponse:
+        started = where.started
+        raw = await request.read()
         try:
             named = _prefill_target(request.headers, self.opts.prefiller_sampling)
             decoder = self._rank_decoder(request.headers)
@@ -354,7 +365,7 @@ class Sidecar:
         headers = {k: v for k, v in headers.items() if k.lower() != wire.REQUEST_ID_HEADER}
         headers[wire.REQUEST_ID_HEADER] = rid
         path = request.path_qs
-        leg = Leg(request, path, headers, rid, started, decoder)
+        leg = Leg(request, path, headers, rid, started, decoder, where)
         if named is None and not self._chunks(request.path):
             return await self._decode_only(leg, raw)
         try:
@@ -412,6 +423,7 @@ class Sidecar:
         self, leg: Leg, raw: bytes, body: dict[str, Any] | None = None
     ) -> web.StreamResponse:
         self.metrics.requests.labels(leg.path, "decode-only").inc()
+        leg.where.phase = "decode-only"
         if body is not None:
             resp = await self._decode(leg, body, None)
         else:
@@ -516,6 +528,7 @@ class Sidecar:
 
     async def _pd(self, leg: Leg, body: dict[str, Any], target: str) -> web.StreamResponse:
         t0 = time.perf_counter()
+        leg.where.phase = "prefill"
         prefilled = await self._prefill_guarded(leg, body, target)
         if isinstance(prefilled, web.Response):
             return prefilled  # the prefiller's 4xx (or, with retries, its last error)
@@ -533,12 +546,9 @@ class Sidecar:
             outcome = "pd"
         self.metrics.requests.labels(leg.path, outcome).inc()
         kv = self._unclaimed_handle(answer) if reason is None else None
+        leg.where.phase, leg.where.kv = "decode", kv
         t1 = time.perf_counter()
-        try:
-            resp = await self._decode(leg, decode_body, cached)
-        except asyncio.CancelledError:
-            self._client_left(leg, "decode", kv)
-            raise
+        resp = await self._decode(leg, decode_body, cached)
         if kv is not None and resp.status != 200:
             # A decode engine that is down, or refused or failed the leg, will never pull.
             await kv_release.release(leg.rid, kv, f"the decode leg answered {resp.status}")
@@ -569,21 +579,22 @@ class Sidecar:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    def _client_left(self, leg: Leg, phase: str, kv: dict[str, Any] | None) -> None:
+    def _client_left(self, rid: str, path: str, where: Where) -> None:
         """The client went away (aiohttp cancelled the handler): one line, and the lease the
         decode engine may never claim is released in the background."""
-        self.metrics.requests.labels(leg.path, "client-aborted").inc()
+        self.metrics.requests.labels(path, "client-aborted").inc()
         event(
             log,
             "client_disconnected",
-            request_id=leg.rid,
-            path=leg.path,
-            phase=phase,
-            kv_handle=legs.handle_summary(kv),
-            ms=now_ms(leg.started),
+            request_id=rid,
+            path=path,
+            phase=where.phase,
+            kv_handle=legs.handle_summary(where.kv),
+            ms=now_ms(where.started),
         )
-        if kv is not None:
-            self._spawn(kv_release.release(leg.rid, kv, f"client disconnected during {phase}"))
+        if where.kv is not None:
+            reason = f"client disconnected during {where.phase}"
+            self._spawn(kv_release.release(rid, where.kv, reason))
 
     async def _prefill_guarded(
         self, leg: Leg, body: dict[str, Any], target: str
@@ -604,7 +615,8 @@ class Sidecar:
         except (TimeoutError, asyncio.CancelledError):
             prefilled = None
         answer = prefilled[0] if isinstance(prefilled, tuple) else {}
-        self._client_left(leg, "prefill", self._unclaimed_handle(answer))
+        leg.where.kv = self._unclaimed_handle(answer)
+        self._client_left(leg.rid, leg.path, leg.where)
 
     async def _prefill(
         self, leg: Leg, body: dict[str, Any], target: str
@@ -702,6 +714,15 @@ _UNREACHABLE = "the prefill engine is unreachable"
 
 
 @dataclass
+class Where:
+    """How far a client request got, for the line (and the release) when its client leaves."""
+
+    phase: str = "request"  # request | prefill | decode | decode-only
+    kv: dict[str, Any] | None = None  # the prefill's KV handle, once it is the sidecar's
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
 class Leg:
     """What every leg of one client request shares."""
 
@@ -711,6 +732,7 @@ class Leg:
     rid: str
     started: float
     decoder: str | None  # the data-parallel rank's engine; None: this listener's
+    where: Where = field(default_factory=Where)
 
 
 def _prefill_answer(payload: bytes) -> tuple[dict[str, Any], str | None]:
