@@ -291,8 +291,12 @@ class SimEngine:
     async def _pull(self, req: Request) -> None:
         params = req.remote_prefill or {}
         if req.phase is not Phase.WAITING_FOR_KV:
-            cached = "prompt fully cached locally"
-            await self._release_remote(params, req.external_id, cached, req.id)
+            # All of it cached here, or aborted before its pull began: nothing to read, and
+            # an aborted one's blocks are freed (kv_loaded) instead of waiting on a pull.
+            why = "aborted before its pull" if req.done else "prompt fully cached locally"
+            self.sched.kv_loaded(req.id, False)
+            await self._release_remote(params, req.external_id, why, req.id)
+            self.wake.set()
             return
         bs = self.cfg.profile.block_size
         skip = req.cached_tokens // bs
