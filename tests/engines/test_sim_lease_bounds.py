@@ -121,3 +121,18 @@ def test_a_consumer_that_rejects_the_request_frees_the_producer_lease(sim_engine
     assert resp.status_code == (404 if why == "unknown model" else 400)
     _wait_leases(p.url, 0)
     assert metric(p.url, KV_USAGE) == 0
+
+
+def test_a_negative_max_kv_leases_is_one_line_and_exit_2() -> None:
+    import subprocess
+
+    from testkit import PDSERVE
+
+    done = subprocess.run(
+        [*PDSERVE, "sim-engine", "--port", "0", "--max-kv-leases", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--max-kv-leases -1" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -197,3 +197,16 @@ def test_a_prefiller_out_of_leases_is_a_quick_fallback_not_a_hang(sim, sidecar) 
     assert metric(s.url, "pdserve_sidecar_prefill_fallbacks_total", reason=reason) == 1
     assert metric(p.url, "pdserve_sim:kv_lease_refusals_total") == 1
     assert metric(p.url, LEASES) == 1  # the unclaimed one, left to its own timeout
+
+
+def test_release_unclaimed_kv_false_leaves_the_lease_to_its_timeout(sim, sidecar) -> None:
+    """For engines whose side channel takes no release message (the switch is off)."""
+    p = sim("--zero-cost")
+    s = sidecar(free_port(), "--release-unclaimed-kv=false", engine=False)
+    resp = httpx.post(
+        s.url + "/v1/completions",
+        json={"prompt": "kept " * 40, "max_tokens": 2},
+        headers={HDR: f"127.0.0.1:{p.port}"},
+    )
+    assert resp.status_code == 502
+    assert metric(p.url, LEASES) == 1 and not _events(s.proc.log_path, "kv_release")

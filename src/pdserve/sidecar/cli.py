@@ -335,6 +335,7 @@ def main(argv: list[str]) -> int:
         "ssrf_protection": args.enable_ssrf_protection,
         "prefill_max_retries": args.prefill_max_retries,
         "decode_chunk_size": args.decode_chunk_size,
+        "release_unclaimed_kv": args.release_unclaimed_kv,
     }
     if ignored:
         ready["ignored_configuration"] = ignored

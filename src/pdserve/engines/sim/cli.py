@@ -299,6 +299,7 @@ async def _serve(
         kv_side_channel=cfg.side_channel_port or None,
         kv_transport="nixl" if engine.nixl else ("tcp" if cfg.kv_transfer else None),
         kv_events=bool(cfg.kv_events),
+        max_kv_leases=cfg.max_kv_leases if cfg.kv_transfer else None,
         profile=cfg.profile.as_dict(),
     )
     stop = asyncio.Event()
