@@ -89,6 +89,7 @@ def busy_consumer(sim_engine):
     worker.join(30)
 
 
+@pytest.mark.no_stranded_kv
 def test_a_consumer_aborted_before_admission_frees_the_producer_lease(
     sim_engine, busy_consumer
 ) -> None:
@@ -107,6 +108,7 @@ def test_a_consumer_aborted_before_admission_frees_the_producer_lease(
     assert "aborted before admission" in busy_consumer.proc.log_path.read_text()
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("why", ["unknown model", "too long"])
 def test_a_consumer_that_rejects_the_request_frees_the_producer_lease(sim_engine, why) -> None:
     p, d = sim_engine("--zero-cost"), sim_engine("--zero-cost")

@@ -102,6 +102,7 @@ async def _abort_many(url: str, prefiller: str, jobs: list[Job]) -> set[str]:
     return gave_up
 
 
+@pytest.mark.no_stranded_kv
 def test_client_aborts_leave_no_lease_and_the_next_request_runs_at_once(sim, sidecar) -> None:
     p, d = sim(), sim()  # real (modelled) timing: the aborts land in every phase
     s = sidecar(d.port)
@@ -139,6 +140,7 @@ def test_client_aborts_leave_no_lease_and_the_next_request_runs_at_once(sim, sid
     )
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("decoder", ["dead", "failing"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_decode_leg_that_fails_releases_the_prefill_lease(

@@ -214,6 +214,7 @@ class Sidecar:
         started: float | None = None,
         decoder: str | None = None,
         cached: int | None = None,
+        where: Where | None = None,
     ) -> web.StreamResponse:
         """Send to the local engine (or the data-parallel rank's) and stream its answer back
         as it arrives; with `cached`, the prefiller's cache hits go in its usage."""
@@ -258,7 +259,9 @@ class Sidecar:
             resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
             try:
                 rewriter = None if cached is None else usage.SseRewriter(cached)
-                await self._stream(resp, request, upstream, path, sse, started, rewriter)
+                failed = await self._stream(resp, request, upstream, path, sse, started, rewriter)
+                if where is not None:
+                    where.failed = failed
             except ConnectionResetError:
                 if not _client_gone(request):
                     raise
@@ -281,9 +284,11 @@ class Sidecar:
         sse: bool,
         started: float | None,
         rewriter: usage.SseRewriter | None = None,
-    ) -> None:
-        """Copy an answer as it arrives. A write to a client that has gone raises
-        ConnectionResetError; a read from an engine that died, ClientPayloadError."""
+    ) -> str | None:
+        """Copy an answer as it arrives; what cut it short on the engine's side, if anything.
+        A write to a client that has gone raises ConnectionResetError; a read from an engine
+        that died, ClientPayloadError."""
+        failed = None
         await resp.prepare(request)
         first = True
         try:
@@ -298,18 +303,21 @@ class Sidecar:
             if rest:
                 await resp.write(rest)
         except TimeoutError as err:  # the engine went silent mid-answer
+            failed = "timed out mid-answer"
             self._timed_out(path, err)
             if sse:
                 error = wire.error_body("the decode engine timed out mid-answer", 504)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         except aiohttp.ClientPayloadError as err:  # the engine died mid-answer
+            failed = "broke off mid-answer"
             self._broke_off(path, err)
             if sse:  # the status is sent: end the stream as vLLM ends a failed one
                 error = wire.error_body("the decode engine broke off mid-answer", 502)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        return failed
 
     def _timed_out(self, path: str, err: BaseException) -> web.Response:
         """A hung engine costs its request a 504, not a hang as long as the engine's."""
@@ -452,7 +460,7 @@ class Sidecar:
         raw = json.dumps(body).encode()
         headers = _json_headers(leg.headers)
         return await self._relay(
-            leg.request, "POST", leg.path, raw, headers, leg.started, leg.decoder, cached
+            leg.request, "POST", leg.path, raw, headers, leg.started, leg.decoder, cached, leg.where
         )
 
     async def _chunked(
@@ -549,9 +557,10 @@ class Sidecar:
         leg.where.phase, leg.where.kv = "decode", kv
         t1 = time.perf_counter()
         resp = await self._decode(leg, decode_body, cached)
-        if kv is not None and resp.status != 200:
-            # A decode engine that is down, or refused or failed the leg, will never pull.
-            await kv_release.release(leg.rid, kv, f"the decode leg answered {resp.status}")
+        failed = f"answered {resp.status}" if resp.status != 200 else leg.where.failed
+        if kv is not None and failed is not None:
+            # A decode engine that is down, or refused or failed the leg, may never pull.
+            await kv_release.release(leg.rid, kv, f"the decode leg {failed}")
         self.metrics.decode.observe(time.perf_counter() - t1)
         event(
             log,
@@ -719,6 +728,7 @@ class Where:
 
     phase: str = "request"  # request | prefill | decode | decode-only
     kv: dict[str, Any] | None = None  # the prefill's KV handle, once it is the sidecar's
+    failed: str | None = None  # what cut a started decode answer short on the engine's side
     started: float = field(default_factory=time.perf_counter)
 
 
