@@ -67,3 +67,24 @@ async def reset_after_first_event(port: int, host: str, request_id: str) -> None
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.close()
+
+
+# Tests marked `no_stranded_kv` (a fault test) end with every sim engine still running
+# holding no KV lease and no KV block: a fault must not leave blocks behind (issue 13).
+NO_STRANDED_KV = "no_stranded_kv"
+
+
+def assert_no_stranded_kv(urls: list[str], within: float = 2.0) -> None:
+    """Every engine at `urls` back to zero leases and zero KV usage within `within` s."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        held = {
+            u: (metric(u, "pdserve_sim:kv_leases"), metric(u, "vllm:kv_cache_usage_perc"))
+            for u in urls
+        }
+        if all(leases == 0 and usage == 0 for leases, usage in held.values()):
+            return
+        assert time.monotonic() < deadline, f"KV still held {within}s after the test: {held}"
+        time.sleep(0.05)  # polling the engines' gauges, bounded by the deadline

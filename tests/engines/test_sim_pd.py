@@ -119,6 +119,7 @@ def _kv(policy: str, **extra: str) -> str:
     )
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("transport", ["nixl", "tcp"])
 def test_checksum_mismatch_recomputes(sim_engine, transport) -> None:
     p = sim_engine("--zero-cost", kv=_kv("recompute", fault="corrupt", transport=transport))
@@ -135,6 +136,7 @@ def test_checksum_mismatch_recomputes(sim_engine, transport) -> None:
     assert recomputed == resp.json()["usage"]["prompt_tokens"]  # the whole prompt, locally
 
 
+@pytest.mark.no_stranded_kv
 def test_checksum_mismatch_fails_request_with_policy_fail(sim_engine) -> None:
     p = sim_engine("--zero-cost", kv=_kv("fail", fault="corrupt"))
     d = sim_engine("--zero-cost", kv=_kv("fail"))
@@ -144,6 +146,7 @@ def test_checksum_mismatch_fails_request_with_policy_fail(sim_engine) -> None:
     assert httpx.post(f"{d.url}/v1/completions", json=body).status_code == 200
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("policy", ["recompute", "fail"])
 def test_killed_prefiller_is_handled_per_policy(sim_engine, policy) -> None:
     p = sim_engine("--zero-cost", kv=_kv(policy))
@@ -211,6 +214,7 @@ def test_params_naming_a_dead_or_unknown_engine(sim_engine, target, policy) -> N
         {"remote_port": "http"},
     ],
 )
+@pytest.mark.no_stranded_kv
 def test_malformed_consumer_params_are_a_400_not_a_request_stuck_waiting(sim_engine, bad):
     d = sim_engine("--zero-cost", kv=_kv("recompute"))
     body = {"prompt": "who " * 40, "max_tokens": 2}
@@ -237,6 +241,7 @@ def test_consumer_with_prompt_cached_skips_pull_and_frees_producer_lease(sim_eng
     assert metric(p.url, "vllm:kv_cache_usage_perc") == 0
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("policy", ["recompute", "fail"])
 def test_prefiller_killed_mid_pull_is_handled_per_policy(sim_engine, policy) -> None:
     import threading

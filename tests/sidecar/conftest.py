@@ -17,7 +17,7 @@ from aiohttp import web
 
 from pdserve import wire
 from pdserve.process import ManagedProcess, free_port
-from testkit import PDSERVE, Spawn
+from testkit import NO_STRANDED_KV, PDSERVE, Spawn, assert_no_stranded_kv
 
 NIXL = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
 
@@ -34,7 +34,9 @@ class Server:
 
 
 @pytest.fixture
-def sim(spawn: Spawn):
+def sim(spawn: Spawn, request: pytest.FixtureRequest):
+    started: list[Server] = []
+
     def start(*args: str, port: int | None = None) -> Server:
         port = port or free_port()
         proc = spawn(
@@ -53,9 +55,13 @@ def sim(spawn: Spawn):
         )
         server = Server(proc, port, "https" if "--ssl-certfile" in args else "http")
         proc.wait_http(f"{server.url}/health", timeout=60, verify=False)
+        started.append(server)
         return server
 
-    return start
+    yield start
+    if request.node.get_closest_marker(NO_STRANDED_KV):
+        live = [s.url for s in started if s.proc.alive() and s.scheme == "http"]
+        assert_no_stranded_kv(live)
 
 
 @pytest.fixture

@@ -119,6 +119,7 @@ def test_prefiller_4xx_is_returned_with_its_body(pd) -> None:
     assert not rd.seen  # nothing was sent to the decoder
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("failure", ["5xx", "refused", "timeout"])
 def test_prefill_failures_fall_back_to_decode_only(sim, sidecar, recorder, failure) -> None:
     p, d = sim("--zero-cost"), sim("--zero-cost")
@@ -142,6 +143,7 @@ def test_prefill_failures_fall_back_to_decode_only(sim, sidecar, recorder, failu
     assert metric(s.url, fallbacks, reason=reason.get(failure, "prefiller timed out")) == 1
 
 
+@pytest.mark.no_stranded_kv
 def test_bad_json_is_400_and_dead_decoder_is_502(sidecar, recorder, sim) -> None:
     p = sim("--zero-cost")
     s = sidecar(free_port(), engine=False)  # nothing listens on the engine port
@@ -169,6 +171,7 @@ def _await_abort(engine_url: str) -> None:
     assert metric(engine_url, "vllm:num_requests_running") == 0
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("path", ["decode-only", "pd"])
 def test_client_disconnect_cancels_the_decode(sim, sidecar, path) -> None:
     d = sim()  # real timing: 300 tokens take seconds
@@ -186,6 +189,7 @@ def test_client_disconnect_cancels_the_decode(sim, sidecar, path) -> None:
     _await_abort(d.url)
 
 
+@pytest.mark.no_stranded_kv
 def test_client_disconnect_during_prefill_cancels_it(sim, sidecar, tmp_path) -> None:
     slow = tmp_path / "slow-prefill.yaml"
     # Chunked prefill, 32 tokens a step at 20 ms a token: a 500-word prompt prefills for
@@ -302,6 +306,7 @@ def test_both_legs_send_one_json_content_type_whatever_the_client_declared(pd) -
     assert rd.content_types == [["application/json"]]
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("mode", ["whole", "sse"])
 def test_a_decoder_dying_mid_answer_gives_a_vllm_shaped_error(sim, sidecar, recorder, mode):
     p = sim("--zero-cost")
@@ -449,6 +454,7 @@ def test_health_and_metrics_follow_the_local_engine(sim, sidecar) -> None:
     assert "metrics unavailable" in _error(httpx.get(s.url + "/metrics"), 503)["message"]
 
 
+@pytest.mark.no_stranded_kv
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_hung_decoder_costs_a_504_not_a_hang(sim, sidecar, stream) -> None:
     """SIGSTOP: the engine accepts connections (the kernel does) and never answers."""

@@ -90,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
     add_bool(ap, "--prefiller-tls-insecure-skip-verify", False, "do not verify prefillers' certs")
     add_bool(ap, "--decoder-tls-insecure-skip-verify", False, "do not verify the engine's cert")
     add_bool(ap, "--enable-ssrf-protection", False, "only call allowed prefill hosts")
+    add_bool(
+        ap,
+        "--release-unclaimed-kv",
+        True,
+        "pdserve: free a prefill's KV lease on its side channel when the client leaves or "
+        "the decode leg fails (off for engines whose side channel takes no release message)",
+    )
     ap.add_argument(
         "--inference-pool-namespace", default=os.environ.get("INFERENCE_POOL_NAMESPACE", "")
     )
@@ -301,6 +308,7 @@ def main(argv: list[str]) -> int:
         port=args.port,
         pod_ip=os.environ.get("POD_IP", ""),
         decode_chunk_size=args.decode_chunk_size,
+        release_unclaimed_kv=args.release_unclaimed_kv,
     )
     ssl_ctx = None
     if args.secure_proxy:
@@ -322,6 +330,7 @@ def main(argv: list[str]) -> int:
         "ssrf_protection": args.enable_ssrf_protection,
         "prefill_max_retries": args.prefill_max_retries,
         "decode_chunk_size": args.decode_chunk_size,
+        "release_unclaimed_kv": args.release_unclaimed_kv,
     }
     if ignored:
         ready["ignored_configuration"] = ignored

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import json_body, wire
 from pdserve.logs import event, now_ms
-from pdserve.sidecar import chunked, legs, usage
+from pdserve.sidecar import chunked, kv_release, legs, usage
 from pdserve.sidecar.allowlist import AllowAll, AllowList, parse_target
 from pdserve.sidecar.checks import ContextLimits, check
 from pdserve.sidecar.metrics import SidecarMetrics
@@ -70,10 +70,16 @@ class Options:
     port: int = 8000
     pod_ip: str = ""  # the host x-data-parallel-host-port must name ("": any)
     decode_chunk_size: int = 0
+    # Free a prefill's KV lease the decode engine will not claim (kv_release.py).
+    release_unclaimed_kv: bool = True
 
 
 PROBE_TIMEOUT = 2.0  # the engine's /health and /metrics, asked on our own /health and /metrics
 RETRYABLE = (502, 503, 504)  # upstream's transient statuses; 500 and 501 fail at once
+# How long a prefill leg may still finish after its client left: an answer already on its
+# way holds a lease that only its KV handle can free, so it is read and released instead of
+# dropped; a leg still running past this is cancelled, which aborts it on the prefiller.
+ABANDON_GRACE = 0.1
 
 
 def _headers(src: Any) -> dict[str, str]:
@@ -103,6 +109,7 @@ class Sidecar:
         self.prefiller_ssl = _client_ssl(opts.prefiller_tls, opts.prefiller_insecure)
         self.http: aiohttp.ClientSession | None = None
         self.limits = ContextLimits(self._model_cards)
+        self.background: set[asyncio.Task[Any]] = set()  # releases outliving their request
 
     async def start(self, _: web.Application) -> None:
         self.http = aiohttp.ClientSession(
@@ -116,6 +123,8 @@ class Sidecar:
         )
 
     async def close(self, _: web.Application) -> None:
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=kv_release.RELEASE_TIMEOUT)
         if self.http is not None:
             await self.http.close()
 
@@ -205,6 +214,7 @@ class Sidecar:
         started: float | None = None,
         decoder: str | None = None,
         cached: int | None = None,
+        where: Where | None = None,
     ) -> web.StreamResponse:
         """Send to the local engine (or the data-parallel rank's) and stream its answer back
         as it arrives; with `cached`, the prefiller's cache hits go in its usage."""
@@ -249,7 +259,9 @@ class Sidecar:
             resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
             try:
                 rewriter = None if cached is None else usage.SseRewriter(cached)
-                await self._stream(resp, request, upstream, path, sse, started, rewriter)
+                failed = await self._stream(resp, request, upstream, path, sse, started, rewriter)
+                if where is not None:
+                    where.failed = failed
             except ConnectionResetError:
                 if not _client_gone(request):
                     raise
@@ -272,9 +284,11 @@ class Sidecar:
         sse: bool,
         started: float | None,
         rewriter: usage.SseRewriter | None = None,
-    ) -> None:
-        """Copy an answer as it arrives. A write to a client that has gone raises
-        ConnectionResetError; a read from an engine that died, ClientPayloadError."""
+    ) -> str | None:
+        """Copy an answer as it arrives; what cut it short on the engine's side, if anything.
+        A write to a client that has gone raises ConnectionResetError; a read from an engine
+        that died, ClientPayloadError."""
+        failed = None
         await resp.prepare(request)
         first = True
         try:
@@ -289,18 +303,21 @@ class Sidecar:
             if rest:
                 await resp.write(rest)
         except TimeoutError as err:  # the engine went silent mid-answer
+            failed = "timed out mid-answer"
             self._timed_out(path, err)
             if sse:
                 error = wire.error_body("the decode engine timed out mid-answer", 504)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         except aiohttp.ClientPayloadError as err:  # the engine died mid-answer
+            failed = "broke off mid-answer"
             self._broke_off(path, err)
             if sse:  # the status is sent: end the stream as vLLM ends a failed one
                 error = wire.error_body("the decode engine broke off mid-answer", 502)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        return failed
 
     def _timed_out(self, path: str, err: BaseException) -> web.Response:
         """A hung engine costs its request a 504, not a hang as long as the engine's."""
@@ -332,9 +349,20 @@ class Sidecar:
 
     # --- P/D --------------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        raw = await request.read()
+        """A client that leaves at any point is one line under its request id; a lease its
+        prefill leg took is released (kv_release.py)."""
         rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+        where = Where()
+        try:
+            return await self._generate(request, rid, where)
+        except asyncio.CancelledError:
+            if where.phase != "prefill":  # an abandoned prefill leg reports after its grace
+                self._client_left(rid, request.path_qs, where)
+            raise
+
+    async def _generate(self, request: web.Request, rid: str, where: Where) -> web.StreamResponse:
+        started = where.started
+        raw = await request.read()
         try:
             named = _prefill_target(request.headers, self.opts.prefiller_sampling)
             decoder = self._rank_decoder(request.headers)
@@ -345,7 +373,7 @@ class Sidecar:
         headers = {k: v for k, v in headers.items() if k.lower() != wire.REQUEST_ID_HEADER}
         headers[wire.REQUEST_ID_HEADER] = rid
         path = request.path_qs
-        leg = Leg(request, path, headers, rid, started, decoder)
+        leg = Leg(request, path, headers, rid, started, decoder, where)
         if named is None and not self._chunks(request.path):
             return await self._decode_only(leg, raw)
         try:
@@ -403,6 +431,7 @@ class Sidecar:
         self, leg: Leg, raw: bytes, body: dict[str, Any] | None = None
     ) -> web.StreamResponse:
         self.metrics.requests.labels(leg.path, "decode-only").inc()
+        leg.where.phase = "decode-only"
         if body is not None:
             resp = await self._decode(leg, body, None)
         else:
@@ -431,7 +460,7 @@ class Sidecar:
         raw = json.dumps(body).encode()
         headers = _json_headers(leg.headers)
         return await self._relay(
-            leg.request, "POST", leg.path, raw, headers, leg.started, leg.decoder, cached
+            leg.request, "POST", leg.path, raw, headers, leg.started, leg.decoder, cached, leg.where
         )
 
     async def _chunked(
@@ -507,7 +536,8 @@ class Sidecar:
 
     async def _pd(self, leg: Leg, body: dict[str, Any], target: str) -> web.StreamResponse:
         t0 = time.perf_counter()
-        prefilled = await self._prefill(leg, body, target)
+        leg.where.phase = "prefill"
+        prefilled = await self._prefill_guarded(leg, body, target)
         if isinstance(prefilled, web.Response):
             return prefilled  # the prefiller's 4xx (or, with retries, its last error)
         answer, reason = prefilled
@@ -523,8 +553,14 @@ class Sidecar:
             cached = usage.prefill_cached_tokens(answer)
             outcome = "pd"
         self.metrics.requests.labels(leg.path, outcome).inc()
+        kv = self._unclaimed_handle(answer) if reason is None else None
+        leg.where.phase, leg.where.kv = "decode", kv
         t1 = time.perf_counter()
         resp = await self._decode(leg, decode_body, cached)
+        failed = f"answered {resp.status}" if resp.status != 200 else leg.where.failed
+        if kv is not None and failed is not None:
+            # A decode engine that is down, or refused or failed the leg, may never pull.
+            await kv_release.release(leg.rid, kv, f"the decode leg {failed}")
         self.metrics.decode.observe(time.perf_counter() - t1)
         event(
             log,
@@ -541,6 +577,55 @@ class Sidecar:
             total_ms=now_ms(leg.started),
         )
         return resp
+
+    def _unclaimed_handle(self, answer: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.opts.release_unclaimed_kv or self.opts.connector == "lmcache":
+            return None
+        return kv_release.handle(answer)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def _client_left(self, rid: str, path: str, where: Where) -> None:
+        """The client went away (aiohttp cancelled the handler): one line, and the lease the
+        decode engine may never claim is released in the background."""
+        self.metrics.requests.labels(path, "client-aborted").inc()
+        event(
+            log,
+            "client_disconnected",
+            request_id=rid,
+            path=path,
+            phase=where.phase,
+            kv_handle=legs.handle_summary(where.kv),
+            ms=now_ms(where.started),
+        )
+        if where.kv is not None:
+            reason = f"client disconnected during {where.phase}"
+            self._spawn(kv_release.release(rid, where.kv, reason))
+
+    async def _prefill_guarded(
+        self, leg: Leg, body: dict[str, Any], target: str
+    ) -> tuple[dict[str, Any], str | None] | web.Response:
+        """The prefill leg, which a client leaving does not simply drop (ABANDON_GRACE)."""
+        task = asyncio.get_running_loop().create_task(self._prefill(leg, body, target))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._spawn(self._prefill_abandoned(leg, task))
+            raise
+
+    async def _prefill_abandoned(
+        self, leg: Leg, task: asyncio.Task[tuple[dict[str, Any], str | None] | web.Response]
+    ) -> None:
+        try:  # past the grace, wait_for cancels the leg: the prefiller aborts the request
+            prefilled = await asyncio.wait_for(task, ABANDON_GRACE)
+        except (TimeoutError, asyncio.CancelledError):
+            prefilled = None
+        answer = prefilled[0] if isinstance(prefilled, tuple) else {}
+        leg.where.kv = self._unclaimed_handle(answer)
+        self._client_left(leg.rid, leg.path, leg.where)
 
     async def _prefill(
         self, leg: Leg, body: dict[str, Any], target: str
@@ -638,6 +723,16 @@ _UNREACHABLE = "the prefill engine is unreachable"
 
 
 @dataclass
+class Where:
+    """How far a client request got, for the line (and the release) when its client leaves."""
+
+    phase: str = "request"  # request | prefill | decode | decode-only
+    kv: dict[str, Any] | None = None  # the prefill's KV handle, once it is the sidecar's
+    failed: str | None = None  # what cut a started decode answer short on the engine's side
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
 class Leg:
     """What every leg of one client request shares."""
 
@@ -647,6 +742,7 @@ class Leg:
     rid: str
     started: float
     decoder: str | None  # the data-parallel rank's engine; None: this listener's
+    where: Where = field(default_factory=Where)
 
 
 def _prefill_answer(payload: bytes) -> tuple[dict[str, Any], str | None]:

@@ -83,6 +83,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--lora-modules", nargs="+", default=[], help="name=path or vLLM's JSON form")
     ap.add_argument("--max-loras", type=int, default=1)
+    ap.add_argument(
+        "--max-kv-leases",
+        type=int,
+        default=256,
+        help="sim only: P/D prefills (kv_transfer_params do_remote_decode) that may hold or "
+        "await a KV lease at once; past it, and when leased blocks leave too few for a "
+        "prompt, a prefill is a quick 503 instead of a wait (default 256; 0: no bound)",
+    )
     for flag, dest in _PROFILE_FLAGS.items():
         ap.add_argument(flag, dest=dest, type=_token_count)
     return ap
@@ -179,6 +187,7 @@ def main(argv: list[str]) -> int:
         tp_size=args.tensor_parallel_size,
         lora_modules=_lora_modules(args.lora_modules, args.enable_lora),
         max_loras=args.max_loras,
+        max_kv_leases=_non_negative("--max-kv-leases", args.max_kv_leases),
         profile=profile,
         tokenizer=tokenizer,
         model_path=model_dir,
@@ -216,6 +225,12 @@ def _lora_modules(specs: list[str], enabled: bool) -> tuple[tuple[str, str], ...
             raise UserError(f"--lora-modules {spec!r}: expected name=path")
         out.append((str(name), str(path)))
     return tuple(out)
+
+
+def _non_negative(flag: str, value: int) -> int:
+    if value < 0:
+        raise UserError(f"{flag} {value}: must be 0 (no bound) or more")
+    return value
 
 
 def _env_port(name: str) -> int:
@@ -284,6 +299,7 @@ async def _serve(
         kv_side_channel=cfg.side_channel_port or None,
         kv_transport="nixl" if engine.nixl else ("tcp" if cfg.kv_transfer else None),
         kv_events=bool(cfg.kv_events),
+        max_kv_leases=cfg.max_kv_leases if cfg.kv_transfer else None,
         profile=cfg.profile.as_dict(),
     )
     stop = asyncio.Event()

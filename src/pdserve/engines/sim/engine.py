@@ -54,6 +54,8 @@ class EngineConfig:
     side_channel_port: int = 0
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path), as --lora-modules
     max_loras: int = 1
+    # --max-kv-leases: P/D prefills holding or awaiting a lease at once (0: no bound).
+    max_kv_leases: int = 256
 
     def lora_id(self, name: str) -> int | None:
         """vLLM numbers adapters from 1 in the order given."""
@@ -234,18 +236,67 @@ class SimEngine:
     def _prompt_blocks(self, req: Request) -> list[int]:
         return req.blocks[: self.blocks.blocks_for(len(req.prompt))]
 
-    def _release(self, rid: str) -> None:
+    def _release(self, rid: str) -> bool:
+        """The side channel's release: whoever sends it (a consumer after its pull, or one
+        that will never pull), the blocks are free at once; False when nothing was held."""
         self.lease_checksums.pop(rid, None)
         lease = self.sched.leases.get(rid)
-        if lease is not None and self.sched.release_lease(rid):
-            event(log, "kv_lease_released", request_id=rid, x_request_id=lease.external_id)
-            self._observe()
-            self.wake.set()
+        if lease is None or not self.sched.release_lease(rid):
+            return False
+        event(log, "kv_lease_released", request_id=rid, x_request_id=lease.external_id)
+        self._observe()
+        self.wake.set()
+        return True
+
+    def undelivered(self, req: Request) -> None:
+        """A P/D prefill that finished as its client left: the KV handle never went out, so
+        no consumer can claim the lease. vLLM keeps such a lease until it expires; the sim
+        frees it, as the proxy would have if the handle had reached it."""
+        if req.remote_decode and req.done and req.id in self.sched.leases:
+            event(log, "kv_handle_undelivered", request_id=req.id, x_request_id=req.external_id)
+            self._release(req.id)
+
+    def refuse_producer(self, req: Request) -> None:
+        """A 503 now for a P/D prefill that leases would leave waiting (see
+        Scheduler.producer_refusal): vLLM would queue it, but behind leases that only a
+        consumer or the 480 s expiry frees, so its proxy's client times out instead."""
+        if not req.remote_decode:
+            return
+        reason = self.sched.producer_refusal(req, self.cfg.max_kv_leases)
+        if reason is None:
+            return
+        self.metrics.lease_refusals.inc()
+        event(
+            log,
+            "kv_lease_refused",
+            logging.WARNING,
+            request_id=req.id,
+            x_request_id=req.external_id,
+            reason=reason,
+            leases=len(self.sched.leases),
+        )
+        raise ApiError(503, f"The KV cache cannot take this prefill now: {reason}.")
+
+    def release_unclaimed(
+        self, params: dict[str, Any], external_id: str, reason: str, request_id: str | None = None
+    ) -> None:
+        """A consumer request that will never pull tells its producer to free the lease, as
+        vLLM's NixlConnector does for a do_remote_prefill request aborted before it was
+        scheduled (request_finished) or rejected before admission (the serving layer's
+        notify on early rejection): otherwise the blocks wait out the lease timeout."""
+        if not (params.get("do_remote_prefill") and params.get("remote_request_id")):
+            return
+        self._spawn(self._release_remote(params, external_id, reason, request_id))
 
     async def _pull(self, req: Request) -> None:
         params = req.remote_prefill or {}
         if req.phase is not Phase.WAITING_FOR_KV:
-            await self._release_remote(req, params)  # all of it was cached here
+            # All of it cached here, or aborted before its pull began: nothing to read, and
+            # an aborted one's blocks are freed (kv_loaded) instead of waiting on a pull.
+            why = "aborted before its pull" if req.done else "prompt fully cached locally"
+            self.sched.kv_loaded(req.id, False)
+            await self._release_remote(params, req.external_id, why, req.id)
+            self.wake.set()
             return
         bs = self.cfg.profile.block_size
         skip = req.cached_tokens // bs
@@ -304,23 +355,29 @@ class SimEngine:
             self._finished(finished)
         self.wake.set()
 
-    async def _release_remote(self, req: Request, params: dict[str, Any]) -> None:
+    async def _release_remote(
+        self, params: dict[str, Any], external_id: str, reason: str, request_id: str | None = None
+    ) -> None:
         """Free the producer's lease without pulling (vLLM notifies the producer likewise)."""
         host, port, rid = (
             params.get(k) for k in ("remote_host", "remote_port", "remote_request_id")
         )
-        error = None
+        error, released = None, None
         try:
-            await side_channel.release(str(host), int(str(port)), str(rid), self.pull_timeout)
+            released = await side_channel.release(
+                str(host), int(str(port)), str(rid), self.pull_timeout
+            )
         except (side_channel.TransferError, ValueError, TypeError) as err:
             error = str(err)
         event(
             log,
             "kv_pull_skipped",
-            request_id=req.id,
+            logging.INFO if error is None else logging.WARNING,
+            request_id=request_id,
             remote_request_id=rid,
-            x_request_id=req.external_id,
-            reason="prompt fully cached locally",
+            x_request_id=external_id,
+            reason=reason,
+            released=released,
             release_error=error,
         )
 
@@ -388,7 +445,12 @@ class SimEngine:
         if req.done:
             return
         answered = req.finish_reason is not None  # a stop string ended it in the handler
+        unclaimed = req.remote_prefill is not None and req.scheduled_at is None
         self.sched.abort(req)
+        if unclaimed and req.remote_prefill is not None:
+            self.release_unclaimed(
+                req.remote_prefill, req.external_id, "aborted before admission", req.id
+            )
         if not answered:  # the client went away first
             self.metrics.success.labels(**self.metrics.values, finished_reason="abort").inc()
             event(

@@ -96,6 +96,10 @@ class EngineMetrics:
             "pdserve_sim:kv_pull_bytes", "Bytes of KV pulled from producers."
         )
         self.leases = gauge("pdserve_sim:kv_leases", "P/D producer requests holding blocks.")
+        self.lease_refusals = counter(
+            "pdserve_sim:kv_lease_refusals",
+            "P/D prefills answered 503: past --max-kv-leases, or short of blocks leases pin.",
+        )
         self.lora_info = Gauge(
             wire.METRIC_LORA_INFO,
             "Running stats on lora requests.",

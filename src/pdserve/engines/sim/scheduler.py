@@ -163,6 +163,28 @@ class Scheduler:
         self.blocks.release(lease.blocks)
         return True
 
+    def producer_refusal(self, req: Request, max_leases: int) -> str | None:
+        """Why a new P/D producer request must be refused now, or None.
+
+        A lease frees its blocks only when a consumer claims it or it expires, minutes
+        later: a producer past `max_leases` (0: no bound), or one whose prompt cannot fit
+        beside the blocks leases pin, would wait on events that may never come. The caller
+        answers 503 at once, so the proxy can fall back instead of its client timing out.
+        """
+        held = len(self.leases) + sum(1 for r in (*self.waiting, *self.running) if r.remote_decode)
+        if max_leases and held >= max_leases:
+            return f"{held} P/D prefills hold or await KV leases (max {max_leases})"
+        pinned = {b for lease in self.leases.values() for b in lease.blocks}
+        if not pinned:
+            return None
+        hashes = self.scheme.hashes(req.prompt, self.profile.block_size, None, _extra(req))
+        shared = sum(1 for b in self.blocks.match(hashes) if b in pinned)
+        need = self.blocks.blocks_for(len(req.prompt) + 1) - shared
+        room = self.blocks.num_blocks - len(pinned)
+        if need > room:
+            return f"the prompt needs {need} KV blocks and {room} are not held by KV leases"
+        return None
+
     def expire_leases(self, now: float) -> list[tuple[str, Lease]]:
         gone = [(rid, lease) for rid, lease in self.leases.items() if lease.expires <= now]
         for rid, _ in gone:

@@ -169,6 +169,8 @@ class Api:
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         engine = self.engine
+        base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
+        p: Params | None = None
         try:
             try:
                 body = json_body.loads(await request.read())
@@ -177,16 +179,21 @@ class Api:
             p = parse(body, chat)
             lora = self._lora(p.model)
             prompt = engine.tokenize(p)
-            base = request.headers.get(wire.REQUEST_ID_HEADER) or uuid.uuid4().hex
             req = engine.new_request(p, prompt, base)
             req.lora_id = lora
+            engine.refuse_producer(req)
         except ApiError as err:
+            if p is not None and p.kv_transfer_params and engine.cfg.kv_transfer:
+                engine.release_unclaimed(p.kv_transfer_params, base, f"rejected: {err.status}")
             return _error(err.status, err.message, err.param)
         queue = engine.submit(req)
         try:
             if p.stream:
                 return await self._stream(request, p, req, queue)
-            return await self._whole(p, req, queue)
+            return await self._whole(request, p, req, queue)
+        except asyncio.CancelledError:
+            engine.undelivered(req)
+            raise
         finally:
             engine.forget(req)
 
@@ -223,8 +230,8 @@ class Api:
             )
 
     async def _whole(
-        self, p: Params, req: Request, queue: asyncio.Queue[int | None]
-    ) -> web.Response:
+        self, request: web.Request, p: Params, req: Request, queue: asyncio.Queue[int | None]
+    ) -> web.StreamResponse:
         times: list[float] = []
         try:
             text = "".join([piece async for piece in self._tokens(p, req, queue, times)])
@@ -235,9 +242,19 @@ class Api:
         kv = engine.producer_params(req) if req.remote_decode else None
         use = usage(len(req.prompt), len(times), req.cached_tokens)
         self._log(req, times)
-        return web.json_response(
+        resp = web.json_response(
             full_response(p, req.id, self._model(p), text, req.finish_reason, use, kv)
         )
+        if kv is None:
+            return resp
+        # A KV handle is written here, not after the handler returns, so that a client gone
+        # by then is seen (a reset, or this handler cancelled) and its lease freed.
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except ConnectionResetError:
+            engine.undelivered(req)
+        return resp
 
     async def _stream(
         self, request: web.Request, p: Params, req: Request, queue: asyncio.Queue[int | None]

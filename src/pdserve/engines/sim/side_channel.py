@@ -68,7 +68,7 @@ class SideChannelServer:
         self,
         arena: KVArena,
         lookup: LeaseLookup,
-        release: Callable[[str], None],
+        release: Callable[[str], bool],
         nixl: Nixl | None,
         fault: str | None = None,
     ) -> None:
@@ -105,8 +105,7 @@ class SideChannelServer:
     async def _answer(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         rid = str(msg.get("request_id"))
         if msg.get("op") == "release":
-            self.release(rid)
-            await _send(writer, {"ok": True})
+            await _send(writer, {"ok": True, "released": self.release(rid)})
             return
         lease = self.lookup(rid)
         if lease is None or msg.get("op") != "pull":
@@ -186,18 +185,20 @@ async def pull(
     return PullResult(count * arena.block_bytes, transport, loop.time() - start)
 
 
-async def release(host: str, port: int, request_id: str, timeout: float) -> None:
-    """Consumer side, nothing to read: tell the producer to free the request's blocks."""
+async def release(host: str, port: int, request_id: str, timeout: float) -> bool:
+    """Consumer side, nothing to read: tell the producer to free the request's blocks.
+    Whether it still held them (False: claimed, expired or never leased)."""
     try:
         async with asyncio.timeout(timeout):
             conn = await _Conn.open(host, port)
             try:
                 await conn.send({"op": "release", "request_id": request_id})
-                await conn.recv_header()
+                answer = await conn.recv_header()
             finally:
                 conn.close()
-    except (TimeoutError, OSError) as err:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
         raise TransferError(f"KV release at {host}:{port} failed: {err!r}") from err
+    return bool(answer.get("released"))
 
 
 class _Conn:
