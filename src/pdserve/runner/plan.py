@@ -32,6 +32,7 @@ class Plan:
     decode: Pool
     prefill: Pool | None
     scheduler_config: str
+    failure_mode: str = "FailOpen"  # the InferencePool's: what the gateway does without the EPP
 
     @property
     def pd(self) -> bool:
@@ -70,7 +71,20 @@ def make_plan(merged: dict[str, Any], namespace: str, scheduler_config: str) -> 
         decode=Pool(decode_role, _replicas(spec), _main_args(spec), _tensor(spec)),
         prefill=prefill,
         scheduler_config=scheduler_config,
+        failure_mode=_failure_mode(spec),
     )
+
+
+def _failure_mode(spec: dict[str, Any]) -> str:
+    """A pool spec of the manifest's own says (v1alpha2's extensionRef or GA's
+    endpointPickerRef); else FailOpen, what KServe renders."""
+    pool = (((spec.get("router") or {}).get("scheduler") or {}).get("pool") or {}).get("spec")
+    pool = pool if isinstance(pool, dict) else {}
+    for key in ("endpointPickerRef", "extensionRef"):
+        ref = pool.get(key)
+        if isinstance(ref, dict) and ref.get("failureMode") in ("FailOpen", "FailClose"):
+            return str(ref["failureMode"])
+    return "FailOpen"
 
 
 def _replicas(workload: dict[str, Any]) -> int:

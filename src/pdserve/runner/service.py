@@ -164,6 +164,7 @@ class LocalService:
     ) -> None:
         self.plan = plan
         self.timeouts = timeouts
+        self._eds_version = 0
         self.kind = kind
         self.state = state
         self.gateway_port = gateway_port
@@ -197,6 +198,10 @@ class LocalService:
     @property
     def endpoints_file(self) -> Path:
         return self.state.path / "endpoints.json"
+
+    @property
+    def pool_eds_file(self) -> Path:
+        return self.state.path / "pool-eds.json"
 
     @property
     def prefill_targets_file(self) -> Path:
@@ -508,6 +513,10 @@ class LocalService:
 
         self.envoy_admin_port = admin = free_port()
         route, idle = self.timeouts or (envoy.ROUTE_TIMEOUT, envoy.STREAM_IDLE_TIMEOUT)
+        fail_open = None
+        if self.plan.failure_mode == "FailOpen":
+            self._write_pool_eds(self.endpoints())  # Envoy reads the file as it starts
+            fail_open = self.pool_eds_file
         bootstrap = envoy.bootstrap(
             self.gateway_port,
             grpc,
@@ -515,6 +524,8 @@ class LocalService:
             route_prefixes=[self.plan.route_prefix],
             route_timeout=route,
             stream_idle_timeout=idle,
+            fail_open=fail_open,
+            body_mode="BUFFERED" if fail_open else "FULL_DUPLEX_STREAMED",
         )
         envoy_file = self.state.path / "envoy.json"
         envoy_file.write_text(json.dumps(bootstrap, indent=1))
@@ -555,7 +566,21 @@ class LocalService:
     def _write_endpoints(self) -> None:
         """The sidecars' list first: a replica is allowed before the EPP can pick it."""
         endpoints.write(self.prefill_targets_file, self.prefill_targets())
-        endpoints.write(self.endpoints_file, self.endpoints())
+        serving = self.endpoints()
+        endpoints.write(self.endpoints_file, serving)
+        self._write_pool_eds(serving)
+
+    def _write_pool_eds(self, serving: list[Entry]) -> None:
+        """Where the gateway sends a request the EPP could not route (failing open): the
+        endpoints a decode profile may pick, replaced atomically (Envoy follows renames)."""
+        from pdserve.epp import envoy
+
+        self._eds_version += 1
+        decode = [(e.address, e.port) for e in serving if e.labels.get(ROLE_LABEL) != ROLE_PREFILL]
+        doc = envoy.eds_document(decode, self._eds_version)
+        tmp = self.pool_eds_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.pool_eds_file)
 
     def _await_epp_endpoints(self) -> None:
         """Wait until the EPP reports the endpoint count we wrote (it re-reads the file)."""
