@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 VICTIMS = ("prefill-", "decode-", "sidecar-", "epp", "envoy")
 MANIFEST = ROOT / "examples" / "pd-smollm2.yaml"
+# A client's pause before its one retry: the time a killed component takes to be back
+# (restart backoff 0.5 s here, then its start: Envoy's is about a second).
+RETRY_AFTER = 2.0
 LONG = "Disaggregated serving moves the prompt to its own engine. " * 40  # P/D
 SHORT = "Say hi."  # decode-only
 
@@ -105,7 +108,7 @@ async def one(http: httpx.AsyncClient, url: str, i: int, timeout: float) -> Outc
             if r.status_code < 500 and r.status_code != 429:
                 return Outcome("failed", first or status)  # not retriable: a bug
         first = first or status
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(RETRY_AFTER)
     return Outcome("failed", first)
 
 
