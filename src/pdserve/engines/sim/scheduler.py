@@ -116,9 +116,14 @@ class Scheduler:
         self.num_preemptions = 0
 
     # --- intake ---------------------------------------------------------------------------
-    def add(self, req: Request) -> None:
+    def add(self, req: Request, hashes: list[bytes] | None = None) -> None:
+        """Queue `req`. `hashes`, if given, are its prompt's full-block hashes under this
+        scheduler's scheme and block size (a caller that has them already: the simulator,
+        for a decode leg whose prefill leg hashed the same prompt)."""
         req.key = self.gen.key(req.prompt, req.lora_id or 0)
-        req.hashes = self.scheme.hashes(req.prompt, self.profile.block_size, None, _extra(req))
+        if hashes is None:
+            hashes = self.scheme.hashes(req.prompt, self.profile.block_size, None, _extra(req))
+        req.hashes = hashes
         self.waiting.append(req)
 
     def abort(self, req: Request) -> None:
