@@ -2,7 +2,7 @@
 
 Light on purpose (aiohttp and json, no tokenizer, no openai SDK): the client shares the
 machine with the service under test and must not become what is measured (aiohttp streams a
-request for about a sixth of httpx's CPU: bench/bench_client_speed.py). Timings are taken
+request for less than half of httpx's CPU: bench/bench_client_speed.py). Timings are taken
 when a chunk is read, so TTFT includes the service's queueing, prefill and network;
 inter-token latencies are the gaps between content chunks, as vLLM's benchmark counts them.
 """
