@@ -47,3 +47,16 @@ def test_word_by_word_tokens_equal_the_models_own() -> None:
             {"role": "user", "content": words(rng, rng.randint(1, 300)).lstrip() + " 42?!"},
         ]
         assert request_tokens(quick, "", messages) == request_tokens(model, "", messages)
+
+
+@pytest.mark.skipif(SMOLLM2 is None, reason="no cached SmolLM2 folder (make up makes one)")
+def test_a_lone_user_message_in_the_templates_frame_equals_the_rendered_one() -> None:
+    assert SMOLLM2 is not None
+    model = HFTokenizer(SMOLLM2)
+    quick = fast(model, SMOLLM2)
+    assert isinstance(quick, FastTokenizer) and quick.frame is not None
+    rng = random.Random(2)
+    texts = [words(rng, rng.randint(1, 200)).lstrip() for _ in range(20)]
+    for content in [*texts, " padded, 'quoted' (x) ", "<think>markup</think>", ""]:
+        messages = [{"role": "user", "content": content}]
+        assert quick.chat_prompt(messages) == model.chat_prompt(messages)

@@ -1,7 +1,8 @@
 """The load generator: streams each planned request and times its tokens as they arrive.
 
-Light on purpose (httpx and json, no tokenizer, no openai SDK): the client shares the
-machine with the service under test and must not become what is measured. Timings are taken
+Light on purpose (aiohttp and json, no tokenizer, no openai SDK): the client shares the
+machine with the service under test and must not become what is measured (aiohttp streams a
+request for less than half of httpx's CPU: bench/bench_client_speed.py). Timings are taken
 when a chunk is read, so TTFT includes the service's queueing, prefill and network;
 inter-token latencies are the gaps between content chunks, as vLLM's benchmark counts them.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from pdserve.bench.generator import PlannedRequest
 
@@ -68,65 +69,67 @@ def _content(chunk: dict[str, Any]) -> bool:
 
 
 async def send(
-    client: httpx.AsyncClient, target: Target, planned: PlannedRequest, origin: float
+    client: aiohttp.ClientSession, target: Target, planned: PlannedRequest, origin: float
 ) -> Result:
     start = time.perf_counter()
     result = Result(planned, start - origin)
     try:
         async with asyncio.timeout(target.timeout_s):
             await _stream(client, target, planned, start, result)
-    except TimeoutError:
+    except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
         result.error = "timeout"
-    except httpx.TimeoutException:
-        result.error = "timeout"
-    except httpx.TransportError:
+    except aiohttp.ClientError:
         result.error = "connection"
     result.e2e_ms = (time.perf_counter() - start) * 1000.0
     return result
 
 
 async def _stream(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     target: Target,
     planned: PlannedRequest,
     start: float,
     result: Result,
 ) -> None:
     path, data = body(target, planned)
-    async with client.stream("POST", target.base_url + path, json=data) as response:
-        if response.status_code != 200:
-            await response.aread()
-            result.error = f"http_{response.status_code}"
+    async with client.post(target.base_url + path, json=data) as response:
+        if response.status != 200:
+            await response.read()
+            result.error = f"http_{response.status}"
             return
         last = start
         chunks = 0
         usage: dict[str, Any] | None = None
         done = False
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                done = True
-                break
-            try:
-                chunk = json.loads(payload)
-            except json.JSONDecodeError:
-                result.error = "stream"
-                return
-            if "error" in chunk:
-                result.error = "stream"
-                return
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if _content(chunk):
-                now = time.perf_counter()
-                if result.ttft_ms is None:
-                    result.ttft_ms = (now - start) * 1000.0
-                else:
-                    result.itl_ms.append((now - last) * 1000.0)
-                last = now
-                chunks += 1
+        try:
+            async for line in response.content:
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:  # not JSON, or not UTF-8
+                    result.error = "stream"
+                    return
+                if "error" in chunk:
+                    result.error = "stream"
+                    return
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                if _content(chunk):
+                    now = time.perf_counter()
+                    if result.ttft_ms is None:
+                        result.ttft_ms = (now - start) * 1000.0
+                    else:
+                        result.itl_ms.append((now - last) * 1000.0)
+                    last = now
+                    chunks += 1
+        except ValueError:  # a line longer than the read buffer
+            result.error = "stream"
+            return
         if not done:
             result.error = "stream"
             return
@@ -134,11 +137,13 @@ async def _stream(
         result.output_tokens = int(tokens) if isinstance(tokens, int) else chunks
 
 
-def http_client(connections: int | None = None) -> httpx.AsyncClient:
+def http_client(connections: int | None = None) -> aiohttp.ClientSession:
     # No pool limit by default: an open-loop run must not queue requests in the client,
-    # where the wait would be counted as the service's TTFT.
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=30.0))
+    # where the wait would be counted as the service's TTFT. Idle connections are kept
+    # (aiohttp's keep-alive) and reused by later requests.
+    connector = aiohttp.TCPConnector(limit=connections or 0, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout)
 
 
 @dataclass

@@ -188,11 +188,32 @@ class Simulation:
         flight.prefill, flight.prefill_engine = leg, self.by_name[prefiller]
         self._submit(flight.prefill_engine, leg, flight, now)
 
-    def _submit(self, index: int, req: Request, flight: Flight, now: float) -> None:
+    def _submit(
+        self,
+        index: int,
+        req: Request,
+        flight: Flight,
+        now: float,
+        hashes: list[bytes] | None = None,
+    ) -> None:
         self.flights[req.id] = flight
         engine = self.engines[index]
-        engine.sched.add(req)
+        engine.sched.add(req, hashes)
         self._wake(engine, now)
+
+    def _prompt_hashes(self, leg: Request, flight: Flight) -> list[bytes] | None:
+        """The prefill leg's prompt block hashes, if the decode leg's are the same: the
+        same prompt and adapter, hashed with the same scheme and block size."""
+        p = self.engines[flight.prefill_engine].sched
+        d = self.engines[flight.decode_engine].sched
+        if (
+            leg.prompt is not flight.decode.prompt
+            or leg.lora_id != flight.decode.lora_id
+            or p.scheme != d.scheme
+            or p.profile.block_size != d.profile.block_size
+        ):
+            return None
+        return leg.hashes[: len(leg.prompt) // p.profile.block_size]
 
     def _wake(self, engine: SimulatedEngine, now: float) -> None:
         if not engine.stepping:
@@ -237,7 +258,8 @@ class Simulation:
                     "remote_request_id": req.id,
                     "remote_num_tokens": len(req.prompt),
                 }
-                self._submit(flight.decode_engine, decode, flight, now)
+                hashes = self._prompt_hashes(req, flight)
+                self._submit(flight.decode_engine, decode, flight, now, hashes)
             else:
                 self._finished(flight, now)
 

@@ -116,9 +116,14 @@ class Scheduler:
         self.num_preemptions = 0
 
     # --- intake ---------------------------------------------------------------------------
-    def add(self, req: Request) -> None:
+    def add(self, req: Request, hashes: list[bytes] | None = None) -> None:
+        """Queue `req`. `hashes`, if given, are its prompt's full-block hashes under this
+        scheduler's scheme and block size (a caller that has them already: the simulator,
+        for a decode leg whose prefill leg hashed the same prompt)."""
         req.key = self.gen.key(req.prompt, req.lora_id or 0)
-        req.hashes = self.scheme.hashes(req.prompt, self.profile.block_size, None, _extra(req))
+        if hashes is None:
+            hashes = self.scheme.hashes(req.prompt, self.profile.block_size, None, _extra(req))
+        req.hashes = hashes
         self.waiting.append(req)
 
     def abort(self, req: Request) -> None:
@@ -197,39 +202,54 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def step(self, now: float) -> StepOutput:
-        """Schedule one iteration, run it in model time, return its duration and tokens."""
+        """Schedule one iteration, run it in model time, return its duration and tokens.
+
+        The per-token path is inlined (`pending`, `BlockManager.grow`'s no-op case, the
+        `_commit` test): a decode step runs it once per sequence, millions of times in a
+        simulation. The slow paths are the same methods as before."""
         out = StepOutput()
-        budget = self.profile.max_num_batched_tokens
+        profile = self.profile
+        budget = profile.max_num_batched_tokens
         batch: list[tuple[Request, int]] = []
+        running = Phase.RUNNING
+        cap = self.blocks.block_size  # tokens per block of a block table, as grow() counts
         for req in list(self.running):
             if budget <= 0:
                 break
-            if req.phase is not Phase.RUNNING:
+            if req.phase is not running:
                 continue  # preempted earlier in this loop
-            n = min(req.pending, budget)
-            if self._reserve(req, req.computed + n, out):
+            n = len(req.prompt) + len(req.output) - req.computed
+            if n > budget:
+                n = budget
+            need = req.computed + n
+            if len(req.blocks) * cap >= need or self._reserve(req, need, out):
                 batch.append((req, n))
                 budget -= n
         if out.preempted:  # a victim may have been scheduled before it was preempted
-            batch = [(r, n) for r, n in batch if r.phase is Phase.RUNNING]
+            batch = [(r, n) for r, n in batch if r.phase is running]
         else:  # as vLLM: no new admissions in a step that had to preempt
             self._admit(now, out, batch, budget)
-        context = 0
+        context = decode_batch = prefill_tokens = 0
         for req, n in batch:
-            if req.output and n == 1:
-                out.decode_batch += 1
-                context += req.num_tokens
+            if n == 1 and req.output:
+                decode_batch += 1
+                context += len(req.prompt) + len(req.output)
             else:
-                out.prefill_tokens += n
-        out.duration = self.profile.prefill_seconds(out.prefill_tokens) + (
-            self.profile.decode_seconds(out.decode_batch, context)
+                prefill_tokens += n
+        out.decode_batch, out.prefill_tokens = decode_batch, prefill_tokens
+        out.duration = profile.prefill_seconds(prefill_tokens) + (
+            profile.decode_seconds(decode_batch, context)
         )
         end = now + out.duration
+        bs = profile.block_size
+        emit = self._emit
         for req, n in batch:
-            req.computed += n
-            self._commit(req)
-            if req.pending == 0:
-                self._emit(req, end, out)
+            computed = req.computed + n
+            req.computed = computed
+            if computed // bs > req.committed and len(req.blocks) > req.committed:
+                self._commit(req)
+            if computed == len(req.prompt) + len(req.output):
+                emit(req, end, out)
         return out
 
     def _reserve(self, req: Request, num_tokens: int, out: StepOutput) -> bool:
@@ -322,18 +342,20 @@ class Scheduler:
             req.committed = full
 
     def _emit(self, req: Request, end: float, out: StepOutput) -> None:
-        position = len(req.output)
-        token = self.gen.token(req.key, position)
-        if not req.ignore_eos and position >= self.gen.natural_length(req.key):
-            token = self.gen.eos
+        output = req.output
+        position = len(output)
+        gen = self.gen
+        token = gen.token(req.key, position)
+        if not req.ignore_eos and position >= gen.natural_length(req.key):
+            token = gen.eos
         if req.first_token_at is None:
             req.first_token_at = end
         # EOS is a generated token, as in vLLM: counted in completion_tokens, decoded to "".
-        req.output.append(token)
+        output.append(token)
         out.tokens.append((req, token))
-        if token == self.gen.eos and not req.ignore_eos:
+        if token == gen.eos and not req.ignore_eos:
             self._finish(req, "stop", end, out)
-        elif req.remote_decode or len(req.output) >= req.max_tokens:
+        elif req.remote_decode or position + 1 >= req.max_tokens:
             self._finish(req, "length", end, out)
 
     def _finish(self, req: Request, reason: str, end: float, out: StepOutput) -> None:
