@@ -136,13 +136,17 @@ def note_rss(st: dict[str, Any], seen: Seen) -> None:
 
 async def chaos(folder: Path, every: float, seconds: float, log: list[str], seen: Seen) -> None:
     rng = random.Random(7)
+    turn = rng.randrange(len(VICTIMS))
     t0 = time.monotonic()
     while time.monotonic() - t0 + every < seconds:
         await asyncio.sleep(every)
         st = state(folder)
         note_rss(st, seen)
-        rows = [r for r in st["components"] if r.get("pid")]
-        victims = [r for r in rows if r["name"].startswith(VICTIMS) and r["status"] == "ready"]
+        rows = [r for r in st["components"] if r.get("pid") and r["status"] == "ready"]
+        # Kinds take turns (every one is hit, Envoy included), the replica at random.
+        kind = VICTIMS[turn % len(VICTIMS)]
+        turn += 1
+        victims = [r for r in rows if r["name"].startswith(kind)]
         if not victims:
             continue
         victim = rng.choice(victims)
