@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from pdserve.errors import UserError
@@ -37,6 +37,24 @@ def add_bool(
 
 def env_default(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
+
+
+def number(
+    kind: type[float] | type[int], minimum: float = 0.0, inclusive: bool = False
+) -> Callable[[str], float | int]:
+    """An argparse type: a number above `minimum` (or at it, `inclusive`)."""
+
+    def convert(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if value < minimum or (value == minimum and not inclusive):
+            sign = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(f"must be {sign} {minimum:g}, got {text}")
+        return value
+
+    return convert
 
 
 class OneLineParser(argparse.ArgumentParser):

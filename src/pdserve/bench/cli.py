@@ -21,20 +21,7 @@ from pdserve.bench.generator import PlannedRequest, requests
 from pdserve.bench.progress import show
 from pdserve.bench.workload import load
 from pdserve.errors import UserError
-from pdserve.flags import OneLineParser
-
-
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
-    def convert(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return convert
+from pdserve.flags import OneLineParser, number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,15 +36,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", required=True, help="the model name requests ask for")
     ap.add_argument("--workload", required=True, help="a workload YAML file")
     pace = ap.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive(float), help="requests/s, overriding the workload's")
+    pace.add_argument("--rate", type=number(float), help="requests/s, overriding the workload's")
     pace.add_argument(
-        "--concurrency", type=_positive(int), help="closed loop: this many users at a time"
+        "--concurrency", type=number(int), help="closed loop: this many users at a time"
     )
-    ap.add_argument("--duration", type=_positive(float), required=True, help="seconds of sending")
+    ap.add_argument("--duration", type=number(float), required=True, help="seconds of sending")
     ap.add_argument("--seed", type=int, default=0, help="the workload's random seed")
     ap.add_argument("--output", help="write the report as JSON here")
     ap.add_argument("--slo", help="objectives for goodput, e.g. ttft_p90=2s,itl_p90=50ms")
-    ap.add_argument("--timeout", type=_positive(float), default=300.0, help="seconds per request")
+    ap.add_argument("--timeout", type=number(float), default=300.0, help="seconds per request")
     return ap
 
 

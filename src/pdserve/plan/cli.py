@@ -15,25 +15,12 @@ import yaml
 
 from pdserve.bench.workload import load as load_workload
 from pdserve.errors import UserError
-from pdserve.flags import OneLineParser
+from pdserve.flags import OneLineParser, number
 from pdserve.plan.search import Result, Space, Trial, search
 from pdserve.plan.simulation import Setup, Simulator, manifest
 
 DEFAULT_MODEL = "builtin://smollm2-135m-instruct"
 DEFAULT_REQUESTS = 200
-
-
-def _number(kind: type[float] | type[int]) -> Callable[[str], float | int]:
-    def convert(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return convert
 
 
 def _fraction(text: str) -> float:
@@ -61,24 +48,24 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--slo", required=True, help="objectives, e.g. ttft_p90=2s,itl_p90=50ms")
     ap.add_argument(
-        "--accelerators", required=True, type=_number(int), metavar="N", help="GPUs to spend"
+        "--accelerators", required=True, type=number(int), metavar="N", help="GPUs to spend"
     )
     ap.add_argument("--profile", help="sim engine profile of one GPU (default: its defaults)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})")
     ap.add_argument("--name", default="llm", help="the LLMInferenceService's name (llm)")
     ap.add_argument(
-        "--max-tp", type=_number(int), default=8, metavar="T", help="largest TP group (8)"
+        "--max-tp", type=number(int), default=8, metavar="T", help="largest TP group (8)"
     )
     ap.add_argument(
         "--layouts", choices=("all", "pd", "aggregated"), default="all", help="what to try (all)"
     )
     ap.add_argument("--threshold", type=_fraction, default=0.9, help="share meeting the SLOs (0.9)")
     ap.add_argument("--seed", type=int, default=0, help="the workload's and the EPP's seed")
-    ap.add_argument("--duration", type=_number(float), help="seconds of arrivals per run")
+    ap.add_argument("--duration", type=number(float), help="seconds of arrivals per run")
     ap.add_argument(
-        "--requests", type=_number(int), help=f"or requests per run ({DEFAULT_REQUESTS})"
+        "--requests", type=number(int), help=f"or requests per run ({DEFAULT_REQUESTS})"
     )
-    ap.add_argument("--rate", type=_number(float), help="requests/s, overriding the workload's")
+    ap.add_argument("--rate", type=number(float), help="requests/s, overriding the workload's")
     ap.add_argument(
         "--output", type=Path, metavar="FILE", help="write the recommended LLMInferenceService here"
     )

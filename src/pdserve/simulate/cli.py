@@ -7,30 +7,16 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pdserve.bench import report
 from pdserve.bench.workload import load as load_workload
 from pdserve.errors import UserError
-from pdserve.flags import OneLineParser
+from pdserve.flags import OneLineParser, number
 
 if TYPE_CHECKING:
     from pdserve.simulate.simulator import Counts, Progress
-
-
-def _number(kind: type[float] | type[int], minimum: float = 0.0) -> Callable[[str], float | int]:
-    def convert(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-        if value <= minimum:
-            raise argparse.ArgumentTypeError(f"must be > {minimum:g}, got {text}")
-        return value
-
-    return convert
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,21 +37,23 @@ def parser() -> argparse.ArgumentParser:
         "--profile if it gives one, else the sim engine's defaults)",
     )
     ap.add_argument("--seed", type=int, default=0, help="the workload's and the EPP's seed")
-    ap.add_argument("--duration", type=_number(float), help="seconds of arrivals (virtual)")
-    ap.add_argument("--requests", type=_number(int), help="or this many requests")
-    ap.add_argument("--rate", type=_number(float), help="requests/s, overriding the workload's")
+    ap.add_argument("--duration", type=number(float), help="seconds of arrivals (virtual)")
+    ap.add_argument("--requests", type=number(int), help="or this many requests")
+    ap.add_argument("--rate", type=number(float), help="requests/s, overriding the workload's")
     ap.add_argument("--output", help="write the report as JSON here")
     ap.add_argument("--slo", help="objectives for goodput, e.g. ttft_p90=2s,itl_p90=50ms")
     ap.add_argument(
         "--scrape-interval",
-        type=_number(float),
+        type=number(float),
         default=0.05,
         help="seconds between the EPP's metric scrapes (its --refresh-metrics-interval)",
     )
-    ap.add_argument("--link-latency-ms", type=_number(float, -1e-12), help="KV pull fixed cost")
-    ap.add_argument("--link-gbps", type=_number(float), help="KV link bandwidth, GB/s")
     ap.add_argument(
-        "--kv-bytes-per-token", type=_number(int), help="model KV bytes per token (128 KiB)"
+        "--link-latency-ms", type=number(float, 0.0, inclusive=True), help="KV pull fixed cost"
+    )
+    ap.add_argument("--link-gbps", type=number(float), help="KV link bandwidth, GB/s")
+    ap.add_argument(
+        "--kv-bytes-per-token", type=number(int), help="model KV bytes per token (128 KiB)"
     )
     return ap
 
