@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,21 @@ REFERENCE = REPO.parent / "shared" / "reference"
 PDSERVE = [sys.executable, "-m", "pdserve"]
 
 Spawn = Callable[..., ManagedProcess]
+
+
+class FakePods:
+    """A pool_pods.PodSource replaying scripts of events; an exception in place of a script
+    breaks the stream there, as a lost API connection does, and the next call resumes."""
+
+    def __init__(self, *scripts: list[tuple[str, dict[str, Any]]] | Exception) -> None:
+        self.scripts = list(scripts)
+
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        while self.scripts:
+            script = self.scripts.pop(0)
+            if isinstance(script, Exception):
+                raise script
+            yield from script
 
 
 def nested(depth: int) -> dict[str, Any]:

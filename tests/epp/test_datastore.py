@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from pdserve.epp.datastore import (
 from pdserve.epp.types import Endpoint, Metrics
 from pdserve.pool_pods import PoolPods
 from pdserve.process import free_port
+from testkit import FakePods
 
 ODD_METRICS = """\
 # HELP vllm:num_requests_waiting Number of requests waiting.
@@ -59,21 +59,6 @@ def test_the_newest_lora_series_is_the_current_one() -> None:
     m = Metrics()
     parse_metrics(text, m, now=1.0)
     assert (m.loras_running, m.loras_waiting, m.max_loras) == ({"a"}, frozenset(), 2)
-
-
-class FakePods:
-    """A PodSource replaying scripts of events; an exception in place of a script breaks
-    the stream there, as a lost API connection does."""
-
-    def __init__(self, *scripts: list[tuple[str, dict[str, Any]]] | Exception) -> None:
-        self.scripts = list(scripts)
-
-    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        while self.scripts:
-            script = self.scripts.pop(0)
-            if isinstance(script, Exception):
-                raise script
-            yield from script
 
 
 def pool_pod(name: str, ip: str, ready: str = "True") -> dict[str, Any]:

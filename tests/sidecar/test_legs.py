@@ -1,11 +1,11 @@
 """The nixlv2 request rewriting and the SSRF allow-list, as pure functions."""
 
-from collections.abc import Iterator
 from typing import Any
 
 from pdserve import kube
 from pdserve.sidecar.allowlist import PoolAllowList
 from pdserve.sidecar.legs import decode_body, prefill_body
+from testkit import FakePods
 
 
 def test_prefill_leg_asks_for_one_token_without_streaming() -> None:
@@ -42,21 +42,6 @@ def test_lmcache_legs_carry_no_kv_params() -> None:
     body = {"prompt": "p"}
     assert "kv_transfer_params" not in prefill_body(body, "lmcache")
     assert decode_body(body, {"kv_transfer_params": {"x": 1}}, "lmcache") == body
-
-
-class FakePods:
-    """A PodSource replaying scripts of events; an exception in place of a script breaks
-    the stream there, as a lost API connection does, and the next call resumes after it."""
-
-    def __init__(self, *scripts: list[tuple[str, dict[str, Any]]] | Exception) -> None:
-        self.scripts = list(scripts)
-
-    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        while self.scripts:
-            script = self.scripts.pop(0)
-            if isinstance(script, Exception):
-                raise script
-            yield from script
 
 
 def pod(name: str, ip: str) -> dict[str, Any]:
