@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -31,14 +32,16 @@ def test_link_parameters_set_latency_and_bandwidth() -> None:
     assert free.pull_seconds(1000) == 0.0
 
 
-SMOLLM2 = models.cached("builtin://smollm2-135m-instruct")
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    """The model folder `up` uses: converted from the wheel's GGUF when not cached yet (a
+    cold machine), never skipped."""
+    return models.resolve("builtin://smollm2-135m-instruct")
 
 
-@pytest.mark.skipif(SMOLLM2 is None, reason="no cached SmolLM2 folder (make up makes one)")
-def test_word_by_word_tokens_equal_the_models_own() -> None:
-    assert SMOLLM2 is not None
-    model = HFTokenizer(SMOLLM2)
-    quick = fast(model, SMOLLM2)
+def test_word_by_word_tokens_equal_the_models_own(smollm2: Path) -> None:
+    model = HFTokenizer(smollm2)
+    quick = fast(model, smollm2)
     assert isinstance(quick, FastTokenizer)
     rng = random.Random(1)
     for _ in range(30):
@@ -49,11 +52,11 @@ def test_word_by_word_tokens_equal_the_models_own() -> None:
         assert request_tokens(quick, "", messages) == request_tokens(model, "", messages)
 
 
-@pytest.mark.skipif(SMOLLM2 is None, reason="no cached SmolLM2 folder (make up makes one)")
-def test_a_lone_user_message_in_the_templates_frame_equals_the_rendered_one() -> None:
-    assert SMOLLM2 is not None
-    model = HFTokenizer(SMOLLM2)
-    quick = fast(model, SMOLLM2)
+def test_a_lone_user_message_in_the_templates_frame_equals_the_rendered_one(
+    smollm2: Path,
+) -> None:
+    model = HFTokenizer(smollm2)
+    quick = fast(model, smollm2)
     assert isinstance(quick, FastTokenizer) and quick.frame is not None
     rng = random.Random(2)
     texts = [words(rng, rng.randint(1, 200)).lstrip() for _ in range(20)]
