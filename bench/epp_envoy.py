@@ -19,46 +19,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 
+from envoy_stack import Fleet, add_body_mode, engines, epp, gateways, in_fleet
 from pdserve.epp import envoy
-from pdserve.process import ManagedProcess, free_port, wait_tcp
+from pdserve.process import free_port
 from pdserve.wire import DESTINATION_HEADER
 
-PDSERVE = [sys.executable, "-m", "pdserve"]
 BODY = {"model": "sim", "prompt": "benchmark the gateway hop " * 16, "max_tokens": 8}
-QUIET = ("--zero-cost", "--log-level", "warning")
 Call = Callable[[aiohttp.ClientSession], Awaitable[None]]
-
-
-class Fleet:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp, self.procs = tmp, []
-
-    def start(self, name: str, argv: list[str], health: str | None) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, self.tmp / f"{name}.log").start()
-        self.procs.append(proc)
-        if health:
-            proc.wait_http(health, timeout=90)
-        return proc
-
-    def envoy(self, name: str, port: int, cfg: dict) -> None:
-        admin = cfg["admin"]["address"]["socket_address"]["port_value"]
-        path = self.tmp / f"{name}.json"
-        path.write_text(json.dumps(cfg))
-        argv = [str(envoy.binary()), "-c", str(path), "--base-id", str(port)]
-        self.start(name, [*argv, "--log-level", "warn"], f"http://127.0.0.1:{admin}/ready")
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
 
 
 def poster(url: str, headers: Callable[[], dict[str, str]]) -> Call:
@@ -103,61 +77,17 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=300)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=32)
-    modes = ("FULL_DUPLEX_STREAMED", "BUFFERED")
-    ap.add_argument("--body-mode", default=modes[0], choices=modes)
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        fleet = Fleet(Path(d))
-        try:
-            run(fleet, args)
-        finally:
-            fleet.stop()
+    add_body_mode(ap)
+    in_fleet(run, ap.parse_args())
 
 
 def run(fleet: Fleet, args: argparse.Namespace) -> None:
-    engines = [free_port(), free_port()]
-    for i, port in enumerate(engines):
-        fleet.start(
-            f"engine{i}",
-            [*PDSERVE, "sim-engine", "--port", str(port), "--served-model-name", "sim", *QUIET],
-            f"http://127.0.0.1:{port}/health",
-        )
-    dests = [f"127.0.0.1:{p}" for p in engines]
-    grpc, health, metrics = free_port(), free_port(), free_port()
-    epp = fleet.start(
-        "epp",
-        [
-            *PDSERVE,
-            "epp",
-            "--host",
-            "127.0.0.1",
-            "--endpoints",
-            ",".join(dests),
-            "--grpc-port",
-            str(grpc),
-            "--grpc-health-port",
-            str(health),
-            "--metrics-port",
-            str(metrics),
-            "--log-level",
-            "warning",
-        ],
-        None,
-    )
-    wait_tcp("127.0.0.1", grpc, 60, epp.check_alive)
-    epp.wait_http(f"http://127.0.0.1:{metrics}/metrics", 60)
-    gw_epp, gw_plain = free_port(), free_port()
+    dests = engines(fleet)
+    _, grpc, _ = epp(fleet, ",".join(dests), ("--log-level", "warning"))
+    gw_epp, gw_plain = gateways(fleet, grpc, args.body_mode)
     gw_watch = free_port()
     fleet.envoy(
-        "envoy-epp",
-        gw_epp,
-        envoy.bootstrap(gw_epp, grpc, free_port(), [], args.body_mode, watch=False),
-    )
-    fleet.envoy(
         "envoy-watch", gw_watch, envoy.bootstrap(gw_watch, grpc, free_port(), [], args.body_mode)
-    )
-    fleet.envoy(
-        "envoy-plain", gw_plain, envoy.bootstrap(gw_plain, grpc, free_port(), [], ext_proc=False)
     )
     router, prom = free_port(), free_port()
     fleet.start(

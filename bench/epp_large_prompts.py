@@ -31,7 +31,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -40,9 +39,7 @@ from pathlib import Path
 import aiohttp
 import xxhash
 
-from epp_envoy import PDSERVE, QUIET, Fleet
-from pdserve.epp import envoy
-from pdserve.process import free_port, wait_tcp
+from envoy_stack import Fleet, add_body_mode, engines, epp, gateways, in_fleet
 from pdserve.wire import DESTINATION_HEADER
 
 # 220 KB of text is ~55k tokens by the engine's count; the engines must take it whole.
@@ -135,40 +132,14 @@ def cpu_seconds(pid: int) -> float:
 def start(fleet: Fleet, args: argparse.Namespace) -> tuple[list[str], int, int, int, int]:
     """Engines, the EPP (decision log at info) and the two Envoys; their addresses and the
     EPP's pid."""
-    engines = [free_port(), free_port()]
-    for i, port in enumerate(engines):
-        fleet.start(
-            f"engine{i}",
-            [
-                *PDSERVE,
-                "sim-engine",
-                "--port",
-                str(port),
-                "--served-model-name",
-                "sim",
-                *LONG,
-                *QUIET,
-            ],
-            f"http://127.0.0.1:{port}/health",
-        )
-    dests = [f"127.0.0.1:{p}" for p in engines]
-    grpc, health, metrics = free_port(), free_port(), free_port()
-    argv = [*PDSERVE, "epp", "--host", "127.0.0.1", "--log-level", "info"]
-    argv += ["--endpoints", f"{dests[0]}@decode,{dests[1]}@prefill"]
-    argv += ["--grpc-port", str(grpc), "--grpc-health-port", str(health)]
-    argv += ["--metrics-port", str(metrics)]
+    dests = engines(fleet, LONG)
+    extra = ["--log-level", "info"]
     if args.config:
-        argv += ["--config-file", str(args.config)]
-    epp = fleet.start("epp", argv, None)
-    wait_tcp("127.0.0.1", grpc, 60, epp.check_alive)
-    epp.wait_http(f"http://127.0.0.1:{metrics}/metrics", 60)
-    gw_epp, gw_plain = free_port(), free_port()
-    cfg = envoy.bootstrap(gw_epp, grpc, free_port(), [], args.body_mode, watch=False)
-    fleet.envoy("envoy-epp", gw_epp, cfg)
-    plain = envoy.bootstrap(gw_plain, grpc, free_port(), [], ext_proc=False)
-    fleet.envoy("envoy-plain", gw_plain, plain)
-    assert epp.pid is not None
-    return dests, gw_epp, gw_plain, metrics, epp.pid
+        extra += ["--config-file", str(args.config)]
+    proc, grpc, metrics = epp(fleet, f"{dests[0]}@decode,{dests[1]}@prefill", extra)
+    gw_epp, gw_plain = gateways(fleet, grpc, args.body_mode)
+    assert proc.pid is not None
+    return dests, gw_epp, gw_plain, metrics, proc.pid
 
 
 def run(fleet: Fleet, args: argparse.Namespace) -> None:
@@ -255,15 +226,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--kbytes", type=int, default=220)
     ap.add_argument("--config", type=Path, help="an EndpointPickerConfig file (read in place)")
-    modes = ("FULL_DUPLEX_STREAMED", "BUFFERED")
-    ap.add_argument("--body-mode", default=modes[0], choices=modes)
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        fleet = Fleet(Path(d))
-        try:
-            run(fleet, args)
-        finally:
-            fleet.stop()
+    add_body_mode(ap)
+    in_fleet(run, ap.parse_args())
 
 
 if __name__ == "__main__":

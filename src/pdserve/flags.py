@@ -57,6 +57,17 @@ def number(
     return convert
 
 
+def duration(text: str) -> float:
+    """framework.parse_duration for argparse, so a flag and a config parameter read the same
+    text alike; a bad value is a usage error naming it."""
+    from pdserve.epp.framework import parse_duration  # pydantic, only once a flag is read
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Bad flags are one line and exit 2 (the dispatcher prints `pdserve CMD: ...`), like
     every other user error of pdserve, not argparse's usage block."""

@@ -6,21 +6,24 @@ import asyncio
 
 import pytest
 
+from pdserve import kv_release
 from pdserve.engines.sim import side_channel
 from pdserve.engines.sim.kv_arena import KVArena
 from pdserve.engines.sim.nixl_transport import make_nixl
 from pdserve.engines.sim.side_channel import Leased, SideChannelServer, TransferError
+from pdserve.process import free_port
+from pdserve.side_channel_frames import frame, read_frame
 
 BLOCKS, BLOCK_BYTES = 4, 1000  # not a multiple of 8: the tail of a block is filled too
 
 
 async def test_a_frame_reads_back_with_its_payload_size() -> None:
     reader = asyncio.StreamReader()
-    reader.feed_data(side_channel.frame({"op": "x"}, 5) + b"12345" + side_channel.frame({}))
-    header, nbytes = await side_channel.read_frame(reader.readexactly)
+    reader.feed_data(frame({"op": "x"}, 5) + b"12345" + frame({}))
+    header, nbytes = await read_frame(reader.readexactly)
     assert (header, nbytes) == ({"op": "x", "nbytes": 5}, 5)
     assert await reader.readexactly(nbytes) == b"12345"
-    assert await side_channel.read_frame(reader.readexactly) == ({}, 0)
+    assert await read_frame(reader.readexactly) == ({}, 0)
 
 
 def _arenas() -> tuple[KVArena, KVArena]:
@@ -102,3 +105,26 @@ async def test_a_failed_nixl_read_still_releases_the_producers_lease() -> None:
     finally:
         await server.close()
     assert released == ["r"]  # not held until the lease expires
+
+
+async def test_a_release_without_a_pull_says_whether_the_producer_held_the_lease() -> None:
+    """The message the sidecar sends too (pdserve.kv_release), answered by the sim producer."""
+    held = {"r"}
+
+    def free(rid: str) -> bool:
+        was = rid in held
+        held.discard(rid)
+        return was
+
+    server = SideChannelServer(KVArena(BLOCKS, BLOCK_BYTES), lambda rid: None, free, None)
+    port = await server.start("127.0.0.1", 0)
+    handle = {"remote_host": "127.0.0.1", "remote_port": port, "remote_request_id": "r"}
+    try:
+        assert await kv_release.release(handle, 10) == (True, None)
+        assert await kv_release.release(handle, 10) == (False, None)  # freed already
+    finally:
+        await server.close()
+    released, error = await kv_release.release({**handle, "remote_port": "x"}, 10)
+    assert released is None and error is not None and "'x'" in error
+    released, error = await kv_release.release({**handle, "remote_port": free_port()}, 10)
+    assert released is None and error is not None and error.startswith("KV release at 127.0.0.1")

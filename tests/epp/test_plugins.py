@@ -402,8 +402,8 @@ def test_prefix_hit_ratio_counts_one_hit_per_request() -> None:
     [("1m30s", 90.0), ("1.5h", 5400.0), ("200ms", 0.2), ("10µs", 1e-5), (".5s", 0.5), ("0", 0.0)],
 )
 def test_flags_and_parameters_read_go_durations_alike(text: str, seconds: float) -> None:
-    from pdserve.epp.cli import duration
     from pdserve.epp.framework import go_duration
+    from pdserve.flags import duration
 
     assert duration(text) == pytest.approx(seconds)
     assert go_duration(text, "t") == pytest.approx(seconds)
@@ -413,8 +413,8 @@ def test_flags_and_parameters_read_go_durations_alike(text: str, seconds: float)
 def test_a_bare_number_or_a_sign_is_not_a_duration(text: str) -> None:
     import argparse
 
-    from pdserve.epp.cli import duration
     from pdserve.epp.framework import go_duration
+    from pdserve.flags import duration
 
     with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
         duration(text)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pdserve import wire
 from pdserve.errors import UserError
-from pdserve.flags import GoStyleParser, add_bool
+from pdserve.flags import GoStyleParser, add_bool, duration
 
 if TYPE_CHECKING:
     from pdserve.epp import datastore as ds
@@ -35,17 +35,6 @@ _IGNORED_BOOL = (
     "--enable-pprof",
     "--ha-enable-leader-election",
 )
-
-
-def duration(text: str) -> float:
-    """framework.parse_duration for argparse, so a flag and a config parameter read the same
-    text alike; a bad value is a usage error naming it."""
-    from pdserve.epp.framework import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def epp_parser() -> argparse.ArgumentParser:

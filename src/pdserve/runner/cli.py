@@ -23,7 +23,7 @@ from typing import Any
 
 from pdserve.epp import envoy as envoy_defaults
 from pdserve.errors import UserError
-from pdserve.flags import OneLineParser
+from pdserve.flags import OneLineParser, duration
 from pdserve.process import pid_alive
 from pdserve.runner.state import StateDir, default_dir
 
@@ -72,13 +72,13 @@ def up(argv: list[str]) -> int:
     ap.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
         "--route-timeout",
-        type=_duration,
+        type=duration,
         default=envoy_defaults.ROUTE_TIMEOUT,
         help="the gateway's bound on a whole answer (0, the default: none)",
     )
     ap.add_argument(
         "--stream-idle-timeout",
-        type=_duration,
+        type=duration,
         default=envoy_defaults.STREAM_IDLE_TIMEOUT,
         help="the gateway ends a stream silent this long (default 300s)",
     )
@@ -129,15 +129,6 @@ def up(argv: list[str]) -> int:
         source=str(args.file),
         timeouts=timeouts,
     )
-
-
-def _duration(text: str) -> float:
-    from pdserve.epp.framework import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _detach(argv: list[str], state: StateDir) -> int:

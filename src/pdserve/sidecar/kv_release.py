@@ -14,8 +14,9 @@ It goes where a pull's own release goes: the producer's side channel named in th
 endpoint of vLLM's frees a lease (there is none to abort a finished request), and the side
 channel is the one address the handle gives for the producer's KV. Against real vLLM the
 same message is a NIXL notification after the side channel's metadata handshake; the
-sim's side channel takes it as one framed message. `--release-unclaimed-kv=false` turns
-this off for engines that speak neither.
+sim's side channel takes it as one framed message (pdserve/kv_release.py, which the sim
+engine sends too). `--release-unclaimed-kv=false` turns this off for engines that speak
+neither.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from pdserve.engines.sim import side_channel
+from pdserve import kv_release as contract
 from pdserve.logs import event, now_ms
 
 log = logging.getLogger("pdserve.sidecar")
@@ -39,24 +40,14 @@ def handle(answer: dict[str, Any]) -> dict[str, Any] | None:
     params = answer.get("kv_transfer_params")
     if not isinstance(params, dict) or not params.get("do_remote_prefill"):
         return None
-    keys = ("remote_host", "remote_port", "remote_request_id")
-    return params if all(params.get(k) for k in keys) else None
+    return params if all(params.get(k) for k in contract.HANDLE) else None
 
 
 async def release(rid: str, params: dict[str, Any], reason: str) -> bool | None:
     """Tell the producer to free the lease; whether it still held it (None: unknown, the
     producer did not answer). One log line either way, under the client's request id."""
     start = time.perf_counter()
-    released, error = None, None
-    try:
-        released = await side_channel.release(
-            str(params["remote_host"]),
-            int(params["remote_port"]),
-            str(params["remote_request_id"]),
-            RELEASE_TIMEOUT,
-        )
-    except (side_channel.TransferError, ValueError, TypeError) as err:
-        error = str(err)
+    released, error = await contract.release(params, RELEASE_TIMEOUT)
     event(
         log,
         "kv_release",

@@ -19,6 +19,7 @@ from typing import Any
 
 import xxhash
 
+from pdserve import kv_release
 from pdserve.block_hashes import Scheme, event_key
 from pdserve.engines.sim import side_channel
 from pdserve.engines.sim.block_manager import BlockManager
@@ -359,22 +360,13 @@ class SimEngine:
         self, params: dict[str, Any], external_id: str, reason: str, request_id: str | None = None
     ) -> None:
         """Free the producer's lease without pulling (vLLM notifies the producer likewise)."""
-        host, port, rid = (
-            params.get(k) for k in ("remote_host", "remote_port", "remote_request_id")
-        )
-        error, released = None, None
-        try:
-            released = await side_channel.release(
-                str(host), int(str(port)), str(rid), self.pull_timeout
-            )
-        except (side_channel.TransferError, ValueError, TypeError) as err:
-            error = str(err)
+        released, error = await kv_release.release(params, self.pull_timeout)
         event(
             log,
             "kv_pull_skipped",
             logging.INFO if error is None else logging.WARNING,
             request_id=request_id,
-            remote_request_id=rid,
+            remote_request_id=params.get("remote_request_id"),
             x_request_id=external_id,
             reason=reason,
             released=released,

@@ -50,6 +50,22 @@ def _prompt(prompt: Any) -> str | list[int]:
     )
 
 
+def _input(body: Any, chat: bool) -> Params:
+    """The model and the input (messages or prompt), read alike for a generation and for
+    /tokenize: a body one accepts, the other does too."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "model must be a string.", "model")
+    p = Params(chat=chat, model=model, prompt="")
+    if chat:
+        p.messages = _messages(body.get("messages"))
+    else:
+        p.prompt = _prompt(body.get("prompt"))
+    return p
+
+
 def tokenize_request(body: Any) -> tuple[Params, bool]:
     """A /tokenize body, as vLLM reads it: `messages` makes it a chat one (the generation
     prompt always added, as this engine's chat does), else `prompt`; and whether the
@@ -61,28 +77,11 @@ def tokenize_request(body: Any) -> tuple[Params, bool]:
     special = body.get("add_special_tokens", not chat)
     if not isinstance(special, bool):
         raise ApiError(400, "add_special_tokens must be a boolean.", "add_special_tokens")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, "model must be a string.", "model")
-    p = Params(chat=chat, model=model, prompt="")
-    if chat:
-        p.messages = _messages(body.get("messages"))
-    else:
-        p.prompt = _prompt(body.get("prompt"))
-    return p, special
+    return _input(body, chat), special
 
 
 def parse(body: Any, chat: bool) -> Params:
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object.")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, "model must be a string.", "model")
-    p = Params(chat=chat, model=model, prompt="")
-    if chat:
-        p.messages = _messages(body.get("messages"))
-    else:
-        p.prompt = _prompt(body.get("prompt"))
+    p = _input(body, chat)
     values = check_request(body, chat)
     limit = max_output_tokens(values)
     p.max_tokens = limit[1] if limit else None

@@ -5,50 +5,27 @@ Each engine serves it on VLLM_NIXL_SIDE_CHANNEL_HOST:PORT, as vLLM's NixlConnect
 The consumer asks the producer for a leased request's blocks; the bytes then move either
 over NIXL (the producer answers with its agent metadata and the blocks' descriptors) or
 inline on this TCP stream. Both paths end with an xxh3-64 checksum check and a release
-message that frees the lease.
-
-Frames: 4-byte big-endian length, then a JSON header; a header with `nbytes` is followed
-by one length-prefixed raw frame of that many bytes.
+message that frees the lease (kv_release.py, which the decode sidecar sends too). Frames as
+side_channel_frames.py reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import socket
-import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pdserve import kv_release
 from pdserve.engines.sim.kv_arena import KVArena
 from pdserve.engines.sim.nixl_transport import Nixl
-
-_LEN = struct.Struct(">I")
-ReadExactly = Callable[[int], Awaitable[bytes]]
+from pdserve.side_channel_frames import frame, read_frame
 
 
 class TransferError(Exception):
     pass
-
-
-def frame(header: dict[str, Any], nbytes: int = 0) -> bytes:
-    """A header frame, and when `nbytes` of payload follow it, the payload frame's prefix."""
-    if nbytes:
-        header = {**header, "nbytes": nbytes}
-    raw = json.dumps(header).encode()
-    return _LEN.pack(len(raw)) + raw + (_LEN.pack(nbytes) if nbytes else b"")
-
-
-async def read_frame(read: ReadExactly) -> tuple[dict[str, Any], int]:
-    """A header, and the size of the payload frame that follows it (left to the caller)."""
-    (n,) = _LEN.unpack(await read(4))
-    header = json.loads(await read(n))
-    nbytes = 0
-    if header.get("nbytes"):
-        (nbytes,) = _LEN.unpack(await read(4))
-    return header, nbytes
 
 
 @dataclass
@@ -104,8 +81,8 @@ class SideChannelServer:
 
     async def _answer(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         rid = str(msg.get("request_id"))
-        if msg.get("op") == "release":
-            await _send(writer, {"ok": True, "released": self.release(rid)})
+        if msg.get("op") == kv_release.OP:
+            await _send(writer, kv_release.answer(self.release(rid)))
             return
         lease = self.lookup(rid)
         if lease is None or msg.get("op") != "pull":
@@ -183,22 +160,6 @@ async def pull(
             f"KV pull from {host}:{port} failed: {err or type(err).__name__}"
         ) from err
     return PullResult(count * arena.block_bytes, transport, loop.time() - start)
-
-
-async def release(host: str, port: int, request_id: str, timeout: float) -> bool:
-    """Consumer side, nothing to read: tell the producer to free the request's blocks.
-    Whether it still held them (False: claimed, expired or never leased)."""
-    try:
-        async with asyncio.timeout(timeout):
-            conn = await _Conn.open(host, port)
-            try:
-                await conn.send({"op": "release", "request_id": request_id})
-                answer = await conn.recv_header()
-            finally:
-                conn.close()
-    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
-        raise TransferError(f"KV release at {host}:{port} failed: {err!r}") from err
-    return bool(answer.get("released"))
 
 
 class _Conn:
@@ -296,7 +257,7 @@ async def _fetch(
     finally:
         # Done with the lease either way: a failed READ must not strand the producer's
         # blocks until the lease expires (480 s by default).
-        await conn.send({"op": "release", "request_id": request_id})
+        await conn.send(kv_release.message(request_id))
         await conn.recv_header()
     if not intact:
         raise TransferError(f"KV checksum mismatch for request {request_id!r}")
