@@ -22,6 +22,8 @@ import aiohttp
 from pdserve import wire
 from pdserve.bench.generator import PlannedRequest
 
+DRAIN_S = 1.0  # how long to wait for a stream's end after its [DONE]
+
 
 @dataclass
 class Result:
@@ -146,9 +148,12 @@ async def _stream(
             return
         # Read on to the end of the body: a connection dropped after [DONE] but before the
         # stream's last chunk is a client leaving early to the service (the sidecar logs it
-        # so, instead of its request line) and cannot be reused for the next request.
-        with contextlib.suppress(aiohttp.ClientError):
-            await response.read()
+        # so, instead of its request line) and cannot be reused for the next request. Not
+        # for long: the answer is complete, and a server that keeps the stream open must not
+        # turn it into a timeout.
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await response.read()
         tokens = usage.get("completion_tokens") if usage else None
         result.output_tokens = int(tokens) if isinstance(tokens, int) else chunks
 
