@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ def test_bench_against_a_sim_engine(tmp_path: Path, bench_engine: Callable[..., 
     common = ["--url", url, "--model", "sim", "--workload", str(workload), "--seed", "3"]
 
     out = tmp_path / "report.json"
+    png = tmp_path / "report.png"
     done = _bench(
         tmp_path,
         *common,
@@ -39,10 +41,18 @@ def test_bench_against_a_sim_engine(tmp_path: Path, bench_engine: Callable[..., 
         str(out),
         "--slo",
         "ttft_p90=10s,itl_p90=5s",
+        "--plot",
+        str(png),
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert tuple(report) == KEYS
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and png.stat().st_size > 20_000
+    # Each request went out under an id of its own, which the engine logged.
+    log = tmp_path / f"bench-sim-{url.rsplit(':', 1)[1]}.log"
+    ids = [json.loads(ln).get("x_request_id") for ln in log.read_text().splitlines() if "{" in ln]
+    ids = [i for i in ids if i]
+    assert len(set(ids)) == 30 and all(re.fullmatch(r"bench-[0-9a-f]{8}-\d+", i) for i in ids)
     assert report["errors"] == {}
     assert report["requests"] == 30  # constant 10/s for 3 s
     for key in ("ttft_ms", "itl_ms", "e2e_ms"):
@@ -133,6 +143,9 @@ def test_bad_flags_and_workloads_are_one_line_exit_2(tmp_path: Path) -> None:
         (["--url", "x", "--model", "m", "--workload", str(workload)], "--duration"),
         ([*base, "--workload", str(workload), "--rate", "1", "--concurrency", "2"], "not allowed"),
         ([*base, "--workload", str(workload), "--slo", "ttft=1"], "--slo"),
+        ([*base, "--workload", str(workload), "--plot", str(tmp_path / "r.svg")], "--plot"),
+        ([*base, "--workload", str(workload), "--plot", "/nonexistent/r.png"], "no such folder"),
+        ([*base, "--workload", str(workload), "--trace-dir", str(tmp_path)], "--trace-dir"),
     ]:
         done = _bench(tmp_path, *args)
         assert done.returncode == 2, (args, done.stderr)

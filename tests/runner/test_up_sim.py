@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import psutil
-from upkit import EXAMPLE, Service, all_dead, chat
+from upkit import EXAMPLE, Service, all_dead, chat, pdserve
 
 from pdserve import endpoints, promtext
 from pdserve.process import wait_until
@@ -196,3 +197,47 @@ def test_precise_prefix_routing_follows_the_engines_kv_events(
         page = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         hits.append(metric_in(page, "vllm:prefix_cache_hits_total"))
     assert sorted(hits)[0] == 0 and sorted(hits)[1] > 0, hits  # every repeat on one engine
+
+
+SHARED_PREFIX = """\
+api: chat
+arrival: {process: constant, rate: 5}
+shared_prefix: {groups: 1, prefix_tokens: 120, suffix_tokens: {dist: uniform, min: 4, max: 12}}
+output_tokens: {dist: uniform, min: 4, max: 8}
+"""
+
+
+def test_bench_trace_dir_reports_each_requests_routing(
+    up: Callable[..., Service], tmp_path: Path
+) -> None:
+    """The first request's long prompt is disaggregated (prefill, then a KV pull); the EPP
+    then knows decode-0 holds the shared prefix, so the rest are decode-only cache hits."""
+    service = up("--engine", "sim")
+    workload = tmp_path / "shared.yaml"
+    workload.write_text(SHARED_PREFIX)
+    out = tmp_path / "report.json"
+    done = pdserve(
+        "bench",
+        *("--url", service.url, "--model", MODEL, "--workload", str(workload)),
+        *("--duration", "2", "--output", str(out), "--trace-dir", str(service.state_dir)),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    trace = json.loads(out.read_text())["trace"]
+    rows, summary = trace["requests"], trace["summary"]
+    assert len(rows) == summary["traced"] == 10 and summary["untraced"] == 0, rows
+    pd = [r for r in rows if r["pd"] == "pd"]
+    local = [r for r in rows if r["pd"] == "decode-only"]
+    assert pd and local and len(pd) + len(local) == 10, rows
+    assert rows[0] in pd
+    for r in pd:
+        assert r["reason"].startswith("disaggregated") and r["outcome"] == "pd", r
+        assert r["prefill_ms"] > 0 and r["kv_pull_ms"] > 0 and r["prompt_tokens"] > 120, r
+    for r in local:
+        assert r["reason"].startswith("decode-only") and r["outcome"] == "decode-only", r
+        assert r["prefill_ms"] is None and r["kv_pull_ms"] is None, r
+        assert r["cached_tokens"] >= 112, r  # the prefix's whole blocks, on decode-0
+    assert rows[0]["cached_tokens"] == 0
+    assert summary["pd"] == len(pd) and 0 < summary["cache_hit_rate"] < 1
+    assert summary["kv_pull_ms_p50"] > 0
+    assert f"trace    10 requests: {len(pd)} P/D, {len(local)} decode-only" in done.stdout

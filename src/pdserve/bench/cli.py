@@ -12,10 +12,11 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pdserve.bench import report, slo
+from pdserve.bench import plot, report, routing, slo
 from pdserve.bench.client import Counters, Result, Target, closed_loop, open_loop
 from pdserve.bench.generator import PlannedRequest, requests
 from pdserve.bench.progress import show
@@ -30,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
         description="Measure a running OpenAI-API service (streaming) under a workload.",
         epilog="The report (--output) has ttft_ms, itl_ms, e2e_ms (p50, p90, p99), "
         "requests_per_s, output_tokens_per_s, errors (by kind), goodput (requests/s meeting "
-        "every --slo), requests and duration_s. Workloads: examples/workloads/.",
+        "every --slo), requests and duration_s; with --trace-dir also trace (per request: "
+        "P/D decision and reason, prefill ms, KV pull ms, cached prompt tokens). "
+        "Workloads: examples/workloads/.",
     )
     ap.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
     ap.add_argument("--model", required=True, help="the model name requests ask for")
@@ -45,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", help="write the report as JSON here")
     ap.add_argument("--slo", help="objectives for goodput, e.g. ttft_p90=2s,itl_p90=50ms")
     ap.add_argument("--timeout", type=number(float), default=300.0, help="seconds per request")
+    ap.add_argument("--plot", help="draw latency over time, CDFs and throughput to this .png")
+    ap.add_argument(
+        "--trace-dir",
+        metavar="STATE",
+        help="a pdserve up state folder: join each request's routing trace into the report",
+    )
     return ap
 
 
@@ -93,11 +102,18 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv[1:])
     objectives = slo.parse(args.slo) if args.slo is not None else ()
+    if args.plot:
+        plot.check_path(args.plot)
+    logs = routing.logs_dir(args.trace_dir) if args.trace_dir else None
     workload = load(args.workload)
     if args.rate is not None:
         workload = workload.with_rate(args.rate)
     target = Target(
-        _base_url(args.url), args.model, ignore_eos=workload.ignore_eos, timeout_s=args.timeout
+        _base_url(args.url),
+        args.model,
+        ignore_eos=workload.ignore_eos,
+        timeout_s=args.timeout,
+        run_id=uuid.uuid4().hex[:8],
     )
     # A closed loop takes as many requests as its users have time for.
     plan = requests(workload, args.seed, None if args.concurrency else args.duration)
@@ -105,11 +121,16 @@ def main(argv: list[str]) -> int:
         results, elapsed = runner.run(_run(target, plan, args))
     summary = report.build(results, elapsed, objectives)
     print(report.text(summary))
+    if logs is not None:
+        summary["trace"] = routing.report(results, logs)
+        print(routing.text(summary["trace"]["summary"]))
     if args.output:
         try:
             Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
         except OSError as err:
             raise UserError(f"--output: cannot write {args.output}: {err.strerror}") from None
+    if args.plot:
+        plot.write(results, args.plot, f"pdserve bench {Path(args.workload).name} at {args.url}")
     if not results:
         print("pdserve bench: no request was sent (the workload is empty)", file=sys.stderr)
     elif not summary["requests"]:

@@ -10,6 +10,7 @@ inter-token latencies are the gaps between content chunks, as vLLM's benchmark c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,10 @@ from typing import Any
 
 import aiohttp
 
+from pdserve import wire
 from pdserve.bench.generator import PlannedRequest
+
+DRAIN_S = 1.0  # how long to wait for a stream's end after its [DONE]
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Result:
     e2e_ms: float = 0.0
     output_tokens: int = 0
     error: str | None = None
+    request_id: str = ""
 
 
 @dataclass
@@ -41,6 +46,13 @@ class Target:
     model: str
     ignore_eos: bool = True
     timeout_s: float = 300.0
+    run_id: str = "run"
+
+
+def request_id(target: Target, planned: PlannedRequest) -> str:
+    """The x-request-id sent: pdserve's components log it, so --trace-dir can find each
+    request's routing afterwards; the run id keeps two runs' requests apart in one log."""
+    return f"bench-{target.run_id}-{planned.index}"
 
 
 def body(target: Target, planned: PlannedRequest) -> tuple[str, dict[str, Any]]:
@@ -72,7 +84,7 @@ async def send(
     client: aiohttp.ClientSession, target: Target, planned: PlannedRequest, origin: float
 ) -> Result:
     start = time.perf_counter()
-    result = Result(planned, start - origin)
+    result = Result(planned, start - origin, request_id=request_id(target, planned))
     try:
         async with asyncio.timeout(target.timeout_s):
             await _stream(client, target, planned, start, result)
@@ -92,7 +104,8 @@ async def _stream(
     result: Result,
 ) -> None:
     path, data = body(target, planned)
-    async with client.post(target.base_url + path, json=data) as response:
+    headers = {wire.REQUEST_ID_HEADER: result.request_id}
+    async with client.post(target.base_url + path, json=data, headers=headers) as response:
         if response.status != 200:
             await response.read()
             result.error = f"http_{response.status}"
@@ -133,6 +146,14 @@ async def _stream(
         if not done:
             result.error = "stream"
             return
+        # Read on to the end of the body: a connection dropped after [DONE] but before the
+        # stream's last chunk is a client leaving early to the service (the sidecar logs it
+        # so, instead of its request line) and cannot be reused for the next request. Not
+        # for long: the answer is complete, and a server that keeps the stream open must not
+        # turn it into a timeout.
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await response.read()
         tokens = usage.get("completion_tokens") if usage else None
         result.output_tokens = int(tokens) if isinstance(tokens, int) else chunks
 

@@ -572,6 +572,7 @@ class Sidecar:
             kv_handle=legs.handle_summary(answer.get("kv_transfer_params")),
             fallback_reason=reason,
             status=resp.status,
+            cached_tokens=cached,
             prefill_ms=round(prefill_s * 1000, 3),
             decode_ms=now_ms(t1),
             total_ms=now_ms(leg.started),
