@@ -112,6 +112,7 @@ def test_envoys_admin_is_not_reachable_through_the_gateway(shared_sim: Service) 
     assert port not in (9901, service.port)
     envoy = [lp for name, _, lp in _listeners(service) if name.startswith("envoy")]
     assert port in envoy, envoy
+    pid = service.component("envoy")["pid"]
     for host in (None, f"127.0.0.1:{port}", f"localhost:{port}"):
         headers = {"host": host} if host else {}
         for method, path in ADMIN_PATHS:
@@ -120,6 +121,7 @@ def test_envoys_admin_is_not_reachable_through_the_gateway(shared_sim: Service) 
             assert set(resp.json()) == {"error"}, resp.text  # an engine's answer, not admin's
     ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
     assert ready.status_code == 200 and ready.text.strip() == "LIVE"
+    assert service.component("envoy")["pid"] == pid  # not quit and restarted meanwhile
     _pd_request(service)
 
 
