@@ -160,7 +160,7 @@ class Director:
         stage = "flow control's queue" if queued else "the engine's tokenizer"
         self.metrics.errors.labels(req.model, req.model, str(status)).inc()
         event(log, "decision_deadline", logging.WARNING, request_id=req.request_id,
-              status=status, waited=stage, seconds=round(waited, 3))  # fmt: skip
+              status=status, stage=stage, seconds=round(waited, 3))  # fmt: skip
         reason = wire.DROPPED_TTL_EXPIRED if queued else None
         message = f"no routing decision within {self.deadline:g}s (waiting in {stage})"
         return Decision(status, message, reason)
