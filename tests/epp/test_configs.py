@@ -129,6 +129,18 @@ def test_servers_bind_all_interfaces_by_default() -> None:
     assert epp_parser().parse_args(["--host", "127.0.0.1"]).host == "127.0.0.1"
 
 
+def test_the_decision_deadline_is_under_envoys_wait_and_must_be_positive() -> None:
+    from pdserve.epp import envoy
+    from pdserve.epp.cli import epp_parser
+    from pdserve.errors import UserError
+
+    default = epp_parser().parse_args([]).decision_deadline
+    assert 60 < default < envoy.EPP_TIMEOUT  # past flow control's default TTL
+    assert epp_parser().parse_args(["--decision-deadline", "500ms"]).decision_deadline == 0.5
+    with pytest.raises(UserError, match=r"--decision-deadline: '0s': must be more than 0"):
+        epp_parser().parse_args(["--decision-deadline", "0s"])
+
+
 @pytest.mark.parametrize("key", ["decodeProfile", "prefillProfile"])
 def test_check_rejects_a_pd_handler_naming_a_missing_profile(tmp_path, capsys, key) -> None:
     from pdserve.cli import main

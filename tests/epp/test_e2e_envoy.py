@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -530,3 +531,102 @@ def test_oversized_headers_and_bodies_are_refused_in_the_engines_shape(cluster: 
             f"{cluster.url}/v1/completions", json={"model": "sim", "prompt": "hi", "max_tokens": 2}
         )
         assert ok.status_code == 200
+
+
+def _raw_post(port: int, rid: bytes, body: dict[str, object]) -> tuple[int, bytes]:
+    """A completion sent on a raw socket, so the x-request-id can hold bytes no HTTP client
+    would send: the status and the body."""
+    data = json.dumps(body).encode()
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nX-Request-Id: " + rid + b"\r\n"
+        b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.split(b"\r\n\r\n", 1)[-1]
+
+
+def _engine_id(completion_id: str) -> str:
+    """The x-request-id the engine served under: the sim's id is cmpl-<that>-<counter>."""
+    return completion_id.removeprefix("cmpl-").rsplit("-", 1)[0]
+
+
+def _epp_events(cluster: Cluster, name: str) -> list[dict[str, object]]:
+    text = next(p for p in cluster.procs if p.name == "epp").log_path.read_text()
+    return [json.loads(x) for x in text.splitlines() if f'"event":"{name}"' in x]
+
+
+@pytest.mark.parametrize(
+    ("bad", "kept"),
+    [
+        # Envoy's HTTP/1 parser ends a header at a bare LF: what follows is a header of its
+        # own, and the id is what came before it.
+        (b"line\nX-Injected: 1", "line"),
+        (b"cr\rinside", "crinside"),  # and drops a bare CR
+        (b"bell\x07", None),
+        (b"x" * 129, None),
+        (b"quote\"and'space s", None),
+    ],
+    ids=["newline", "cr", "control", "long", "unsafe"],
+)
+def test_an_unfit_request_id_is_replaced_before_any_log_or_engine(
+    cluster: Cluster, bad: bytes, kept: str | None
+) -> None:
+    """Envoy keeps the client's x-request-id; what it lets through unfit, the EPP replaces
+    with a fresh one the engine serves under, logging both. What Envoy's parser refuses is
+    its 400 in the engines' shape. Either way the gateway goes on serving."""
+    body = {"model": "sim", "prompt": "raw socket " * 30, "max_tokens": 1}
+    status, answer = _raw_post(cluster.gateway, bad, body)
+    assert status in (200, 400), answer
+    if status == 400:
+        assert json.loads(answer)["error"]["code"] == 400
+    else:
+        served = _engine_id(json.loads(answer)["id"])
+        sidecar_logs = "".join(
+            p.log_path.read_text() for p in cluster.procs if p.name.startswith("sidecar")
+        )
+        assert f'"request_id":"{served}"' in sidecar_logs
+        if kept is not None:
+            assert served == kept
+        else:
+            assert str(uuid.UUID(served)) == served
+            replaced = _epp_events(cluster, "request_id_replaced")[-1]
+            assert replaced["request_id"] == served
+            shown = str(replaced["client_id"])
+            assert shown.isascii() and shown.isprintable() and len(shown) < 100
+    ok = httpx.post(f"{cluster.url}/v1/completions", json=body, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_two_requests_in_flight_with_one_id_are_served_under_two(cluster: Cluster) -> None:
+    """The second is decided while the first still streams: it gets a suffixed id, logged
+    with the client's, and the engines serve the two under distinct ids."""
+    rid = f"same-{uuid.uuid4().hex[:8]}"
+    streamed = {"model": "sim", "prompt": "first " * 30, "max_tokens": 30, "stream": True}
+    second = {"model": "sim", "prompt": "second " * 30, "max_tokens": 1}
+    http = httpx.Client(timeout=60, headers={"x-request-id": rid})
+    with http, http.stream("POST", f"{cluster.url}/v1/completions", json=streamed) as first:
+        lines = first.iter_lines()
+        chunk = next(line for line in lines if line.startswith("data: {"))
+        other = http.post(f"{cluster.url}/v1/completions", json=second)
+        rest = list(lines)
+    assert other.status_code == 200 and [x for x in rest if x][-1] == "data: [DONE]"
+    ids = {_engine_id(json.loads(chunk[6:])["id"]), _engine_id(other.json()["id"])}
+    assert ids == {rid, f"{rid}-2"}
+    dup = _epp_events(cluster, "request_id_duplicate")[-1]
+    assert (dup["request_id"], dup["client_id"]) == (f"{rid}-2", rid)
+    # The first one's end frees its id: the next request under it keeps it as it is.
+    _until(lambda: _reuse(cluster, rid), "the id to be free again")
+
+
+def _reuse(cluster: Cluster, rid: str) -> bool:
+    body = {"model": "sim", "prompt": "again " * 30, "max_tokens": 1}
+    resp = httpx.post(
+        f"{cluster.url}/v1/completions", json=body, headers={"x-request-id": rid}, timeout=30
+    )
+    return _engine_id(resp.json()["id"]) == rid

@@ -124,3 +124,58 @@ async def test_the_director_asks_the_engine_before_scheduling(
         assert caplog.records[0].getMessage() == "engine_tokenize_failed"
     finally:
         await runner.cleanup()
+
+
+async def test_a_stalled_engine_tokenizer_is_a_503_at_the_decision_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine that takes the /tokenize call and never answers (its timeout is longer):
+    the request is answered 503 with a Retry-After at the EPP's deadline, not left to
+    Envoy's wait, and logged under its id."""
+    import asyncio
+    import json
+    import time
+
+    from aiohttp import web
+
+    from pdserve.epp.datastore import Datastore, StaticSource
+    from pdserve.epp.director import Director
+    from pdserve.epp.extproc import ExtProc
+    from pdserve.epp.metrics import EppMetrics
+    from pdserve.epp.scheduler import Scheduler
+    from pdserve.process import free_port
+
+    never = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.Response:
+        await never.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/tokenize", stall)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        cfg = load(CONFIG.format(vllm=f", vllm: {{url: http://127.0.0.1:{port}, timeout: 30s}}"))
+        store = Datastore(StaticSource([Endpoint("10.0.0.1", 8000)]))
+        store.refresh()
+        d = Director(Scheduler(cfg), store, EppMetrics(), deadline=0.2)
+        body = json.dumps({"model": "m", "prompt": "some text"}).encode()
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="pdserve.epp"):
+            out = await ExtProc(d)._answer({"x-request-id": "stalled-1"}, body, "body")
+        assert time.monotonic() - t0 < 5
+        answer = out.immediate_response
+        headers = {h.header.key: h.header.raw_value.decode() for h in answer.headers.set_headers}
+        assert answer.status.code == 503 and headers["retry-after"] == "1"
+        error = json.loads(answer.body)["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == 503
+        assert "tokenizer" in error["message"]
+        [line] = [r for r in caplog.records if r.getMessage() == "decision_deadline"]
+        assert line.fields["request_id"] == "stalled-1"
+        await d.close()
+    finally:
+        never.set()
+        await runner.cleanup()

@@ -249,6 +249,33 @@ async def test_the_director_queues_then_drops_with_the_reason() -> None:
     assert result.endpoint.metrics.dispatched == 2 and d._saturation(time.monotonic()) >= 1
 
 
+async def test_the_decision_deadline_answers_a_queued_request_before_its_ttl(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Queued past the EPP's own deadline (the TTL is longer): a 429 as an expired TTL, in
+    the engines' error shape with a Retry-After, one log line under the request id, and
+    the queue is left empty."""
+    from pdserve.epp.extproc import ExtProc
+
+    d = director(
+        waiting=5, text=GATED.replace("defaultRequestTTL: 200ms", "defaultRequestTTL: 30s")
+    )
+    d.deadline = 0.1
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="pdserve.epp"):
+        out = await ExtProc(d)._answer({"x-request-id": "late-1"}, BODY, "body")
+    assert time.monotonic() - t0 < 5
+    answer = out.immediate_response
+    headers = {h.header.key: h.header.raw_value.decode() for h in answer.headers.set_headers}
+    assert answer.status.code == 429 and headers["retry-after"] == "1"
+    assert headers[wire.DROPPED_HEADER] == wire.DROPPED_TTL_EXPIRED
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == 429 and "within 0.1s" in error["message"]
+    [line] = [r for r in caplog.records if r.getMessage() == "decision_deadline"]
+    assert line.fields["request_id"] == "late-1" and line.fields["status"] == 429
+    assert d.gate is not None and len(d.gate.controller) == 0 and "late-1" not in d.live
+
+
 async def test_an_objective_header_picks_the_band() -> None:
     d = director(waiting=5)
     vip = asyncio.create_task(d.route({wire.OBJECTIVE_HEADERS[0]: "vip"}, BODY))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdserve.process import pid_alive
+from pdserve.process import free_port, pid_alive
 from testkit import PDSERVE, REPO
 
 EXAMPLE = REPO / "examples" / "pd-smollm2.yaml"
@@ -59,3 +62,48 @@ def pdserve(
 
 def all_dead(pids: list[int]) -> bool:
     return not any(pid_alive(p) for p in pids)
+
+
+class Ups:
+    """Services started with `pdserve up --detach` into one folder, each downed and checked
+    empty by close(): the `up` fixture's (one test) and `shared_sim`'s (one module).
+
+    The runner and its children get a TMPDIR of their own, which `down` must leave empty.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[tuple[Service, list[int]]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="up-", dir="/tmp"))  # short: vLLM binds in it
+
+    def __call__(
+        self, *args: str, manifest: Path = EXAMPLE, timeout: float = 600, state: Path | None = None
+    ) -> Service:
+        """`state`: a state folder to reuse (default: a new one per service)."""
+        service = Service(state or self.root / f"state{len(self.started)}", free_port())
+        done = pdserve(
+            "up",
+            str(manifest),
+            "--detach",
+            "--port",
+            str(service.port),
+            "--state-dir",
+            str(service.state_dir),
+            *args,
+            timeout=timeout,
+            env={**os.environ, "TMPDIR": str(self.tmp)},
+        )
+        if (service.state_dir / "state.json").exists():
+            self.started.append((service, service.pids()))
+        assert done.returncode == 0, f"pdserve up failed:\n{done.stdout}\n{done.stderr}"
+        assert "ready" in done.stdout
+        self.started[-1] = (service, service.pids())
+        return service
+
+    def close(self) -> None:
+        for service, pids in self.started:
+            service.cli("down", timeout=300)
+            assert all_dead(pids + service.pids()), "pdserve down left processes running"
+        left = list(self.tmp.iterdir())
+        shutil.rmtree(self.tmp)
+        assert left == [], "pdserve down left temporary files"

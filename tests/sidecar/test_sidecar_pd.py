@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 
 import httpx
 import openai
@@ -30,6 +31,26 @@ def pd(sim, sidecar, recorder):
     rp, rd = recorder(p.url), recorder(d.url)
     s = sidecar(rd.port)
     return p, d, rp, rd, s
+
+
+def test_an_unfit_request_id_is_replaced_on_both_legs(pd) -> None:
+    """Failing open, Envoy hands the sidecar the client's id as is: one a log line or header
+    cannot carry whole is replaced, the same fresh id on the prefill and decode legs; a fit
+    one travels unchanged."""
+    _, _, rp, rd, s = pd
+    body = {"model": "sim", "prompt": "Explain prefill " * 30, "max_tokens": 2}
+    for client, kept in (("two words", False), ("x" * 129, False), ("fit-id-1", True)):
+        resp = httpx.post(
+            s.url + "/v1/completions",
+            json=body,
+            headers={HDR: rp.hostport, "x-request-id": client},
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+        prefill, decode = rp.headers[-1]["x-request-id"], rd.headers[-1]["x-request-id"]
+        assert prefill == decode and (prefill == client) is kept
+        if not kept:
+            assert str(uuid.UUID(prefill)) == prefill
 
 
 def _text(resp: dict) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pdserve import wire
+from pdserve.epp.envoy import DECISION_DEADLINE
 from pdserve.errors import UserError
 from pdserve.flags import GoStyleParser, add_bool, duration
 
@@ -35,6 +36,13 @@ _IGNORED_BOOL = (
     "--enable-pprof",
     "--ha-enable-leader-election",
 )
+
+
+def positive_duration(text: str) -> float:
+    value = duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
+    return value
 
 
 def epp_parser() -> argparse.ArgumentParser:
@@ -64,6 +72,13 @@ def epp_parser() -> argparse.ArgumentParser:
         "--inference-objectives",
         metavar="FILE",
         help="InferenceObjective manifests (YAML): the priorities objective headers name",
+    )
+    ap.add_argument(
+        "--decision-deadline",
+        type=positive_duration,
+        default=DECISION_DEADLINE,
+        help="a request still waiting in the EPP this long (the engine's tokenizer, flow "
+        "control's queue) is answered 503, or 429 if queued (default 70s; Envoy waits 75s)",
     )
     ap.add_argument("--kv-events-endpoint", default="tcp://*:5557")
     # All interfaces, as the upstream EPP: in a pod, Envoy and the kubelet's gRPC probes

@@ -10,6 +10,7 @@ the status, a message in the engine's error shape, and the reason header llm-d s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -21,8 +22,9 @@ import aiohttp
 
 from pdserve import wire
 from pdserve.engine_tokens import EngineTokensError, engine_tokens
-from pdserve.epp import admission, objectives
+from pdserve.epp import admission, objectives, request_ids
 from pdserve.epp.datastore import Datastore
+from pdserve.epp.envoy import DECISION_DEADLINE
 from pdserve.epp.flow_control import Dropped, FlowController, FlowGate
 from pdserve.epp.framework import ResponseComplete, ResponsePhase
 from pdserve.epp.metrics import EppMetrics
@@ -70,8 +72,15 @@ class Director:
         pool: str = "",
         default_criticality: str | None = None,
         inference_objectives: Mapping[str, int] | None = None,
+        deadline: float = DECISION_DEADLINE,
     ) -> None:
         self.scheduler, self.store, self.metrics = scheduler, store, metrics
+        self.deadline = deadline
+        # Ids from parse to the end of the answer, so a duplicate gets its own; until the
+        # watching filter has reported once, an id leaves at its decision (a gateway without
+        # that filter never reports an end).
+        self.live = request_ids.InFlight()
+        self.watched = False
         self.pool, self.default_criticality = pool, default_criticality
         self.objectives = dict(inference_objectives or {})
         self.rng = random.Random()
@@ -102,24 +111,73 @@ class Director:
             return self.decide(headers, raw)
         start = time.perf_counter()
         req = self._parse(headers, raw)
-        self.metrics.requests.labels(req.model, req.model).inc()
-        if self.tokenizer is not None and raw:
-            # Before the turn: from a dispatch to its scheduling nothing may wait, or other
-            # requests would pass the gate before this one is counted on its endpoint.
-            req.prompt_tokens = await self._engine_tokens(req)
-        if self.gate is None:
-            self._legacy_admit(req)
-        else:
-            await self._wait_turn(req, headers, len(raw))
-        return self._schedule(req, headers, raw, start, flow=self.gate is not None), req.model
+        try:
+            self.metrics.requests.labels(req.model, req.model).inc()
+            await self._wait(req, headers, raw, start)
+            result = self._schedule(req, headers, raw, start, flow=self.gate is not None)
+        except BaseException:
+            self.live.release(req.request_id)
+            raise
+        self._decided(req)
+        return result, req.model
 
     def decide(self, headers: dict[str, str], raw: bytes) -> tuple[Result, str]:
         """Without flow control: parse, legacy admission, schedule (synchronous)."""
         start = time.perf_counter()
         req = self._parse(headers, raw)
-        self.metrics.requests.labels(req.model, req.model).inc()
-        self._legacy_admit(req)
-        return self._schedule(req, headers, raw, start, flow=False), req.model
+        try:
+            self.metrics.requests.labels(req.model, req.model).inc()
+            self._legacy_admit(req)
+            result = self._schedule(req, headers, raw, start, flow=False)
+        except BaseException:
+            self.live.release(req.request_id)
+            raise
+        self._decided(req)
+        return result, req.model
+
+    async def _wait(self, req: Request, headers: dict[str, str], raw: bytes, start: float) -> None:
+        """What a request may wait on, under the decision deadline: the engine's tokenizer,
+        then its turn (flow control) or legacy admission."""
+        queued = False
+        try:
+            async with asyncio.timeout(self.deadline):
+                if self.tokenizer is not None and raw:
+                    # Before the turn: from a dispatch to its scheduling nothing may wait, or
+                    # other requests would pass the gate before this one is counted.
+                    req.prompt_tokens = await self._engine_tokens(req)
+                if self.gate is None:
+                    self._legacy_admit(req)
+                else:
+                    queued = True
+                    await self._wait_turn(req, headers, len(raw))
+        except TimeoutError:
+            raise self._past_deadline(req, queued, time.perf_counter() - start) from None
+
+    def _past_deadline(self, req: Request, queued: bool, waited: float) -> Decision:
+        """Queued by flow control it is a 429, as an expired TTL; waiting on the engine's
+        tokenizer a 503. Either way the client may retry (Retry-After)."""
+        status = 429 if queued else 503
+        stage = "flow control's queue" if queued else "the engine's tokenizer"
+        self.metrics.errors.labels(req.model, req.model, str(status)).inc()
+        event(log, "decision_deadline", logging.WARNING, request_id=req.request_id,
+              status=status, stage=stage, seconds=round(waited, 3))  # fmt: skip
+        reason = wire.DROPPED_TTL_EXPIRED if queued else None
+        message = f"no routing decision within {self.deadline:g}s (waiting in {stage})"
+        return Decision(status, message, reason)
+
+    def _decided(self, req: Request) -> None:
+        if not self.watched:
+            self.live.release(req.request_id)
+
+    def watching(self, request_id: str) -> None:
+        """The watching filter saw a routed request start: it is in flight until it ends
+        (from now on ids stay claimed past their decision)."""
+        self.watched = True
+        self.live.add(request_id)
+
+    def finished(self, request_id: str) -> None:
+        """The watching filter saw the end of a request's answer: its id is free again."""
+        self.live.release(request_id)
 
     async def close(self) -> None:
         if self._http is not None:
@@ -162,11 +220,22 @@ class Director:
             return None
 
     def _parse(self, headers: dict[str, str], raw: bytes) -> Request:
+        """The request, under an id no other request in flight has (claimed in self.live)."""
         try:
-            return parse(headers, raw, self.default_criticality, self.objectives)
+            req = parse(headers, raw, self.default_criticality, self.objectives)
         except BadRequest as err:
             self._rejected(headers, str(err))
             raise Decision(400, str(err)) from None
+        client = headers.get(wire.REQUEST_ID_HEADER)
+        if client and client != req.request_id:
+            event(log, "request_id_replaced", logging.WARNING, request_id=req.request_id,
+                  client_id=request_ids.shown(client))  # fmt: skip
+        claimed = self.live.claim(req.request_id)
+        if claimed != req.request_id:
+            event(log, "request_id_duplicate", logging.WARNING, request_id=claimed,
+                  client_id=req.request_id)  # fmt: skip
+            req.request_id = claimed
+        return req
 
     def _schedule(
         self, req: Request, headers: dict[str, str], raw: bytes, start: float, flow: bool
@@ -250,7 +319,7 @@ class Director:
             log,
             "bad_request",
             logging.WARNING,
-            request_id=headers.get(wire.REQUEST_ID_HEADER),
+            request_id=request_ids.loggable(headers.get(wire.REQUEST_ID_HEADER)),
             status=status,
             reason=reason,
         )

@@ -104,6 +104,11 @@ STREAM_IDLE_TIMEOUT = 300.0
 # How long Envoy waits for the EPP's routing answer. It covers flow control's default
 # request TTL (60 s): a request waiting its turn in the EPP is not a failed EPP.
 EPP_TIMEOUT = 75.0
+# How long a request may wait in the EPP (the engine's tokenizer, flow control's queue)
+# before the EPP answers it itself (`pdserve epp --decision-deadline`): past flow control's
+# default TTL, so a queued request hears its TTL first, and short of EPP_TIMEOUT, so the
+# client hears the EPP's 503/429 rather than Envoy's timeout.
+DECISION_DEADLINE = 70.0
 POOL_CLUSTER = "pool"  # failing open: the pool's serving endpoints, Envoy's own choice
 MAX_HEADERS_KB = 64
 

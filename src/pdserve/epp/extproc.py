@@ -22,6 +22,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from pdserve import wire
+from pdserve.epp import request_ids
 from pdserve.epp.director import Decision, Director
 from pdserve.epp.types import Result
 from pdserve.epp.usage import ResponseUsage
@@ -83,7 +84,7 @@ def _immediate(err: Decision) -> pb.ProcessingResponse:
     headers = {"content-type": "application/json"}
     if err.reason:
         headers[wire.DROPPED_HEADER] = err.reason
-    if err.status == 429:  # a queue or band that is full now may not be in a second
+    if err.status in (429, 503):  # a full queue, a busy or empty pool: may pass in a second
         headers["retry-after"] = RETRY_AFTER
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
@@ -102,7 +103,7 @@ def _immediate(err: Decision) -> pb.ProcessingResponse:
     )
 
 
-RETRY_AFTER = "1"  # seconds, on every 429
+RETRY_AFTER = "1"  # seconds, on every 429 and 503
 
 
 class ExtProc(pb_grpc.ExternalProcessorServicer):
@@ -178,6 +179,8 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 kind = msg.WhichOneof("request")
                 if kind == "request_headers":
                     rid = _headers(msg.request_headers).get(wire.REQUEST_ID_HEADER, "")
+                    if rid:
+                        self.director.watching(rid)
                     model = self.director.routed.pop(rid, None)
                     if model is not None:
                         self.director.response(rid, "watched")
@@ -198,6 +201,8 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                             metrics.output_tokens.labels(model, model).observe(tokens)
                         break
         finally:
+            if rid:
+                self.director.finished(rid)
             if model is not None:
                 self.director.response(rid, "complete")
             if model:
@@ -218,7 +223,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 log,
                 "internal_error",
                 logging.ERROR,
-                request_id=headers.get(wire.REQUEST_ID_HEADER),
+                request_id=request_ids.loggable(headers.get(wire.REQUEST_ID_HEADER)),
                 error=repr(err),
                 traceback=traceback.format_exc(),
             )

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from pdserve import json_body, wire
 from pdserve.epp.admission import priority
 from pdserve.epp.objectives import named
+from pdserve.epp.request_ids import fit, fresh
 from pdserve.epp.types import Request
 from pdserve.tokenization import chatml
 
 
 class BadRequest(ValueError):
     pass
-
-
-# What an id may be to travel in headers and log lines whole: visible ASCII, bounded. One
-# with a newline, a space or control bytes was split by Envoy and broke the routing trace.
-_REQUEST_ID = re.compile(r"[!-~]{1,200}")
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -90,8 +84,8 @@ def parse(
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
     rid = headers.get(wire.REQUEST_ID_HEADER) or ""
-    if not _REQUEST_ID.fullmatch(rid):
-        rid = str(uuid.uuid4())  # missing, or not one a log line or a header can carry
+    if not fit(rid):
+        rid = fresh()  # missing, or not one a log line or a header can carry (request_ids)
     crit = headers.get(wire.CRITICALITY_HEADER) or default_criticality
     return Request(
         request_id=rid,

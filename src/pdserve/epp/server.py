@@ -56,6 +56,7 @@ async def serve(
         args.pool_name,
         args.default_criticality,
         args.inference_objectives,
+        args.decision_deadline,
     )
     await store.poll()
     tasks = [asyncio.create_task(store.run())]

@@ -9,7 +9,6 @@ import logging
 import random
 import ssl
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pdserve import json_body, wire
+from pdserve.epp import request_ids
 from pdserve.logs import event, now_ms
 from pdserve.sidecar import chunked, kv_release, legs, usage
 from pdserve.sidecar.allowlist import AllowAll, AllowList, parse_target
@@ -28,6 +28,19 @@ from pdserve.tls import client_context
 from pdserve.vllm_request import ApiError
 
 log = logging.getLogger("pdserve.sidecar")
+
+
+def _request_id(client: str | None) -> str:
+    """The client's id if a header and a log line can carry it whole, else a fresh one.
+    Behind the EPP it is settled already; failing open, Envoy hands over the client's."""
+    if client and request_ids.fit(client):
+        return client
+    rid = request_ids.fresh()
+    if client:
+        event(log, "request_id_replaced", logging.WARNING, request_id=rid,
+              client_id=request_ids.shown(client))  # fmt: skip
+    return rid
+
 
 PD_PATHS = ("/v1/completions", "/v1/chat/completions")
 # Hop-by-hop headers (RFC 9110) and those aiohttp recomputes.
@@ -351,7 +364,7 @@ class Sidecar:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         """A client that leaves at any point is one line under its request id; a lease its
         prefill leg took is released (kv_release.py)."""
-        rid = request.headers.get(wire.REQUEST_ID_HEADER) or str(uuid.uuid4())
+        rid = _request_id(request.headers.get(wire.REQUEST_ID_HEADER))
         where = Where()
         try:
             return await self._generate(request, rid, where)
