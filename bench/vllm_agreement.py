@@ -1,0 +1,286 @@
+"""Does `pdserve simulate` predict real vLLM? Profile the CPU engines, then measure and
+simulate the P/D-versus-aggregated experiment (bench/up_pd_vs_agg.py's three layouts).
+
+The experiment's load is written as one replay trace, so the service under `pdserve bench`
+and the simulation get the very same requests: chat questions (a short, repeated prompt,
+32 output tokens, Poisson at `--chat-rate`) and long distinct prompts (`--long-words`
+words, 1 output token, every `1/--long-rate` s), as run C of docs/benchmarks.md, open loop.
+The EPP's pd-profile-handler sends the long prompts through P/D and keeps the chats
+decode-only, in the service and in the simulation alike (the same EPP core and config).
+
+Per layout, in this order:
+  agg2  two aggregated engines, a core each: `pdserve profile` of one engine -> the 1-core
+        profile (prefill cost, decode step against batch, KV read, capacity), then bench;
+  agg1  one engine with both cores: its own profile (2 cores), then bench;
+  pd    1 prefill + 1 decode, a core each: the KV pull cost, then bench. The pull is what a
+        P/D first token costs beyond the prefill engine's own: TTFT through the gateway
+        minus the prefill engine's TTFT for a prompt of the same length (distinct texts,
+        so neither hits the cache), minus one decode step; fitted at two lengths.
+Then `pdserve simulate` of each layout's manifest with its profile and the same trace.
+Prints measured against simulated TTFT and ITL p50/p90, the error of each, and whether
+the simulation ranks the three layouts as the measurement does.
+
+usage: .venv/bin/python bench/vllm_agreement.py [--seconds 60] [--chat-rate 1.2]
+           [--long-rate 0.5] [--long-words 400] [--layouts agg2,agg1,pd] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from pdserve.process import free_port
+from up_pd_vs_agg import MODEL, PDSERVE, WORDS, manifest
+
+CHAT = "Tell me about the sea."
+CORES = {"agg2": "1core", "agg1": "2core", "pd": "pd"}
+Figures = dict[str, float]
+
+
+def write_trace(folder: Path, a: argparse.Namespace) -> Path:
+    """The experiment's requests as a replay trace, and the workload that replays it."""
+    rng = random.Random(a.seed)
+    rows: list[dict[str, object]] = []
+    t = rng.expovariate(a.chat_rate)
+    while t < a.seconds:
+        rows.append({"timestamp": round(t, 4), "text": CHAT, "output_tokens": 32})
+        t += rng.expovariate(a.chat_rate)
+    t = 0.5 / a.long_rate
+    while t < a.seconds:
+        text = " ".join(rng.choice(WORDS) for _ in range(a.long_words))
+        rows.append({"timestamp": round(t, 4), "text": text, "output_tokens": 1})
+        t += 1 / a.long_rate
+    rows.sort(key=lambda r: float(str(r["timestamp"])))
+    with open(folder / "trace.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    workload = folder / "workload.yaml"
+    workload.write_text("api: chat\nreplay: {file: trace.jsonl}\n")
+    return workload
+
+
+def engine_ports(state: list[str]) -> dict[str, int]:
+    """The engines' ports by component name, from `pdserve status`."""
+    out = subprocess.run([*PDSERVE, "status", *state], capture_output=True, text=True).stdout
+    ports = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if "engine" in line and "port" in cells and not cells[0].startswith("sidecar"):
+            ports[cells[0]] = int(cells[cells.index("port") + 1])
+    return ports
+
+
+def profile(port: int, out: Path) -> None:
+    cmd = [
+        *PDSERVE,
+        "profile",
+        "--url",
+        f"http://127.0.0.1:{port}",
+        "--model",
+        MODEL,
+        "--output",
+        str(out),
+        "--prompt-tokens",
+        "64,256,768",
+        "--batches",
+        "1,2,4,8",
+        "--long-context",
+        "1024",
+        "--repeats",
+        "3",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pdserve profile failed:\n{done.stderr[-2000:]}")
+
+
+async def ttft(client: httpx.AsyncClient, url: str, text: str) -> float:
+    body = {
+        "model": MODEL,
+        "max_tokens": 1,
+        "stream": True,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": text}],
+    }
+    start = time.perf_counter()
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                return (time.perf_counter() - start) * 1000
+    raise SystemExit(f"{url}: no token streamed")
+
+
+async def pull_cost(gateway: str, prefill: str, step_ms: float) -> tuple[float, float]:
+    """(overhead ms, ms per token) of a P/D pull, as the docstring of this file says."""
+    rng = random.Random(99)
+    points: list[tuple[int, float]] = []
+    async with httpx.AsyncClient(timeout=300) as client:
+        for words in (200, 800):
+            texts = [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(6)]
+            pd = [await ttft(client, gateway, t) for t in texts[:3]]
+            own = [await ttft(client, prefill, t) for t in texts[3:]]
+            extra = statistics.median(pd) - statistics.median(own) - step_ms
+            points.append((int(words * 1.25), max(extra, 0.0)))  # ~1.25 tokens a word
+            print(
+                f"  pull at ~{points[-1][0]} tokens: P/D TTFT {statistics.median(pd):.0f} "
+                f"ms, prefill engine {statistics.median(own):.0f} ms, "
+                f"pull {extra:.0f} ms",
+                file=sys.stderr,
+            )
+    (n0, c0), (n1, c1) = points
+    per_token = max((c1 - c0) / (n1 - n0), 0.0)
+    return max(c0 - per_token * n0, 0.0), per_token
+
+
+def bench(url: str, workload: Path, out: Path, seconds: float) -> Figures:
+    cmd = [
+        *PDSERVE,
+        "bench",
+        "--url",
+        url,
+        "--model",
+        MODEL,
+        "--workload",
+        str(workload),
+        "--duration",
+        str(seconds + 1),
+        "--output",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pdserve bench failed:\n{done.stderr[-2000:]}")
+    return figures(out)
+
+
+def simulate(path: Path, workload: Path, prof: Path, out: Path) -> Figures:
+    cmd = [
+        *PDSERVE,
+        "simulate",
+        str(path),
+        "--workload",
+        str(workload),
+        "--profile",
+        str(prof),
+        "--output",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pdserve simulate failed:\n{done.stderr[-2000:]}")
+    return figures(out)
+
+
+def figures(report: Path) -> Figures:
+    r = json.loads(report.read_text())
+    return {
+        "ttft_p50": r["ttft_ms"]["p50"],
+        "ttft_p90": r["ttft_ms"]["p90"],
+        "itl_p50": r["itl_ms"]["p50"],
+        "itl_p90": r["itl_ms"]["p90"],
+        "requests": r["requests"],
+        "errors": sum(r["errors"].values()),
+    }
+
+
+def measure(layout: str, folder: Path, workload: Path, a: argparse.Namespace) -> Figures:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    state = ["--state-dir", str(folder / f"state-{layout}")]
+    up = [*PDSERVE, "up", str(manifest(folder, layout)), "--engine", "vllm", "--detach"]
+    started = time.perf_counter()
+    done = subprocess.run([*up, "--port", str(port), *state], capture_output=True, text=True)
+    try:
+        if done.returncode != 0:
+            raise SystemExit(f"{layout}: pdserve up failed:\n{done.stderr[-3000:]}")
+        print(f"{layout}: ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        ports = engine_ports(state)
+        if layout == "agg2":
+            profile(ports["engine-0"], folder / "profile-1core.yaml")
+        elif layout == "agg1":
+            profile(ports["engine-0"], folder / "profile-2core.yaml")
+        else:
+            base = yaml.safe_load((folder / "profile-1core.yaml").read_text())
+            overhead, per_token = asyncio.run(
+                pull_cost(url, f"http://127.0.0.1:{ports['prefill-0']}", base["decode_base_ms"])
+            )
+            base |= {"kv_pull_overhead_ms": overhead, "kv_pull_ms_per_token": per_token}
+            (folder / "profile-pd.yaml").write_text(yaml.safe_dump(base))
+        print(f"{layout}: bench ...", file=sys.stderr, flush=True)
+        return bench(url, workload, folder / f"bench-{layout}.json", a.seconds)
+    finally:
+        subprocess.run([*PDSERVE, "down", *state], capture_output=True)
+
+
+def ranks(rows: dict[str, Figures], key: str) -> list[str]:
+    return sorted(rows, key=lambda layout: rows[layout][key])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--chat-rate", type=float, default=1.2)
+    ap.add_argument("--long-rate", type=float, default=0.5)
+    ap.add_argument("--long-words", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--layouts", default="agg2,agg1,pd", help="agg2 first: pd needs its profile")
+    ap.add_argument("--keep", type=Path, help="keep profiles, traces and reports here")
+    a = ap.parse_args()
+    layouts = a.layouts.split(",")
+    with tempfile.TemporaryDirectory(prefix="pdserve-agreement-") as tmp:
+        folder = a.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        workload = write_trace(folder, a)
+        measured = {layout: measure(layout, folder, workload, a) for layout in layouts}
+        simulated = {
+            layout: simulate(
+                manifest(folder, layout),
+                workload,
+                folder / f"profile-{CORES[layout]}.yaml",
+                folder / f"sim-{layout}.json",
+            )
+            for layout in layouts
+        }
+        for name in sorted(folder.glob("profile-*.yaml")):
+            print(f"--- {name.name}\n{name.read_text()}")
+    print(
+        f"trace: {a.seconds:g} s, chats at {a.chat_rate}/s, {a.long_words}-word prompts "
+        f"at {a.long_rate}/s"
+    )
+    print("| layout | | requests | TTFT p50 | TTFT p90 | ITL p50 | ITL p90 |")
+    print("|---|---|---|---|---|---|---|")
+    for layout in layouts:
+        for kind, rows in (("measured", measured), ("simulated", simulated)):
+            f = rows[layout]
+            print(
+                f"| {layout} | {kind} | {f['requests']} | {f['ttft_p50']:.0f} ms | "
+                f"{f['ttft_p90']:.0f} ms | {f['itl_p50']:.1f} ms | {f['itl_p90']:.1f} ms |"
+            )
+        errs = {
+            k: simulated[layout][k] / measured[layout][k] - 1
+            for k in ("ttft_p50", "ttft_p90", "itl_p50", "itl_p90")
+        }
+        print(
+            f"| {layout} | sim / measured - 1 | | {errs['ttft_p50']:+.0%} | "
+            f"{errs['ttft_p90']:+.0%} | {errs['itl_p50']:+.0%} | {errs['itl_p90']:+.0%} |"
+        )
+    for key in ("ttft_p50", "itl_p50"):
+        m, s = ranks(measured, key), ranks(simulated, key)
+        verdict = "same" if m == s else "DIFFERENT"
+        print(f"order by {key}: measured {' < '.join(m)}; simulated {' < '.join(s)}: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
