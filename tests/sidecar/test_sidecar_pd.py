@@ -17,6 +17,7 @@ from pdserve.endpoints import Entry
 from pdserve.process import free_port
 from pdserve.tls import self_signed
 from testkit import PDSERVE, metric, metric_in, reset_after_first_event
+from testkit import vllm_error as _error
 
 ROLE = wire.ROLE_LABEL
 
@@ -35,15 +36,6 @@ def pd(sim, sidecar, recorder):
 def _text(resp: dict) -> str:
     choice = resp["choices"][0]
     return choice["message"]["content"] if "message" in choice else choice["text"]
-
-
-def _error(resp: httpx.Response, status: int) -> dict:
-    """The error of a response in vLLM 0.32's shape, checked whole."""
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == status and body["error"]["type"] == wire.error_type(status)
-    return body["error"]
 
 
 def _sse_text(lines: list[str]) -> str:
