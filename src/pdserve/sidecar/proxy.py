@@ -315,8 +315,8 @@ class Sidecar:
         path: str,
         sse: bool,
         started: float | None,
-        rewriter: usage.SseRewriter | None = None,
-        attempt: Attempt | None = None,
+        rewriter: usage.SseRewriter | None,
+        attempt: Attempt,
     ) -> str | None:
         """Copy an answer as it arrives; what cut it short on the engine's side, if anything.
         A write to a client that has gone raises ConnectionResetError; a read from an engine
@@ -338,7 +338,7 @@ class Sidecar:
         except TimeoutError as err:  # the engine went silent mid-answer
             failed = "timed out mid-answer"
             rid = request.headers.get(wire.REQUEST_ID_HEADER)
-            self._timed_out(path, rid, attempt or Attempt(self.decode_timeouts), err)
+            self._timed_out(path, rid, attempt, err)
             if sse:
                 error = wire.error_body("the decode engine timed out mid-answer", 504)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
