@@ -44,6 +44,34 @@ def nested(depth: int) -> dict[str, Any]:
     return out
 
 
+def vllm_error(resp: Any, status: int) -> dict[str, Any]:
+    """The error of an httpx response, once checked to be vLLM's shape whole:
+    {"error": {message, type, param, code}}, code the status."""
+    from pdserve import wire
+
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == status and body["error"]["type"] == wire.error_type(status)
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+def log_events(log: Path, name: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a component's log file whose event is `name`, in order."""
+    import json
+
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == name:
+            out.append(record)
+    return out
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     """Sum of the samples called `name` at url/metrics whose labels include `labels`."""
     import httpx

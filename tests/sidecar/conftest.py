@@ -125,6 +125,8 @@ class Recorder:
     fail_times: int = 0  # with fail_with: fail only the first this many POSTs (0: all)
     stall: bool = False
     break_off: str | None = None  # "sse" | "whole": answer part of the body, then hang up
+    hang_mid: str | None = None  # "sse" | "whole": answer part of the body, then go silent
+    delay: float = 0.0  # seconds before forwarding: an unstreamed answer's quiet wait
     answer_with: Any = None  # answer 200 with this JSON instead of forwarding
 
     @property
@@ -146,8 +148,9 @@ class Recorder:
         self.content_types.append(request.headers.getall("content-type", []))
         if self.stall:
             await asyncio.sleep(3600)
-        if self.break_off:
+        if self.break_off or self.hang_mid:
             return await self._break_off(request)
+        await asyncio.sleep(self.delay)
         if self.answer_with is not None:
             return web.json_response(self.answer_with)
         if self.fail_with and (not self.fail_times or len(self.seen) <= self.fail_times):
@@ -178,8 +181,9 @@ class Recorder:
             return resp
 
     async def _break_off(self, request: web.Request) -> web.StreamResponse:
-        """An engine that dies mid-answer: headers and a first piece, then the socket closes."""
-        sse = self.break_off == "sse"
+        """An engine that dies mid-answer: headers and a first piece, then the socket closes
+        (break_off) or stays open and silent (hang_mid)."""
+        sse = (self.break_off or self.hang_mid) == "sse"
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream" if sse else "application/json"}
         )
@@ -187,6 +191,8 @@ class Recorder:
             resp.content_length = 1000
         await resp.prepare(request)
         await resp.write(b'data: {"choices": []}\n\n' if sse else b'{"id": "cmpl-')
+        if self.hang_mid:
+            await asyncio.sleep(3600)
         assert request.transport is not None
         request.transport.close()
         return resp

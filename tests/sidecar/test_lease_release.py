@@ -4,11 +4,8 @@ prefiller out of leases, between real sim engines and a real sidecar."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import httpx
@@ -16,24 +13,12 @@ import pytest
 
 from pdserve import wire
 from pdserve.process import free_port
-from testkit import metric
+from testkit import log_events, metric
 
 HDR = wire.PREFILLER_HEADER
 LEASES = "pdserve_sim:kv_leases"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 WORDS = ["alpha", "beta", "gamma", "delta", "cache", "block", "token", "route", "pod"]
-
-
-def _events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == name:
-            out.append(record)
-    return out
 
 
 def _wait_no_leases(*urls: str, within: float = 2.0) -> float:
@@ -129,13 +114,13 @@ def test_client_aborts_leave_no_lease_and_the_next_request_runs_at_once(sim, sid
     _wait_no_leases(p.url, d.url)
     # Every abort the sidecar saw is one line under the client's request id (a client that
     # gave up before its request reached the sidecar's handler left nothing to see).
-    left = _events(s.proc.log_path, "client_disconnected")
+    left = log_events(s.proc.log_path, "client_disconnected")
     assert {e["request_id"] for e in left} <= gave_up
     # How many aborts reach the handler before the client is gone depends on the machine's
     # load (3-9% did not on a quiet one): most must, all that did are logged.
     assert len(left) >= 0.5 * len(gave_up), (len(left), len(gave_up))
     assert {"prefill", "decode"} <= {e["phase"] for e in left}
-    for release in _events(s.proc.log_path, "kv_release"):
+    for release in log_events(s.proc.log_path, "kv_release"):
         assert release["request_id"] in gave_up and release["error"] is None
     print(
         f"aborted={len(gave_up)} sidecar_saw={len(left)} settled_in={settled:.3f}s next={took:.3f}s"
@@ -171,7 +156,7 @@ def test_a_decode_leg_that_fails_releases_the_prefill_lease(
         assert "127.0.0.1" not in resp.text and str(p.port) not in resp.text
         # Released before the answer: nothing is held once the client has its error.
         assert metric(p.url, LEASES) == 0 and metric(p.url, KV_USAGE) == 0
-    releases = _events(s.proc.log_path, "kv_release")
+    releases = log_events(s.proc.log_path, "kv_release")
     assert [r["request_id"] for r in releases] == [f"{decoder}-{stream}-{i}" for i in range(5)]
     assert all(r["released"] is True and r["remote_request_id"] for r in releases)
     assert all(f"answered {status}" in r["reason"] for r in releases)
@@ -213,4 +198,4 @@ def test_release_unclaimed_kv_false_leaves_the_lease_to_its_timeout(sim, sidecar
         headers={HDR: f"127.0.0.1:{p.port}"},
     )
     assert resp.status_code == 502
-    assert metric(p.url, LEASES) == 1 and not _events(s.proc.log_path, "kv_release")
+    assert metric(p.url, LEASES) == 1 and not log_events(s.proc.log_path, "kv_release")

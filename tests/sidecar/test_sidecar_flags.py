@@ -50,6 +50,18 @@ def test_the_configuration_fills_what_the_flags_leave() -> None:
     assert ignored == ["tracing"]  # upstream's key, nothing to do here
 
 
+def test_each_legs_timeouts_default_to_the_flag_that_bounded_them_before() -> None:
+    args = settings([])[0]
+    assert (args.connect_timeout, args.first_byte_timeout, args.read_timeout) == (10, 300, 300)
+    assert (args.prefill_connect_timeout, args.prefill_first_byte_timeout) == (10, 300)
+    assert (args.prefill_read_timeout, args.max_in_flight) == (300, 512)
+    args = settings(["--read-timeout", "5", "--prefill-timeout", "60", "--connect-timeout", "2"])[0]
+    assert (args.first_byte_timeout, args.prefill_read_timeout) == (5, 5)
+    assert (args.prefill_first_byte_timeout, args.prefill_connect_timeout) == (60, 2)
+    args = settings(["--read-timeout", "5", "--first-byte-timeout", "900"])[0]
+    assert (args.first_byte_timeout, args.read_timeout) == (900, 5)
+
+
 def test_port_precedence_and_a_json_file(tmp_path: Path) -> None:
     file = tmp_path / "sidecar.json"
     file.write_text(json.dumps({"model-server-port": 8201, "vllm-port": 8202}))
@@ -85,6 +97,10 @@ def test_port_precedence_and_a_json_file(tmp_path: Path) -> None:
         (["--enable-tls", "prefiller,gpu"], "--enable-tls: stage 'gpu': expected one of"),
         (["--inference-pool", "a/b/c"], "--inference-pool 'a/b/c': expected namespace/name"),
         (["--read-timeout", "0"], "--read-timeout must be a positive number of seconds"),
+        (["--prefill-read-timeout", "nan"], "--prefill-read-timeout must be a positive number"),
+        (["--first-byte-timeout", "inf"], "--first-byte-timeout must be a positive number"),
+        (["--max-in-flight", "-1"], "--max-in-flight must be 0 (no bound) or more, got -1"),
+        (["--max-request-body-bytes", "0"], "--max-request-body-bytes must be a positive"),
         (["--configuration", "{port: 1", "--configuration-file", "x"], "mutually exclusive"),
         (["--configuration", "{port: [1"], "--configuration: not YAML or JSON"),
         (["--configuration", "[1, 2]"], "expected a mapping of flag names, got list"),

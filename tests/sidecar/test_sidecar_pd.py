@@ -18,6 +18,7 @@ from pdserve.endpoints import Entry
 from pdserve.process import free_port
 from pdserve.tls import self_signed
 from testkit import PDSERVE, metric, metric_in, reset_after_first_event
+from testkit import vllm_error as _error
 
 ROLE = wire.ROLE_LABEL
 
@@ -56,15 +57,6 @@ def test_an_unfit_request_id_is_replaced_on_both_legs(pd) -> None:
 def _text(resp: dict) -> str:
     choice = resp["choices"][0]
     return choice["message"]["content"] if "message" in choice else choice["text"]
-
-
-def _error(resp: httpx.Response, status: int) -> dict:
-    """The error of a response in vLLM 0.32's shape, checked whole."""
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == status and body["error"]["type"] == wire.error_type(status)
-    return body["error"]
 
 
 def _sse_text(lines: list[str]) -> str:
@@ -460,7 +452,11 @@ async def test_a_client_gone_between_two_writes_is_one_info_line(sim, caplog) ->
         await runner.cleanup()
     gone = [r for r in caplog.records if r.getMessage() == "client_disconnected"]
     assert len(gone) == 1 and gone[0].levelno == logging.INFO
-    assert gone[0].fields == {"request_id": "gone-2", "path": "/v1/completions"}
+    assert gone[0].fields == {
+        "request_id": "gone-2",
+        "path": "/v1/completions",
+        "phase": "decode-only",
+    }
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 

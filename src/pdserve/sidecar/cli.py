@@ -117,19 +117,76 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="the local runner's endpoints file: its prefill endpoints are the allow-list",
     )
-    ap.add_argument("--prefill-timeout", type=float, default=300.0, help="seconds")
+    _timeouts(ap)
     ap.add_argument(
-        "--connect-timeout", type=float, default=10.0, help="seconds to connect to an engine"
+        "--max-in-flight",
+        type=int,
+        default=512,
+        help="requests in flight through one listener past which the next is a 429 with "
+        "Retry-After (0: no bound)",
+    )
+    ap.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=64 * 2**20,
+        help="a larger request body is a 413 (default 64 MiB)",
+    )
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("-v", type=int, default=0, help="klog verbosity (accepted, maps to debug)")
+    return ap
+
+
+def _timeouts(ap: argparse.ArgumentParser) -> None:
+    """Each leg's timeouts in seconds; a hung engine is a 504 after them (timeouts.py). The
+    first-byte ones default to the flag that bounded that wait before they existed."""
+    ap.add_argument(
+        "--connect-timeout", type=float, default=10.0, help="seconds to connect to the engine"
+    )
+    ap.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        default=None,
+        help="seconds from sending to the local engine until its response headers (an "
+        "unstreamed answer's are sent when it is done; default: --read-timeout)",
     )
     ap.add_argument(
         "--read-timeout",
         type=float,
         default=300.0,
-        help="seconds the local engine may stay silent (first token included) before a 504",
+        help="seconds the local engine may stay silent mid-answer before a 504",
     )
-    ap.add_argument("--log-level", default="info")
-    ap.add_argument("-v", type=int, default=0, help="klog verbosity (accepted, maps to debug)")
-    return ap
+    ap.add_argument(
+        "--prefill-timeout", type=float, default=300.0, help="seconds a prefill leg may take"
+    )
+    ap.add_argument(
+        "--prefill-connect-timeout",
+        type=float,
+        default=None,
+        help="seconds to connect to a prefiller (default: --connect-timeout)",
+    )
+    ap.add_argument(
+        "--prefill-first-byte-timeout",
+        type=float,
+        default=None,
+        help="seconds from sending to a prefiller until its response headers "
+        "(default: --prefill-timeout)",
+    )
+    ap.add_argument(
+        "--prefill-read-timeout",
+        type=float,
+        default=None,
+        help="seconds a prefiller may stay silent mid-answer (default: --read-timeout)",
+    )
+
+
+# Derived timeout defaults: dest -> the dest whose value it takes when not given.
+_TIMEOUT_DEFAULTS = {
+    "first_byte_timeout": "read_timeout",
+    "prefill_connect_timeout": "connect_timeout",
+    "prefill_first_byte_timeout": "prefill_timeout",
+    "prefill_read_timeout": "read_timeout",
+}
+TIMEOUTS = ("connect_timeout", "read_timeout", "prefill_timeout", *_TIMEOUT_DEFAULTS)
 
 
 def settings(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -175,6 +232,9 @@ def _resolve(args: argparse.Namespace, explicit: set[str]) -> None:
     )
     if args.inference_pool:
         args.inference_pool_namespace, args.inference_pool_name = _pool(args.inference_pool)
+    for dest, source in _TIMEOUT_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, getattr(args, source))
     from pdserve.epp.framework import parse_duration  # Go durations, read as the EPP reads them
 
     try:
@@ -239,11 +299,18 @@ def _check(args: argparse.Namespace) -> None:
             "--decode-chunk-size must be 0 (off) or a positive token count, "
             f"got {args.decode_chunk_size}"
         )
-    for dest in ("prefill_timeout", "connect_timeout", "read_timeout"):
+    for dest in TIMEOUTS:
         value = getattr(args, dest)
-        if not value > 0:  # NaN too
+        if not value > 0 or value == float("inf"):  # NaN too
             flag = "--" + dest.replace("_", "-")
             raise UserError(f"{flag} must be a positive number of seconds, got {value}")
+    if args.max_in_flight < 0:
+        raise UserError(f"--max-in-flight must be 0 (no bound) or more, got {args.max_in_flight}")
+    if args.max_request_body_bytes < 1:
+        raise UserError(
+            f"--max-request-body-bytes must be a positive byte count, got "
+            f"{args.max_request_body_bytes}"
+        )
 
 
 def _port_range(flag: str, port: int, ranks: int, lowest: int) -> None:
@@ -299,8 +366,14 @@ def main(argv: list[str]) -> int:
         prefiller_insecure=args.prefiller_tls_insecure_skip_verify,
         allow=allow,
         prefill_timeout=args.prefill_timeout,
+        prefill_connect_timeout=args.prefill_connect_timeout,
+        prefill_first_byte_timeout=args.prefill_first_byte_timeout,
+        prefill_read_timeout=args.prefill_read_timeout,
         connect_timeout=args.connect_timeout,
+        first_byte_timeout=args.first_byte_timeout,
         read_timeout=args.read_timeout,
+        max_in_flight=args.max_in_flight,
+        max_request_body=args.max_request_body_bytes,
         prefill_max_retries=args.prefill_max_retries,
         prefill_retry_backoff=args.prefill_retry_backoff_s,
         prefiller_sampling=args.enable_prefiller_sampling,
@@ -331,6 +404,8 @@ def main(argv: list[str]) -> int:
         "prefill_max_retries": args.prefill_max_retries,
         "decode_chunk_size": args.decode_chunk_size,
         "release_unclaimed_kv": args.release_unclaimed_kv,
+        "max_in_flight": args.max_in_flight,
+        "timeouts": {dest: getattr(args, dest) for dest in TIMEOUTS},
     }
     if ignored:
         ready["ignored_configuration"] = ignored

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -12,7 +12,8 @@ class SidecarMetrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "pdserve_sidecar_requests",
-            "Requests by path and outcome (pd, decode-only, fallback, rejected, prefill-failed).",
+            "Requests by path and outcome (pd, decode-only, fallback, rejected, prefill-failed, "
+            "overloaded: past --max-in-flight, a 429).",
             ["path", "outcome"],
             registry=r,
         )
@@ -25,6 +26,11 @@ class SidecarMetrics:
         self.prefill_retries = Counter(
             "pdserve_sidecar_prefill_retries",
             "Prefill legs sent again after a 502/503/504 or no answer (--prefill-max-retries).",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "pdserve_sidecar_requests_in_flight",
+            "Requests being served by this listener (--max-in-flight bounds them).",
             registry=r,
         )
         self.prefill = Histogram(

@@ -21,9 +21,11 @@ from pdserve import json_body, wire
 from pdserve.epp import request_ids
 from pdserve.logs import event, now_ms
 from pdserve.sidecar import chunked, kv_release, legs, usage
+from pdserve.sidecar.admission import Admission, errors_as_json
 from pdserve.sidecar.allowlist import AllowAll, AllowList, parse_target
 from pdserve.sidecar.checks import ContextLimits, check
 from pdserve.sidecar.metrics import SidecarMetrics
+from pdserve.sidecar.timeouts import Attempt, LegTimeouts
 from pdserve.tls import client_context
 from pdserve.vllm_request import ApiError
 
@@ -67,11 +69,20 @@ class Options:
     prefiller_tls: bool = False
     prefiller_insecure: bool = False
     allow: AllowList = field(default_factory=AllowAll)
+    # Each leg's timeouts (timeouts.py): a connect that hangs, the wait for the response
+    # headers (first byte), a silence between two chunks after them; the prefill leg has a
+    # total too. A decode stream as a whole stays unbounded (a long generation is no fault).
     prefill_timeout: float = 300.0
-    # The legs' socket timeouts: a connect that hangs, and a silence between two chunks
-    # (the wait for the first token included). A stream as a whole stays unbounded.
+    prefill_connect_timeout: float = 10.0
+    prefill_first_byte_timeout: float = 300.0
+    prefill_read_timeout: float = 300.0
     connect_timeout: float = 10.0
+    first_byte_timeout: float = 300.0
     read_timeout: float = 300.0
+    # Requests in flight through this listener past which the next is a 429 (0: no bound):
+    # without flow control in the EPP nothing else bounds the engine's queue.
+    max_in_flight: int = 512
+    max_request_body: int = 64 * 2**20
     # Upstream's retry: a 502/503/504 (or no answer) is tried again this many times, this
     # many seconds apart; once they run out the client gets the prefiller's error. With
     # none, a failed prefill falls back to decode-only (pdserve's contract, PROTOCOLS.md).
@@ -123,6 +134,16 @@ class Sidecar:
         self.http: aiohttp.ClientSession | None = None
         self.limits = ContextLimits(self._model_cards)
         self.background: set[asyncio.Task[Any]] = set()  # releases outliving their request
+        self.decode_timeouts = LegTimeouts(
+            opts.connect_timeout, opts.first_byte_timeout, opts.read_timeout
+        )
+        self.prefill_timeouts = LegTimeouts(
+            opts.prefill_connect_timeout,
+            opts.prefill_first_byte_timeout,
+            opts.prefill_read_timeout,
+            opts.prefill_timeout,
+        )
+        self.admission = Admission(opts.max_in_flight, self.metrics)
 
     async def start(self, _: web.Application) -> None:
         self.http = aiohttp.ClientSession(
@@ -152,7 +173,10 @@ class Sidecar:
         return out
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(
+            client_max_size=self.opts.max_request_body,
+            middlewares=[errors_as_json(self.opts.max_request_body), self.admission.middleware],
+        )
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.close)
         app.router.add_get("/health", self.health)
@@ -233,23 +257,29 @@ class Sidecar:
         as it arrives; with `cached`, the prefiller's cache hits go in its usage."""
         assert self.http is not None
         url = (decoder or self.decoder) + path
+        rid = headers.get(wire.REQUEST_ID_HEADER)
+        attempt = Attempt(self.decode_timeouts)
         try:
-            upstream = await self.http.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                ssl=self.decoder_ssl,
+            upstream = await attempt.open(
+                self.http.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    ssl=self.decoder_ssl,
+                    timeout=self.decode_timeouts.client_timeout(),
+                )
             )
         except TimeoutError as err:  # before aiohttp's ClientError: its timeouts are both
-            return self._timed_out(path, err)
+            return self._timed_out(path, rid, attempt, err)
         except (aiohttp.ClientError, OSError) as err:
             event(
                 log,
                 "decoder_unreachable",
                 logging.WARNING,
+                request_id=rid,
                 path=path,
-                decoder=self.decoder,
+                decoder=url,
                 error=repr(err),
             )
             return _error(502, "the decode engine is unreachable")
@@ -259,7 +289,7 @@ class Sidecar:
                 try:
                     body = await upstream.read()  # a whole answer: one write, no chunked framing
                 except TimeoutError as err:
-                    return self._timed_out(path, err)
+                    return self._timed_out(path, rid, attempt, err)
                 except (aiohttp.ClientError, OSError) as err:
                     return self._broke_off(path, err)
                 if started is not None:
@@ -272,7 +302,9 @@ class Sidecar:
             resp = web.StreamResponse(status=upstream.status, headers=_headers(upstream.headers))
             try:
                 rewriter = None if cached is None else usage.SseRewriter(cached)
-                failed = await self._stream(resp, request, upstream, path, sse, started, rewriter)
+                failed = await self._stream(
+                    resp, request, upstream, path, sse, started, rewriter, attempt
+                )
                 if where is not None:
                     where.failed = failed
             except ConnectionResetError:
@@ -285,6 +317,7 @@ class Sidecar:
                     "client_disconnected",
                     request_id=headers.get(wire.REQUEST_ID_HEADER),
                     path=path,
+                    phase="passthrough" if where is None else where.phase,
                 )
             return resp
 
@@ -296,7 +329,8 @@ class Sidecar:
         path: str,
         sse: bool,
         started: float | None,
-        rewriter: usage.SseRewriter | None = None,
+        rewriter: usage.SseRewriter | None,
+        attempt: Attempt,
     ) -> str | None:
         """Copy an answer as it arrives; what cut it short on the engine's side, if anything.
         A write to a client that has gone raises ConnectionResetError; a read from an engine
@@ -317,7 +351,8 @@ class Sidecar:
                 await resp.write(rest)
         except TimeoutError as err:  # the engine went silent mid-answer
             failed = "timed out mid-answer"
-            self._timed_out(path, err)
+            rid = request.headers.get(wire.REQUEST_ID_HEADER)
+            self._timed_out(path, rid, attempt, err)
             if sse:
                 error = wire.error_body("the decode engine timed out mid-answer", 504)
                 await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
@@ -332,22 +367,23 @@ class Sidecar:
         await resp.write_eof()
         return failed
 
-    def _timed_out(self, path: str, err: BaseException) -> web.Response:
-        """A hung engine costs its request a 504, not a hang as long as the engine's."""
-        o = self.opts
+    def _timed_out(
+        self, path: str, rid: str | None, attempt: Attempt, err: BaseException
+    ) -> web.Response:
+        """A hung engine costs its request a 504, not a hang as long as the engine's; the
+        engine's address is in the log line only."""
+        which = attempt.which(err)
         event(
             log,
             "decoder_timed_out",
             logging.WARNING,
+            request_id=rid,
             path=path,
             decoder=self.decoder,
+            timeout=which,
             error=repr(err),
         )
-        return _error(
-            504,
-            f"the decode engine timed out (connect {o.connect_timeout:g}s, "
-            f"silence {o.read_timeout:g}s)",
-        )
+        return _error(504, f"the decode engine timed out ({which})")
 
     def _broke_off(self, path: str, err: BaseException) -> web.Response:
         event(
@@ -449,7 +485,14 @@ class Sidecar:
             resp = await self._decode(leg, body, None)
         else:
             resp = await self._relay(
-                leg.request, "POST", leg.path, raw, leg.headers, leg.started, leg.decoder
+                leg.request,
+                "POST",
+                leg.path,
+                raw,
+                leg.headers,
+                leg.started,
+                leg.decoder,
+                where=leg.where,
             )
         event(
             log,
@@ -514,17 +557,22 @@ class Sidecar:
         """One chunk, unstreamed and read whole: (None, its answer), or (the response to
         fail with, {}): the engine's own error, or a vLLM-shaped 502/504."""
         assert self.http is not None
+        attempt = Attempt(self.decode_timeouts)
         try:
-            async with self.http.post(
-                (leg.decoder or self.decoder) + leg.path,
-                json=body,
-                headers=_json_headers(leg.headers),
-                ssl=self.decoder_ssl,
-            ) as up:
+            up = await attempt.open(
+                self.http.post(
+                    (leg.decoder or self.decoder) + leg.path,
+                    json=body,
+                    headers=_json_headers(leg.headers),
+                    ssl=self.decoder_ssl,
+                    timeout=self.decode_timeouts.client_timeout(),
+                )
+            )
+            async with up:
                 payload = await up.read()
                 status, content_type = up.status, up.content_type or "application/json"
         except TimeoutError as err:
-            return self._timed_out(leg.path, err), {}
+            return self._timed_out(leg.path, leg.rid, attempt, err), {}
         except (aiohttp.ClientError, OSError) as err:
             return self._broke_off(leg.path, err), {}
         if status != 200:
@@ -689,20 +737,34 @@ class Sidecar:
         is a 502 (a 504 when it timed out) with a vLLM-shaped body, as a proxy answers."""
         assert self.http is not None
         scheme = "https" if self.opts.prefiller_tls else "http"
+        attempt = Attempt(self.prefill_timeouts)
         try:
-            async with self.http.post(
-                f"{scheme}://{target}{leg.path}",
-                json=leg_body,
-                headers=_json_headers(leg.headers),
-                allow_redirects=False,
-                ssl=self.prefiller_ssl,
-                timeout=aiohttp.ClientTimeout(total=self.opts.prefill_timeout),
-            ) as pre:
+            pre = await attempt.open(
+                self.http.post(
+                    f"{scheme}://{target}{leg.path}",
+                    json=leg_body,
+                    headers=_json_headers(leg.headers),
+                    allow_redirects=False,
+                    ssl=self.prefiller_ssl,
+                    timeout=self.prefill_timeouts.client_timeout(),
+                )
+            )
+            async with pre:
                 payload = await pre.read()
                 content_type = pre.content_type or "application/json"
                 return pre.status, payload, content_type, f"prefiller answered {pre.status}"
-        except TimeoutError:
-            status, reason, message = 504, "prefiller timed out", "the prefill engine timed out"
+        except TimeoutError as err:
+            which = attempt.which(err)
+            status, reason = 504, f"prefiller timed out: {which}"
+            message = f"the prefill engine timed out ({which})"
+            event(
+                log,
+                "prefiller_timed_out",
+                logging.WARNING,
+                request_id=leg.rid,
+                prefill_target=target,
+                timeout=which,
+            )
         except (aiohttp.ClientError, OSError) as err:  # no internal address for the client
             status, reason, message = 502, f"prefiller unreachable: {err}", _UNREACHABLE
         body = json.dumps(wire.error_body(message, status)).encode()
