@@ -351,3 +351,35 @@ def bootstrap(
             ],
         },
     }
+
+
+UPSTREAM_CLUSTERS = ("original_dst", POOL_CLUSTER)  # the clusters that reach engines
+
+
+def upstream_tls(ca_file: Path, san: str = "127.0.0.1") -> dict[str, Any]:
+    """A TLS transport socket trusting only `ca_file` and accepting only a certificate that
+    names `san` (an IP address): Envoy checks no name unless told which, and the runner's
+    endpoints are all on loopback, so SNI is sent as "localhost", the certificate's name."""
+    kind = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    tls = {
+        "@type": f"type.googleapis.com/{kind}",
+        "sni": "localhost",
+        "common_tls_context": {
+            "validation_context": {
+                "trusted_ca": {"filename": str(ca_file)},
+                "match_typed_subject_alt_names": [
+                    {"san_type": "IP_ADDRESS", "matcher": {"exact": san}}
+                ],
+            }
+        },
+    }
+    return {"name": "envoy.transport_sockets.tls", "typed_config": tls}
+
+
+def secure_upstreams(boot: dict[str, Any], ca_file: Path) -> dict[str, Any]:
+    """`boot` with HTTPS to every engine-facing cluster (their health checks follow the
+    cluster's socket); the EPP's gRPC cluster and the listener stay plain on loopback."""
+    for cluster in boot["static_resources"]["clusters"]:
+        if cluster["name"] in UPSTREAM_CLUSTERS:
+            cluster["transport_socket"] = upstream_tls(ca_file)
+    return boot
