@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import ssl
 import tempfile
 import uuid
@@ -126,3 +127,19 @@ def _epp_metrics_port(service: Service) -> int:
         if '"event":"ready"' in line:
             return int(json.loads(line)["metrics_port"])
     raise AssertionError("the EPP logged no ready line")
+
+
+def test_a_killed_engine_is_back_through_the_verified_health_probe(service: Service) -> None:
+    """Last here: it restarts prefill-0. The runner's probe must pass over HTTPS for the
+    engine to be ready again, and the restarted engine serves the same certificate."""
+    before = service.component("prefill-0")
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def back() -> bool:
+        row = service.component("prefill-0")
+        return row.get("restarts") == 1 and row["status"] == "ready"
+
+    wait_until(back, 60, "prefill-0 to restart and pass its health check")
+    port = service.component("prefill-0")["port"]
+    ok = httpx.get(f"https://127.0.0.1:{port}/health", verify=trusting(service), timeout=5)
+    assert port == before["port"] and ok.status_code == 200
