@@ -129,6 +129,20 @@ def _epp_metrics_port(service: Service) -> int:
     raise AssertionError("the EPP logged no ready line")
 
 
+def test_a_replica_scaled_in_speaks_tls_and_drains_over_it(service: Service) -> None:
+    out = service.cli("scale", "decode", "2")
+    assert out.returncode == 0, out.stderr
+    for name in ("decode-1", "sidecar-1"):
+        port = service.component(name)["port"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        ok = httpx.get(f"https://127.0.0.1:{port}/health", verify=trusting(service), timeout=5)
+        assert ok.status_code == 200
+    out = service.cli("scale", "decode", "1")
+    assert out.returncode == 0 and "decode-1 stopped" in out.stdout, out.stdout + out.stderr
+    assert service.state()["summary"]["pools"]["decode"] == 1
+
+
 def test_a_killed_engine_is_back_through_the_verified_health_probe(service: Service) -> None:
     """Last here: it restarts prefill-0. The runner's probe must pass over HTTPS for the
     engine to be ready again, and the restarted engine serves the same certificate."""
