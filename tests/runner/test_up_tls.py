@@ -82,6 +82,21 @@ def test_pd_and_decode_only_requests_through_the_plain_gateway(service: Service)
     assert "outcome=decode-only" in section(local_id)
 
 
+def test_the_gateway_port_answers_https_too(service: Service) -> None:
+    """Plain clients are unchanged; one that trusts the run's CA may use HTTPS there."""
+    with httpx.Client(verify=trusting(service), timeout=60) as http:
+        api = openai.OpenAI(
+            base_url=f"https://localhost:{service.port}/v1",
+            api_key="none",
+            max_retries=0,
+            http_client=http,
+        )
+        reply = api.chat.completions.create(
+            model=MODEL, messages=chat("What is the capital of Spain?"), max_tokens=4
+        )
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
+
+
 @pytest.mark.parametrize("name", ["decode-0", "prefill-0", "sidecar-0"])
 def test_engines_and_the_sidecar_speak_only_verified_tls(service: Service, name: str) -> None:
     port = service.component(name)["port"]

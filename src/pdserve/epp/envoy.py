@@ -3,6 +3,7 @@ bootstrap with the ext_proc filter and an ORIGINAL_DST cluster keyed on the EPP'
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 from pathlib import Path
 from typing import Any
@@ -382,4 +383,35 @@ def secure_upstreams(boot: dict[str, Any], ca_file: Path) -> dict[str, Any]:
     for cluster in boot["static_resources"]["clusters"]:
         if cluster["name"] in UPSTREAM_CLUSTERS:
             cluster["transport_socket"] = upstream_tls(ca_file)
+    return boot
+
+
+def accept_tls(boot: dict[str, Any], cert_file: Path, key_file: Path) -> dict[str, Any]:
+    """`boot` whose gateway listener also speaks HTTPS on the same port: Envoy's TLS
+    inspector tells a handshake from plain HTTP, so a TLS client gets a second chain with
+    the same filters and the run's certificate while plain clients stay as they were."""
+    kind = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+    pair = {
+        "certificate_chain": {"filename": str(cert_file)},
+        "private_key": {"filename": str(key_file)},
+    }
+    tls = {
+        "@type": f"type.googleapis.com/{kind}",
+        "common_tls_context": {"tls_certificates": [pair], "alpn_protocols": ["h2", "http/1.1"]},
+    }
+    listener = boot["static_resources"]["listeners"][0]
+    plain = listener["filter_chains"][0]
+    secure = {
+        "filter_chain_match": {"transport_protocol": "tls"},
+        "filters": copy.deepcopy(plain["filters"]),
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+    }
+    inspector = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+    listener["listener_filters"] = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": f"type.googleapis.com/{inspector}"},
+        }
+    ]
+    listener["filter_chains"] = [plain, secure]
     return boot

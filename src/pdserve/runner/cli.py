@@ -86,7 +86,7 @@ def up(argv: list[str]) -> int:
         "--tls",
         action="store_true",
         help="engines and sidecars serve HTTPS with a certificate made for this run "
-        "(STATE_DIR/tls/tls.crt is its CA); the gateway stays plain HTTP on 127.0.0.1",
+        "(STATE_DIR/tls/tls.crt is its CA); the gateway's port takes HTTP and HTTPS",
     )
     _state_arg(ap)
     args = ap.parse_args(argv)
@@ -224,7 +224,7 @@ def status(argv: list[str]) -> int:
     if info.get("model_dir"):
         print(f"  tokenizer: {info['model_dir']}")
     if info.get("tls_ca"):
-        print(f"  tls: engines and sidecars serve HTTPS; CA {info['tls_ca']}")
+        print(f"  tls: CA {info['tls_ca']} (engines, sidecars: HTTPS only; gateway: both)")
     for row in data.get("components", []):
         print(f"  {_row_text(row)}")
     return 0 if alive else 1

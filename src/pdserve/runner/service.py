@@ -560,6 +560,7 @@ class LocalService:
         )
         if self.tls is not None:
             envoy.secure_upstreams(bootstrap, self.tls / components.CERT)
+            envoy.accept_tls(bootstrap, self.tls / components.CERT, self.tls / components.KEY)
         envoy_file = self.state.path / "envoy.json"
         envoy_file.write_text(json.dumps(bootstrap, indent=1))
         cmd = components.envoy(envoy_file, base_id=self.gateway_port)
