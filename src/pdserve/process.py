@@ -123,7 +123,7 @@ class ManagedProcess:
         url: str,
         timeout: float,
         on_wait: Callable[[float], None] | None = None,
-        verify: bool = True,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         """Poll `url` until it answers 200, failing fast if the process dies."""
         wait_http(url, timeout, self.check_alive, on_wait, what=self.name, verify=verify)
@@ -231,12 +231,15 @@ def wait_http(
     check: Callable[[], None] | None = None,
     on_wait: Callable[[float], None] | None = None,
     what: str | None = None,
-    verify: bool = True,
+    verify: bool | ssl.SSLContext = True,
 ) -> None:
     """Poll `url` with GET until it returns 200; `check` raises if the server died.
 
-    `verify=False` accepts any certificate (a self-signed HTTPS server on loopback)."""
-    context = None if verify else ssl._create_unverified_context()
+    `verify=False` accepts any certificate (a self-signed HTTPS server on loopback); a
+    context verifies as it says (one trusting a run's own CA)."""
+    context = verify if isinstance(verify, ssl.SSLContext) else None
+    if verify is False:
+        context = ssl._create_unverified_context()
     last = "no answer"
 
     def answers() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -61,9 +62,13 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def _write_pair(directory: Path, cert: str, key: str) -> tuple[Path, Path]:
+    """The key is created 0600: a key readable by others is no secret."""
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
     cert_path.write_text(cert)
-    key_path.write_text(key)
+    key_path.unlink(missing_ok=True)  # O_CREAT keeps an existing file's mode
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key)
     return cert_path, key_path
 
 
@@ -100,3 +105,9 @@ def client_context(insecure_skip_verify: bool) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def trusting(ca_file: Path) -> ssl.SSLContext:
+    """A verifying client context whose only trust is `ca_file`: a run's own certificate
+    (it is its own CA), so nothing but that run's servers pass."""
+    return ssl.create_default_context(cafile=str(ca_file))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from pdserve.epp.datastore import (
 from pdserve.epp.types import Endpoint, Metrics
 from pdserve.pool_pods import PoolPods
 from pdserve.process import free_port
+from pdserve.tls import server_context
 from testkit import FakePods
 
 ODD_METRICS = """\
@@ -112,7 +114,9 @@ def test_an_off_schema_endpoints_file_is_logged_once_per_version(
     assert logged[0].fields["path"] == str(path)
 
 
-async def _serve_metrics(status: list[int]) -> tuple[web.AppRunner, int]:
+async def _serve_metrics(
+    status: list[int], tls: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
     """A /metrics page answering the first of `status` (the test changes it)."""
 
     async def page(_: web.Request) -> web.Response:
@@ -122,7 +126,7 @@ async def _serve_metrics(status: list[int]) -> tuple[web.AppRunner, int]:
     app.router.add_get("/metrics", page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -153,4 +157,32 @@ async def test_a_failed_scrape_marks_the_endpoint_not_ready_at_once() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await runner.cleanup()
+
+
+async def test_https_scrapes_follow_the_scheme_and_verify_flags() -> None:
+    """--model-server-metrics-scheme https reaches a TLS engine; verifying (skip-verify
+    false) refuses a certificate the trust store lacks, and plain HTTP gets no page."""
+    runner, port = await _serve_metrics([200], server_context(""))
+    stores = {
+        (scheme, verify): Datastore(
+            StaticSource([Endpoint("127.0.0.1", port)]), 0.02, scheme=scheme, verify=verify
+        )
+        for scheme, verify in (("https", False), ("https", True), ("http", True))
+    }
+    for store in stores.values():
+        store.refresh()
+    tasks = [asyncio.create_task(store.run()) for store in stores.values()]
+    try:
+        skipping = stores["https", False].list()[0]
+        await _until(lambda: skipping.metrics.waiting == 2)
+        for key in (("https", True), ("http", True)):
+            ep = stores[key].list()[0]
+            await _until(lambda ep=ep: ep.metrics.down)
+            assert ep.metrics.waiting != 2, key
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()

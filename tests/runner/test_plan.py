@@ -97,3 +97,36 @@ def test_sim_engine_command_aggregated_has_no_connector() -> None:
     assert "sim-engine" in cmd.argv and "--kv-transfer-config" not in cmd.argv
     assert cmd.argv[cmd.argv.index("--port") + 1] == "9000"
     assert "--max-model-len=2048" in cmd.argv and not cmd.env
+
+
+def test_tls_reaches_every_command_of_a_run(tmp_path: Path) -> None:
+    """--tls: the engine serves the run's pair (the manifest's own TLS flags dropped), the
+    sidecar serves it and calls both engines over verified HTTPS, the EPP scrapes verified;
+    both trust the run's certificate alone."""
+    plan = make_plan(merged(), "default", "")
+    engine = components.engine(
+        "sim", plan, plan.decode, None, EngineSlot(9000, 9001, None), tls=tmp_path
+    )
+    assert engine.argv.count("--ssl-certfile") == 1 and "/x" not in engine.argv
+    assert engine.argv[engine.argv.index("--ssl-certfile") + 1] == str(tmp_path / "tls.crt")
+    assert engine.argv[engine.argv.index("--ssl-keyfile") + 1] == str(tmp_path / "tls.key")
+    trust = {"SSL_CERT_FILE": str(tmp_path / "tls.crt")}
+
+    sidecar = components.sidecar(plan, 8000, 9000, tmp_path / "targets.json", tls=tmp_path)
+    for flag in ("--secure-proxy=true", "--decoder-use-tls", "--prefiller-use-tls"):
+        assert flag in sidecar.argv
+    assert sidecar.argv[sidecar.argv.index("--cert-path") + 1] == str(tmp_path)
+    assert not any("skip-verify" in a for a in sidecar.argv)
+    assert trust.items() <= sidecar.env.items()
+
+    epp = components.epp(plan, tmp_path / "c.yaml", tmp_path / "e.json", (1, 2, 3, 4), tmp_path)
+    assert epp.argv[epp.argv.index("--model-server-metrics-scheme") + 1] == "https"
+    assert "--model-server-metrics-https-insecure-skip-verify=false" in epp.argv
+    assert epp.env == trust
+
+    plain = components.sidecar(plan, 8000, 9000, tmp_path / "targets.json")
+    assert "--secure-proxy=false" in plain.argv and "SSL_CERT_FILE" not in plain.env
+    assert (
+        "--model-server-metrics-scheme"
+        not in components.epp(plan, tmp_path / "c.yaml", tmp_path / "e.json", (1, 2, 3, 4)).argv
+    )

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 _IGNORED = (
     "--zap-encoder",
     "--zap-log-level",
-    "--model-server-metrics-scheme",
     "--cert-path",
     "--total-queued-requests-metric",
     "--kv-cache-usage-percentage-metric",
@@ -32,7 +31,6 @@ _IGNORED = (
 )
 _IGNORED_BOOL = (
     "--secure-serving",
-    "--model-server-metrics-https-insecure-skip-verify",
     "--enable-pprof",
     "--ha-enable-leader-election",
 )
@@ -79,6 +77,19 @@ def epp_parser() -> argparse.ArgumentParser:
         default=DECISION_DEADLINE,
         help="a request still waiting in the EPP this long (the engine's tokenizer, flow "
         "control's queue) is answered 503, or 429 if queued (default 70s; Envoy waits 75s)",
+    )
+    ap.add_argument(
+        "--model-server-metrics-scheme",
+        choices=("http", "https"),
+        default="http",
+        help="how the engines' /metrics are scraped",
+    )
+    # Upstream's default: skip. Verifying trusts the system's CAs, or SSL_CERT_FILE's.
+    add_bool(
+        ap,
+        "--model-server-metrics-https-insecure-skip-verify",
+        True,
+        "with https, accept any certificate",
     )
     ap.add_argument("--kv-events-endpoint", default="tcp://*:5557")
     # All interfaces, as the upstream EPP: in a pod, Envoy and the kubelet's gRPC probes
@@ -171,7 +182,12 @@ def main(argv: list[str]) -> int:
 
     try:
         store = ds.Datastore(
-            src, args.refresh_metrics_interval, _custom_metrics(config), _side_polls(config)
+            src,
+            args.refresh_metrics_interval,
+            _custom_metrics(config),
+            _side_polls(config),
+            scheme=args.model_server_metrics_scheme,
+            verify=not args.model_server_metrics_https_insecure_skip_verify,
         )
         asyncio.run(serve(args, config, store, log))
     except OSError as err:

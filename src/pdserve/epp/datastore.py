@@ -211,8 +211,13 @@ class Datastore:
         interval: float = 0.05,
         custom: CustomMetrics | None = None,
         side: Sequence[SidePoll] = (),
+        scheme: str = "http",
+        verify: bool = True,
     ) -> None:
+        """`scheme`, `verify`: --model-server-metrics-scheme, and not its insecure-skip-verify
+        (https is checked against the default trust, which SSL_CERT_FILE replaces)."""
         self.source = source
+        self.scheme, self.verify = scheme, verify
         self.interval = interval
         # The custom metrics an endpoint's labels call for (core-metrics-extractor).
         self.custom = custom
@@ -304,7 +309,7 @@ class Datastore:
 
     async def _scrape(self, ep: Endpoint) -> None:
         assert self.http is not None
-        url = f"http://{ep.name}/metrics"
+        url = f"{self.scheme}://{ep.name}/metrics"
         while True:
             error = await self._scrape_once(url, ep)
             _mark(ep, error)
@@ -316,7 +321,7 @@ class Datastore:
         assert self.http is not None
         started = time.monotonic()
         try:
-            async with self.http.get(url) as resp:
+            async with self.http.get(url, ssl=self.verify) as resp:
                 if resp.status != 200:
                     return f"metrics answered {resp.status}"
                 custom = self.custom(ep.labels) if self.custom is not None else ()

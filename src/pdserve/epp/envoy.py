@@ -3,6 +3,7 @@ bootstrap with the ext_proc filter and an ORIGINAL_DST cluster keyed on the EPP'
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,66 @@ def bootstrap(
             ],
         },
     }
+
+
+UPSTREAM_CLUSTERS = ("original_dst", POOL_CLUSTER)  # the clusters that reach engines
+
+
+def upstream_tls(ca_file: Path, san: str = "127.0.0.1") -> dict[str, Any]:
+    """A TLS transport socket trusting only `ca_file` and accepting only a certificate that
+    names `san` (an IP address): Envoy checks no name unless told which, and the runner's
+    endpoints are all on loopback, so SNI is sent as "localhost", the certificate's name."""
+    kind = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    tls = {
+        "@type": f"type.googleapis.com/{kind}",
+        "sni": "localhost",
+        "common_tls_context": {
+            "validation_context": {
+                "trusted_ca": {"filename": str(ca_file)},
+                "match_typed_subject_alt_names": [
+                    {"san_type": "IP_ADDRESS", "matcher": {"exact": san}}
+                ],
+            }
+        },
+    }
+    return {"name": "envoy.transport_sockets.tls", "typed_config": tls}
+
+
+def secure_upstreams(boot: dict[str, Any], ca_file: Path) -> dict[str, Any]:
+    """`boot` with HTTPS to every engine-facing cluster (their health checks follow the
+    cluster's socket); the EPP's gRPC cluster and the listener stay plain on loopback."""
+    for cluster in boot["static_resources"]["clusters"]:
+        if cluster["name"] in UPSTREAM_CLUSTERS:
+            cluster["transport_socket"] = upstream_tls(ca_file)
+    return boot
+
+
+def accept_tls(boot: dict[str, Any], cert_file: Path, key_file: Path) -> dict[str, Any]:
+    """`boot` whose gateway listener also speaks HTTPS on the same port: Envoy's TLS
+    inspector tells a handshake from plain HTTP, so a TLS client gets a second chain with
+    the same filters and the run's certificate while plain clients stay as they were."""
+    kind = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+    pair = {
+        "certificate_chain": {"filename": str(cert_file)},
+        "private_key": {"filename": str(key_file)},
+    }
+    tls = {
+        "@type": f"type.googleapis.com/{kind}",
+        "common_tls_context": {"tls_certificates": [pair], "alpn_protocols": ["h2", "http/1.1"]},
+    }
+    listener = boot["static_resources"]["listeners"][0]
+    plain = listener["filter_chains"][0]
+    secure = {
+        "filter_chain_match": {"transport_protocol": "tls"},
+        "filters": copy.deepcopy(plain["filters"]),
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+    }
+    inspector = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+    listener["listener_filters"] = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": f"type.googleapis.com/{inspector}"},
+        }
+    ]
+    listener["filter_chains"] = [plain, secure]
+    return boot

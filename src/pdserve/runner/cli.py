@@ -82,6 +82,12 @@ def up(argv: list[str]) -> int:
         default=envoy_defaults.STREAM_IDLE_TIMEOUT,
         help="the gateway ends a stream silent this long (default 300s)",
     )
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="engines and sidecars serve HTTPS with a certificate made for this run "
+        "(STATE_DIR/tls/tls.crt is its CA); the gateway's port takes HTTP and HTTPS",
+    )
     _state_arg(ap)
     args = ap.parse_args(argv)
     state = _state(args)
@@ -128,6 +134,7 @@ def up(argv: list[str]) -> int:
         live=not args.supervise,
         source=str(args.file),
         timeouts=timeouts,
+        tls=args.tls,
     )
 
 
@@ -216,6 +223,8 @@ def status(argv: list[str]) -> int:
         print(f"  {_down_hint(data)}")
     if info.get("model_dir"):
         print(f"  tokenizer: {info['model_dir']}")
+    if info.get("tls_ca"):
+        print(f"  tls: CA {info['tls_ca']} (engines, sidecars: HTTPS only; gateway: both)")
     for row in data.get("components", []):
         print(f"  {_row_text(row)}")
     return 0 if alive else 1

@@ -23,6 +23,7 @@ from pdserve.render import names
 from pdserve.runner.plan import Plan, Pool
 
 PDSERVE = [sys.executable, "-m", "pdserve"]
+CERT, KEY = "tls.crt", "tls.key"  # a run's certificate folder, as --cert-path reads it
 ENGINE_KINDS = ("vllm", "sim")
 
 
@@ -43,10 +44,27 @@ def engine(
     slot: EngineSlot,
     log_config: Path | None = None,
     feed: tuple[KVFeed, str] | None = None,
+    tls: Path | None = None,
 ) -> EngineCommand:
     """`log_config`: vLLM's logging config file (vllm.logging_config()); the sim logs JSON.
     `feed`: the KV-event feed and this engine's endpoint name, when the EPP wants events;
-    sim engines only, as kv_feed refuses a precise config with vLLM engines."""
+    sim engines only, as kv_feed refuses a precise config with vLLM engines.
+    `tls`: the run's certificate folder (tls.crt, tls.key), to serve HTTPS with."""
+    cmd = _engine(kind, plan, pool, model_dir, slot, log_config, feed)
+    if tls is not None:  # vLLM's flags, which the sim takes too
+        cmd.argv += ["--ssl-certfile", str(tls / CERT), "--ssl-keyfile", str(tls / KEY)]
+    return cmd
+
+
+def _engine(
+    kind: str,
+    plan: Plan,
+    pool: Pool,
+    model_dir: Path | None,
+    slot: EngineSlot,
+    log_config: Path | None,
+    feed: tuple[KVFeed, str] | None,
+) -> EngineCommand:
     if kind == "vllm":
         assert model_dir is not None and feed is None
         return vllm.command(
@@ -73,21 +91,42 @@ def engine(
     return EngineCommand(argv + vllm.manifest_args(pool.args) + events, env)
 
 
-def sidecar(plan: Plan, port: int, engine_port: int, endpoints_file: Path) -> EngineCommand:
-    """The decode engine's routing sidecar, plain HTTP on loopback. It prefills only on the
-    prefill endpoints of `endpoints_file`: their ports are chosen as engines start and
-    change on scale, which a list given at start could not follow."""
+def sidecar(
+    plan: Plan, port: int, engine_port: int, endpoints_file: Path, tls: Path | None = None
+) -> EngineCommand:
+    """The decode engine's routing sidecar on loopback. It prefills only on the prefill
+    endpoints of `endpoints_file`: their ports are chosen as engines start and change on
+    scale, which a list given at start could not follow. With `tls` (the run's certificate
+    folder) it serves HTTPS with it and calls both engines over HTTPS, verified."""
     argv = [*PDSERVE, "sidecar", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--vllm-port", str(engine_port), "--connector", "nixlv2", "--secure-proxy=false"]
+    argv += ["--vllm-port", str(engine_port), "--connector", "nixlv2"]
     argv += ["--enable-ssrf-protection", "--allowed-prefill-endpoints-file", str(endpoints_file)]
     env = {"INFERENCE_POOL_NAMESPACE": plan.namespace, "INFERENCE_POOL_NAME": plan.name}
-    return EngineCommand(argv, env)
+    if tls is None:
+        return EngineCommand([*argv, "--secure-proxy=false"], env)
+    argv += ["--secure-proxy=true", "--cert-path", str(tls)]
+    argv += ["--decoder-use-tls", "--prefiller-use-tls"]
+    return EngineCommand(argv, env | trust_env(tls))
+
+
+def trust_env(tls: Path) -> dict[str, str]:
+    """The run's certificate as a child's only trusted CA. Through SSL_CERT_FILE, which
+    OpenSSL (Python's default contexts, aiohttp's) and Go read alike, so llm-d's own sidecar
+    and EPP, which have no CA flag, would trust it the same way. Only children that call
+    nothing but the run's engines get it: it replaces the system's CAs."""
+    return {"SSL_CERT_FILE": str(tls / CERT)}
 
 
 def epp(
-    plan: Plan, config_file: Path, endpoints_file: Path, ports: tuple[int, int, int, int]
+    plan: Plan,
+    config_file: Path,
+    endpoints_file: Path,
+    ports: tuple[int, int, int, int],
+    tls: Path | None = None,
 ) -> EngineCommand:
-    """ports: gRPC ext_proc, gRPC health, metrics, KV events (all bound on loopback)."""
+    """ports: gRPC ext_proc, gRPC health, metrics, KV events (all bound on loopback).
+    `tls`: the engines serve HTTPS with the run's certificate; the EPP scrapes (and
+    tokenizes) over HTTPS, verified against it."""
     grpc, health, metrics, kv_events = ports
     argv = [*PDSERVE, "epp", "--host", "127.0.0.1", "--config-file", str(config_file)]
     argv += ["--pool-name", names.inference_pool(plan.name), "--pool-namespace", plan.namespace]
@@ -95,7 +134,11 @@ def epp(
     argv += ["--endpoints-file", str(endpoints_file)]
     argv += ["--grpc-port", str(grpc), "--grpc-health-port", str(health)]
     argv += ["--metrics-port", str(metrics)]
-    return EngineCommand(argv)
+    if tls is None:
+        return EngineCommand(argv)
+    argv += ["--model-server-metrics-scheme", "https"]
+    argv += ["--model-server-metrics-https-insecure-skip-verify=false"]
+    return EngineCommand(argv, trust_env(tls))
 
 
 def envoy(config_file: Path, base_id: int) -> EngineCommand:

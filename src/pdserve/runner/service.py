@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 import threading
 import time
@@ -161,8 +162,12 @@ class LocalService:
         gateway_port: int,
         board: Board,
         timeouts: tuple[float, float] | None = None,  # the gateway's route, stream idle
+        tls: bool = False,
     ) -> None:
         self.plan = plan
+        # --tls: the run's certificate folder (made at start), and a context trusting it.
+        self.tls = state.path / "tls" if tls else None
+        self.client_tls: ssl.SSLContext | None = None
         self.timeouts = timeouts
         self._eds_version = 0
         self.kind = kind
@@ -219,9 +224,29 @@ class LocalService:
         """The scratch folder, once made: recorded so `down` removes it if we are killed."""
         return str(self._scratch) if self._scratch is not None else None
 
+    @property
+    def scheme(self) -> str:
+        """How engines and sidecars are called (the gateway's listener stays plain)."""
+        return "https" if self.tls else "http"
+
+    def _at(self, port: int | None, path: str = "") -> str:
+        return f"{self.scheme}://127.0.0.1:{port}{path}"
+
+    def _make_certificate(self) -> None:
+        """One certificate for 127.0.0.1/localhost, its own CA, shared by every component
+        of the run (a restarted one too) and made anew by each run: no key is reused."""
+        from pdserve.tls import self_signed, trusting
+
+        if self.tls is None:
+            return
+        self.tls.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cert, _ = self_signed(self.tls)
+        self.client_tls = trusting(cert)
+
     def start(self) -> None:
         self.state.logs.mkdir(parents=True, exist_ok=True)
         _ = self.scratch
+        self._make_certificate()
         self.model_dir = self._resolve_model()
         wanted = [(ROLE_DECODE, self.plan.decode.replicas)]
         if self.plan.prefill is not None:
@@ -251,6 +276,8 @@ class LocalService:
             self.board.set(proc.name, status="stopped")
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
+        if self.tls is not None:  # the certificate stays, to check what the run served
+            (self.tls / components.KEY).unlink(missing_ok=True)
 
     def check(self) -> None:
         """Restart what exited, admit what became healthy; CrashLoop past the policy."""
@@ -268,7 +295,7 @@ class LocalService:
         elif not w.proc.alive():
             self._exited(w, now)
         elif w.phase == "starting":
-            if not _get(w.health):
+            if not _get(w.health, self.client_tls):
                 self._healthy(w, now)
             elif now >= w.due:
                 w.proc.stop(timeout=5)
@@ -329,10 +356,10 @@ class LocalService:
     def _watch_replica(self, replica: Replica) -> None:
         """Called with _members held, once the replica passed its first health check."""
         timeout = ENGINE_TIMEOUT[self.kind]
-        engine_url = f"http://127.0.0.1:{replica.slot.port}/health"
+        engine_url = self._at(replica.slot.port, "/health")
         self._add_watch(Watch(replica.engine, engine_url, timeout, lambda: self._place(replica)))
         if replica.sidecar is not None:
-            url = f"http://127.0.0.1:{replica.sidecar_port}/health"
+            url = self._at(replica.sidecar_port, "/health")
             self._add_watch(Watch(replica.sidecar, url, COMPONENT_TIMEOUT))
 
     def _watch_router(self) -> None:
@@ -397,7 +424,7 @@ class LocalService:
         self._await_epp_endpoints()
         progress(f"{replica.name} out of the endpoint list; draining")
         self.board.set(replica.engine.name, status="draining")
-        _drain(f"http://127.0.0.1:{replica.slot.port}")
+        _drain(self._at(replica.slot.port), self.client_tls)
         for proc in replica.processes():  # sidecar first: it finishes its in-flight requests
             proc.stop(timeout=DRAIN_TIMEOUT)
             self.board.drop(proc.name)
@@ -433,15 +460,18 @@ class LocalService:
         sidecar_port = free_port() if self.plan.pd and role == ROLE_DECODE else None
         # KV events name the engine as the EPP's endpoint list does: its sidecar, if any
         feed = (self.feed, f"127.0.0.1:{sidecar_port or slot.port}") if self.feed else None
+        log_config = self._vllm_log_config()
         cmd = components.engine(
-            self.kind, self.plan, pool_plan, self.model_dir, slot, self._vllm_log_config(), feed
+            self.kind, self.plan, pool_plan, self.model_dir, slot, log_config, feed, self.tls
         )
         name = f"{role}-{index}" if self.plan.pd else f"engine-{index}"
         engine = self._spawn(name, f"{self.kind} engine", cmd, slot.port)
         replica = Replica(role, index, slot, engine)
         if sidecar_port is not None:
             port = sidecar_port
-            cmd = components.sidecar(self.plan, port, slot.port, self.prefill_targets_file)
+            cmd = components.sidecar(
+                self.plan, port, slot.port, self.prefill_targets_file, self.tls
+            )
             replica.sidecar = self._spawn(f"sidecar-{index}", "sidecar", cmd, port)
             replica.sidecar_port = port
         self.pools[role].append(replica)
@@ -484,8 +514,9 @@ class LocalService:
             if proc is None:
                 continue
             proc.wait_http(
-                f"http://127.0.0.1:{port}/health",
+                self._at(port, "/health"),
                 timeout if proc is replica.engine else COMPONENT_TIMEOUT,
+                verify=self.client_tls or True,
             )
             detail = self._place(replica) if proc is replica.engine else ""
             self.board.set(proc.name, status="ready", detail=detail)
@@ -507,7 +538,7 @@ class LocalService:
         config.write_text(text)
         grpc, health, self.epp_metrics_port = free_port(), free_port(), free_port()
         ports = (grpc, health, self.epp_metrics_port, events)
-        cmd = components.epp(self.plan, config, self.endpoints_file, ports)
+        cmd = components.epp(self.plan, config, self.endpoints_file, ports, self.tls)
         self.epp = self._spawn("epp", "endpoint picker", cmd, grpc)
         from pdserve.epp import envoy
 
@@ -527,6 +558,9 @@ class LocalService:
             fail_open=fail_open,
             body_mode="BUFFERED" if fail_open else "FULL_DUPLEX_STREAMED",
         )
+        if self.tls is not None:
+            envoy.secure_upstreams(bootstrap, self.tls / components.CERT)
+            envoy.accept_tls(bootstrap, self.tls / components.CERT, self.tls / components.KEY)
         envoy_file = self.state.path / "envoy.json"
         envoy_file.write_text(json.dumps(bootstrap, indent=1))
         cmd = components.envoy(envoy_file, base_id=self.gateway_port)
@@ -606,16 +640,19 @@ class LocalService:
             "endpoints_file": str(self.endpoints_file),
             # The served name is not a hub id: load generators need the tokenizer's folder.
             "model_dir": str(self.model_dir) if self.model_dir else None,
+            # --tls: engines and sidecars serve HTTPS; this CA verifies them.
+            "tls_ca": str(self.tls / components.CERT) if self.tls else None,
         }
 
 
-def _get(url: str) -> str:
-    """Why url does not answer 200 ("" when it does), asked once and briefly."""
+def _get(url: str, context: ssl.SSLContext | None = None) -> str:
+    """Why url does not answer 200 ("" when it does), asked once and briefly; `context`
+    verifies an https url (an http one ignores it)."""
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as resp:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT, context=context) as resp:
             return "" if resp.status == 200 else f"HTTP {resp.status}"
     except urllib.error.HTTPError as err:
         return f"HTTP {err.code}"
@@ -623,24 +660,24 @@ def _get(url: str) -> str:
         return str(err)
 
 
-def _metric(url: str, name: str) -> float | None:
+def _metric(url: str, name: str, context: ssl.SSLContext | None = None) -> float | None:
     """Sum of a metric's samples at url/metrics; None when the server does not export it."""
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=2) as resp:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=2, context=context) as resp:
             return promtext.total(resp.read().decode(), name)
     except OSError:
         return None
 
 
-def _drain(engine_url: str) -> None:
+def _drain(engine_url: str, context: ssl.SSLContext | None = None) -> None:
     """Wait until the engine has no running or waiting request (at most DRAIN_TIMEOUT: the
     engine is stopped then anyway)."""
 
     def idle() -> bool:
-        running = _metric(engine_url, METRIC_RUNNING)
-        waiting = _metric(engine_url, METRIC_WAITING)
+        running = _metric(engine_url, METRIC_RUNNING, context)
+        waiting = _metric(engine_url, METRIC_WAITING, context)
         return running is None or (running + (waiting or 0)) == 0
 
     with contextlib.suppress(TimeoutError):

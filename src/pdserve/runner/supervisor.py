@@ -51,6 +51,7 @@ def run(
     live: bool,
     source: str,
     timeouts: tuple[float, float] | None = None,
+    tls: bool = False,
 ) -> int:
     import os
 
@@ -78,7 +79,7 @@ def run(
                 follower.show(record["components"])
 
     board = Board(on_change=lambda: save())
-    service = LocalService(plan, kind, state, port, board, timeouts=timeouts)
+    service = LocalService(plan, kind, state, port, board, timeouts=timeouts, tls=tls)
     stop = threading.Event()
     started = False
 
