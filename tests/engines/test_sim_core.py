@@ -5,7 +5,7 @@ from __future__ import annotations
 from pdserve.block_hashes import Scheme
 from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.profile import Profile
-from pdserve.engines.sim.scheduler import Request, Scheduler
+from pdserve.engines.sim.scheduler import Request, Scheduler, _tally
 from pdserve.engines.sim.tokens import Generator
 from pdserve.tokenization import BuiltinTokenizer
 
@@ -107,6 +107,14 @@ def test_chunked_prefill_splits_a_long_prompt_and_shares_steps_with_decodes() ->
     assert abs(steps[0].duration - (0.063 + 0.010)) < 1e-9
     assert long.done and len(long.output) == 1  # its first token comes with the last chunk
     assert len(short.output) == 4
+
+
+def test_a_batch_tally_counts_one_token_after_output_as_decode_and_the_rest_as_prefill() -> None:
+    decoding = Request("d", list(range(10)), max_tokens=5, arrival=0, output=[7, 8])
+    fresh = Request("f", list(range(20)), max_tokens=5, arrival=0)  # one token, no output yet
+    resumed = Request("r", list(range(30)), max_tokens=5, arrival=0, output=[9])
+    assert _tally([(decoding, 1), (fresh, 1), (resumed, 31), (decoding, 1)]) == (2, 24, 32)
+    assert _tally([]) == (0, 0, 0)
 
 
 def test_cache_pressure_preempts_the_newest_request_which_then_recomputes() -> None:

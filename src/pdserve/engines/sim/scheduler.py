@@ -205,52 +205,84 @@ class Scheduler:
         """Schedule one iteration, run it in model time, return its duration and tokens.
 
         The per-token path is inlined (`pending`, `BlockManager.grow`'s no-op case, the
-        `_commit` test): a decode step runs it once per sequence, millions of times in a
-        simulation. The slow paths are the same methods as before."""
+        `_commit` test, the batch's tally, sampling): a decode step runs it once per
+        sequence, millions of times in a simulation. The slow paths are methods."""
         out = StepOutput()
         profile = self.profile
         budget = profile.max_num_batched_tokens
         batch: list[tuple[Request, int]] = []
         running = Phase.RUNNING
         cap = self.blocks.block_size  # tokens per block of a block table, as grow() counts
+        decode_batch = context = prefill_tokens = 0
         for req in list(self.running):
             if budget <= 0:
                 break
             if req.phase is not running:
                 continue  # preempted earlier in this loop
-            n = len(req.prompt) + len(req.output) - req.computed
+            total = len(req.prompt) + len(req.output)
+            n = total - req.computed
             if n > budget:
                 n = budget
             need = req.computed + n
             if len(req.blocks) * cap >= need or self._reserve(req, need, out):
                 batch.append((req, n))
                 budget -= n
+                if n == 1 and req.output:
+                    decode_batch += 1
+                    context += total
+                else:
+                    prefill_tokens += n
         if out.preempted:  # a victim may have been scheduled before it was preempted
             batch = [(r, n) for r, n in batch if r.phase is running]
+            decode_batch, context, prefill_tokens = _tally(batch)
         else:  # as vLLM: no new admissions in a step that had to preempt
+            first = len(batch)
             self._admit(now, out, batch, budget)
-        context = decode_batch = prefill_tokens = 0
-        for req, n in batch:
-            if n == 1 and req.output:
-                decode_batch += 1
-                context += len(req.prompt) + len(req.output)
-            else:
-                prefill_tokens += n
+            if len(batch) > first:
+                d, c, p = _tally(batch[first:])
+                decode_batch, context, prefill_tokens = (
+                    decode_batch + d,
+                    context + c,
+                    prefill_tokens + p,
+                )
         out.decode_batch, out.prefill_tokens = decode_batch, prefill_tokens
         out.duration = profile.prefill_seconds(prefill_tokens) + (
             profile.decode_seconds(decode_batch, context)
         )
-        end = now + out.duration
-        bs = profile.block_size
-        emit = self._emit
+        self._run(batch, now + out.duration, out)
+        return out
+
+    def _run(self, batch: list[tuple[Request, int]], end: float, out: StepOutput) -> None:
+        """The batch's tokens computed by `end`: full blocks committed, and a token sampled
+        for each request whose context is now all computed (as `Generator` picks it)."""
+        bs = self.profile.block_size
+        gen = self.gen
+        token_of, eos, tokens = gen.token, gen.eos, out.tokens
         for req, n in batch:
             computed = req.computed + n
             req.computed = computed
             if computed // bs > req.committed and len(req.blocks) > req.committed:
                 self._commit(req)
-            if computed == len(req.prompt) + len(req.output):
-                emit(req, end, out)
-        return out
+            output = req.output
+            position = len(output)
+            if computed != len(req.prompt) + position:
+                continue  # a prefill chunk short of the prompt's end
+            token = token_of(req.key, position)
+            if req.ignore_eos:
+                stop = False
+            elif position >= gen.natural_length(req.key):
+                token, stop = eos, True
+            else:
+                stop = token == eos
+            if req.first_token_at is None:
+                req.first_token_at = end
+            # EOS is a generated token, as in vLLM: counted in completion_tokens, decoded to "".
+            output.append(token)
+            tokens.append((req, token))
+            if stop:
+                self._finish(req, "stop", end, out)
+            elif req.remote_decode or position + 1 >= req.max_tokens:
+                self._finish(req, "length", end, out)
 
     def _reserve(self, req: Request, num_tokens: int, out: StepOutput) -> bool:
         """Blocks for `num_tokens` of `req`, preempting from the back of the queue if needed;
@@ -341,23 +373,6 @@ class Scheduler:
             )
             req.committed = full
 
-    def _emit(self, req: Request, end: float, out: StepOutput) -> None:
-        output = req.output
-        position = len(output)
-        gen = self.gen
-        token = gen.token(req.key, position)
-        if not req.ignore_eos and position >= gen.natural_length(req.key):
-            token = gen.eos
-        if req.first_token_at is None:
-            req.first_token_at = end
-        # EOS is a generated token, as in vLLM: counted in completion_tokens, decoded to "".
-        output.append(token)
-        out.tokens.append((req, token))
-        if token == gen.eos and not req.ignore_eos:
-            self._finish(req, "stop", end, out)
-        elif req.remote_decode or position + 1 >= req.max_tokens:
-            self._finish(req, "length", end, out)
-
     def _finish(self, req: Request, reason: str, end: float, out: StepOutput) -> None:
         self.running.remove(req)
         req.phase, req.finish_reason = Phase.FINISHED, reason
@@ -377,6 +392,19 @@ class Scheduler:
             "preemptions": self.num_preemptions,
             "kv_usage": self.blocks.usage,
         }
+
+
+def _tally(batch: list[tuple[Request, int]]) -> tuple[int, int, int]:
+    """A batch's decode sequences, their context tokens, and its prefill tokens: a request
+    with one token to run and output so far decodes; any other runs prompt (or recomputes)."""
+    decode_batch = context = prefill_tokens = 0
+    for req, n in batch:
+        if n == 1 and req.output:
+            decode_batch += 1
+            context += len(req.prompt) + len(req.output)
+        else:
+            prefill_tokens += n
+    return decode_batch, context, prefill_tokens
 
 
 def _extra(req: Request) -> tuple[str, ...] | None:
