@@ -240,3 +240,26 @@ def test_reset_prefix_cache_is_refused_while_blocks_are_in_use() -> None:
     assert bm.reset() is False and bm.content() and events[-1][0] == "stored"
     bm.release(a.block_ids)
     assert bm.reset() is True and not bm.content() and events[-1] == ("cleared",)
+
+
+def test_a_span_of_the_context_is_its_slice_across_prompt_and_output() -> None:
+    req = Request("r", list(range(10)), max_tokens=9, arrival=0, output=[50, 51, 52, 53])
+    for start in range(15):
+        for stop in range(start, 15):
+            assert req.span(start, stop) == req.context()[start:stop], (start, stop)
+
+
+def test_a_commit_given_only_the_new_blocks_tokens_announces_the_same_blocks() -> None:
+    """The scheduler hands commit the tokens from the first new block on (`offset`)."""
+    tokens = list(range(16))
+    hashes = block_hashes(tokens, 4)
+    announced = []
+    for given, offset in ((tokens, 0), (tokens[8:], 8)):
+        events: list[tuple] = []
+        bm = BlockManager(num_blocks=8, block_size=4, on_event=events.append)
+        a = bm.allocate(tokens, hashes)
+        assert a is not None
+        bm.commit(a.block_ids[:2], tokens[:8], hashes[:2])
+        bm.commit(a.block_ids, given, hashes, 2, None, offset)
+        announced.append(events[-1])
+    assert announced[0] == announced[1] == ("stored", hashes[2:], hashes[1], tokens[8:], None)

@@ -97,31 +97,38 @@ class BlockManager:
         hashes: Sequence[bytes],
         start: int = 0,
         lora_id: int | None = None,
+        offset: int = 0,
     ) -> None:
         """Register computed full blocks (from index `start`) in the prefix cache and
-        announce them as BlockStored."""
+        announce them as BlockStored. `tokens` are the sequence's from token `offset` on
+        (at most `start` blocks' worth in: a caller need not copy the whole sequence)."""
         if not self.enable_caching:
             return
         run: list[int] = []  # consecutive newly stored blocks: one BlockStored each, as vLLM
         for i in range(start, min(len(block_ids), len(hashes))):
             block, h = block_ids[i], hashes[i]
             if self.hash_of[block] is not None or h in self.cached:
-                self._announce(run, tokens, hashes, lora_id)
+                self._announce(run, tokens, hashes, lora_id, offset)
                 run = []
                 continue
             self.hash_of[block] = h
             self.cached[h] = block
             run.append(i)
-        self._announce(run, tokens, hashes, lora_id)
+        self._announce(run, tokens, hashes, lora_id, offset)
 
     def _announce(
-        self, run: list[int], tokens: Sequence[int], hashes: Sequence[bytes], lora_id: int | None
+        self,
+        run: list[int],
+        tokens: Sequence[int],
+        hashes: Sequence[bytes],
+        lora_id: int | None,
+        offset: int,
     ) -> None:
         if not run or self.on_event is None:
             return
         first, bs = run[0], self.block_size
         parent = hashes[first - 1] if first > 0 else None
-        toks = list(tokens[first * bs : (run[-1] + 1) * bs])
+        toks = list(tokens[first * bs - offset : (run[-1] + 1) * bs - offset])
         self.on_event(("stored", [hashes[i] for i in run], parent, toks, lora_id))
 
     def release(self, block_ids: Sequence[int]) -> None:

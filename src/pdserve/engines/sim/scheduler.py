@@ -67,6 +67,16 @@ class Request:
     def context(self) -> list[int]:
         return self.prompt + self.output if self.output else self.prompt
 
+    def span(self, start: int, stop: int) -> list[int]:
+        """`context()[start:stop]` without copying the whole context (a decode commit
+        hashes one block of a context hundreds of tokens long)."""
+        p = len(self.prompt)
+        if stop <= p:
+            return self.prompt[start:stop]
+        if start >= p:
+            return self.output[start - p : stop - p]
+        return self.prompt[start:] + self.output[: stop - p]
+
 
 @dataclass
 class StepOutput:
@@ -359,17 +369,18 @@ class Scheduler:
         if len(req.hashes) < full:
             start = len(req.hashes) * bs
             parent = req.hashes[-1] if req.hashes else None
-            req.hashes += self.scheme.hashes(
-                req.context()[start : full * bs], bs, parent, _extra(req)
-            )
+            req.hashes += self.scheme.hashes(req.span(start, full * bs), bs, parent, _extra(req))
 
     def _commit(self, req: Request) -> None:
         """Register the request's newly completed blocks in the prefix cache."""
-        full = min(req.computed // self.profile.block_size, len(req.blocks))
+        bs = self.profile.block_size
+        full = min(req.computed // bs, len(req.blocks))
         if full > req.committed:
-            self._extend_hashes(req, full * self.profile.block_size)
+            self._extend_hashes(req, full * bs)
+            first = req.committed * bs  # only the new blocks' tokens, not the whole context
+            tokens = req.span(first, full * bs)
             self.blocks.commit(
-                req.blocks[:full], req.context(), req.hashes[:full], req.committed, req.lora_id
+                req.blocks[:full], tokens, req.hashes[:full], req.committed, req.lora_id, first
             )
             req.committed = full
 
