@@ -317,6 +317,8 @@ class Scheduler:
     def _admit(
         self, now: float, out: StepOutput, batch: list[tuple[Request, int]], budget: int
     ) -> None:
+        if not self.waiting:
+            return  # most steps: no walk over the batch for its adapters
         loras = self.active_loras()
         skipped: list[Request] = []  # requests of adapters that would exceed max_loras
         while (
