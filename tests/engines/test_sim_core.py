@@ -263,3 +263,12 @@ def test_a_commit_given_only_the_new_blocks_tokens_announces_the_same_blocks() -
         bm.commit(a.block_ids, given, hashes, 2, None, offset)
         announced.append(events[-1])
     assert announced[0] == announced[1] == ("stored", hashes[2:], hashes[1], tokens[8:], None)
+
+
+def test_grow_short_of_free_blocks_takes_what_is_left_and_says_so() -> None:
+    bm = BlockManager(num_blocks=3, block_size=4)
+    table: list[int] = []
+    assert bm.grow(table, 8) and table == [0, 1]
+    assert bm.grow(table, 8) and table == [0, 1]  # already room: nothing taken
+    assert not bm.grow(table, 20) and table == [0, 1, 2] and bm.num_free == 0
+    assert not bm.grow(table, 24) and table == [0, 1, 2]
