@@ -14,6 +14,7 @@ and `event_key` maps both forms to one int.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -30,8 +31,8 @@ DEFAULT_SEED = "vllm-none-hash"  # vLLM's NONE_HASH seed when PYTHONHASHSEED is 
 _LOW_64 = (1 << 64) - 1
 
 
-def _pickled(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+# pickle.dumps itself, bound to the protocol: no Python frame per block.
+_pickled: Callable[[Any], bytes] = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _cbor(obj: Any) -> bytes:
@@ -70,7 +71,8 @@ class Scheme:
 
     algorithm: str = DEFAULT_ALGORITHM
     seed: str = DEFAULT_SEED
-    _fn: Callable[[Any], bytes] = field(init=False, repr=False, compare=False)
+    _serialise: Callable[[Any], bytes] = field(init=False, repr=False, compare=False)
+    _digest: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
     none_hash: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,8 +81,9 @@ class Scheme:
                 f"unknown block hash algorithm {self.algorithm!r} (one of {', '.join(ALGORITHMS)})"
             )
         serialise, digest = _FUNCTIONS[self.algorithm]
-        object.__setattr__(self, "_fn", lambda obj: digest(serialise(obj)))
-        object.__setattr__(self, "none_hash", self._fn(self.seed))
+        object.__setattr__(self, "_serialise", serialise)
+        object.__setattr__(self, "_digest", digest)
+        object.__setattr__(self, "none_hash", digest(serialise(self.seed)))
 
     def hashes(
         self,
@@ -92,8 +95,9 @@ class Scheme:
         """The chained digests of the full blocks of `tokens`, continuing from `parent`."""
         out: list[bytes] = []
         prev = parent or self.none_hash
+        serialise, digest = self._serialise, self._digest  # a simulation hashes millions
         for start in range(0, len(tokens) // block_size * block_size, block_size):
-            prev = self._fn((prev, tuple(tokens[start : start + block_size]), extra_keys))
+            prev = digest(serialise((prev, tuple(tokens[start : start + block_size]), extra_keys)))
             out.append(prev)
         return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pdserve.block_hashes import Scheme
 from pdserve.engines.sim.block_manager import BlockManager
 from pdserve.engines.sim.profile import Profile
-from pdserve.engines.sim.scheduler import Request, Scheduler
+from pdserve.engines.sim.scheduler import Request, Scheduler, _tally
 from pdserve.engines.sim.tokens import Generator
 from pdserve.tokenization import BuiltinTokenizer
 
@@ -107,6 +107,14 @@ def test_chunked_prefill_splits_a_long_prompt_and_shares_steps_with_decodes() ->
     assert abs(steps[0].duration - (0.063 + 0.010)) < 1e-9
     assert long.done and len(long.output) == 1  # its first token comes with the last chunk
     assert len(short.output) == 4
+
+
+def test_a_batch_tally_counts_one_token_after_output_as_decode_and_the_rest_as_prefill() -> None:
+    decoding = Request("d", list(range(10)), max_tokens=5, arrival=0, output=[7, 8])
+    fresh = Request("f", list(range(20)), max_tokens=5, arrival=0)  # one token, no output yet
+    resumed = Request("r", list(range(30)), max_tokens=5, arrival=0, output=[9])
+    assert _tally([(decoding, 1), (fresh, 1), (resumed, 31), (decoding, 1)]) == (2, 24, 32)
+    assert _tally([]) == (0, 0, 0)
 
 
 def test_cache_pressure_preempts_the_newest_request_which_then_recomputes() -> None:
@@ -232,3 +240,35 @@ def test_reset_prefix_cache_is_refused_while_blocks_are_in_use() -> None:
     assert bm.reset() is False and bm.content() and events[-1][0] == "stored"
     bm.release(a.block_ids)
     assert bm.reset() is True and not bm.content() and events[-1] == ("cleared",)
+
+
+def test_a_span_of_the_context_is_its_slice_across_prompt_and_output() -> None:
+    req = Request("r", list(range(10)), max_tokens=9, arrival=0, output=[50, 51, 52, 53])
+    for start in range(15):
+        for stop in range(start, 15):
+            assert req.span(start, stop) == req.context()[start:stop], (start, stop)
+
+
+def test_a_commit_given_only_the_new_blocks_tokens_announces_the_same_blocks() -> None:
+    """The scheduler hands commit the tokens from the first new block on (`offset`)."""
+    tokens = list(range(16))
+    hashes = block_hashes(tokens, 4)
+    announced = []
+    for given, offset in ((tokens, 0), (tokens[8:], 8)):
+        events: list[tuple] = []
+        bm = BlockManager(num_blocks=8, block_size=4, on_event=events.append)
+        a = bm.allocate(tokens, hashes)
+        assert a is not None
+        bm.commit(a.block_ids[:2], tokens[:8], hashes[:2])
+        bm.commit(a.block_ids, given, hashes, 2, None, offset)
+        announced.append(events[-1])
+    assert announced[0] == announced[1] == ("stored", hashes[2:], hashes[1], tokens[8:], None)
+
+
+def test_grow_short_of_free_blocks_takes_what_is_left_and_says_so() -> None:
+    bm = BlockManager(num_blocks=3, block_size=4)
+    table: list[int] = []
+    assert bm.grow(table, 8) and table == [0, 1]
+    assert bm.grow(table, 8) and table == [0, 1]  # already room: nothing taken
+    assert not bm.grow(table, 20) and table == [0, 1, 2] and bm.num_free == 0
+    assert not bm.grow(table, 24) and table == [0, 1, 2]

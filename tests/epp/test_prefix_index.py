@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 
 from pdserve.epp.plugins.prefix import LRUIndex
 
@@ -37,3 +38,24 @@ def test_matched_stops_at_first_gap_even_if_later_blocks_are_held() -> None:
     index.add("b", [1, 2, 3, 4])
     assert index.matched([1, 2, 3, 4]) == {"a": 2, "b": 4}
     assert index.matched([9, 1]) == {}
+
+
+def test_add_evicts_each_servers_oldest_block_as_remove_would() -> None:
+    """`add` inlines the eviction: the same index as adding one block at a time and
+    removing each server's least recently used one past capacity through `remove`."""
+    rng = random.Random(7)
+    index, reference = LRUIndex(capacity=5), LRUIndex(capacity=5)
+    for _ in range(300):
+        server, hashes = rng.choice("abc"), [rng.randrange(12) for _ in range(rng.randint(0, 4))]
+        index.add(server, hashes)
+        lru = reference.by_server.setdefault(server, OrderedDict())
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+                continue
+            lru[h] = None
+            reference.holders.setdefault(h, set()).add(server)
+            if len(lru) > reference.capacity:
+                reference.remove(server, next(iter(lru)))
+        assert index.by_server == reference.by_server
+        assert index.holders == reference.holders

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pdserve.bench.text import words
+from pdserve.bench.text import WORDS, words
 from pdserve.engines import model as models
 from pdserve.engines.sim.profile import Profile
 from pdserve.simulate.link import make_link
-from pdserve.simulate.tokens import FastTokenizer, fast
+from pdserve.simulate.tokens import _PLAIN, FastTokenizer, _plain, fast
 from pdserve.tokenization import HFTokenizer, request_tokens
 
 
@@ -50,6 +50,36 @@ def test_word_by_word_tokens_equal_the_models_own(smollm2: Path) -> None:
             {"role": "user", "content": words(rng, rng.randint(1, 300)).lstrip() + " 42?!"},
         ]
         assert request_tokens(quick, "", messages) == request_tokens(model, "", messages)
+
+
+def test_text_split_at_its_spaces_equals_the_models_own_around_every_edge(
+    smollm2: Path,
+) -> None:
+    """The str.split path against the model itself, once its words are known, on text
+    that mixes plain lines with what must not take that path: double, edge and lone
+    spaces, empty lines, digits, punctuation, contractions, non-ASCII letters, tabs; the
+    second encode of a text comes from the memo of short parts."""
+    model = HFTokenizer(smollm2)
+    quick = fast(model, smollm2)
+    assert isinstance(quick, FastTokenizer)
+    rng = random.Random(3)
+    quick.encode("".join(WORDS))  # every common word seen, space-led and bare
+    quick.encode("\n".join(w.lstrip() for w in (*WORDS, " user")))
+    seps = [" ", " ", " ", "\n", "  ", "\n\n", " \n", "\t", ", ", "'s ", " 42 ", " caf\u00e9 "]
+    for _ in range(200):
+        text = "".join(rng.choice(seps) + rng.choice(("the", "Of", "and", "x")) for _ in range(12))
+        text = text[rng.randint(0, 2) :] + rng.choice(("", " ", "\n", "."))
+        assert quick.encode(text) == model.encode(text) == quick.encode(text), repr(text)
+    plain = words(rng, 50).lstrip() + "\nuser\nthe of"
+    assert quick.pieces._words(plain) is not None  # the fast path did run
+    assert quick.encode(plain) == model.encode(plain)
+
+
+def test_the_plain_content_check_is_the_regex_on_every_character() -> None:
+    for code in range(0x250):
+        c = chr(code)
+        for text in (c, "the " + c + " of", ""):
+            assert _plain(text) == (_PLAIN(text) is not None), repr(text)
 
 
 def test_a_lone_user_message_in_the_templates_frame_equals_the_rendered_one(

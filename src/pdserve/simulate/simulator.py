@@ -245,10 +245,15 @@ class Simulation:
     def _deliver(
         self, tokens: list[tuple[Request, int]], finished: list[Request], now: float
     ) -> None:
-        flights, eos, ignore_eos = self.flights, self.gen.eos, self.ignore_eos
-        for req, token in tokens:
-            if not req.remote_decode and (ignore_eos or token != eos):
-                flights[req.id].token_times.append(now)
+        flights, eos = self.flights, self.gen.eos
+        if self.ignore_eos:  # every token is text: no test per token (~7 M in a 100k run)
+            for req, _ in tokens:
+                if not req.remote_decode:
+                    flights[req.id].token_times.append(now)
+        else:
+            for req, token in tokens:
+                if not req.remote_decode and token != eos:
+                    flights[req.id].token_times.append(now)
         for req in finished:
             flight = flights.pop(req.id)
             if req.remote_decode:  # the sidecar now sends the decode leg

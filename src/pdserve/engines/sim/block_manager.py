@@ -77,18 +77,19 @@ class BlockManager:
             return None
         for block in hit:
             self._take(block)
-        ids = hit + [self._pop_free() for _ in range(fresh)]
+        ids = hit + self._pop_free(fresh)
         self.queries += len(tokens)
         self.hits += len(hit) * self.block_size
         return Allocation(ids, len(hit) * self.block_size)
 
     def grow(self, block_ids: list[int], num_tokens: int) -> bool:
         """Make room for `num_tokens` in a request's block table (decode appends)."""
-        while len(block_ids) < self.blocks_for(num_tokens):
-            if not self.free:
-                return False
-            block_ids.append(self._pop_free())
-        return True
+        need = self.blocks_for(num_tokens) - len(block_ids)
+        if need <= 0:
+            return True
+        take = min(need, len(self.free))  # short of free blocks: as many as there are
+        block_ids += self._pop_free(take)
+        return take == need
 
     def commit(
         self,
@@ -97,39 +98,47 @@ class BlockManager:
         hashes: Sequence[bytes],
         start: int = 0,
         lora_id: int | None = None,
+        offset: int = 0,
     ) -> None:
         """Register computed full blocks (from index `start`) in the prefix cache and
-        announce them as BlockStored."""
+        announce them as BlockStored. `tokens` are the sequence's from token `offset` on
+        (at most `start` blocks' worth in: a caller need not copy the whole sequence)."""
         if not self.enable_caching:
             return
         run: list[int] = []  # consecutive newly stored blocks: one BlockStored each, as vLLM
         for i in range(start, min(len(block_ids), len(hashes))):
             block, h = block_ids[i], hashes[i]
             if self.hash_of[block] is not None or h in self.cached:
-                self._announce(run, tokens, hashes, lora_id)
+                self._announce(run, tokens, hashes, lora_id, offset)
                 run = []
                 continue
             self.hash_of[block] = h
             self.cached[h] = block
             run.append(i)
-        self._announce(run, tokens, hashes, lora_id)
+        self._announce(run, tokens, hashes, lora_id, offset)
 
     def _announce(
-        self, run: list[int], tokens: Sequence[int], hashes: Sequence[bytes], lora_id: int | None
+        self,
+        run: list[int],
+        tokens: Sequence[int],
+        hashes: Sequence[bytes],
+        lora_id: int | None,
+        offset: int,
     ) -> None:
         if not run or self.on_event is None:
             return
         first, bs = run[0], self.block_size
         parent = hashes[first - 1] if first > 0 else None
-        toks = list(tokens[first * bs : (run[-1] + 1) * bs])
+        toks = list(tokens[first * bs - offset : (run[-1] + 1) * bs - offset])
         self.on_event(("stored", [hashes[i] for i in run], parent, toks, lora_id))
 
     def release(self, block_ids: Sequence[int]) -> None:
         """Drop one reference; unreferenced blocks stay cached until evicted."""
+        ref, free = self.ref, self.free
         for block in reversed(block_ids):  # tail blocks are evicted first, as in vLLM
-            self.ref[block] -= 1
-            if self.ref[block] == 0:
-                self.free[block] = None
+            ref[block] -= 1
+            if ref[block] == 0:
+                free[block] = None
 
     def reset(self) -> bool:
         """Forget every cached prefix (vLLM's reset_prefix_cache). As in vLLM, refused while
@@ -152,13 +161,20 @@ class BlockManager:
             self.free.pop(block, None)
         self.ref[block] += 1
 
-    def _pop_free(self) -> int:
-        block, _ = self.free.popitem(last=False)
-        h = self.hash_of[block]
-        if h is not None:
-            self.hash_of[block] = None
-            del self.cached[h]
-            if self.on_event is not None:
-                self.on_event(("removed", [h]))
-        self.ref[block] = 1
-        return block
+    def _pop_free(self, count: int) -> list[int]:
+        """`count` free blocks, least recently freed first, each evicting the prefix it
+        cached (announced as removed). One call per allocation: a P/D request takes dozens."""
+        free, ref = self.free, self.ref
+        hash_of, cached, on_event = self.hash_of, self.cached, self.on_event
+        out: list[int] = []
+        for _ in range(count):
+            block = free.popitem(last=False)[0]
+            h = hash_of[block]
+            if h is not None:
+                hash_of[block] = None
+                del cached[h]
+                if on_event is not None:
+                    on_event(("removed", [h]))
+            ref[block] = 1
+            out.append(block)
+        return out

@@ -67,6 +67,16 @@ class Request:
     def context(self) -> list[int]:
         return self.prompt + self.output if self.output else self.prompt
 
+    def span(self, start: int, stop: int) -> list[int]:
+        """`context()[start:stop]` without copying the whole context (a decode commit
+        hashes one block of a context hundreds of tokens long)."""
+        p = len(self.prompt)
+        if stop <= p:
+            return self.prompt[start:stop]
+        if start >= p:
+            return self.output[start - p : stop - p]
+        return self.prompt[start:] + self.output[: stop - p]
+
 
 @dataclass
 class StepOutput:
@@ -205,52 +215,84 @@ class Scheduler:
         """Schedule one iteration, run it in model time, return its duration and tokens.
 
         The per-token path is inlined (`pending`, `BlockManager.grow`'s no-op case, the
-        `_commit` test): a decode step runs it once per sequence, millions of times in a
-        simulation. The slow paths are the same methods as before."""
+        `_commit` test, the batch's tally, sampling): a decode step runs it once per
+        sequence, millions of times in a simulation. The slow paths are methods."""
         out = StepOutput()
         profile = self.profile
         budget = profile.max_num_batched_tokens
         batch: list[tuple[Request, int]] = []
         running = Phase.RUNNING
         cap = self.blocks.block_size  # tokens per block of a block table, as grow() counts
+        decode_batch = context = prefill_tokens = 0
         for req in list(self.running):
             if budget <= 0:
                 break
             if req.phase is not running:
                 continue  # preempted earlier in this loop
-            n = len(req.prompt) + len(req.output) - req.computed
+            total = len(req.prompt) + len(req.output)
+            n = total - req.computed
             if n > budget:
                 n = budget
             need = req.computed + n
             if len(req.blocks) * cap >= need or self._reserve(req, need, out):
                 batch.append((req, n))
                 budget -= n
+                if n == 1 and req.output:
+                    decode_batch += 1
+                    context += total
+                else:
+                    prefill_tokens += n
         if out.preempted:  # a victim may have been scheduled before it was preempted
             batch = [(r, n) for r, n in batch if r.phase is running]
+            decode_batch, context, prefill_tokens = _tally(batch)
         else:  # as vLLM: no new admissions in a step that had to preempt
+            first = len(batch)
             self._admit(now, out, batch, budget)
-        context = decode_batch = prefill_tokens = 0
-        for req, n in batch:
-            if n == 1 and req.output:
-                decode_batch += 1
-                context += len(req.prompt) + len(req.output)
-            else:
-                prefill_tokens += n
+            if len(batch) > first:
+                d, c, p = _tally(batch[first:])
+                decode_batch, context, prefill_tokens = (
+                    decode_batch + d,
+                    context + c,
+                    prefill_tokens + p,
+                )
         out.decode_batch, out.prefill_tokens = decode_batch, prefill_tokens
         out.duration = profile.prefill_seconds(prefill_tokens) + (
             profile.decode_seconds(decode_batch, context)
         )
-        end = now + out.duration
-        bs = profile.block_size
-        emit = self._emit
+        self._run(batch, now + out.duration, out)
+        return out
+
+    def _run(self, batch: list[tuple[Request, int]], end: float, out: StepOutput) -> None:
+        """The batch's tokens computed by `end`: full blocks committed, and a token sampled
+        for each request whose context is now all computed (as `Generator` picks it)."""
+        bs = self.profile.block_size
+        gen = self.gen
+        token_of, eos, tokens = gen.token, gen.eos, out.tokens
         for req, n in batch:
             computed = req.computed + n
             req.computed = computed
             if computed // bs > req.committed and len(req.blocks) > req.committed:
                 self._commit(req)
-            if computed == len(req.prompt) + len(req.output):
-                emit(req, end, out)
-        return out
+            output = req.output
+            position = len(output)
+            if computed != len(req.prompt) + position:
+                continue  # a prefill chunk short of the prompt's end
+            token = token_of(req.key, position)
+            if req.ignore_eos:
+                stop = False
+            elif position >= gen.natural_length(req.key):
+                token, stop = eos, True
+            else:
+                stop = token == eos
+            if req.first_token_at is None:
+                req.first_token_at = end
+            # EOS is a generated token, as in vLLM: counted in completion_tokens, decoded to "".
+            output.append(token)
+            tokens.append((req, token))
+            if stop:
+                self._finish(req, "stop", end, out)
+            elif req.remote_decode or position + 1 >= req.max_tokens:
+                self._finish(req, "length", end, out)
 
     def _reserve(self, req: Request, num_tokens: int, out: StepOutput) -> bool:
         """Blocks for `num_tokens` of `req`, preempting from the back of the queue if needed;
@@ -275,6 +317,8 @@ class Scheduler:
     def _admit(
         self, now: float, out: StepOutput, batch: list[tuple[Request, int]], budget: int
     ) -> None:
+        if not self.waiting:
+            return  # most steps: no walk over the batch for its adapters
         loras = self.active_loras()
         skipped: list[Request] = []  # requests of adapters that would exceed max_loras
         while (
@@ -327,36 +371,20 @@ class Scheduler:
         if len(req.hashes) < full:
             start = len(req.hashes) * bs
             parent = req.hashes[-1] if req.hashes else None
-            req.hashes += self.scheme.hashes(
-                req.context()[start : full * bs], bs, parent, _extra(req)
-            )
+            req.hashes += self.scheme.hashes(req.span(start, full * bs), bs, parent, _extra(req))
 
     def _commit(self, req: Request) -> None:
         """Register the request's newly completed blocks in the prefix cache."""
-        full = min(req.computed // self.profile.block_size, len(req.blocks))
+        bs = self.profile.block_size
+        full = min(req.computed // bs, len(req.blocks))
         if full > req.committed:
-            self._extend_hashes(req, full * self.profile.block_size)
+            self._extend_hashes(req, full * bs)
+            first = req.committed * bs  # only the new blocks' tokens, not the whole context
+            tokens = req.span(first, full * bs)
             self.blocks.commit(
-                req.blocks[:full], req.context(), req.hashes[:full], req.committed, req.lora_id
+                req.blocks[:full], tokens, req.hashes[:full], req.committed, req.lora_id, first
             )
             req.committed = full
-
-    def _emit(self, req: Request, end: float, out: StepOutput) -> None:
-        output = req.output
-        position = len(output)
-        gen = self.gen
-        token = gen.token(req.key, position)
-        if not req.ignore_eos and position >= gen.natural_length(req.key):
-            token = gen.eos
-        if req.first_token_at is None:
-            req.first_token_at = end
-        # EOS is a generated token, as in vLLM: counted in completion_tokens, decoded to "".
-        output.append(token)
-        out.tokens.append((req, token))
-        if token == gen.eos and not req.ignore_eos:
-            self._finish(req, "stop", end, out)
-        elif req.remote_decode or position + 1 >= req.max_tokens:
-            self._finish(req, "length", end, out)
 
     def _finish(self, req: Request, reason: str, end: float, out: StepOutput) -> None:
         self.running.remove(req)
@@ -377,6 +405,19 @@ class Scheduler:
             "preemptions": self.num_preemptions,
             "kv_usage": self.blocks.usage,
         }
+
+
+def _tally(batch: list[tuple[Request, int]]) -> tuple[int, int, int]:
+    """A batch's decode sequences, their context tokens, and its prefill tokens: a request
+    with one token to run and output so far decodes; any other runs prompt (or recomputes)."""
+    decode_batch = context = prefill_tokens = 0
+    for req, n in batch:
+        if n == 1 and req.output:
+            decode_batch += 1
+            context += len(req.prompt) + len(req.output)
+        else:
+            prefill_tokens += n
+    return decode_batch, context, prefill_tokens
 
 
 def _extra(req: Request) -> tuple[str, ...] | None:

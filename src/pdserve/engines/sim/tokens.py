@@ -27,7 +27,7 @@ class Generator:
         return xxhash.xxh64_intdigest(token_bytes(prompt_ids), seed=adapter)
 
     def token(self, key: int, position: int) -> int:
-        h = xxhash.xxh64_intdigest(position.to_bytes(4, "little"), seed=key)
+        h = xxhash.xxh64_intdigest(position.to_bytes(4, "little"), key)  # key: the seed
         return self.choices[h % len(self.choices)]
 
     @staticmethod

@@ -85,16 +85,29 @@ class LRUIndex:
         self.holders: dict[int, set[str]] = {}
 
     def add(self, server: str, hashes: list[int]) -> None:
-        lru = self.by_server.setdefault(server, OrderedDict())
+        """Every decision adds its prompt's blocks for each chosen endpoint and, once an
+        endpoint's LRU is full, evicts as many: the eviction is `remove` inlined."""
+        lru = self.by_server.get(server)
+        if lru is None:
+            lru = self.by_server[server] = OrderedDict()
+        holders, capacity = self.holders, self.capacity
         for h in hashes:
             if h in lru:
                 lru.move_to_end(h)
                 continue
             lru[h] = None
-            self.holders.setdefault(h, set()).add(server)
-            if len(lru) > self.capacity:
-                old, _ = lru.popitem(last=False)
-                self.remove(server, old, from_lru=False)
+            held = holders.get(h)
+            if held is None:
+                holders[h] = {server}
+            else:
+                held.add(server)
+            if len(lru) > capacity:
+                old = lru.popitem(last=False)[0]
+                gone = holders.get(old)
+                if gone is not None:
+                    gone.discard(server)
+                    if not gone:
+                        del holders[old]
 
     def remove(self, server: str, h: int, from_lru: bool = True) -> None:
         if from_lru:
@@ -561,8 +574,9 @@ class PrefixCacheScorer(Scorer, PreRequest):
         scores = {}
         # Most endpoints hold nothing: their score is 0 without the arithmetic (this runs
         # per endpoint per profile on every decision).
+        precise, matched = isinstance(src, PrecisePrefixProducer), m.matched
         for e in endpoints:
-            n = held(src, m, e)
+            n = held(src, m, e) if precise else matched.get(e.name, 0)
             if not n:
                 scores[e.name] = 0.0
                 continue
