@@ -30,6 +30,9 @@ DROPPED_SATURATED = "rejected-saturated"
 DROPPED_NO_ENDPOINTS = "rejected-no-endpoints"
 DROPPED_TTL_EXPIRED = "rejected-ttl-expired"
 ENVOY_LB_NAMESPACE = "envoy.lb"
+# Endpoints the EPP names after its pick in that metadata, comma-separated: the gateway
+# retries once, on the next one.
+FALLBACKS = 1
 # Envoy's response code details on the EPP's own answers: Envoy's local-reply mapper passes
 # these untouched (they are already in vLLM's error shape).
 EPP_DETAILS_PREFIX = "pdserve_epp_"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +55,7 @@ class Cluster:
     decode: list[int] = field(default_factory=list)  # engine ports
     sidecars: list[int] = field(default_factory=list)
     gateway: int = 0
+    admin: str = ""
 
     def start(self, name: str, argv: list[str], health: str | None = None) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.tmp / f"{name}.log", env=dict(os.environ)).start()
@@ -78,7 +83,10 @@ class Cluster:
         )
         return port
 
-    def gateway_up(self, endpoints: str, config: str) -> None:
+    def gateway_up(
+        self, endpoints: str, config: str, pool: Path | None = None, *epp_args: str
+    ) -> None:
+        """`pool`: the EDS file of the decode endpoints, for the override-host cluster."""
         grpc, health, metrics, admin = free_port(), free_port(), free_port(), free_port()
         epp = self.start(
             "epp",
@@ -97,6 +105,7 @@ class Cluster:
                 str(health),
                 "--metrics-port",
                 str(metrics),
+                *epp_args,
             ],
             None,
         )
@@ -105,7 +114,9 @@ class Cluster:
         epp.wait_http(f"{self.epp_metrics}/metrics", 30)
         self.gateway = free_port()
         cfg = self.tmp / "envoy.json"
-        cfg.write_text(json.dumps(envoy.bootstrap(self.gateway, grpc, admin, ["/ns/llm"])))
+        boot = envoy.bootstrap(self.gateway, grpc, admin, ["/ns/llm"], pool=pool)
+        cfg.write_text(json.dumps(boot))
+        self.admin = f"http://127.0.0.1:{admin}"
         gw = self.start(
             "envoy",
             [
@@ -119,7 +130,7 @@ class Cluster:
                 "warn",
             ],
         )
-        gw.wait_http(f"http://127.0.0.1:{admin}/ready", 60)
+        gw.wait_http(f"{self.admin}/ready", 60)
 
     @property
     def url(self) -> str:
@@ -474,6 +485,98 @@ def test_a_refused_connection_is_retried_once_on_the_same_endpoint(tmp_path: Pat
         assert _vllm_error(resp, 503)["message"].startswith("upstream connect error")
         assert _stat(admin_url, "cluster.original_dst.upstream_rq_retry") == 1
         assert _stat(admin_url, "cluster.original_dst.upstream_cx_connect_fail") == 2
+    finally:
+        c.stop()
+
+
+# One profile that follows the prefix: every request with the same prompt goes to one engine,
+# so an engine the EPP picked is told apart from Envoy's round robin.
+AFFINE = (
+    "plugins: [{type: decode-filter}, {type: prefix-cache-scorer}]\n"
+    "schedulingProfiles: [{name: d, plugins: [{pluginRef: decode-filter},"
+    " {pluginRef: prefix-cache-scorer}]}]\n"
+)
+SHARED = {"model": "sim", "prompt": "the same long prompt about failover " * 8, "max_tokens": 4}
+
+
+def _served(ports: list[int]) -> list[float]:
+    return [
+        metric(f"http://127.0.0.1:{p}", "vllm:request_success_total", model_name="sim")
+        for p in ports
+    ]
+
+
+def _load(url: str, stop: threading.Event, clients: int = 8) -> list[int | str]:
+    """Each client posts until told to stop: every answer's status (with its body unless
+    a success), or its error's name."""
+    seen: list[int | str] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post("/v1/completions", json=SHARED)
+                    seen.append(r.status_code if r.is_success else f"{r.status_code} {r.text}")
+                except httpx.HTTPError as err:
+                    seen.append(type(err).__name__)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join(60)
+    return seen
+
+
+def _kill_under_load(c: Cluster, ports: list[int], hot: int) -> None:
+    """Kill -9 the engine the EPP picks once it is serving the load; return once the EPP
+    has seen it down and the survivor alone has served more."""
+    served = _served(ports)[hot]
+    _until(lambda: _served(ports)[hot] > served + 12, "the load to reach it", 60)
+    victim = c.procs[hot]  # the engines were started first
+    assert victim.popen is not None
+    os.kill(victim.popen.pid, signal.SIGKILL)
+    victim.popen.wait(10)
+    ready = lambda: metric(c.epp_metrics, "inference_pool_ready_pods") == 1  # noqa: E731
+    _until(ready, "the EPP to see it down", 60)
+    survivor = [ports[1 - hot]]
+    survived = _served(survivor)[0]
+    _until(lambda: _served(survivor)[0] > survived + 12, "load on the survivor alone", 60)
+
+
+def test_a_dead_engine_under_load_costs_no_request(tmp_path: Path) -> None:
+    """Two engines behind the override-host pool cluster, the EPP scraping each second: the
+    engine it picks is the one that serves, and once that one is killed (-9) under load
+    every request it was sent or had taken goes to the other on Envoy's one retry, with no
+    5xx, until the EPP's next scrape takes it out of the choice."""
+    c = Cluster(tmp_path)
+    try:
+        ports = [c.sim(f"decode{i}") for i in range(2)]
+        eds = tmp_path / "pool-eds.json"
+        eds.write_text(json.dumps(envoy.eds_document([("127.0.0.1", p) for p in ports], 1)))
+        listed = ",".join(f"127.0.0.1:{p}@decode" for p in ports)
+        c.gateway_up(listed, AFFINE, eds, "--refresh-metrics-interval", "1s")
+        before = _served(ports)
+        for _ in range(6):
+            assert httpx.post(f"{c.url}/v1/completions", json=SHARED, timeout=30).is_success
+        deltas = [a - b for a, b in zip(_served(ports), before, strict=True)]
+        assert sorted(deltas) == [0, 6]  # the EPP's pick, not Envoy's round robin
+        hot = deltas.index(6)
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            load = pool.submit(_load, c.url, stop)
+            try:
+                _kill_under_load(c, ports, hot)
+            finally:
+                stop.set()  # else leaving the block waits on the load for ever
+            seen = load.result(60)
+        assert seen and set(seen) == {200}, collections.Counter(seen)
+        assert _stat(c.admin, "cluster.pool.upstream_rq_retry_success") >= 1  # saved by it
+        failed = _stat(c.admin, "cluster.pool.upstream_cx_connect_fail")
+        for _ in range(6):
+            assert httpx.post(f"{c.url}/v1/completions", json=SHARED, timeout=30).is_success
+        assert _stat(c.admin, "cluster.pool.upstream_cx_connect_fail") == failed  # not picked
     finally:
         c.stop()
 

@@ -12,7 +12,7 @@ from pdserve.tls import self_signed
 
 
 def _bootstrap(eds: Path) -> dict:
-    return envoy.bootstrap(8080, 9002, 9901, ["/ns/svc"], fail_open=eds)
+    return envoy.bootstrap(8080, 9002, 9901, ["/ns/svc"], pool=eds, fail_open=True)
 
 
 def test_engine_facing_clusters_verify_the_run_ca_and_the_epp_stays_plain(

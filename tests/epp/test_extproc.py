@@ -115,6 +115,31 @@ async def test_a_data_parallel_rank_is_the_epps_own_and_a_clients_encoder_goes()
     assert list(m.remove_headers) == EPP_ONLY[:3]
 
 
+def lb_hosts(answers: list[pb.ProcessingResponse]) -> list[str]:
+    """The hosts the override-host policy reads from the decision's dynamic metadata."""
+    for answer in answers:
+        fields = answer.dynamic_metadata.fields
+        if wire.ENVOY_LB_NAMESPACE in fields:
+            value = fields[wire.ENVOY_LB_NAMESPACE].struct_value.fields[wire.DESTINATION_HEADER]
+            return value.string_value.split(",")
+    raise AssertionError(f"no {wire.ENVOY_LB_NAMESPACE} metadata in {answers}")
+
+
+async def test_the_metadata_names_the_pick_then_a_fallback_of_its_profile() -> None:
+    """The header keeps one endpoint (ORIGINAL_DST reads it); the metadata adds the next
+    decode endpoint, never the prefill one the decode profile filtered out."""
+    other = Endpoint("10.0.0.3", 8000, {wire.ROLE_LABEL: wire.ROLE_DECODE})
+    store = Datastore(StaticSource([DECODE, PREFILL, other]))
+    store.refresh()
+    ext = ExtProc(Director(Scheduler(load(PD)), store, EppMetrics()))
+    answers = await process(ext, {}, {"model": "m", "prompt": "short"})
+    picked = set_headers(mutation(answers))[wire.DESTINATION_HEADER]
+    hosts = lb_hosts(answers)
+    assert hosts[0] == picked and sorted(hosts) == sorted([DECODE.name, other.name])
+    alone = await process(servicer(), {}, {"model": "m", "prompt": "hi"})
+    assert lb_hosts(alone) == [DECODE.name]  # one decode endpoint: no fallback
+
+
 async def test_the_epps_own_answers_carry_the_details_envoy_passes_untouched() -> None:
     from pdserve.epp.envoy import bootstrap
 

@@ -1,11 +1,14 @@
 """The InferencePool's failureMode at the gateway: FailOpen (KServe's) serves from the
 pool's healthy endpoints while the EPP is down, FailClose answers 503; either way a client
-cannot pick the endpoint itself."""
+cannot pick the endpoint itself. And a dead decode endpoint under load: the gateway's retry
+on another endpoint of the pool."""
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,3 +73,45 @@ def test_the_failure_mode_comes_from_the_pool_spec() -> None:
     assert mode({"extensionRef": {"failureMode": "FailClose"}}) == "FailClose"
     assert mode({"endpointPickerRef": {"failureMode": "FailClose"}}) == "FailClose"
     assert mode({"extensionRef": {"name": "x"}}) == "FailOpen"
+
+
+def _load(url: str, stop: threading.Event, seen: list[int | str]) -> None:
+    """One client posting until told to stop: each answer's status (and body unless a
+    success), or its error's name."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while not stop.is_set():
+            try:
+                r = http.post("/v1/completions", json=BODY)
+                seen.append(r.status_code if r.is_success else f"{r.status_code} {r.text}")
+            except httpx.HTTPError as err:
+                seen.append(type(err).__name__)
+
+
+def _restarted(service: Service, name: str, pid: int) -> bool:
+    row = service.component(name)
+    return row["pid"] != pid and row["status"] == "ready"
+
+
+def test_a_killed_decode_sidecar_under_load_costs_no_request(up: Callable[..., Service]) -> None:
+    """P/D under `pdserve up`, two decode replicas, 8 clients: kill -9 one decode sidecar
+    (what Envoy connects to). What it had taken or was sent before the EPP and the runner
+    saw it down goes to the other replica on Envoy's one retry, so no answer is a 5xx."""
+    service = up("--engine", "sim")
+    assert service.cli("scale", "decode", "2").returncode == 0
+    seen: list[int | str] = []
+    stop = threading.Event()
+    clients = [threading.Thread(target=_load, args=(service.url, stop, seen)) for _ in range(8)]
+    for t in clients:
+        t.start()
+    try:
+        wait_until(lambda: len(seen) >= 20, 60, "the load to be served")
+        before = service.component("sidecar-0")["pid"]
+        os.kill(before, signal.SIGKILL)
+        wait_until(lambda: _restarted(service, "sidecar-0", before), 60, "its restart")
+        served = len(seen)
+        wait_until(lambda: len(seen) >= served + 20, 60, "load after the restart")
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(60)
+    assert set(seen) == {200}, collections.Counter(seen)

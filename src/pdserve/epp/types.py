@@ -132,6 +132,8 @@ class ProfileResult:
     candidates: int = 0
     # All the picker chose, best first (maxNumOfEndpoints); `endpoint` is the first.
     endpoints: list[Endpoint] = field(default_factory=list)
+    # Where the gateway's retry may go instead: the other picks, then the rest by score.
+    fallbacks: list[Endpoint] = field(default_factory=list)
     skipped: bool = False  # a stage its decider declined (not run, not reported)
 
     def __post_init__(self) -> None:
@@ -148,3 +150,7 @@ class Result:
     @property
     def endpoint(self) -> Endpoint | None:
         return self.profiles[self.primary].endpoint
+
+    @property
+    def fallbacks(self) -> list[Endpoint]:
+        return self.profiles[self.primary].fallbacks

@@ -544,10 +544,8 @@ class LocalService:
 
         self.envoy_admin_port = admin = free_port()
         route, idle = self.timeouts or (envoy.ROUTE_TIMEOUT, envoy.STREAM_IDLE_TIMEOUT)
-        fail_open = None
-        if self.plan.failure_mode == "FailOpen":
-            self._write_pool_eds(self.endpoints())  # Envoy reads the file as it starts
-            fail_open = self.pool_eds_file
+        fail_open = self.plan.failure_mode == "FailOpen"
+        self._write_pool_eds(self.endpoints())  # Envoy reads the file as it starts
         bootstrap = envoy.bootstrap(
             self.gateway_port,
             grpc,
@@ -555,6 +553,7 @@ class LocalService:
             route_prefixes=[self.plan.route_prefix],
             route_timeout=route,
             stream_idle_timeout=idle,
+            pool=self.pool_eds_file,
             fail_open=fail_open,
             body_mode="BUFFERED" if fail_open else "FULL_DUPLEX_STREAMED",
         )
@@ -605,8 +604,9 @@ class LocalService:
         self._write_pool_eds(serving)
 
     def _write_pool_eds(self, serving: list[Entry]) -> None:
-        """Where the gateway sends a request the EPP could not route (failing open): the
-        endpoints a decode profile may pick, replaced atomically (Envoy follows renames)."""
+        """The gateway's pool cluster: the endpoints a decode profile may pick, where the EPP's
+        choice, its fallback on a retry, and a request it could not route (failing open) go;
+        replaced atomically (Envoy follows renames)."""
         from pdserve.epp import envoy
 
         self._eds_version += 1

@@ -370,6 +370,7 @@ def _to_primary_port(result: Result, port: int) -> None:
     result.headers[DATA_PARALLEL_HEADER] = primary.endpoint.name
     moved = [Endpoint(e.address, port, e.labels, e.metrics) for e in primary.endpoints]
     primary.endpoints, primary.endpoint = moved, moved[0]
+    primary.fallbacks = []  # another address would get this rank's header
 
 
 @register("data-parallel-profile-handler")
