@@ -370,7 +370,7 @@ def test_request_without_id_gets_one_that_reaches_the_sidecar(cluster: Cluster) 
     assert f'"request_id":"{rid}"' in sidecar_logs and "two words" not in sidecar_logs
 
 
-def _until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
     """The watching filter reports without Envoy waiting for the EPP: poll for its effect."""
     deadline = time.monotonic() + timeout
     while not check():

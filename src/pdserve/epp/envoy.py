@@ -48,8 +48,9 @@ def _watching_filter() -> dict[str, Any]:
             },
             "failure_mode_allow": True,  # losing a metric must never fail a request
             # Envoy keeps a finished stream open this long so the last chunk reaches us: at
-            # 1 s a busy EPP (2 cores, a test suite beside it) lost a stream's usage chunk.
-            "deferred_close_timeout": "5s",
+            # 1 s, then at 5 s, a busy EPP (2 cores, a test suite beside it) lost a stream's
+            # usage chunk. An upper bound: the stream closes when the EPP has read it all.
+            "deferred_close_timeout": "30s",
         },
     }
 
