@@ -12,7 +12,9 @@ Per layout, in this order:
   agg2  two aggregated engines, a core each: `pdserve profile` of one engine -> the 1-core
         profile (prefill cost, decode step against batch, KV read, capacity), then bench;
   agg1  one engine with both cores: its own profile (2 cores), then bench;
-  pd    1 prefill + 1 decode, a core each: the KV pull cost, then bench. The pull is what a
+  pd    1 prefill + 1 decode, a core each: a profile of each engine as it runs (with its
+        KV connector; the prefill one goes to simulate's --prefill-profile), the KV pull
+        cost, then bench. The pull is what a
         P/D first token costs beyond the prefill engine's own: TTFT through the gateway
         minus the prefill engine's TTFT for a prompt of the same length (distinct texts,
         so neither hits the cache), minus one decode step; fitted at two lengths.
@@ -165,17 +167,11 @@ def bench(url: str, workload: Path, out: Path, seconds: float) -> Figures:
 
 
 def simulate(path: Path, workload: Path, prof: Path, out: Path) -> Figures:
-    cmd = [
-        *PDSERVE,
-        "simulate",
-        str(path),
-        "--workload",
-        str(workload),
-        "--profile",
-        str(prof),
-        "--output",
-        str(out),
-    ]
+    cmd = [*PDSERVE, "simulate", str(path), "--workload", str(workload), "--profile", str(prof)]
+    prefill = prof.with_name(prof.stem + "-prefill.yaml")
+    if prefill.exists():
+        cmd += ["--prefill-profile", str(prefill)]
+    cmd += ["--output", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"pdserve simulate failed:\n{done.stderr[-2000:]}")
@@ -210,8 +206,10 @@ def measure(layout: str, folder: Path, workload: Path, a: argparse.Namespace) ->
             profile(ports["engine-0"], folder / "profile-1core.yaml")
         elif layout == "agg1":
             profile(ports["engine-0"], folder / "profile-2core.yaml")
-        else:
-            base = yaml.safe_load((folder / "profile-1core.yaml").read_text())
+        else:  # each P/D engine measured as it runs, with its KV connector
+            profile(ports["prefill-0"], folder / "profile-pd-prefill.yaml")
+            profile(ports["decode-0"], folder / "profile-pd.yaml")
+            base = yaml.safe_load((folder / "profile-pd.yaml").read_text())
             overhead, per_token = asyncio.run(
                 pull_cost(url, f"http://127.0.0.1:{ports['prefill-0']}", base["decode_base_ms"])
             )

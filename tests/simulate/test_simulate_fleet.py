@@ -132,3 +132,15 @@ def test_precise_prefix_routing_follows_the_engines_kv_events(tmp_path: Path) ->
     for group, engines in placed.items():
         later = engines[1:]
         assert later.count(engines[1]) >= 0.9 * len(later), (group, engines)
+
+
+def test_the_prefill_pool_can_have_a_profile_of_its_own(tmp_path: Path) -> None:
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("prefill_ms_per_token: 1.0\n")
+    manifest = fleet(tmp_path, 1, 1)
+    both = load_fleet(manifest, str(slow))
+    split = load_fleet(manifest, None, prefill_profile_path=str(slow))
+    assert [p.role for p in split.pools] == ["prefill", "decode"]
+    assert both.pools[0].profile.prefill_ms_per_token == 1.0
+    assert split.pools[0].profile == both.pools[0].profile
+    assert split.pools[1].profile.prefill_ms_per_token != 1.0  # the decode pool's default

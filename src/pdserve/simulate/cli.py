@@ -36,6 +36,11 @@ def parser() -> argparse.ArgumentParser:
         help="sim engine profile YAML for every engine (default: the manifest's engine "
         "--profile if it gives one, else the sim engine's defaults)",
     )
+    ap.add_argument(
+        "--prefill-profile",
+        help="the prefill pool's profile, when its engines differ from the decode pool's "
+        "(default: --profile's)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="the workload's and the EPP's seed")
     ap.add_argument("--duration", type=number(float), help="seconds of arrivals (virtual)")
     ap.add_argument("--requests", type=number(int), help="or this many requests")
@@ -73,7 +78,7 @@ def main(argv: list[str]) -> int:
         workload = workload.with_rate(args.rate)
     if workload.replay is None and args.duration is None and args.requests is None:
         raise UserError("give --duration or --requests (the workload's arrivals never end)")
-    fleet = load_fleet(args.file, args.profile)
+    fleet = load_fleet(args.file, args.profile, prefill_profile_path=args.prefill_profile)
     decode_profile = fleet.pools[-1].profile
     link = make_link(decode_profile, args.link_latency_ms, args.link_gbps, args.kv_bytes_per_token)
     options = Options(args.seed, args.duration, args.requests, args.scrape_interval)

@@ -50,11 +50,16 @@ class Fleet:
 
 
 def load_fleet(
-    path: Path, profile_path: str | None = None, tokenizer: Tokenizer | None = None
+    path: Path,
+    profile_path: str | None = None,
+    tokenizer: Tokenizer | None = None,
+    prefill_profile_path: str | None = None,
 ) -> Fleet:
     """UserError (one line) for a manifest `validate` refuses or a bad profile. `tokenizer`:
     one already loaded for this manifest's model (a planner simulating many layouts of one
-    model would otherwise spend most of each run loading it again)."""
+    model would otherwise spend most of each run loading it again). `prefill_profile_path`:
+    the prefill pool's own envelope (its engines may differ from the decode pool's: other
+    hardware, or a KV connector's cost measured on them), else `profile_path`'s."""
     plan = load_plan(path)
     folder = _tokenizer_dir(plan.model_uri)
     # As `up`: a precise-prefix config makes the engines hash and block as its producer.
@@ -65,7 +70,7 @@ def load_fleet(
     config = epp_config.load(text, "scheduler config", allow_experimental=True)
     pools = [_pool(plan, plan.decode, profile_path, feed)]
     if plan.prefill is not None:
-        pools.insert(0, _pool(plan, plan.prefill, profile_path, feed))
+        pools.insert(0, _pool(plan, plan.prefill, prefill_profile_path or profile_path, feed))
     if tokenizer is None:
         tokenizer = fast(HFTokenizer(folder), folder) if folder else BuiltinTokenizer()
     producer = next(
