@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pdserve.bench.text import words
 from pdserve.process import free_port
+from vllm_agreement import bench
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "pd-smollm2.yaml"
@@ -91,38 +92,6 @@ def run_guidellm(
     }
 
 
-def run_bench(folder: Path, name: str, url: str, a: argparse.Namespace) -> Figures:
-    out = folder / f"{name}.json"
-    cmd = [
-        *PDSERVE,
-        "bench",
-        "--url",
-        url,
-        "--model",
-        MODEL,
-        "--workload",
-        str(folder / f"{name}-workload.yaml"),
-        "--concurrency",
-        str(a.concurrency),
-        "--duration",
-        str(a.seconds),
-        "--output",
-        str(out),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"pdserve bench failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    r = json.loads(out.read_text())
-    return {
-        "ttft_p50": r["ttft_ms"]["p50"],
-        "ttft_p90": r["ttft_ms"]["p90"],
-        "itl_p50": r["itl_ms"]["p50"],
-        "itl_p90": r["itl_ms"]["p90"],
-        "requests": float(r["requests"]),
-        "errors": float(sum(r["errors"].values())),
-    }
-
-
 def tokenizer_of(state: list[str]) -> str:
     status = subprocess.run([*PDSERVE, "status", *state], capture_output=True, text=True)
     for line in status.stdout.splitlines():
@@ -163,7 +132,9 @@ def main() -> int:
                     if tool == "guidellm":
                         fig = run_guidellm(folder, name, url, tokenizer, a)
                     else:
-                        fig = run_bench(folder, name, url, a)
+                        workload = folder / f"{name}-workload.yaml"
+                        pace = ("--concurrency", str(a.concurrency), "--duration", str(a.seconds))
+                        fig = bench(url, workload, folder / f"{name}.json", *pace)
                     rows.append((tool, rnd, fig))
         finally:
             subprocess.run([*PDSERVE, "down", *state], capture_output=True)

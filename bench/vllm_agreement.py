@@ -145,22 +145,11 @@ async def pull_cost(gateway: str, prefill: str, step_ms: float) -> tuple[float, 
     return max(c0 - per_token * n0, 0.0), per_token
 
 
-def bench(url: str, workload: Path, out: Path, seconds: float) -> Figures:
-    cmd = [
-        *PDSERVE,
-        "bench",
-        "--url",
-        url,
-        "--model",
-        MODEL,
-        "--workload",
-        str(workload),
-        "--duration",
-        str(seconds + 1),
-        "--output",
-        str(out),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+def bench(url: str, workload: Path, out: Path, *pace: str) -> Figures:
+    """`pdserve bench` of `workload` at `url`, paced by `pace` (its --duration and the
+    like); the report's figures as this comparison reads them."""
+    cmd = [*PDSERVE, "bench", "--url", url, "--model", MODEL, "--workload", str(workload)]
+    done = subprocess.run([*cmd, *pace, "--output", str(out)], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"pdserve bench failed:\n{done.stderr[-2000:]}")
     return figures(out)
@@ -216,7 +205,9 @@ def measure(layout: str, folder: Path, workload: Path, a: argparse.Namespace) ->
             base |= {"kv_pull_overhead_ms": overhead, "kv_pull_ms_per_token": per_token}
             (folder / "profile-pd.yaml").write_text(yaml.safe_dump(base))
         print(f"{layout}: bench ...", file=sys.stderr, flush=True)
-        return bench(url, workload, folder / f"bench-{layout}.json", a.seconds)
+        return bench(
+            url, workload, folder / f"bench-{layout}.json", "--duration", str(a.seconds + 1)
+        )
     finally:
         subprocess.run([*PDSERVE, "down", *state], capture_output=True)
 

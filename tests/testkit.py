@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,19 @@ def assert_no_stranded_kv(urls: list[str], within: float = 2.0) -> None:
             return
         assert time.monotonic() < deadline, f"KV still held {within}s after the test: {held}"
         time.sleep(0.05)  # polling the engines' gauges, bounded by the deadline
+
+
+def post_until(
+    url: str, body: dict[str, Any], stop: threading.Event, seen: list[int | str]
+) -> None:
+    """One client posting a completion until told to stop: each answer's status (with its
+    body unless a success), or its error's name, so a test under faults sees every outcome."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while not stop.is_set():
+            try:
+                r = http.post("/v1/completions", json=body)
+                seen.append(r.status_code if r.is_success else f"{r.status_code} {r.text}")
+            except httpx.HTTPError as err:
+                seen.append(type(err).__name__)

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from cryptography import x509
 
 LOOPBACK = ("localhost", "127.0.0.1")
+# A certificate folder's files, as Kubernetes TLS Secrets and the sidecar's --cert-path name
+# them.
+CERT_FILE, KEY_FILE = "tls.crt", "tls.key"
 
 
 def self_signed_pem(names: Sequence[str] = LOOPBACK) -> tuple[str, str]:
@@ -63,7 +66,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 def _write_pair(directory: Path, cert: str, key: str) -> tuple[Path, Path]:
     """The key is created 0600: a key readable by others is no secret."""
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     cert_path.write_text(cert)
     key_path.unlink(missing_ok=True)  # O_CREAT keeps an existing file's mode
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -80,7 +83,7 @@ def server_context(cert_dir: str) -> ssl.SSLContext:
     """
     if cert_dir:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key")
+        ctx.load_cert_chain(Path(cert_dir) / CERT_FILE, Path(cert_dir) / KEY_FILE)
         return ctx
     return pem_context(*self_signed_pem())
 

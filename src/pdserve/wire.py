@@ -30,6 +30,9 @@ DROPPED_SATURATED = "rejected-saturated"
 DROPPED_NO_ENDPOINTS = "rejected-no-endpoints"
 DROPPED_TTL_EXPIRED = "rejected-ttl-expired"
 ENVOY_LB_NAMESPACE = "envoy.lb"
+# Seconds a refused request (429, 503) is told to wait, by the EPP and the sidecar alike: a
+# queue, a band or a listener that is full now frees up as soon as one answer ends.
+RETRY_AFTER = "1"
 # Endpoints the EPP names after its pick in that metadata, comma-separated: the gateway
 # retries once, on the next one.
 FALLBACKS = 1

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from pdserve.epp import envoy
 from pdserve.process import ManagedProcess, free_port, wait_tcp
-from testkit import PDSERVE, metric
+from testkit import PDSERVE, metric, post_until
 
 KV = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
 CONFIG = """
@@ -507,20 +507,11 @@ def _served(ports: list[int]) -> list[float]:
 
 
 def _load(url: str, stop: threading.Event, clients: int = 8) -> list[int | str]:
-    """Each client posts until told to stop: every answer's status (with its body unless
-    a success), or its error's name."""
+    """`clients` posting until told to stop: every outcome (testkit.post_until)."""
     seen: list[int | str] = []
-
-    def client() -> None:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            while not stop.is_set():
-                try:
-                    r = http.post("/v1/completions", json=SHARED)
-                    seen.append(r.status_code if r.is_success else f"{r.status_code} {r.text}")
-                except httpx.HTTPError as err:
-                    seen.append(type(err).__name__)
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=post_until, args=(url, SHARED, stop, seen)) for _ in range(clients)
+    ]
     for t in threads:
         t.start()
     stop.wait()

@@ -18,6 +18,7 @@ from upkit import EXAMPLE, Service
 
 from pdserve.process import free_port, wait_until
 from pdserve.runner.plan import make_plan
+from testkit import post_until
 
 BODY = {"model": "smollm2", "prompt": "Say hi.", "max_tokens": 4}
 
@@ -75,18 +76,6 @@ def test_the_failure_mode_comes_from_the_pool_spec() -> None:
     assert mode({"extensionRef": {"name": "x"}}) == "FailOpen"
 
 
-def _load(url: str, stop: threading.Event, seen: list[int | str]) -> None:
-    """One client posting until told to stop: each answer's status (and body unless a
-    success), or its error's name."""
-    with httpx.Client(base_url=url, timeout=30) as http:
-        while not stop.is_set():
-            try:
-                r = http.post("/v1/completions", json=BODY)
-                seen.append(r.status_code if r.is_success else f"{r.status_code} {r.text}")
-            except httpx.HTTPError as err:
-                seen.append(type(err).__name__)
-
-
 def _restarted(service: Service, name: str, pid: int) -> bool:
     row = service.component(name)
     return row["pid"] != pid and row["status"] == "ready"
@@ -100,7 +89,9 @@ def test_a_killed_decode_sidecar_under_load_costs_no_request(up: Callable[..., S
     assert service.cli("scale", "decode", "2").returncode == 0
     seen: list[int | str] = []
     stop = threading.Event()
-    clients = [threading.Thread(target=_load, args=(service.url, stop, seen)) for _ in range(8)]
+    clients = [
+        threading.Thread(target=post_until, args=(service.url, BODY, stop, seen)) for _ in range(8)
+    ]
     for t in clients:
         t.start()
     try:

@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp
 
-from pdserve import wire
+from pdserve import request_ids, wire
 from pdserve.engine_tokens import EngineTokensError, engine_tokens
-from pdserve.epp import admission, objectives, request_ids
+from pdserve.epp import admission, objectives
 from pdserve.epp.datastore import Datastore
 from pdserve.epp.envoy import DECISION_DEADLINE
 from pdserve.epp.flow_control import Dropped, FlowController, FlowGate

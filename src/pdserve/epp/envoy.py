@@ -112,7 +112,7 @@ EPP_TIMEOUT = 75.0
 # default TTL, so a queued request hears its TTL first, and short of EPP_TIMEOUT, so the
 # client hears the EPP's 503/429 rather than Envoy's timeout.
 DECISION_DEADLINE = 70.0
-MAX_RETRIES = 1024  # Envoy's default bound on a cluster's requests in flight
+MAX_RETRIES = 1024  # retries in flight on the pool cluster at once (Envoy's default: 3)
 POOL_CLUSTER = "pool"  # the pool's serving endpoints: the EPP's choice, else Envoy's
 MAX_HEADERS_KB = 64
 

@@ -21,8 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from pdserve import wire
-from pdserve.epp import request_ids
+from pdserve import request_ids, wire
 from pdserve.epp.director import Decision, Director
 from pdserve.epp.types import Result
 from pdserve.epp.usage import ResponseUsage
@@ -88,7 +87,7 @@ def _immediate(err: Decision) -> pb.ProcessingResponse:
     if err.reason:
         headers[wire.DROPPED_HEADER] = err.reason
     if err.status in (429, 503):  # a full queue, a busy or empty pool: may pass in a second
-        headers["retry-after"] = RETRY_AFTER
+        headers["retry-after"] = wire.RETRY_AFTER
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=err.status),
@@ -104,9 +103,6 @@ def _immediate(err: Decision) -> pb.ProcessingResponse:
             details=f"{wire.EPP_DETAILS_PREFIX}{err.status}",
         )
     )
-
-
-RETRY_AFTER = "1"  # seconds, on every 429 and 503
 
 
 class ExtProc(pb_grpc.ExternalProcessorServicer):

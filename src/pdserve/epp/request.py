@@ -8,8 +8,8 @@ from typing import Any
 from pdserve import json_body, wire
 from pdserve.epp.admission import priority
 from pdserve.epp.objectives import named
-from pdserve.epp.request_ids import fit, fresh
 from pdserve.epp.types import Request
+from pdserve.request_ids import fit, fresh
 from pdserve.tokenization import chatml
 
 

@@ -21,9 +21,9 @@ from pdserve.engines.vllm import EngineCommand
 from pdserve.errors import UserError
 from pdserve.render import names
 from pdserve.runner.plan import Plan, Pool
+from pdserve.tls import CERT_FILE, KEY_FILE
 
 PDSERVE = [sys.executable, "-m", "pdserve"]
-CERT, KEY = "tls.crt", "tls.key"  # a run's certificate folder, as --cert-path reads it
 ENGINE_KINDS = ("vllm", "sim")
 
 
@@ -52,7 +52,7 @@ def engine(
     `tls`: the run's certificate folder (tls.crt, tls.key), to serve HTTPS with."""
     cmd = _engine(kind, plan, pool, model_dir, slot, log_config, feed)
     if tls is not None:  # vLLM's flags, which the sim takes too
-        cmd.argv += ["--ssl-certfile", str(tls / CERT), "--ssl-keyfile", str(tls / KEY)]
+        cmd.argv += ["--ssl-certfile", str(tls / CERT_FILE), "--ssl-keyfile", str(tls / KEY_FILE)]
     return cmd
 
 
@@ -114,7 +114,7 @@ def trust_env(tls: Path) -> dict[str, str]:
     OpenSSL (Python's default contexts, aiohttp's) and Go read alike, so llm-d's own sidecar
     and EPP, which have no CA flag, would trust it the same way. Only children that call
     nothing but the run's engines get it: it replaces the system's CAs."""
-    return {"SSL_CERT_FILE": str(tls / CERT)}
+    return {"SSL_CERT_FILE": str(tls / CERT_FILE)}
 
 
 def epp(

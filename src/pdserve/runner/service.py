@@ -43,6 +43,7 @@ from pdserve.runner.board import Board
 from pdserve.runner.components import EngineSlot
 from pdserve.runner.plan import Plan
 from pdserve.runner.state import StateDir
+from pdserve.tls import CERT_FILE, KEY_FILE
 from pdserve.wire import (
     METRIC_RUNNING,
     METRIC_WAITING,
@@ -277,7 +278,7 @@ class LocalService:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
         if self.tls is not None:  # the certificate stays, to check what the run served
-            (self.tls / components.KEY).unlink(missing_ok=True)
+            (self.tls / KEY_FILE).unlink(missing_ok=True)
 
     def check(self) -> None:
         """Restart what exited, admit what became healthy; CrashLoop past the policy."""
@@ -558,8 +559,8 @@ class LocalService:
             body_mode="BUFFERED" if fail_open else "FULL_DUPLEX_STREAMED",
         )
         if self.tls is not None:
-            envoy.secure_upstreams(bootstrap, self.tls / components.CERT)
-            envoy.accept_tls(bootstrap, self.tls / components.CERT, self.tls / components.KEY)
+            envoy.secure_upstreams(bootstrap, self.tls / CERT_FILE)
+            envoy.accept_tls(bootstrap, self.tls / CERT_FILE, self.tls / KEY_FILE)
         envoy_file = self.state.path / "envoy.json"
         envoy_file.write_text(json.dumps(bootstrap, indent=1))
         cmd = components.envoy(envoy_file, base_id=self.gateway_port)
@@ -641,7 +642,7 @@ class LocalService:
             # The served name is not a hub id: load generators need the tokenizer's folder.
             "model_dir": str(self.model_dir) if self.model_dir else None,
             # --tls: engines and sidecars serve HTTPS; this CA verifies them.
-            "tls_ca": str(self.tls / components.CERT) if self.tls else None,
+            "tls_ca": str(self.tls / CERT_FILE) if self.tls else None,
         }
 
 

@@ -20,7 +20,6 @@ from pdserve.sidecar.metrics import SidecarMetrics
 
 log = logging.getLogger("pdserve.sidecar")
 
-RETRY_AFTER = "1"  # seconds: a listener full now frees a slot as soon as one answer ends
 # The sidecar's own pages: a probe or a scrape must answer while requests are refused.
 UNBOUNDED_PATHS = ("/health", "/metrics")
 
@@ -83,5 +82,5 @@ class Admission:
             in_flight=self.in_flight,
             max_in_flight=self.limit,
         )
-        message = f"too many requests in flight ({self.limit}), retry after {RETRY_AFTER}s"
-        return _error(429, message, {"Retry-After": RETRY_AFTER})
+        message = f"too many requests in flight ({self.limit}), retry after {wire.RETRY_AFTER}s"
+        return _error(429, message, {"Retry-After": wire.RETRY_AFTER})

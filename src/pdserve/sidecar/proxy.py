@@ -17,8 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pdserve import json_body, wire
-from pdserve.epp import request_ids
+from pdserve import json_body, request_ids, wire
 from pdserve.logs import event, now_ms
 from pdserve.sidecar import chunked, kv_release, legs, usage
 from pdserve.sidecar.admission import Admission, errors_as_json
@@ -315,7 +314,7 @@ class Sidecar:
                 event(
                     log,
                     "client_disconnected",
-                    request_id=headers.get(wire.REQUEST_ID_HEADER),
+                    request_id=rid,
                     path=path,
                     phase="passthrough" if where is None else where.phase,
                 )

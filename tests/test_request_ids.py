@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pdserve.epp import request_ids
-from pdserve.epp.request_ids import InFlight
+from pdserve import request_ids
+from pdserve.request_ids import InFlight
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 cannot carry whole is replaced, and one equal to a request still in flight is made
 distinct, so that one id follows exactly one request through the EPP, the sidecar and the
 engines' logs (Envoy keeps the client's x-request-id; the EPP is where it is first read
-and it can rewrite the header)."""
+and it can rewrite the header). The decode sidecar checks ids with the same rule, for the
+requests that reach it failing open, without the EPP."""
 
 from __future__ import annotations
 
