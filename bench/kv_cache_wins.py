@@ -45,7 +45,7 @@ def run_one(
     started = time.perf_counter()
     fleet = load_fleet(manifest, str(profile))
     workload = load_workload(workload_path).with_rate(rate)
-    options = Options(seed=seed, max_requests=warmup + requests)
+    options = Options(seed=seed, max_requests=warmup + requests, ahead=True)
     sim = Simulation(fleet, workload, options, make_link(fleet.pools[-1].profile))
     results, elapsed = sim.run()
     measured = [r for r in results if r.planned.index >= warmup]

@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=8)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--digest", action="store_true", help="print the result digests")
+    ap.add_argument("--inline", action="store_true", help="make arrivals in this process")
     args = ap.parse_args()
     workload = parse({**WORKLOAD, "arrival": {"process": "poisson", "rate": args.rate}})
     t0 = time.perf_counter()
@@ -79,9 +80,8 @@ def main() -> None:
     anchor = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         fleet = load_fleet(manifest(Path(tmp), args.prefill, args.decode))
-    sim = Simulation(
-        fleet, workload, Options(max_requests=args.requests), make_link(fleet.pools[-1].profile)
-    )
+    options = Options(max_requests=args.requests, ahead=not args.inline)
+    sim = Simulation(fleet, workload, options, make_link(fleet.pools[-1].profile))
     t0, cpu0 = time.perf_counter(), time.process_time()
     results, virtual = sim.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0

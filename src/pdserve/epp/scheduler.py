@@ -51,20 +51,23 @@ class Scheduler:
     ) -> ProfileResult:
         candidates = endpoints
         for f in profile.filters:
-            t = time.perf_counter()
+            t = time.perf_counter() if trace is not None else 0.0  # no clock read untraced
             candidates = f.filter(cycle, req, candidates)
-            _note(trace, f.name, t)
+            if trace is not None:
+                _note(trace, f.name, t)
         result = ProfileResult(None, candidates=len(candidates))
         if not candidates:
             return result
         totals = dict.fromkeys((e.name for e in candidates), 0.0)
         for scorer, weight in profile.scorers:
-            t = time.perf_counter()
+            t = time.perf_counter() if trace is not None else 0.0
             scores = scorer.score(cycle, req, candidates)
-            _note(trace, scorer.name, t)
+            if trace is not None:
+                _note(trace, scorer.name, t)
             result.scores[scorer.name] = scores
             for name in totals:
-                totals[name] += min(max(scores.get(name, 0.0), 0.0), 1.0) * weight
+                score = scores.get(name, 0.0)  # clamped to [0, 1], as upstream's weighting
+                totals[name] += (0.0 if score < 0.0 else 1.0 if score > 1.0 else score) * weight
         assert profile.picker is not None
         result.endpoints = profile.picker.pick_many(
             cycle, [(e, totals[e.name]) for e in candidates]
@@ -77,8 +80,5 @@ class Scheduler:
         return result
 
 
-def _note(trace: Trace | None, name: str, start: float) -> None:
-    if trace is not None:
-        trace.plugin_seconds[name] = trace.plugin_seconds.get(name, 0.0) + (
-            time.perf_counter() - start
-        )
+def _note(trace: Trace, name: str, start: float) -> None:
+    trace.plugin_seconds[name] = trace.plugin_seconds.get(name, 0.0) + (time.perf_counter() - start)

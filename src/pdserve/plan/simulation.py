@@ -55,7 +55,7 @@ class Simulator:
             fleet = load_fleet(path, setup.profile, self.tokenizer)
         self.tokenizer = fleet.tokenizer
         link = make_link(fleet.pools[-1].profile)
-        options = Options(seed, setup.duration, setup.requests)
+        options = Options(seed, setup.duration, setup.requests, ahead=True)
         results, elapsed = Simulation(fleet, setup.workload, options, link).run()
         summary = report.build(results, elapsed, setup.objectives)
         return Outcome(float(summary["goodput"]), _met(results, setup.objectives), summary)

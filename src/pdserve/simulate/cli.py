@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     fleet = load_fleet(args.file, args.profile, prefill_profile_path=args.prefill_profile)
     decode_profile = fleet.pools[-1].profile
     link = make_link(decode_profile, args.link_latency_ms, args.link_gbps, args.kv_bytes_per_token)
-    options = Options(args.seed, args.duration, args.requests, args.scrape_interval)
+    options = Options(args.seed, args.duration, args.requests, args.scrape_interval, ahead=True)
     sim = Simulation(fleet, workload, options, link)
     started = time.perf_counter()
     results, elapsed = sim.run(_progress(sys.stderr, started))

@@ -26,6 +26,7 @@ from pdserve.engines.sim.scheduler import Phase, Request
 from pdserve.engines.sim.tokens import Generator
 from pdserve.epp.scheduler import Scheduler as EppScheduler
 from pdserve.epp.types import Cycle
+from pdserve.simulate.ahead import Arrival, Preparer, arrivals
 from pdserve.simulate.engine import SimulatedEngine
 from pdserve.simulate.events import ARRIVAL, KV_PULLED, SCRAPE, STEP, EventQueue
 from pdserve.simulate.fleet import Fleet
@@ -46,6 +47,7 @@ class Options:
     max_requests: int | None = None  # or this many arrivals
     scrape_interval: float = 0.05  # the EPP's --refresh-metrics-interval default
     timeout: float = 300.0  # bench's per-request --timeout: a later finish counts as one
+    ahead: bool = False  # make arrivals in a worker process (simulate/ahead.py)
 
 
 @dataclass
@@ -100,6 +102,14 @@ class Simulation:
         if options.max_requests is not None:
             plan = itertools.islice(plan, options.max_requests)
         self.plan = plan
+        first = self.engines[0].sched
+        size = first.profile.block_size
+        self.prepare = Preparer(self.traffic, first.scheme, size)
+        self.alike = [
+            e.sched.scheme == first.scheme and e.sched.profile.block_size == size
+            for e in self.engines
+        ]
+        self.arrivals: Iterator[Arrival] = iter(())
         self.queue = EventQueue()
         self.flights: dict[str, Flight] = {}  # by the engine request id now carrying it
         self.results: list[Result] = []
@@ -110,8 +120,14 @@ class Simulation:
     # --- the loop -----------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> tuple[list[Result], float]:
         """The results in completion order and the virtual seconds until the last one."""
-        with _few_collections():
-            return self._run(progress)
+        self.arrivals = arrivals(self.plan, self.prepare, self.options.ahead)
+        try:
+            with _few_collections():
+                return self._run(progress)
+        finally:
+            close = getattr(self.arrivals, "close", None)
+            if close is not None:
+                close()  # stops a worker that is still making arrivals
 
     def _run(self, progress: Progress | None) -> tuple[list[Result], float]:
         n = len(self.engines)
@@ -143,19 +159,20 @@ class Simulation:
         return self.results, counts.now
 
     def _next_arrival(self) -> None:
-        planned = next(self.plan, None)
-        if planned is None:
+        arrival = next(self.arrivals, None)
+        if arrival is None:
             self.exhausted = True
         else:
-            self.queue.push(planned.at, ARRIVAL, planned)
+            self.queue.push(arrival.planned.at, ARRIVAL, arrival)
 
     # --- routing ------------------------------------------------------------------------
-    def _arrive(self, planned: PlannedRequest, now: float) -> None:
+    def _arrive(self, arrival: Arrival, now: float) -> None:
         self._next_arrival()
         counts = self.counts
         counts.arrived += 1
         counts.live += 1
-        inputs = self.traffic.inputs(planned)
+        planned = arrival.planned
+        inputs = self.traffic.inputs(planned, arrival.tokens)
         decided = self.epp.schedule(Cycle(now=now, rng=self.rng), inputs.routed, self.endpoints)
         if decided.endpoint is None:
             self._failed(planned, now, "http_503")  # the EPP's "no endpoint available"
@@ -175,7 +192,7 @@ class Simulation:
         flight = Flight(planned, decode, decode_engine=d)
         prefiller = decided.headers.get(PREFILLER_HEADER)
         if prefiller is None:
-            self._submit(d, decode, flight, now)
+            self._submit(d, decode, flight, now, self._made_hashes(d, decode, arrival))
             return
         leg = Request(
             id=f"p{planned.index}",
@@ -185,8 +202,14 @@ class Simulation:
             ignore_eos=self.ignore_eos,
             remote_decode=True,
         )
-        flight.prefill, flight.prefill_engine = leg, self.by_name[prefiller]
-        self._submit(flight.prefill_engine, leg, flight, now)
+        p = flight.prefill_engine = self.by_name[prefiller]
+        flight.prefill = leg
+        self._submit(p, leg, flight, now, self._made_hashes(p, leg, arrival))
+
+    def _made_hashes(self, index: int, req: Request, arrival: Arrival) -> list[bytes] | None:
+        """The arrival's prompt block hashes if engine `index` hashes `req` as they were
+        made (the same scheme and block size, no adapter in the hash)."""
+        return arrival.hashes if self.alike[index] and req.lora_id is None else None
 
     def _submit(
         self,

@@ -5,6 +5,7 @@ the chat template), built by the same functions the real components call."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pdserve.bench.client import Target, body
 from pdserve.bench.generator import PlannedRequest
@@ -25,7 +26,8 @@ class Traffic:
         self.tokenizer = tokenizer
         self.target = Target("", model, ignore_eos=ignore_eos)
 
-    def inputs(self, planned: PlannedRequest) -> Inputs:
+    def inputs(self, planned: PlannedRequest, tokens: list[int] | None = None) -> Inputs:
+        """`tokens`: the request's as `tokens()` made them, if they were made already."""
         _, data = body(self.target, planned)
         messages = data.get("messages")
         routed = EppRequest(
@@ -34,5 +36,14 @@ class Traffic:
             prompt=prompt_text(data),
             messages=messages,
         )
-        tokens = request_tokens(self.tokenizer, str(data.get("prompt") or ""), messages)
+        if tokens is None:
+            tokens = self._tokens(data)
         return Inputs(routed, tokens, data.get("max_tokens"))
+
+    def tokens(self, planned: PlannedRequest) -> list[int]:
+        """The prompt's tokens as the engines compute them: the costly part of inputs."""
+        return self._tokens(body(self.target, planned)[1])
+
+    def _tokens(self, data: dict[str, Any]) -> list[int]:
+        prompt = str(data.get("prompt") or "")
+        return request_tokens(self.tokenizer, prompt, data.get("messages"))

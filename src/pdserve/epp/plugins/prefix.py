@@ -91,6 +91,7 @@ class LRUIndex:
         if lru is None:
             lru = self.by_server[server] = OrderedDict()
         holders, capacity = self.holders, self.capacity
+        full = len(lru) >= capacity  # then stays full: each insert below evicts one
         for h in hashes:
             if h in lru:
                 lru.move_to_end(h)
@@ -101,7 +102,8 @@ class LRUIndex:
                 holders[h] = {server}
             else:
                 held.add(server)
-            if len(lru) > capacity:
+            if full or len(lru) > capacity:
+                full = True
                 old = lru.popitem(last=False)[0]
                 gone = holders.get(old)
                 if gone is not None:
