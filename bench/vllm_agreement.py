@@ -7,6 +7,11 @@ and the simulation get the very same requests: chat questions (a short, repeated
 words, 1 output token, every `1/--long-rate` s), as run C of docs/benchmarks.md, open loop.
 The EPP's pd-profile-handler sends the long prompts through P/D and keeps the chats
 decode-only, in the service and in the simulation alike (the same EPP core and config).
+The trace labels its rows `chat` and `long`, so both reports break their figures down by
+class (the report's `classes`): the experiment's TTFT is the chats' (the P/D experiment of
+docs/benchmarks.md measures the TTFT and ITL of the chat streams, the long prompts being
+the interference load), and the long prompts' TTFT p50 and the all-requests figures (one
+bimodal mix of both) stay printed beside it.
 
 Per layout, in this order:
   agg2  two aggregated engines, a core each: `pdserve profile` of one engine -> the 1-core
@@ -19,8 +24,9 @@ Per layout, in this order:
         minus the prefill engine's TTFT for a prompt of the same length (distinct texts,
         so neither hits the cache), minus one decode step; fitted at two lengths.
 Then `pdserve simulate` of each layout's manifest with its profile and the same trace.
-Prints measured against simulated TTFT and ITL p50/p90, the error of each, and whether
-the simulation ranks the three layouts as the measurement does.
+Prints measured against simulated chat TTFT p50/p90, long-prompt TTFT p50, and TTFT and
+ITL p50/p90 over all requests, the error of each, and whether the simulation ranks the
+three layouts as the measurement does by chat TTFT p50, all-requests TTFT p50 and ITL p50.
 
 usage: .venv/bin/python bench/vllm_agreement.py [--seconds 60] [--chat-rate 1.2]
            [--long-rate 0.5] [--long-words 400] [--layouts agg2,agg1,pd] [--keep DIR]
@@ -48,6 +54,17 @@ from up_pd_vs_agg import MODEL, PDSERVE, WORDS, manifest
 CHAT = "Tell me about the sea."
 CORES = {"agg2": "1core", "agg1": "2core", "pd": "pd"}
 Figures = dict[str, float]
+# The printed table's columns: (figure, heading, format of a value in ms).
+COLUMNS = (
+    ("chat_ttft_p50", "chat TTFT p50", ".0f"),
+    ("chat_ttft_p90", "chat TTFT p90", ".0f"),
+    ("long_ttft_p50", "long TTFT p50", ".0f"),
+    ("ttft_p50", "TTFT p50", ".0f"),
+    ("ttft_p90", "TTFT p90", ".0f"),
+    ("itl_p50", "ITL p50", ".1f"),
+    ("itl_p90", "ITL p90", ".1f"),
+)
+ORDERS = ("chat_ttft_p50", "ttft_p50", "itl_p50")
 
 
 def write_trace(folder: Path, a: argparse.Namespace) -> Path:
@@ -56,12 +73,12 @@ def write_trace(folder: Path, a: argparse.Namespace) -> Path:
     rows: list[dict[str, object]] = []
     t = rng.expovariate(a.chat_rate)
     while t < a.seconds:
-        rows.append({"timestamp": round(t, 4), "text": CHAT, "output_tokens": 32})
+        rows.append({"timestamp": round(t, 4), "text": CHAT, "output_tokens": 32, "label": "chat"})
         t += rng.expovariate(a.chat_rate)
     t = 0.5 / a.long_rate
     while t < a.seconds:
         text = " ".join(rng.choice(WORDS) for _ in range(a.long_words))
-        rows.append({"timestamp": round(t, 4), "text": text, "output_tokens": 1})
+        rows.append({"timestamp": round(t, 4), "text": text, "output_tokens": 1, "label": "long"})
         t += 1 / a.long_rate
     rows.sort(key=lambda r: float(str(r["timestamp"])))
     with open(folder / "trace.jsonl", "w") as f:
@@ -168,8 +185,10 @@ def simulate(path: Path, workload: Path, prof: Path, out: Path) -> Figures:
 
 
 def figures(report: Path) -> Figures:
+    """The all-requests figures, and the chats' and long prompts' TTFT when the report has
+    their classes (a report of an unlabelled trace, kept from an earlier run, has not)."""
     r = json.loads(report.read_text())
-    return {
+    out = {
         "ttft_p50": r["ttft_ms"]["p50"],
         "ttft_p90": r["ttft_ms"]["p90"],
         "itl_p50": r["itl_ms"]["p50"],
@@ -177,6 +196,13 @@ def figures(report: Path) -> Figures:
         "requests": r["requests"],
         "errors": sum(r["errors"].values()),
     }
+    classes = r.get("classes", {})
+    if "chat" in classes:
+        out["chat_ttft_p50"] = classes["chat"]["ttft_ms"]["p50"]
+        out["chat_ttft_p90"] = classes["chat"]["ttft_ms"]["p90"]
+    if "long" in classes:
+        out["long_ttft_p50"] = classes["long"]["ttft_ms"]["p50"]
+    return out
 
 
 def measure(layout: str, folder: Path, workload: Path, a: argparse.Namespace) -> Figures:
@@ -216,6 +242,44 @@ def ranks(rows: dict[str, Figures], key: str) -> list[str]:
     return sorted(rows, key=lambda layout: rows[layout][key])
 
 
+def cell(f: Figures, key: str, fmt: str) -> str:
+    """A figure in ms, or `-` where the report has none (no class, nothing measured)."""
+    value = f.get(key)
+    return "-" if value is None else f"{value:{fmt}} ms"
+
+
+def error(simulated: Figures, measured: Figures, key: str) -> str:
+    sim, meas = simulated.get(key), measured.get(key)
+    return "-" if sim is None or not meas else f"{sim / meas - 1:+.0%}"
+
+
+def table(layouts: list[str], measured: dict[str, Figures], simulated: dict[str, Figures]) -> str:
+    """Measured against simulated, per layout, and whether the two rank the layouts alike."""
+    lines = [
+        "| layout | | requests | " + " | ".join(head for _, head, _ in COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for layout in layouts:
+        for kind, rows in (("measured", measured), ("simulated", simulated)):
+            f = rows[layout]
+            cells = " | ".join(cell(f, key, fmt) for key, _, fmt in COLUMNS)
+            lines.append(f"| {layout} | {kind} | {f['requests']} | {cells} |")
+        errs = " | ".join(error(simulated[layout], measured[layout], k) for k, _, _ in COLUMNS)
+        lines.append(f"| {layout} | sim / measured - 1 | | {errs} |")
+    for key in ORDERS:
+        if any(
+            rows[layout].get(key) is None for rows in (measured, simulated) for layout in layouts
+        ):
+            lines.append(f"order by {key}: not in every report")
+            continue
+        m, s = ranks(measured, key), ranks(simulated, key)
+        verdict = "same" if m == s else "DIFFERENT"
+        lines.append(
+            f"order by {key}: measured {' < '.join(m)}; simulated {' < '.join(s)}: {verdict}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60)
@@ -247,27 +311,7 @@ def main() -> int:
         f"trace: {a.seconds:g} s, chats at {a.chat_rate}/s, {a.long_words}-word prompts "
         f"at {a.long_rate}/s"
     )
-    print("| layout | | requests | TTFT p50 | TTFT p90 | ITL p50 | ITL p90 |")
-    print("|---|---|---|---|---|---|---|")
-    for layout in layouts:
-        for kind, rows in (("measured", measured), ("simulated", simulated)):
-            f = rows[layout]
-            print(
-                f"| {layout} | {kind} | {f['requests']} | {f['ttft_p50']:.0f} ms | "
-                f"{f['ttft_p90']:.0f} ms | {f['itl_p50']:.1f} ms | {f['itl_p90']:.1f} ms |"
-            )
-        errs = {
-            k: simulated[layout][k] / measured[layout][k] - 1
-            for k in ("ttft_p50", "ttft_p90", "itl_p50", "itl_p90")
-        }
-        print(
-            f"| {layout} | sim / measured - 1 | | {errs['ttft_p50']:+.0%} | "
-            f"{errs['ttft_p90']:+.0%} | {errs['itl_p50']:+.0%} | {errs['itl_p90']:+.0%} |"
-        )
-    for key in ("ttft_p50", "itl_p50"):
-        m, s = ranks(measured, key), ranks(simulated, key)
-        verdict = "same" if m == s else "DIFFERENT"
-        print(f"order by {key}: measured {' < '.join(m)}; simulated {' < '.join(s)}: {verdict}")
+    print(table(layouts, measured, simulated))
     return 0
 
 

@@ -199,7 +199,7 @@ def test_replay_keeps_the_trace_times_scaled_by_speed(tmp_path: Any) -> None:
     trace = tmp_path / "t.jsonl"
     trace.write_text(
         '{"timestamp": 100, "input_tokens": 7, "output_tokens": 3}\n'
-        '{"timestamp": 104, "text": "a b c", "output_tokens": 2, "model": "x"}\n'
+        '{"timestamp": 104, "text": "a b c", "output_tokens": 2, "model": "x", "label": "q"}\n'
         '{"timestamp": 102, "input_tokens": 9, "output_tokens": 1}\n'
     )
     (tmp_path / "w.yaml").write_text("replay: {file: t.jsonl, speed: 2}\n")
@@ -210,4 +210,5 @@ def test_replay_keeps_the_trace_times_scaled_by_speed(tmp_path: Any) -> None:
         (2.0, 3, 2, "x"),
     ]
     assert plan[2].messages == [{"role": "user", "content": "a b c"}]
+    assert [r.label for r in plan] == [None, None, "q"]
     assert len(_all(load(tmp_path / "w.yaml"), duration=1.5)) == 2

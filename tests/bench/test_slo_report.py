@@ -1,6 +1,8 @@
-"""`--slo` parsing, which requests count as good, and the report's keys."""
+"""`--slo` parsing, which requests count as good, and the report's keys and classes."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -13,9 +15,12 @@ from pdserve.errors import UserError
 PLANNED = PlannedRequest(index=0, at=0.0, max_tokens=4, input_tokens=4)
 
 
-def _result(ttft: float, itl: list[float], error: str | None = None) -> Result:
+def _result(
+    ttft: float, itl: list[float], error: str | None = None, label: str | None = None
+) -> Result:
     e2e = ttft + sum(itl)
-    return Result(PLANNED, 0.0, ttft, itl, e2e, len(itl) + 1, error)
+    planned = dataclasses.replace(PLANNED, label=label)
+    return Result(planned, 0.0, ttft, itl, e2e, len(itl) + 1, error)
 
 
 def test_slo_units() -> None:
@@ -64,3 +69,43 @@ def test_an_empty_run_reports_nothing_measured() -> None:
     assert empty["ttft_ms"] == {"p50": None, "p90": None, "p99": None}
     assert empty["requests"] == 0
     assert "requests 0" in report.text(empty)
+
+
+def test_each_label_gets_its_own_figures() -> None:
+    chats = [_result(t, [10, 12], label="chat") for t in (100, 110, 120)]
+    longs = [_result(t, [], label="long") for t in (900, 1000)]
+    built = report.build([*longs, *chats, _result(5000, [1])], 1.0)
+    assert tuple(built) == (*report.KEYS, "classes")
+    assert list(built["classes"]) == ["chat", "long"]
+    chat, long = built["classes"]["chat"], built["classes"]["long"]
+    assert (chat["ttft_ms"]["p50"], long["ttft_ms"]["p50"]) == (110, 950)
+    assert chat["itl_ms"]["p50"] == 11 and long["itl_ms"]["p50"] is None
+    assert chat["e2e_ms"]["p50"] == 132
+    assert (chat["requests"], long["requests"]) == (3, 2)
+    assert built["requests"] == 6  # the unlabelled one is in the run, in no class
+    assert "class chat: 3 requests, ttft_ms p50 110.0 p90 118.0, itl_ms p50 11.0" in (
+        report.text(built)
+    )
+
+
+def test_failed_requests_stay_out_of_their_class() -> None:
+    results = [
+        _result(100, [10], label="chat"),
+        _result(9000, [90], "http_503", label="chat"),
+        _result(7000, [], "timeout", label="long"),
+    ]
+    classes = report.build(results, 1.0)["classes"]
+    assert classes["chat"]["ttft_ms"]["p90"] == 100 and classes["chat"]["requests"] == 1
+    assert classes["long"] == {
+        "ttft_ms": {"p50": None, "p90": None, "p99": None},
+        "itl_ms": {"p50": None, "p90": None, "p99": None},
+        "e2e_ms": {"p50": None, "p90": None, "p99": None},
+        "requests": 0,
+    }
+    assert "class long: 0 requests, ttft_ms p50 - p90 -" in report.text(report.build(results, 1.0))
+
+
+def test_without_labels_there_are_no_classes() -> None:
+    built = report.build([_result(50, [10]), _result(10, [], "http_503")], 1.0)
+    assert "classes" not in built
+    assert "class " not in report.text(built)

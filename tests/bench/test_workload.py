@@ -13,6 +13,7 @@ from testkit import REPO
 
 EXAMPLES = sorted((REPO / "examples" / "workloads").glob("*.yaml"))
 BASE = {"arrival": {"process": "poisson", "rate": 2}, "input_tokens": 10, "output_tokens": 5}
+RECORD = {"timestamp": 1, "input_tokens": 8, "output_tokens": 4}
 
 
 def test_the_examples_issue_14_names_are_there() -> None:
@@ -105,6 +106,42 @@ def test_a_bad_trace_line_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "w.yaml").write_text("replay: {file: trace.jsonl}\n")
     with pytest.raises(UserError, match=r"trace\.jsonl:1: give exactly one of input_tokens"):
         load(tmp_path / "w.yaml")
+
+
+def _trace(folder: Path, *records: dict[str, object]) -> Path:
+    (folder / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "w.yaml").write_text("replay: {file: trace.jsonl}\n")
+    return folder / "w.yaml"
+
+
+def test_a_trace_record_carries_its_label(tmp_path: Path) -> None:
+    w = load(_trace(tmp_path, {**RECORD, "label": "chat"}, RECORD))
+    assert w.replay is not None
+    assert [r.label for r in w.replay.records] == ["chat", None]
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ("", "label: must not be empty"),
+        ("x" * 65, "label: must be at most 64 characters, got 65"),
+        ("a\nb", "label: must not contain control characters"),
+        ("a\x7fb", "label: must not contain control characters"),
+        (5, "label: input should be a valid string"),
+    ],
+)
+def test_a_bad_label_is_one_line_naming_it(tmp_path: Path, label: object, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        load(_trace(tmp_path, RECORD, {**RECORD, "label": label}))
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith(f"{tmp_path / 'trace.jsonl'}:2: {message}"), text
+
+
+def test_a_label_of_64_printable_characters_is_fine(tmp_path: Path) -> None:
+    label = "long prompts, 400 words ☂" + "x" * 39
+    w = load(_trace(tmp_path, {**RECORD, "label": label}))
+    assert w.replay is not None and w.replay.records[0].label == label
 
 
 def test_replay_refuses_an_arrival_process() -> None:

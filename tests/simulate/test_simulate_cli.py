@@ -83,3 +83,26 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         "decode_ms",
     )
     one_line_error(simulate(str(REPO / "pyproject.toml"), "--workload", str(wl), "--duration", "1"))
+
+
+def test_a_labelled_replay_reports_its_classes(tmp_path: Path) -> None:
+    """simulate's results carry each planned request, so its report splits by label as
+    bench's does."""
+    rows = [
+        {"timestamp": t, "text": "Tell me about the sea.", "output_tokens": 8, "label": "chat"}
+        for t in (0.0, 0.4, 0.8, 1.2)
+    ] + [
+        {"timestamp": t, "input_tokens": 400, "output_tokens": 1, "label": "long"}
+        for t in (0.2, 1.0)
+    ]
+    rows.append({"timestamp": 0.6, "input_tokens": 20, "output_tokens": 4})  # in no class
+    (tmp_path / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wl = workload(tmp_path, "replay", {"api": "chat", "replay": {"file": "trace.jsonl"}})
+    out = tmp_path / "sim.json"
+    done = simulate(str(fleet(tmp_path, 1, 1)), "--workload", str(wl), "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    built = json.loads(out.read_text())
+    assert built["requests"] == 7
+    assert {k: c["requests"] for k, c in built["classes"].items()} == {"chat": 4, "long": 2}
+    assert built["classes"]["chat"]["itl_ms"]["p50"] is not None
+    assert "class chat: 4 requests" in done.stdout

@@ -31,8 +31,9 @@ def parser() -> argparse.ArgumentParser:
         description="Measure a running OpenAI-API service (streaming) under a workload.",
         epilog="The report (--output) has ttft_ms, itl_ms, e2e_ms (p50, p90, p99), "
         "requests_per_s, output_tokens_per_s, errors (by kind), goodput (requests/s meeting "
-        "every --slo), requests and duration_s; with --trace-dir also trace (per request: "
-        "P/D decision and reason, prefill ms, KV pull ms, cached prompt tokens). "
+        "every --slo), requests and duration_s; with a labelled replay trace also classes "
+        "(per label: ttft_ms, itl_ms, e2e_ms, requests); with --trace-dir also trace (per "
+        "request: P/D decision and reason, prefill ms, KV pull ms, cached prompt tokens). "
         "Workloads: examples/workloads/.",
     )
     ap.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")

@@ -33,7 +33,8 @@ from pdserve.bench.workload import (
 class PlannedRequest:
     """One request to send `at` seconds after the start. `model` is an adapter name, or None
     for the model given on the command line. Exactly one of `messages` (chat) and `prompt`
-    (completions) is set; `input_tokens` is the planned length of the new text."""
+    (completions) is set; `input_tokens` is the planned length of the new text. `label` is
+    a replay record's class, which the report breaks its figures down by."""
 
     index: int
     at: float
@@ -45,6 +46,7 @@ class PlannedRequest:
     group: int | None = None
     conversation: int | None = None
     turn: int | None = None
+    label: str | None = None
 
 
 def _stream(seed: int, name: str) -> random.Random:
@@ -188,10 +190,22 @@ def _replay(workload: Workload, seed: int, duration: float | None) -> Iterator[P
             body, length = words(text, record.input_tokens).lstrip(), record.input_tokens
         if workload.api == "completions":
             yield PlannedRequest(
-                index, at, record.output_tokens, length, prompt=body, model=record.model
+                index,
+                at,
+                record.output_tokens,
+                length,
+                prompt=body,
+                model=record.model,
+                label=record.label,
             )
         else:
             messages = [{"role": "user", "content": body}]
             yield PlannedRequest(
-                index, at, record.output_tokens, length, messages=messages, model=record.model
+                index,
+                at,
+                record.output_tokens,
+                length,
+                messages=messages,
+                model=record.model,
+                label=record.label,
             )

@@ -2,6 +2,9 @@
 
 Only successful requests enter the latency and throughput figures; failed ones are counted
 under `errors` by kind, so a run that sheds load shows it there instead of looking fast.
+When a replay trace labels its requests, `classes` gives each label's latencies as well: a
+mix of two kinds of request has a bimodal distribution whose overall median describes
+neither kind. Without labels the report has exactly `KEYS`.
 """
 
 from __future__ import annotations
@@ -38,16 +41,41 @@ def build(
     errors = Counter(r.error for r in results if r.error is not None)
     span = max(duration_s, 1e-9)
     good = sum(1 for r in ok if not objectives or slo.met(objectives, _ttft(r), r.itl_ms, r.e2e_ms))
-    return {
-        "ttft_ms": summary([r.ttft_ms for r in ok if r.ttft_ms is not None]),
-        "itl_ms": summary([gap for r in ok for gap in r.itl_ms]),
-        "e2e_ms": summary([r.e2e_ms for r in ok]),
+    built: dict[str, Any] = {
+        **_latencies(ok),
         "requests_per_s": round(len(ok) / span, 3),
         "output_tokens_per_s": round(sum(r.output_tokens for r in ok) / span, 3),
         "errors": dict(sorted(errors.items())),
         "goodput": round(good / span, 3),
         "requests": len(ok),
         "duration_s": round(duration_s, 3),
+    }
+    if any(r.planned.label is not None for r in results):
+        built["classes"] = _classes(results)
+    return built
+
+
+def _latencies(ok: Sequence[Result]) -> dict[str, dict[str, float | None]]:
+    return {
+        "ttft_ms": summary([r.ttft_ms for r in ok if r.ttft_ms is not None]),
+        "itl_ms": summary([gap for r in ok for gap in r.itl_ms]),
+        "e2e_ms": summary([r.e2e_ms for r in ok]),
+    }
+
+
+def _classes(results: Sequence[Result]) -> dict[str, dict[str, Any]]:
+    """Per label, the same figures over the same (successful) requests as the whole run's.
+    Unlabelled requests are in no class: an unnamed remainder would read as a class the
+    trace never declared. A label whose requests all failed is still listed, with nothing
+    measured (as an all-failed run's figures are), so a reader of `classes.x` finds it."""
+    by_label: dict[str, list[Result]] = {}
+    for r in results:
+        if r.planned.label is not None:
+            by_label.setdefault(r.planned.label, [])
+            if r.error is None:
+                by_label[r.planned.label].append(r)
+    return {
+        label: {**_latencies(ok), "requests": len(ok)} for label, ok in sorted(by_label.items())
     }
 
 
@@ -60,6 +88,7 @@ def text(report: dict[str, Any]) -> str:
         return f"{name:<8} {cells}"
 
     errors = ", ".join(f"{k} {v}" for k, v in report["errors"].items()) or "none"
+    classes = [_class_row(label, c) for label, c in report.get("classes", {}).items()]
     return "\n".join(
         [
             f"requests {report['requests']} in {report['duration_s']:.1f} s: "
@@ -70,7 +99,19 @@ def text(report: dict[str, Any]) -> str:
             row("itl_ms"),
             row("e2e_ms"),
             f"errors   {errors}",
+            *classes,
         ]
+    )
+
+
+def _class_row(label: str, figures: dict[str, Any]) -> str:
+    def cell(name: str) -> str:
+        s = figures[name]
+        return " ".join(f"{p} {'-' if s[p] is None else f'{s[p]:.1f}'}" for p in ("p50", "p90"))
+
+    return (
+        f"class {label}: {figures['requests']} requests, "
+        f"ttft_ms {cell('ttft_ms')}, itl_ms {cell('itl_ms')}"
     )
 
 

@@ -8,6 +8,7 @@ Lengths are in tokens (see `text.py` for how text is made to that length).
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -148,14 +149,35 @@ class Adapter(_Strict):
     weight: float = Field(gt=0)
 
 
+LABEL_MAX = 64
+
+
 class TraceRecord(_Strict):
-    """A line of a replay trace: seconds from any origin, and the input as a length or text."""
+    """A line of a replay trace: seconds from any origin, and the input as a length or text.
+    `label` is the class the request is reported under (the report's `classes`), so a trace
+    that mixes two kinds of request can be read per kind instead of as one bimodal mix."""
 
     timestamp: float = Field(ge=0)
     input_tokens: int | None = Field(default=None, ge=0)
     text: str | None = None
     output_tokens: int = Field(gt=0)
     model: str | None = None
+    label: str | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: str | None) -> str | None:
+        """A label becomes a JSON key and a line of the printed summary: short and free of
+        control characters, so both stay readable and the summary one line per class."""
+        if label is None:
+            return None
+        if not label:
+            raise ValueError("must not be empty")
+        if len(label) > LABEL_MAX:
+            raise ValueError(f"must be at most {LABEL_MAX} characters, got {len(label)}")
+        if any(unicodedata.category(c) == "Cc" for c in label):
+            raise ValueError(f"must not contain control characters, got {label!r}")
+        return label
 
     @model_validator(mode="after")
     def _one_input(self) -> TraceRecord:

@@ -26,8 +26,8 @@ def parser() -> argparse.ArgumentParser:
         "workload in virtual time: same seed, same report.",
         epilog="The report has bench's keys: ttft_ms, itl_ms, e2e_ms (p50, p90, p99), "
         "requests_per_s, output_tokens_per_s, errors, goodput, requests, duration_s "
-        "(virtual). KV link parameters default to the profile's pull model "
-        "(kv_pull_overhead_ms, kv_pull_ms_per_token).",
+        "(virtual), and classes (per label) for a labelled replay trace. KV link parameters "
+        "default to the profile's pull model (kv_pull_overhead_ms, kv_pull_ms_per_token).",
     )
     ap.add_argument("file", type=Path, help="an LLMInferenceService manifest (as for pdserve up)")
     ap.add_argument("--workload", required=True, help="a workload YAML file (as for bench)")
