@@ -88,6 +88,7 @@ def main() -> None:
     summary = report.build(results, virtual)
     steps = sum(e.steps for e in sim.engines)
     print(f"fleet: {args.prefill} prefill + {args.decode} decode engines, rate {args.rate}/s")
+    print(f"tokenizer: {fleet.tokenizer_dir or 'the built-in one (the model is not cached here)'}")
     print(
         f"simulated {len(results)} requests ({virtual:.0f} s virtual) in {wall:.1f} s wall, "
         f"{cpu:.1f} s CPU (the machine is shared: CPU time is this process's own share)"

@@ -110,13 +110,13 @@ def profile(port: int, out: Path) -> None:
         "--output",
         str(out),
         "--prompt-tokens",
-        "64,256,768",
+        "32,128,512",  # the workload's range: a chat's ~35 tokens to a long prompt's ~430
         "--batches",
         "1,2,4,8",
         "--long-context",
         "1024",
         "--repeats",
-        "3",
+        "5",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

@@ -40,6 +40,7 @@ def test_profile_recovers_a_sim_engines_envelope(
     out = tmp_path / "measured.yaml"
     sizes = ["--prompt-tokens", "256,1024,2048", "--batches", "1,4,8", "--long-context", "2048"]
     argv = ["profile", "--url", url, "--model", "sim", "--output", str(out), *sizes]
+    argv.append("--additive-steps")  # as the sim engine times a step
     assert main(argv) == 0
     text = out.read_text()
     assert "# measured" in text and "# reported by the engine" in text
@@ -51,6 +52,20 @@ def test_profile_recovers_a_sim_engines_envelope(
     assert TRUE["prefill_overhead_ms"] <= got.prefill_overhead_ms < TRUE["prefill_overhead_ms"] + 15
     assert got.decode_ms_per_ctx_token == pytest.approx(TRUE["decode_ms_per_ctx_token"], rel=0.5)
     assert got.num_blocks == TRUE["num_blocks"]
+    assert got.shared_step_ms == 0
+
+
+def test_a_one_pass_engine_pays_a_mixed_steps_fixed_cost_once() -> None:
+    m = Measured(prefill=[(100, 80.0), (300, 120.0)], decode=[(1, 51.0), (3, 55.0)],
+                 long_context=None, engine={})  # fmt: skip
+    one, two = profile_of(m), profile_of(m, one_pass=False)
+    assert (one.prefill_overhead_ms, one.decode_base_ms) == pytest.approx((60.0, 49.0))
+    assert one.shared_step_ms == pytest.approx(49.0) and two.shared_step_ms == 0
+    # 100 prompt tokens beside 2 decodes: 60 + 20 and 49 + 4, the 49 of a pass paid once
+    assert one.step_seconds(100, 2) == pytest.approx((80 + 53 - 49) / 1000)
+    assert two.step_seconds(100, 2) == pytest.approx((80 + 53) / 1000)
+    assert one.step_seconds(100, 0) == two.step_seconds(100, 0) == pytest.approx(0.080)
+    assert one.step_seconds(0, 2) == two.step_seconds(0, 2) == pytest.approx(0.053)
 
 
 @pytest.mark.parametrize(

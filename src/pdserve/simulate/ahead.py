@@ -22,6 +22,7 @@ from typing import Any
 
 from pdserve.bench.generator import PlannedRequest
 from pdserve.block_hashes import Scheme
+from pdserve.engines.sim.tokens import Generator
 from pdserve.simulate.traffic import Traffic
 
 # Requests per message: a pickle and a pipe write cost ~50 us each, a request ~5 us more.
@@ -34,6 +35,7 @@ class Arrival:
     planned: PlannedRequest
     tokens: list[int]  # the prompt as the engines tokenize it
     hashes: list[bytes]  # its full blocks' hashes, under `Preparer.scheme` and `.block_size`
+    key: int  # what its continuation depends on (`Generator.key`, no adapter)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Preparer:
 
     def __call__(self, planned: PlannedRequest) -> Arrival:
         tokens = self.traffic.tokens(planned)
-        return Arrival(planned, tokens, self.scheme.hashes(tokens, self.block_size, None, None))
+        hashes = self.scheme.hashes(tokens, self.block_size, None, None)
+        return Arrival(planned, tokens, hashes, Generator.key(tokens))
 
 
 def arrivals(
@@ -76,8 +79,8 @@ def _forked(plan: Iterator[PlannedRequest], prepare: Preparer) -> Iterator[Arriv
                 raise batch
             if not batch:
                 return
-            for fields, tokens, hashes in batch:
-                yield Arrival(PlannedRequest(*fields), tokens, hashes)
+            for fields, *made in batch:
+                yield Arrival(PlannedRequest(*fields), *made)
     finally:
         recv.close()
         worker.terminate()
@@ -105,4 +108,4 @@ def _produce(plan: Iterator[PlannedRequest], prepare: Preparer, send: Connection
 
 def _pack(a: Arrival) -> tuple[Any, ...]:
     """Plain tuples unpickle ~10x faster than dataclasses."""
-    return tuple(getattr(a.planned, n) for n in _PLANNED), a.tokens, a.hashes
+    return tuple(getattr(a.planned, n) for n in _PLANNED), a.tokens, a.hashes, a.key

@@ -79,6 +79,12 @@ def main(argv: list[str]) -> int:
     if workload.replay is None and args.duration is None and args.requests is None:
         raise UserError("give --duration or --requests (the workload's arrivals never end)")
     fleet = load_fleet(args.file, args.profile, prefill_profile_path=args.prefill_profile)
+    if fleet.tokenizer_dir is None:
+        print(
+            f"pdserve simulate: {fleet.plan.model_uri} has no tokenizer here (not cached): "
+            "prompts are counted with the built-in one (`pdserve up` caches the model's)",
+            file=sys.stderr,
+        )
     decode_profile = fleet.pools[-1].profile
     link = make_link(decode_profile, args.link_latency_ms, args.link_gbps, args.kv_bytes_per_token)
     options = Options(args.seed, args.duration, args.requests, args.scrape_interval, ahead=True)

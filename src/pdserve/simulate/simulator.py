@@ -61,6 +61,7 @@ class Counts:
 
 
 Progress = Callable[[Counts], None]
+Made = tuple[list[bytes] | None, int | None]  # a request's prompt block hashes and key
 
 
 def _name(role: str, index: int) -> str:
@@ -192,7 +193,7 @@ class Simulation:
         flight = Flight(planned, decode, decode_engine=d)
         prefiller = decided.headers.get(PREFILLER_HEADER)
         if prefiller is None:
-            self._submit(d, decode, flight, now, self._made_hashes(d, decode, arrival))
+            self._submit(d, decode, flight, now, *self._made(d, decode, arrival))
             return
         leg = Request(
             id=f"p{planned.index}",
@@ -204,12 +205,15 @@ class Simulation:
         )
         p = flight.prefill_engine = self.by_name[prefiller]
         flight.prefill = leg
-        self._submit(p, leg, flight, now, self._made_hashes(p, leg, arrival))
+        self._submit(p, leg, flight, now, *self._made(p, leg, arrival))
 
-    def _made_hashes(self, index: int, req: Request, arrival: Arrival) -> list[bytes] | None:
+    def _made(self, index: int, req: Request, arrival: Arrival) -> Made:
         """The arrival's prompt block hashes if engine `index` hashes `req` as they were
-        made (the same scheme and block size, no adapter in the hash)."""
-        return arrival.hashes if self.alike[index] and req.lora_id is None else None
+        made (the same scheme and block size), and its generator key, for a request with
+        no adapter (which both would include)."""
+        if req.lora_id is not None:
+            return None, None
+        return (arrival.hashes if self.alike[index] else None), arrival.key
 
     def _submit(
         self,
@@ -218,25 +222,24 @@ class Simulation:
         flight: Flight,
         now: float,
         hashes: list[bytes] | None = None,
+        key: int | None = None,
     ) -> None:
         self.flights[req.id] = flight
         engine = self.engines[index]
-        engine.sched.add(req, hashes)
+        engine.sched.add(req, hashes, key)
         self._wake(engine, now)
 
-    def _prompt_hashes(self, leg: Request, flight: Flight) -> list[bytes] | None:
-        """The prefill leg's prompt block hashes, if the decode leg's are the same: the
-        same prompt and adapter, hashed with the same scheme and block size."""
+    def _from_prefill(self, leg: Request, flight: Flight) -> Made:
+        """The prefill leg's prompt block hashes and generator key, if the decode leg's are
+        the same: the same prompt and adapter (and for the hashes the same scheme and block
+        size)."""
+        if leg.prompt is not flight.decode.prompt or leg.lora_id != flight.decode.lora_id:
+            return None, None
         p = self.engines[flight.prefill_engine].sched
         d = self.engines[flight.decode_engine].sched
-        if (
-            leg.prompt is not flight.decode.prompt
-            or leg.lora_id != flight.decode.lora_id
-            or p.scheme != d.scheme
-            or p.profile.block_size != d.profile.block_size
-        ):
-            return None
-        return leg.hashes[: len(leg.prompt) // p.profile.block_size]
+        if p.scheme != d.scheme or p.profile.block_size != d.profile.block_size:
+            return None, leg.key
+        return leg.hashes[: len(leg.prompt) // p.profile.block_size], leg.key
 
     def _wake(self, engine: SimulatedEngine, now: float) -> None:
         if not engine.stepping:
@@ -286,8 +289,8 @@ class Simulation:
                     "remote_request_id": req.id,
                     "remote_num_tokens": len(req.prompt),
                 }
-                hashes = self._prompt_hashes(req, flight)
-                self._submit(flight.decode_engine, decode, flight, now, hashes)
+                made = self._from_prefill(req, flight)
+                self._submit(flight.decode_engine, decode, flight, now, *made)
             else:
                 self._finished(flight, now)
 

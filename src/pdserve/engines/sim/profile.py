@@ -7,6 +7,7 @@ Example (every key optional; these are the defaults):
     decode_base_ms: 8.0            # cost of a decode step for a batch of one
     decode_ms_per_seq: 0.08        # extra cost per sequence in the decode batch
     decode_ms_per_ctx_token: 0.00004  # KV read per context token of the decode batch
+    shared_step_ms: 0.0            # fixed cost a step that prefills and decodes pays once
     max_num_seqs: 64               # running requests (vLLM --max-num-seqs)
     max_num_batched_tokens: 8192   # tokens run per step, prefill chunks and decodes together
     num_blocks: 4096               # KV capacity in blocks
@@ -39,6 +40,7 @@ class Profile:
     decode_base_ms: float = 8.0
     decode_ms_per_seq: float = 0.08
     decode_ms_per_ctx_token: float = 0.00004
+    shared_step_ms: float = 0.0
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 8192
     num_blocks: int = 4096
@@ -63,6 +65,17 @@ class Profile:
             + self.decode_ms_per_ctx_token * context_tokens
         ) / 1000
 
+    def step_seconds(self, prefill_tokens: int, batch: int, context_tokens: int = 0) -> float:
+        """One iteration: its prefill tokens and its decode batch. A step doing both is one
+        forward pass, whose fixed cost both overheads hold: `shared_step_ms` of it (at most
+        the smaller overhead) is paid once, not twice. At 0, as for a GPU's small
+        overheads, the two costs simply add."""
+        seconds = self.prefill_seconds(prefill_tokens) + self.decode_seconds(batch, context_tokens)
+        if self.shared_step_ms and prefill_tokens > 0 and batch > 0:
+            shared = min(self.shared_step_ms, self.prefill_overhead_ms, self.decode_base_ms)
+            seconds -= shared / 1000
+        return seconds
+
     def kv_pull_seconds(self, tokens: int) -> float:
         """Modelled time to pull `tokens` of KV; the real bytes moved are far fewer, so the
         engine waits out the difference when the real copy was faster."""
@@ -82,6 +95,7 @@ class Profile:
             decode_base_ms=0,
             decode_ms_per_seq=0,
             decode_ms_per_ctx_token=0,
+            shared_step_ms=0,
             kv_pull_overhead_ms=0,
             kv_pull_ms_per_token=0,
         )

@@ -126,11 +126,12 @@ class Scheduler:
         self.num_preemptions = 0
 
     # --- intake ---------------------------------------------------------------------------
-    def add(self, req: Request, hashes: list[bytes] | None = None) -> None:
+    def add(self, req: Request, hashes: list[bytes] | None = None, key: int | None = None) -> None:
         """Queue `req`. `hashes`, if given, are its prompt's full-block hashes under this
-        scheduler's scheme and block size (a caller that has them already: the simulator,
-        for a decode leg whose prefill leg hashed the same prompt)."""
-        req.key = self.gen.key(req.prompt, req.lora_id or 0)
+        scheduler's scheme and block size, and `key` its `Generator.key` (a caller that has
+        them already: the simulator, which makes them ahead or took them from a prefill leg
+        of the same prompt)."""
+        req.key = self.gen.key(req.prompt, req.lora_id or 0) if key is None else key
         if hashes is None:
             hashes = self.scheme.hashes(req.prompt, self.profile.block_size, None, _extra(req))
         req.hashes = hashes
@@ -256,9 +257,7 @@ class Scheduler:
                     prefill_tokens + p,
                 )
         out.decode_batch, out.prefill_tokens = decode_batch, prefill_tokens
-        out.duration = profile.prefill_seconds(prefill_tokens) + (
-            profile.decode_seconds(decode_batch, context)
-        )
+        out.duration = profile.step_seconds(prefill_tokens, decode_batch, context)
         self._run(batch, now + out.duration, out)
         return out
 
