@@ -122,9 +122,9 @@ def test_precise_prefix_routing_follows_the_engines_kv_events(tmp_path: Path) ->
     placed: dict[int, list[int]] = {}
     submit = sim._submit
 
-    def record(index: int, req: Any, flight: Any, now: float) -> None:
+    def record(index: int, req: Any, flight: Any, now: float, *made: Any) -> None:
         placed.setdefault(flight.planned.group, []).append(index)
-        submit(index, req, flight, now)
+        submit(index, req, flight, now, *made)
 
     sim._submit = record  # type: ignore[method-assign]
     sim.run()
