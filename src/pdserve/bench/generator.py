@@ -188,24 +188,14 @@ def _replay(workload: Workload, seed: int, duration: float | None) -> Iterator[P
         else:
             assert record.input_tokens is not None
             body, length = words(text, record.input_tokens).lstrip(), record.input_tokens
-        if workload.api == "completions":
-            yield PlannedRequest(
-                index,
-                at,
-                record.output_tokens,
-                length,
-                prompt=body,
-                model=record.model,
-                label=record.label,
-            )
-        else:
-            messages = [{"role": "user", "content": body}]
-            yield PlannedRequest(
-                index,
-                at,
-                record.output_tokens,
-                length,
-                messages=messages,
-                model=record.model,
-                label=record.label,
-            )
+        chat = workload.api == "chat"
+        yield PlannedRequest(
+            index,
+            at,
+            record.output_tokens,
+            length,
+            messages=[{"role": "user", "content": body}] if chat else None,
+            prompt=None if chat else body,
+            model=record.model,
+            label=record.label,
+        )
