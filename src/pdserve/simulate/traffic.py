@@ -5,7 +5,6 @@ the chat template), built by the same functions the real components call."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from pdserve.bench.client import Target, body
 from pdserve.bench.generator import PlannedRequest
@@ -26,8 +25,8 @@ class Traffic:
         self.tokenizer = tokenizer
         self.target = Target("", model, ignore_eos=ignore_eos)
 
-    def inputs(self, planned: PlannedRequest, tokens: list[int] | None = None) -> Inputs:
-        """`tokens`: the request's as `tokens()` made them, if they were made already."""
+    def inputs(self, planned: PlannedRequest, tokens: list[int]) -> Inputs:
+        """`tokens`: the request's as `tokens()` made them (ahead of the loop, see ahead.py)."""
         _, data = body(self.target, planned)
         messages = data.get("messages")
         routed = EppRequest(
@@ -36,14 +35,9 @@ class Traffic:
             prompt=prompt_text(data),
             messages=messages,
         )
-        if tokens is None:
-            tokens = self._tokens(data)
         return Inputs(routed, tokens, data.get("max_tokens"))
 
     def tokens(self, planned: PlannedRequest) -> list[int]:
         """The prompt's tokens as the engines compute them: the costly part of inputs."""
-        return self._tokens(body(self.target, planned)[1])
-
-    def _tokens(self, data: dict[str, Any]) -> list[int]:
-        prompt = str(data.get("prompt") or "")
-        return request_tokens(self.tokenizer, prompt, data.get("messages"))
+        data = body(self.target, planned)[1]
+        return request_tokens(self.tokenizer, str(data.get("prompt") or ""), data.get("messages"))
