@@ -34,7 +34,7 @@ plugins:
 - {{type: queue-scorer}}
 flowControl:
   saturationDetector: {{pluginRef: utilization-detector}}
-  defaultRequestTTL: 2s
+  defaultRequestTTL: 5s
   priorityBands:
   - {{priority: 10}}
   - {{priority: -1, maxRequests: 64}}
@@ -184,7 +184,10 @@ def test_overload_sheds_the_low_band_and_keeps_the_high_band_fast(stack: Stack) 
     async def run() -> tuple[list[Outcome], list[float]]:
         stop, seen = asyncio.Event(), []
         watcher = asyncio.create_task(watch_queues(stack, stop, seen))
-        outcomes = await offered_load(stack, 4 * capacity, high_share=0.125, seconds=DURATION)
+        # Twice what the engines finish: the low band must shed. More would mostly load the
+        # client, Envoy and the EPP on the same two cores (at 4x a stalled host left the
+        # EPP 30 s behind its clients, and premium requests timed out in its queue).
+        outcomes = await offered_load(stack, 2 * capacity, high_share=0.125, seconds=DURATION)
         stop.set()
         await watcher
         return outcomes, seen
@@ -205,6 +208,9 @@ def test_overload_sheds_the_low_band_and_keeps_the_high_band_fast(stack: Stack) 
     assert shed and {o.status for o in shed} == {429}
     assert {o.reason for o in shed} <= {wire.DROPPED_TTL_EXPIRED, wire.DROPPED_SATURATED}
     assert any(o.status == 200 for o in low)  # the low band is served when there is room
-    assert max(waiting) <= THRESHOLD, f"an engine held {max(waiting)} waiting"
+    # One over at most: a request still on its way from Envoy to the engine when a scrape
+    # lands is in neither the scraped queue nor the EPP's dispatched-since count. Without
+    # the detector, 2x overload grows each queue by ~8 a second.
+    assert max(waiting) <= THRESHOLD + 1, f"an engine held {max(waiting)} waiting"
     waited = "inference_extension_flow_control_request_queue_duration_seconds_count"
     assert metric(stack.epp_metrics, waited, priority="-1") > 0
