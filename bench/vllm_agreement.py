@@ -23,6 +23,14 @@ Per layout, in this order:
         P/D first token costs beyond the prefill engine's own: TTFT through the gateway
         minus the prefill engine's TTFT for a prompt of the same length (distinct texts,
         so neither hits the cache), minus one decode step; fitted at two lengths.
+Where a layout has two engines, each is profiled while the other serves its share of the
+trace (agg2: every other chat and long prompt; P/D: the prefill engine the long prompts,
+the decode engine the chats), replayed straight at it round after round: the two engines
+share the machine's cores, caches and memory bandwidth, and an engine profiled beside an
+idle one measured steps 45% shorter than it then ran under the trace (run 5 of
+docs/benchmarks.md). `--profile-alone` profiles each engine with the other idle, as before.
+The host's steal time (the hypervisor's share of the cores) is printed for each profile
+and bench: on a shared VM it moves from minute to minute, and with it every figure.
 Then `pdserve simulate` of each layout's manifest with its profile and the same trace.
 Prints measured against simulated chat TTFT p50/p90, long-prompt TTFT p50, and TTFT and
 ITL p50/p90 over all requests, the error of each, and whether the simulation ranks the
@@ -30,12 +38,14 @@ three layouts as the measurement does by chat TTFT p50, all-requests TTFT p50 an
 
 usage: .venv/bin/python bench/vllm_agreement.py [--seconds 60] [--chat-rate 1.2]
            [--long-rate 0.5] [--long-words 400] [--layouts agg2,agg1,pd] [--keep DIR]
+           [--profile-alone]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -43,9 +53,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 from pdserve.process import free_port
@@ -65,12 +77,14 @@ COLUMNS = (
     ("itl_p90", "ITL p90", ".1f"),
 )
 ORDERS = ("chat_ttft_p50", "ttft_p50", "itl_p50")
+Row = dict[str, object]  # a trace row: timestamp, text, output_tokens, label
 
 
-def write_trace(folder: Path, a: argparse.Namespace) -> Path:
-    """The experiment's requests as a replay trace, and the workload that replays it."""
+def write_trace(folder: Path, a: argparse.Namespace) -> tuple[Path, list[Row]]:
+    """The experiment's requests as a replay trace: the workload that replays it, and its
+    rows."""
     rng = random.Random(a.seed)
-    rows: list[dict[str, object]] = []
+    rows: list[Row] = []
     t = rng.expovariate(a.chat_rate)
     while t < a.seconds:
         rows.append({"timestamp": round(t, 4), "text": CHAT, "output_tokens": 32, "label": "chat"})
@@ -85,7 +99,65 @@ def write_trace(folder: Path, a: argparse.Namespace) -> Path:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     workload = folder / "workload.yaml"
     workload.write_text("api: chat\nreplay: {file: trace.jsonl}\n")
-    return workload
+    return workload, rows
+
+
+def share(rows: list[Row], layout: str, profiled: str) -> list[Row]:
+    """The rows the trace sends to the engine beside `profiled` (see the docstring)."""
+    if layout == "agg2":
+        chats = [r for r in rows if r["label"] == "chat"][1::2]
+        longs = [r for r in rows if r["label"] == "long"][1::2]
+        return sorted(chats + longs, key=lambda r: float(str(r["timestamp"])))
+    wanted = "long" if profiled == "decode-0" else "chat"  # the prefill engine's, or decode's
+    return [r for r in rows if r["label"] == wanted]
+
+
+async def companion(url: str, rows: list[Row], period: float) -> None:
+    """Replays `rows` at `url` on their timestamps, round after round, until cancelled.
+    Each prompt opens with its own mark, so the engine's prefix cache holds none of the
+    trace's prompts when the bench comes (run 7 of docs/benchmarks.md: without the mark the
+    P/D prefill engine had every long prompt cached, and served them in half the time)."""
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(client: httpx.AsyncClient, row: Row, mark: str) -> None:
+        body = {
+            "model": MODEL,
+            "max_tokens": row["output_tokens"],
+            "temperature": 0,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": f"{mark} {row['text']}"}],
+        }
+        with contextlib.suppress(httpx.HTTPError):  # load only: its answers are not read
+            await client.post(url + "/v1/chat/completions", json=body)
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        start = time.perf_counter()
+        try:
+            for lap in range(1_000_000):
+                for i, row in enumerate(rows):
+                    at = start + lap * period + float(str(row["timestamp"]))
+                    await asyncio.sleep(max(at - time.perf_counter(), 0.0))  # pacing
+                    task = asyncio.create_task(one(client, row, f"[{lap}.{i}]"))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+def steal() -> float:
+    """Seconds of steal so far, summed over the cores."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
+@contextlib.contextmanager
+def stolen(what: str) -> Iterator[None]:
+    """Prints the host's steal time while `what` ran, as a share of the cores' time."""
+    s0, t0 = steal(), time.perf_counter()
+    yield
+    wall = (time.perf_counter() - t0) * (psutil.cpu_count() or 1)
+    print(f"  {what}: host steal {(steal() - s0) / wall:.1%} of the cores", file=sys.stderr)
 
 
 def engine_ports(state: list[str]) -> dict[str, int]:
@@ -99,7 +171,9 @@ def engine_ports(state: list[str]) -> dict[str, int]:
     return ports
 
 
-def profile(port: int, out: Path) -> None:
+def profile(port: int, out: Path, beside: tuple[int, list[Row], float] | None = None) -> None:
+    """`pdserve profile` of the engine at `port`; with `beside` (another engine's port,
+    rows and the trace's length), while that engine serves those rows."""
     cmd = [
         *PDSERVE,
         "profile",
@@ -118,9 +192,28 @@ def profile(port: int, out: Path) -> None:
         "--repeats",
         "5",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"pdserve profile failed:\n{done.stderr[-2000:]}")
+    with stolen(f"profile of :{port}" + (f" beside :{beside[0]}" if beside else "")):
+        code, err = asyncio.run(_profile(cmd, beside))
+    if code != 0:
+        raise SystemExit(f"pdserve profile failed:\n{err[-2000:]}")
+
+
+async def _profile(cmd: list[str], beside: tuple[int, list[Row], float] | None) -> tuple[int, str]:
+    load = None
+    if beside is not None:
+        port, rows, period = beside
+        load = asyncio.create_task(companion(f"http://127.0.0.1:{port}", rows, period))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+    finally:
+        if load is not None:
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+    return proc.returncode or 0, err.decode(errors="replace")
 
 
 async def ttft(client: httpx.AsyncClient, url: str, text: str) -> float:
@@ -205,7 +298,9 @@ def figures(report: Path) -> Figures:
     return out
 
 
-def measure(layout: str, folder: Path, workload: Path, a: argparse.Namespace) -> Figures:
+def measure(
+    layout: str, folder: Path, workload: Path, rows: list[Row], a: argparse.Namespace
+) -> Figures:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     state = ["--state-dir", str(folder / f"state-{layout}")]
@@ -217,13 +312,27 @@ def measure(layout: str, folder: Path, workload: Path, a: argparse.Namespace) ->
             raise SystemExit(f"{layout}: pdserve up failed:\n{done.stderr[-3000:]}")
         print(f"{layout}: ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         ports = engine_ports(state)
+
+        def beside(profiled: str, other: str) -> tuple[int, list[Row], float] | None:
+            return (
+                None
+                if a.profile_alone
+                else (ports[other], share(rows, layout, profiled), a.seconds)
+            )
+
         if layout == "agg2":
-            profile(ports["engine-0"], folder / "profile-1core.yaml")
+            profile(
+                ports["engine-0"], folder / "profile-1core.yaml", beside("engine-0", "engine-1")
+            )
         elif layout == "agg1":
             profile(ports["engine-0"], folder / "profile-2core.yaml")
         else:  # each P/D engine measured as it runs, with its KV connector
-            profile(ports["prefill-0"], folder / "profile-pd-prefill.yaml")
-            profile(ports["decode-0"], folder / "profile-pd.yaml")
+            profile(
+                ports["prefill-0"],
+                folder / "profile-pd-prefill.yaml",
+                beside("prefill-0", "decode-0"),
+            )
+            profile(ports["decode-0"], folder / "profile-pd.yaml", beside("decode-0", "prefill-0"))
             base = yaml.safe_load((folder / "profile-pd.yaml").read_text())
             overhead, per_token = asyncio.run(
                 pull_cost(url, f"http://127.0.0.1:{ports['prefill-0']}", base["decode_base_ms"])
@@ -231,9 +340,10 @@ def measure(layout: str, folder: Path, workload: Path, a: argparse.Namespace) ->
             base |= {"kv_pull_overhead_ms": overhead, "kv_pull_ms_per_token": per_token}
             (folder / "profile-pd.yaml").write_text(yaml.safe_dump(base))
         print(f"{layout}: bench ...", file=sys.stderr, flush=True)
-        return bench(
-            url, workload, folder / f"bench-{layout}.json", "--duration", str(a.seconds + 1)
-        )
+        with stolen(f"{layout} bench"):
+            return bench(
+                url, workload, folder / f"bench-{layout}.json", "--duration", str(a.seconds + 1)
+            )
     finally:
         subprocess.run([*PDSERVE, "down", *state], capture_output=True)
 
@@ -289,13 +399,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--layouts", default="agg2,agg1,pd", help="agg2 first: pd needs its profile")
     ap.add_argument("--keep", type=Path, help="keep profiles, traces and reports here")
+    ap.add_argument(
+        "--profile-alone", action="store_true", help="profile each engine with the other idle"
+    )
     a = ap.parse_args()
     layouts = a.layouts.split(",")
     with tempfile.TemporaryDirectory(prefix="pdserve-agreement-") as tmp:
         folder = a.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        workload = write_trace(folder, a)
-        measured = {layout: measure(layout, folder, workload, a) for layout in layouts}
+        workload, rows = write_trace(folder, a)
+        measured = {layout: measure(layout, folder, workload, rows, a) for layout in layouts}
         simulated = {
             layout: simulate(
                 manifest(folder, layout),
