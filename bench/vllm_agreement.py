@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import statistics
@@ -60,6 +61,8 @@ import httpx
 import psutil
 import yaml
 
+from pdserve.bench.client import Counters, Result, Target, open_loop
+from pdserve.bench.generator import PlannedRequest
 from pdserve.process import free_port
 from up_pd_vs_agg import MODEL, PDSERVE, WORDS, manifest
 
@@ -112,38 +115,24 @@ def share(rows: list[Row], layout: str, profiled: str) -> list[Row]:
     return [r for r in rows if r["label"] == wanted]
 
 
-async def companion(url: str, rows: list[Row], period: float) -> None:
-    """Replays `rows` at `url` on their timestamps, round after round, until cancelled.
-    Each prompt opens with its own mark, so the engine's prefix cache holds none of the
-    trace's prompts when the bench comes (run 7 of docs/benchmarks.md: without the mark the
-    P/D prefill engine had every long prompt cached, and served them in half the time)."""
-    running: set[asyncio.Task[None]] = set()
+def laps(rows: list[Row], period: float) -> Iterator[PlannedRequest]:
+    """`rows` on their timestamps, round after round without end. Each prompt opens with
+    its own mark, so the engine's prefix cache holds none of the trace's prompts when the
+    bench comes (run 7 of docs/benchmarks.md: without the mark the P/D prefill engine had
+    every long prompt cached, and served them in half the time)."""
+    for lap in itertools.count():
+        for i, row in enumerate(rows):
+            yield PlannedRequest(
+                index=lap * len(rows) + i,
+                at=lap * period + float(str(row["timestamp"])),
+                max_tokens=int(str(row["output_tokens"])),
+                input_tokens=0,  # only reports read it, and this load is not reported
+                messages=[{"role": "user", "content": f"[{lap}.{i}] {row['text']}"}],
+            )
 
-    async def one(client: httpx.AsyncClient, row: Row, mark: str) -> None:
-        body = {
-            "model": MODEL,
-            "max_tokens": row["output_tokens"],
-            "temperature": 0,
-            "ignore_eos": True,
-            "messages": [{"role": "user", "content": f"{mark} {row['text']}"}],
-        }
-        with contextlib.suppress(httpx.HTTPError):  # load only: its answers are not read
-            await client.post(url + "/v1/chat/completions", json=body)
 
-    async with httpx.AsyncClient(timeout=300) as client:
-        start = time.perf_counter()
-        try:
-            for lap in range(1_000_000):
-                for i, row in enumerate(rows):
-                    at = start + lap * period + float(str(row["timestamp"]))
-                    await asyncio.sleep(max(at - time.perf_counter(), 0.0))  # pacing
-                    task = asyncio.create_task(one(client, row, f"[{lap}.{i}]"))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-        finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+def discard(result: Result) -> None:
+    """The companion is load only: its answers are not read."""
 
 
 def steal() -> float:
@@ -202,7 +191,8 @@ async def _profile(cmd: list[str], beside: tuple[int, list[Row], float] | None) 
     load = None
     if beside is not None:
         port, rows, period = beside
-        load = asyncio.create_task(companion(f"http://127.0.0.1:{port}", rows, period))
+        target = Target(f"http://127.0.0.1:{port}", MODEL)
+        load = asyncio.create_task(open_loop(target, laps(rows, period), Counters(), discard))
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
