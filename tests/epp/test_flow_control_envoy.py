@@ -208,9 +208,11 @@ def test_overload_sheds_the_low_band_and_keeps_the_high_band_fast(stack: Stack) 
     assert shed and {o.status for o in shed} == {429}
     assert {o.reason for o in shed} <= {wire.DROPPED_TTL_EXPIRED, wire.DROPPED_SATURATED}
     assert any(o.status == 200 for o in low)  # the low band is served when there is room
-    # One over at most: a request still on its way from Envoy to the engine when a scrape
-    # lands is in neither the scraped queue nor the EPP's dispatched-since count. Without
-    # the detector, 2x overload grows each queue by ~8 a second.
-    assert max(waiting) <= THRESHOLD + 1, f"an engine held {max(waiting)} waiting"
+    # Two over at most, each a request the detector cannot count: one still on its way
+    # from Envoy to the engine when a scrape lands, and one that reached the engine while
+    # a step ran (vLLM's gauges, which the sim engine keeps, count it only from the next
+    # step's end), both dispatched before that scrape. Without the detector, 2x overload
+    # grows each queue by ~8 a second.
+    assert max(waiting) <= THRESHOLD + 2, f"an engine held {max(waiting)} waiting"
     waited = "inference_extension_flow_control_request_queue_duration_seconds_count"
     assert metric(stack.epp_metrics, waited, priority="-1") > 0

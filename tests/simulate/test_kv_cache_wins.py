@@ -21,13 +21,16 @@ from testkit import REPO
 FOLDER = REPO / "examples" / "experiments" / "kv-cache-wins"
 # 40 groups of 2,000-token prefixes (80,000 tokens); an engine holds 32,768 tokens, 16 of
 # them at most (40%), so the set fits the fleet only with each prefix on one engine. At
-# 24/s an engine missing every prefix (110 ms of prefill each) would need ~2.6 engines'
-# worth of prefill time, so cache-blind routing queues while the fleet has room to spare.
+# 14/s each engine runs ~10 requests of 2,400 prompt and 333 output tokens at once, which
+# take most of its cache, so prefixes get evicted while their group is still asked: the
+# regime of the experiment's higher rates, where routing on the engines' own KV events
+# (precise) pulls ahead of routing on a guess of what they hold (approximate), and
+# cache-blind routing misses nearly every prefix and queues.
 WORKLOAD = {
     "api": "completions",
-    "arrival": {"process": "poisson", "rate": 24},
-    "shared_prefix": {"groups": 40, "prefix_tokens": 2000, "suffix_tokens": 200},
-    "output_tokens": 32,
+    "arrival": {"process": "poisson", "rate": 14},
+    "shared_prefix": {"groups": 40, "prefix_tokens": 2000, "suffix_tokens": 400},
+    "output_tokens": 333,
 }
 PROFILE = "block_size: 64\nnum_blocks: 512\nmax_model_len: 16384\n"
 WARMUP, MEASURED = 120, 360

@@ -9,8 +9,11 @@ import pytest
 from simkit import LONG_PROMPTS, fleet
 
 from pdserve.bench import report
+from pdserve.bench.generator import PlannedRequest
 from pdserve.bench.workload import parse
+from pdserve.engines.sim.scheduler import Request
 from pdserve.simulate.fleet import load_fleet
+from pdserve.simulate.flight import Flight
 from pdserve.simulate.link import make_link
 from pdserve.simulate.simulator import Options, Simulation
 
@@ -144,3 +147,35 @@ def test_the_prefill_pool_can_have_a_profile_of_its_own(tmp_path: Path) -> None:
     assert both.pools[0].profile.prefill_ms_per_token == 1.0
     assert split.pools[0].profile == both.pools[0].profile
     assert split.pools[1].profile.prefill_ms_per_token != 1.0  # the decode pool's default
+
+
+def test_gauges_show_what_a_step_left_from_its_end_as_vllm(tmp_path: Path) -> None:
+    """vLLM makes its stats when a step's outputs are processed: the requests it held
+    before the step, less those the step finished; one that arrives while the step runs,
+    or that wakes an idle engine, is counted from the next step's end."""
+    f = load_fleet(fleet(tmp_path, None, 1))
+    sim = Simulation(f, parse(LONG_PROMPTS), Options(), make_link(f.pools[-1].profile))
+    engine = sim.engines[0]
+
+    def submit(i: int, now: float) -> None:
+        req = Request(id=f"d{i}", prompt=list(range(1, 600)), max_tokens=4, arrival=now)
+        planned = PlannedRequest(index=i, at=now, max_tokens=4, input_tokens=599)
+        sim._submit(0, req, Flight(planned, req, decode_engine=0), now)
+
+    def run_step(now: float) -> float:
+        """The engine's queued step event, run; the time its step ends."""
+        at, _, _, subject = sim.queue.pop()
+        assert subject is engine and at == now
+        sim._step(engine, now)
+        assert engine.pending is not None
+        return now + engine.pending.duration
+
+    submit(0, 0.0)  # wakes the idle engine: its step starts at once
+    end = run_step(0.0)
+    assert engine.sched.running and engine.gauges[:2] == (0, 0)
+    submit(1, end / 2)  # arrives mid-step: queued, not yet counted
+    assert engine.gauges[:2] == (0, 0)
+    end2 = run_step(end)  # the first step ends: it left one running, the arrival unseen
+    assert engine.gauges[:2] == (1, 0) and len(engine.sched.running) == 2
+    run_step(end2)  # the second step ends: both counted
+    assert engine.gauges[:2] == (2, 0)

@@ -1,8 +1,10 @@
 """One engine of the fleet: the sim engine's Scheduler and cache, and what /metrics shows.
 
-The gauges are taken when a step's tokens are delivered and when the engine goes idle, as
-the real engine's `_observe` does, and an EPP scrape copies those, not the live state: a
-request that arrived mid-step is not yet in the queue the EPP reads.
+The gauges are what vLLM's /metrics shows, as the sim engine keeps them: the counts a step
+leaves (taken when it is scheduled, shown from its end), and the live state when the engine
+goes idle or frees blocks. An EPP scrape copies those: a request that arrived mid-step is
+not in the queue the EPP reads, nor, until its first step ends, is one that woke an idle
+engine.
 """
 
 from __future__ import annotations
@@ -48,11 +50,24 @@ class SimulatedEngine:
         self.stepping = False  # a step event is queued: arrivals join its next step
         self.pending: StepOutput | None = None  # the step now running, delivered at its end
         self.gauges: tuple[int, int, float] = (0, 0, 0.0)  # running, waiting, kv usage
+        self.after: tuple[int, int, float] = self.gauges  # as the running step leaves them
         self.steps = 0
 
     def observe(self) -> None:
         s = self.sched
         self.gauges = (len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage)
+        if self.events:
+            self._publish()
+
+    def scheduled(self) -> None:
+        """Just after `sched.step`: the counts vLLM reports at that step's end (its
+        finished requests gone, requests that arrive while it runs not yet added)."""
+        s = self.sched
+        self.after = (len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage)
+
+    def ended(self) -> None:
+        """The step's end: its counts shown, its KV events published."""
+        self.gauges = self.after
         if self.events:
             self._publish()
 

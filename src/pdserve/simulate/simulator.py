@@ -3,7 +3,7 @@ the sim engine's scheduler, KV pulled over a modelled link, metrics scraped on a
 
 Each engine runs as the sim engine's loop does on a real clock: `step(now)` mutates the
 batch at once and says how long the iteration takes; its tokens are delivered, the gauges
-taken and the next step begun when that time has passed. A P/D request goes where the EPP's
+it left shown and the next step begun when that time has passed. A P/D request goes where the EPP's
 prefill header says (the sidecar's contract): the prefill leg with remote_decode, then, when
 it finishes, the decode leg with remote_prefill, whose pull starts when the decode engine
 admits it and whose end frees the producer's lease.
@@ -252,17 +252,20 @@ class Simulation:
         if out is not None:
             engine.pending = None
             self._deliver(out.tokens, out.finished, now)
-        engine.observe()
+            engine.ended()
         sched = engine.sched
         if not sched.has_work:
+            engine.observe()
             engine.stepping = False
             return
         out = sched.step(now)
+        engine.scheduled()
         engine.steps += 1
         for req in out.kv_pulls:
             self._pull(req, now)
         moved = out.duration or out.prefill_tokens or out.tokens or out.finished
         if not (moved or out.kv_pulls or out.preempted):
+            engine.observe()
             engine.stepping = False  # blocked on leased or pulling blocks: wait for a wake
             return
         engine.pending = out
