@@ -2,11 +2,11 @@
 the sim engine's scheduler, KV pulled over a modelled link, metrics scraped on a period.
 
 Each engine runs as the sim engine's loop does on a real clock: `step(now)` mutates the
-batch at once and says how long the iteration takes; its tokens are delivered, the gauges
-it left shown and the next step begun when that time has passed. A P/D request goes where the EPP's
-prefill header says (the sidecar's contract): the prefill leg with remote_decode, then, when
-it finishes, the decode leg with remote_prefill, whose pull starts when the decode engine
-admits it and whose end frees the producer's lease.
+batch at once and says how long the iteration takes; its tokens are delivered, the gauges it
+left shown and the next step begun when that time has passed. A P/D request goes where the
+EPP's prefill header says (the sidecar's contract): the prefill leg with remote_decode, then,
+when it finishes, the decode leg with remote_prefill, whose pull starts when the decode
+engine admits it and whose end frees the producer's lease.
 """
 
 from __future__ import annotations
