@@ -53,17 +53,19 @@ class SimulatedEngine:
         self.after: tuple[int, int, float] = self.gauges  # as the running step leaves them
         self.steps = 0
 
-    def observe(self) -> None:
+    def _counts(self) -> tuple[int, int, float]:
         s = self.sched
-        self.gauges = (len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage)
+        return len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage
+
+    def observe(self) -> None:
+        self.gauges = self._counts()
         if self.events:
             self._publish()
 
     def scheduled(self) -> None:
         """Just after `sched.step`: the counts vLLM reports at that step's end (its
         finished requests gone, requests that arrive while it runs not yet added)."""
-        s = self.sched
-        self.after = (len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage)
+        self.after = self._counts()
 
     def ended(self) -> None:
         """The step's end: its counts shown, its KV events published."""
