@@ -16,7 +16,8 @@ bimodal mix of both) stay printed beside it.
 Per layout, in this order:
   agg2  two aggregated engines, a core each: `pdserve profile` of one engine -> the 1-core
         profile (prefill cost, decode step against batch, KV read, capacity), then bench;
-  agg1  one engine with both cores: its own profile (2 cores), then bench;
+  agg1  one engine with both cores: its own profile (2 cores) taken through the gateway,
+        then bench;
   pd    1 prefill + 1 decode, a core each: a profile of each engine as it runs (with its
         KV connector; the prefill one goes to simulate's --prefill-profile), the KV pull
         cost, then bench. The pull is what a
@@ -29,6 +30,12 @@ the decode engine the chats), replayed straight at it round after round: the two
 share the machine's cores, caches and memory bandwidth, and an engine profiled beside an
 idle one measured steps 45% shorter than it then ran under the trace (run 5 of
 docs/benchmarks.md). `--profile-alone` profiles each engine with the other idle, as before.
+agg1's one engine has no neighbour to load; its profile goes through Envoy and the EPP, so
+its tokens pay what the trace's do: both cores run the engine's two threads, and every
+chunk Envoy, the EPP's ext_proc stream and the client handle takes one of them (profiled
+straight at the engine, agg1 was predicted 4-26% fast in every run of stop 18).
+`--runs N` measures and simulates the three layouts N times over the same trace (the
+measurement moves 20-50% between runs here) and compares the medians too.
 The host's steal time (the hypervisor's share of the cores) is printed for each profile
 and bench: on a shared VM it moves from minute to minute, and with it every figure.
 Then `pdserve simulate` of each layout's manifest with its profile and the same trace.
@@ -38,7 +45,7 @@ three layouts as the measurement does by chat TTFT p50, all-requests TTFT p50 an
 
 usage: .venv/bin/python bench/vllm_agreement.py [--seconds 60] [--chat-rate 1.2]
            [--long-rate 0.5] [--long-words 400] [--layouts agg2,agg1,pd] [--keep DIR]
-           [--profile-alone]
+           [--profile-alone] [--runs 1]
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ COLUMNS = (
 )
 ORDERS = ("chat_ttft_p50", "ttft_p50", "itl_p50")
 Row = dict[str, object]  # a trace row: timestamp, text, output_tokens, label
+ByLayout = dict[str, Figures]  # one run's figures, by layout
 
 
 def write_trace(folder: Path, a: argparse.Namespace) -> tuple[Path, list[Row]]:
@@ -160,14 +168,14 @@ def engine_ports(state: list[str]) -> dict[str, int]:
     return ports
 
 
-def profile(port: int, out: Path, beside: tuple[int, list[Row], float] | None = None) -> None:
-    """`pdserve profile` of the engine at `port`; with `beside` (another engine's port,
+def profile(url: str, out: Path, beside: tuple[int, list[Row], float] | None = None) -> None:
+    """`pdserve profile` of the engine at `url`; with `beside` (another engine's port,
     rows and the trace's length), while that engine serves those rows."""
     cmd = [
         *PDSERVE,
         "profile",
         "--url",
-        f"http://127.0.0.1:{port}",
+        url,
         "--model",
         MODEL,
         "--output",
@@ -181,7 +189,7 @@ def profile(port: int, out: Path, beside: tuple[int, list[Row], float] | None = 
         "--repeats",
         "5",
     ]
-    with stolen(f"profile of :{port}" + (f" beside :{beside[0]}" if beside else "")):
+    with stolen(f"profile of {url}" + (f" beside :{beside[0]}" if beside else "")):
         code, err = asyncio.run(_profile(cmd, beside))
     if code != 0:
         raise SystemExit(f"pdserve profile failed:\n{err[-2000:]}")
@@ -310,22 +318,21 @@ def measure(
                 else (ports[other], share(rows, layout, profiled), a.seconds)
             )
 
+        def at(name: str) -> str:
+            return f"http://127.0.0.1:{ports[name]}"
+
         if layout == "agg2":
-            profile(
-                ports["engine-0"], folder / "profile-1core.yaml", beside("engine-0", "engine-1")
-            )
-        elif layout == "agg1":
-            profile(ports["engine-0"], folder / "profile-2core.yaml")
+            profile(at("engine-0"), folder / "profile-1core.yaml", beside("engine-0", "engine-1"))
+        elif layout == "agg1":  # the gateway has only this engine to pick
+            profile(at("engine-0") if a.profile_alone else url, folder / "profile-2core.yaml")
         else:  # each P/D engine measured as it runs, with its KV connector
             profile(
-                ports["prefill-0"],
-                folder / "profile-pd-prefill.yaml",
-                beside("prefill-0", "decode-0"),
+                at("prefill-0"), folder / "profile-pd-prefill.yaml", beside("prefill-0", "decode-0")
             )
-            profile(ports["decode-0"], folder / "profile-pd.yaml", beside("decode-0", "prefill-0"))
+            profile(at("decode-0"), folder / "profile-pd.yaml", beside("decode-0", "prefill-0"))
             base = yaml.safe_load((folder / "profile-pd.yaml").read_text())
             overhead, per_token = asyncio.run(
-                pull_cost(url, f"http://127.0.0.1:{ports['prefill-0']}", base["decode_base_ms"])
+                pull_cost(url, at("prefill-0"), base["decode_base_ms"])
             )
             base |= {"kv_pull_overhead_ms": overhead, "kv_pull_ms_per_token": per_token}
             (folder / "profile-pd.yaml").write_text(yaml.safe_dump(base))
@@ -380,6 +387,37 @@ def table(layouts: list[str], measured: dict[str, Figures], simulated: dict[str,
     return "\n".join(lines)
 
 
+def run(folder: Path, layouts: list[str], a: argparse.Namespace) -> tuple[ByLayout, ByLayout]:
+    """One measurement and simulation of every layout: (measured, simulated) by layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    workload, rows = write_trace(folder, a)
+    measured = {layout: measure(layout, folder, workload, rows, a) for layout in layouts}
+    simulated = {
+        layout: simulate(
+            manifest(folder, layout),
+            workload,
+            folder / f"profile-{CORES[layout]}.yaml",
+            folder / f"sim-{layout}.json",
+        )
+        for layout in layouts
+    }
+    for name in sorted(folder.glob("profile-*.yaml")):
+        print(f"--- {folder.name}/{name.name}\n{name.read_text()}")
+    return measured, simulated
+
+
+def medians(runs: list[ByLayout]) -> ByLayout:
+    """Per layout, each figure's median over the runs (a figure some run lacks is left out)."""
+    return {
+        layout: {
+            key: statistics.median(r[layout][key] for r in runs)
+            for key in runs[0][layout]
+            if all(key in r[layout] for r in runs)
+        }
+        for layout in runs[0]
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60)
@@ -392,29 +430,26 @@ def main() -> int:
     ap.add_argument(
         "--profile-alone", action="store_true", help="profile each engine with the other idle"
     )
+    ap.add_argument("--runs", type=int, default=1, help="repeat; compare medians too")
     a = ap.parse_args()
     layouts = a.layouts.split(",")
+    results = []
     with tempfile.TemporaryDirectory(prefix="pdserve-agreement-") as tmp:
         folder = a.keep or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        workload, rows = write_trace(folder, a)
-        measured = {layout: measure(layout, folder, workload, rows, a) for layout in layouts}
-        simulated = {
-            layout: simulate(
-                manifest(folder, layout),
-                workload,
-                folder / f"profile-{CORES[layout]}.yaml",
-                folder / f"sim-{layout}.json",
-            )
-            for layout in layouts
-        }
-        for name in sorted(folder.glob("profile-*.yaml")):
-            print(f"--- {name.name}\n{name.read_text()}")
+        for i in range(a.runs):
+            print(f"run {i + 1} of {a.runs}", file=sys.stderr, flush=True)
+            results.append(run(folder / f"run-{i + 1}" if a.runs > 1 else folder, layouts, a))
     print(
         f"trace: {a.seconds:g} s, chats at {a.chat_rate}/s, {a.long_words}-word prompts "
         f"at {a.long_rate}/s"
     )
-    print(table(layouts, measured, simulated))
+    for i, (measured, simulated) in enumerate(results):
+        if a.runs > 1:
+            print(f"run {i + 1}:")
+        print(table(layouts, measured, simulated))
+    if a.runs > 1:
+        print(f"medians of the {a.runs} runs:")
+        print(table(layouts, medians([m for m, _ in results]), medians([s for _, s in results])))
     return 0
 
 
