@@ -1,7 +1,7 @@
 """One engine of the fleet: the sim engine's Scheduler and cache, and what /metrics shows.
 
 The gauges are what vLLM's /metrics shows, as the sim engine keeps them: the counts a step
-leaves (taken when it is scheduled, shown from its end), and the live state when the engine
+leaves (`StepOutput.left`, shown from its end), and the live state when the engine
 goes idle or frees blocks. An EPP scrape copies those: a request that arrived mid-step is
 not in the queue the EPP reads, nor, until its first step ends, is one that woke an idle
 engine.
@@ -50,26 +50,16 @@ class SimulatedEngine:
         self.stepping = False  # a step event is queued: arrivals join its next step
         self.pending: StepOutput | None = None  # the step now running, delivered at its end
         self.gauges: tuple[int, int, float] = (0, 0, 0.0)  # running, waiting, kv usage
-        self.after: tuple[int, int, float] = self.gauges  # as the running step leaves them
         self.steps = 0
 
-    def _counts(self) -> tuple[int, int, float]:
-        s = self.sched
-        return len(s.running), len(s.waiting) + len(s.pulling), self.blocks.usage
-
     def observe(self) -> None:
-        self.gauges = self._counts()
+        self.gauges = self.sched.counts()
         if self.events:
             self._publish()
 
-    def scheduled(self) -> None:
-        """Just after `sched.step`: the counts vLLM reports at that step's end (its
-        finished requests gone, requests that arrive while it runs not yet added)."""
-        self.after = self._counts()
-
-    def ended(self) -> None:
-        """The step's end: its counts shown, its KV events published."""
-        self.gauges = self.after
+    def ended(self, out: StepOutput) -> None:
+        """The step's end: the counts it left shown, its KV events published."""
+        self.gauges = out.left
         if self.events:
             self._publish()
 

@@ -252,14 +252,13 @@ class Simulation:
         if out is not None:
             engine.pending = None
             self._deliver(out.tokens, out.finished, now)
-            engine.ended()
+            engine.ended(out)
         sched = engine.sched
         if not sched.has_work:
             engine.observe()
             engine.stepping = False
             return
         out = sched.step(now)
-        engine.scheduled()
         engine.steps += 1
         for req in out.kv_pulls:
             self._pull(req, now)

@@ -149,9 +149,6 @@ class SimEngine:
             if not self.sched.has_work:
                 await self._idle()
             out = self.sched.step(loop.time())
-            # vLLM's /metrics at a step's end counts what the step left, not the requests
-            # that arrive while it runs: the EPP sees those one step late, as it does there.
-            after = self.sched.stats()
             for req in out.kv_pulls:
                 self._spawn(self._pull(req))
             progress = out.tokens or out.finished or out.kv_pulls or out.preempted
@@ -171,7 +168,7 @@ class SimEngine:
                 self.metrics.generation_tokens.inc(len(out.tokens))
             if out.preempted:
                 self.metrics.preemptions.inc(len(out.preempted))
-            self._observe(after)
+            self._observe(out.left)  # not the requests that arrived while it ran
 
     def _deliver(self, req: Request, token: int) -> None:
         if len(req.output) == 1:
@@ -203,13 +200,10 @@ class SimEngine:
         tail = req.prompt[i * bs : (i + 1) * bs]
         return xxhash.xxh64_intdigest(token_bytes(tail), seed=parent)
 
-    def _observe(self, stats: dict[str, float] | None = None) -> None:
-        """Set the gauges from `stats` (a step's, taken when it was scheduled) or from the
-        state as it stands."""
-        s = self.sched.stats() if stats is None else stats
-        self.metrics.observe_state(
-            int(s["running"]), int(s["waiting"]), s["kv_usage"], len(self.sched.leases)
-        )
+    def _observe(self, counts: tuple[int, int, float] | None = None) -> None:
+        """Set the gauges from `counts` (those a step left) or from the state as it stands."""
+        running, queued, kv_usage = self.sched.counts() if counts is None else counts
+        self.metrics.observe_state(running, queued, kv_usage, len(self.sched.leases))
         if self.cfg.lora_modules:
             names = [n for n, _ in self.cfg.lora_modules]
             waiting = {r.lora_id for r in self.sched.waiting if r.lora_id}

@@ -87,6 +87,9 @@ class StepOutput:
     preempted: list[Request] = field(default_factory=list)
     prefill_tokens: int = 0  # prompt (or recomputed) tokens run this step
     decode_batch: int = 0  # requests that ran one decode token
+    # Running, waiting and KV usage as the step leaves them: vLLM makes its stats after a
+    # step and adds arrivals only between steps, so /metrics shows these from its end.
+    left: tuple[int, int, float] = (0, 0, 0.0)
 
 
 @dataclass
@@ -259,6 +262,7 @@ class Scheduler:
         out.decode_batch, out.prefill_tokens = decode_batch, prefill_tokens
         out.duration = profile.step_seconds(prefill_tokens, decode_batch, context)
         self._run(batch, now + out.duration, out)
+        out.left = self.counts()
         return out
 
     def _run(self, batch: list[tuple[Request, int]], end: float, out: StepOutput) -> None:
@@ -397,13 +401,9 @@ class Scheduler:
         out.finished.append(req)
 
     # --- observation ----------------------------------------------------------------------------
-    def stats(self) -> dict[str, float]:
-        return {
-            "running": len(self.running),
-            "waiting": len(self.waiting) + len(self.pulling),
-            "preemptions": self.num_preemptions,
-            "kv_usage": self.blocks.usage,
-        }
+    def counts(self) -> tuple[int, int, float]:
+        """Running, waiting (a pull is waiting, as in vLLM) and KV usage: /metrics' gauges."""
+        return len(self.running), len(self.waiting) + len(self.pulling), self.blocks.usage
 
 
 def _tally(batch: list[tuple[Request, int]]) -> tuple[int, int, int]:
