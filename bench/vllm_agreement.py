@@ -181,7 +181,7 @@ def profile(url: str, out: Path, beside: tuple[int, list[Row], float] | None = N
         "--output",
         str(out),
         "--prompt-tokens",
-        "32,128,512",  # the workload's range: a chat's ~35 tokens to a long prompt's ~430
+        "32,128,256,512",  # the workload's range: a chat's ~35 tokens to a long prompt's ~430
         "--batches",
         "1,2,4,8",
         "--long-context",
@@ -193,6 +193,8 @@ def profile(url: str, out: Path, beside: tuple[int, list[Row], float] | None = N
         code, err = asyncio.run(_profile(cmd, beside))
     if code != 0:
         raise SystemExit(f"pdserve profile failed:\n{err[-2000:]}")
+    for line in err.splitlines():  # its measured points, which the fit in `out` summarises
+        print(f"    {line.removeprefix('pdserve profile: ')}", file=sys.stderr)
 
 
 async def _profile(cmd: list[str], beside: tuple[int, list[Row], float] | None) -> tuple[int, str]:

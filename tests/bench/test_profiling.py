@@ -11,6 +11,7 @@ import pytest
 from pdserve.bench.profiling import Measured, fit_line, main, profile_of
 from pdserve.engines.sim.profile import load_profile
 from pdserve.errors import UserError
+from testkit import metric
 
 TRUE = {
     "prefill_ms_per_token": 0.05,
@@ -55,6 +56,20 @@ def test_profile_recovers_a_sim_engines_envelope(
     assert got.shared_step_ms == 0
 
 
+def test_warm_up_requests_are_sent_first_and_not_timed(
+    tmp_path: Path, bench_engine: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = bench_engine()
+    sizes = ["--prompt-tokens", "32,64", "--batches", "1,3", "--long-context", "0"]
+    argv = ["profile", "--url", url, "--model", "sim", "-o", str(tmp_path / "p.yaml"), *sizes]
+    assert main([*argv, "--repeats", "1", "--warmup", "2"]) == 0
+    timed = 2 + (1 + 3)  # a prefill per prompt length, then each decode batch's streams
+    warm = 2 * (2 + 3)  # per round: each prompt length once, the largest batch once
+    assert metric(url, "vllm:request_success_total") == timed + warm
+    err = capsys.readouterr().err
+    assert err.index("warm-up round 2 of 2") < err.index("prefill 32 tokens")
+
+
 def test_a_one_pass_engine_pays_a_mixed_steps_fixed_cost_once() -> None:
     m = Measured(prefill=[(100, 80.0), (300, 120.0)], decode=[(1, 51.0), (3, 55.0)],
                  long_context=None, engine={})  # fmt: skip
@@ -74,6 +89,7 @@ def test_a_one_pass_engine_pays_a_mixed_steps_fixed_cost_once() -> None:
         (["--prompt-tokens", "64"], "--prompt-tokens: give two lengths"),
         (["--batches", "0,2"], "expected numbers >= 1"),
         (["--batches", "a"], "comma-separated whole numbers"),
+        (["--warmup", "-1"], "--warmup: expected a whole number >= 0"),
     ],
 )
 def test_bad_flags_are_one_line(extra: list[str], message: str) -> None:
