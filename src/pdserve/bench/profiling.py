@@ -3,8 +3,9 @@ profile format, so `pdserve simulate` and the sim engine can stand in for it.
 
 What HTTP can show is measured; the rest is read from the engine or left at the default
 with a comment saying so:
-- prefill: TTFT of one-token answers at several prompt lengths, one request at a time; the
-  slope is the cost per token, the intercept the fixed cost (HTTP and scheduling included).
+- prefill: TTFT of one-token answers at several prompt lengths, one request at a time, the
+  lengths in turn; the slope is the cost per token, the intercept the fixed cost (HTTP and
+  scheduling included).
 - decode: inter-token latency of N concurrent streams at several N (the step time at batch
   N), and at batch one with a long context (the cost of reading the KV).
 - capacity: `max_model_len` from /v1/models, block size and KV blocks from vLLM's
@@ -172,14 +173,16 @@ async def measure(
     for i in range(warmup):
         _progress(f"warm-up round {i + 1} of {warmup}")
         await _warm(engine, prompts, batches, long)
-    prefill = []
-    for n in prompts:
-        ttfts = []
-        for _ in range(repeats):
+    # Round-robin over the lengths: a slow spell of the machine then lands on every length
+    # alike, not on a few repeats of one, where it would tilt the fitted line.
+    ttfts: dict[int, list[float]] = {n: [] for n in prompts}
+    for _ in range(repeats):
+        for n in prompts:
             times = await engine.stream(n, 1)
-            ttfts.append((times[1] - times[0]) * 1000)
-        prefill.append((n, statistics.median(ttfts)))
-        _progress(f"prefill {n} tokens: TTFT {prefill[-1][1]:.2f} ms")
+            ttfts[n].append((times[1] - times[0]) * 1000)
+    prefill = [(n, statistics.median(ttfts[n])) for n in prompts]
+    for n, ms in prefill:
+        _progress(f"prefill {n} tokens: TTFT {ms:.2f} ms")
     decode = []
     for b in batches:
         runs = await asyncio.gather(*(engine.stream(16, 32) for _ in range(b)))
