@@ -31,8 +31,7 @@ share the machine's cores, caches and memory bandwidth, and an engine profiled b
 idle one measured steps 45% shorter than it then ran under the trace (run 5 of
 docs/benchmarks.md). `--profile-alone` profiles each engine with the other idle, as before.
 agg1's one engine has no neighbour to load; its profile goes through Envoy and the EPP, so
-its tokens pay what the trace's do: both cores run the engine's two threads, and every
-chunk Envoy, the EPP's ext_proc stream and the client handle takes one of them (profiled
+its requests pay the path the trace's do (3-6 ms a TTFT, measured in stop 19; profiled
 straight at the engine, agg1 was predicted 4-26% fast in every run of stop 18).
 `--runs N` measures and simulates the three layouts N times over the same trace (the
 measurement moves 20-50% between runs here) and compares the medians too.

@@ -167,7 +167,7 @@ async def measure(
     batches: list[int],
     repeats: int,
     long: int,
-    warmup: int = 0,
+    warmup: int = 1,
 ) -> Measured:
     engine_info = await engine.reported()
     for i in range(warmup):
