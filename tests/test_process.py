@@ -42,6 +42,13 @@ def test_the_only_free_port_is_handed_out_once(monkeypatch) -> None:
     assert process.free_port() != port
 
 
+def test_a_claimed_port_is_not_handed_out(monkeypatch) -> None:
+    port = process.free_port()
+    _only_port(monkeypatch, port)
+    process.claim_port(port)  # chosen by a caller, not yet bound by anyone
+    assert process.free_port() != port
+
+
 def test_wait_until_returns_once_the_predicate_holds() -> None:
     calls = []
     process.wait_until(lambda: calls.append(None) or len(calls) == 3, 5, "three calls", interval=0)

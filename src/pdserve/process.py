@@ -59,6 +59,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def claim_port(port: int) -> None:
+    """A port chosen elsewhere for something this process starts (`pdserve up --port`, picked
+    by its caller): free until that child binds it, so `free_port` must not hand it out. In
+    CI a test's gateway port was handed to a sim engine of the same service, which lost."""
+    _handed_out.add(port)
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -37,7 +37,7 @@ from pdserve.engines import model as models
 from pdserve.engines import placement, vllm
 from pdserve.engines.vllm import EngineCommand
 from pdserve.logs import event
-from pdserve.process import ManagedProcess, ProcessDied, free_port, wait_until
+from pdserve.process import ManagedProcess, ProcessDied, claim_port, free_port, wait_until
 from pdserve.runner import components
 from pdserve.runner.board import Board
 from pdserve.runner.components import EngineSlot
@@ -174,6 +174,7 @@ class LocalService:
         self.kind = kind
         self.state = state
         self.gateway_port = gateway_port
+        claim_port(gateway_port)  # Envoy binds it last: no engine may be given it first
         self.board = board
         self.model_dir: Path | None = None
         self.pools: dict[str, list[Replica]] = {ROLE_PREFILL: [], ROLE_DECODE: []}
